@@ -1,0 +1,312 @@
+"""Storage commands: request encoders, reply decoders, and their inverses.
+
+Requests that carry file content (11, 21, 23, 24, 34) are encoded as a
+`Request` whose ``payload_size`` counts the content; the caller streams it
+after ``encode()``. The harness storage reads a fixed head first
+(``*_FIXED`` bytes), learns the variable sizes from it, then the names, then
+streams the payload.
+
+Commands 21, 24, 34, 36 and 38 carry no group name; the storage knows its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .constants import (
+    EXT_NAME_LEN,
+    GROUP_NAME_LEN,
+    IPV4_ADDRESS_SIZE,
+    IPV6_ADDRESS_SIZE,
+    META_MERGE,
+    META_OVERWRITE,
+    PREFIX_LEN,
+    STORE_PATH_ANY,
+    Cmd,
+)
+from .errors import LocalProtocolError, ProtocolError
+from .fileid import MAX_REMOTE_NAME_LEN, FileId, is_valid_remote_name
+from .message import Request
+from .metadata import Metadata, decode_metadata, encode_metadata
+from .wire import FieldReader, decode_text, pack_fixed, pack_group, pack_int
+
+UPLOAD_FIXED = 1 + 8 + EXT_NAME_LEN
+SLAVE_FIXED = 8 + 8 + PREFIX_LEN + EXT_NAME_LEN
+APPEND_FIXED = 8 + 8
+MODIFY_FIXED = 8 + 8 + 8
+TRUNCATE_FIXED = 8 + 8
+SET_METADATA_FIXED = 8 + 8 + 1 + GROUP_NAME_LEN
+DOWNLOAD_FIXED = 8 + 8 + GROUP_NAME_LEN
+FILE_INFO_SIZES = (8 * 3 + IPV4_ADDRESS_SIZE, 8 * 3 + IPV6_ADDRESS_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """Reply of QUERY_FILE_INFO."""
+
+    size: int
+    create_time: int  # the server reports the file's mtime in this field
+    crc32: int  # unsigned 32-bit; 0 when the server was asked not to compute it
+    source_ip: str
+
+
+def _remote(remote_name: str) -> bytes:
+    raw = remote_name.encode()
+    if not 0 < len(raw) <= MAX_REMOTE_NAME_LEN:
+        raise LocalProtocolError(f"bad remote file name {remote_name!r}")
+    return raw
+
+
+def _ext(ext: str) -> bytes:
+    return pack_fixed(ext, EXT_NAME_LEN, "file extension")
+
+
+def _size(size: int, what: str = "size") -> bytes:
+    if size < 0:
+        raise LocalProtocolError(f"negative {what} {size}")
+    return pack_int(size)
+
+
+# ---------------------------------------------------------------- requests
+
+
+def upload_request(
+    size: int, ext: str = "", *, store_path_index: int = STORE_PATH_ANY, appender: bool = False
+) -> Request:
+    """UPLOAD_FILE (11) or UPLOAD_APPENDER_FILE (23); ``size`` content bytes follow."""
+    if not 0 <= store_path_index <= 0xFF:
+        raise LocalProtocolError(f"store path index {store_path_index} out of range")
+    cmd = Cmd.UPLOAD_APPENDER_FILE if appender else Cmd.UPLOAD_FILE
+    body = bytes((store_path_index,)) + _size(size) + _ext(ext)
+    return Request(cmd, body, payload_size=size)
+
+
+def upload_slave_request(master_remote_name: str, size: int, prefix: str, ext: str = "") -> Request:
+    master = _remote(master_remote_name)
+    if not prefix:
+        raise LocalProtocolError("a slave file needs a non-empty prefix")
+    body = (
+        pack_int(len(master))
+        + _size(size)
+        + pack_fixed(prefix, PREFIX_LEN, "slave prefix")
+        + _ext(ext)
+        + master
+    )
+    return Request(Cmd.UPLOAD_SLAVE_FILE, body, payload_size=size)
+
+
+def delete_request(group: str, remote_name: str) -> Request:
+    return Request(Cmd.DELETE_FILE, pack_group(group) + _remote(remote_name))
+
+
+def download_request(group: str, remote_name: str, offset: int = 0, length: int = 0) -> Request:
+    """DOWNLOAD_FILE; ``length`` 0 means to the end of the file."""
+    body = _size(offset, "offset") + _size(length, "length") + pack_group(group) + _remote(remote_name)
+    return Request(Cmd.DOWNLOAD_FILE, body)
+
+
+def get_metadata_request(group: str, remote_name: str) -> Request:
+    return Request(Cmd.GET_METADATA, pack_group(group) + _remote(remote_name))
+
+
+def set_metadata_request(
+    group: str, remote_name: str, meta: Metadata, *, overwrite: bool = False
+) -> Request:
+    name = _remote(remote_name)
+    text = encode_metadata(meta)
+    flag = META_OVERWRITE if overwrite else META_MERGE
+    body = pack_int(len(name)) + pack_int(len(text)) + bytes((flag,)) + pack_group(group) + name + text
+    return Request(Cmd.SET_METADATA, body)
+
+
+def query_file_info_request(group: str, remote_name: str, flags: int = 0) -> Request:
+    """QUERY_FILE_INFO; ``flags`` (QUERY_FINFO_*) travel in the header status byte."""
+    return Request(Cmd.QUERY_FILE_INFO, pack_group(group) + _remote(remote_name), status=flags)
+
+
+def append_request(remote_name: str, size: int) -> Request:
+    name = _remote(remote_name)
+    return Request(Cmd.APPEND_FILE, pack_int(len(name)) + _size(size) + name, payload_size=size)
+
+
+def modify_request(remote_name: str, offset: int, size: int) -> Request:
+    name = _remote(remote_name)
+    body = pack_int(len(name)) + _size(offset, "offset") + _size(size) + name
+    return Request(Cmd.MODIFY_FILE, body, payload_size=size)
+
+
+def truncate_request(remote_name: str, size: int) -> Request:
+    name = _remote(remote_name)
+    return Request(Cmd.TRUNCATE_FILE, pack_int(len(name)) + _size(size) + name)
+
+
+def regenerate_appender_request(remote_name: str) -> Request:
+    return Request(Cmd.REGENERATE_APPENDER_FILENAME, _remote(remote_name))
+
+
+def fetch_binlog_request(group: str, store_path_index: int) -> Request:
+    if not 0 <= store_path_index <= 0xFF:
+        raise LocalProtocolError(f"store path index {store_path_index} out of range")
+    return Request(Cmd.FETCH_ONE_PATH_BINLOG, pack_group(group) + bytes((store_path_index,)))
+
+
+# ----------------------------------------------------------------- replies
+
+
+def decode_file_id_reply(body: bytes) -> FileId:
+    """Reply of uploads (11, 21, 23) and REGENERATE_APPENDER_FILENAME (38)."""
+    r = FieldReader(body, "upload reply")
+    group = r.text(GROUP_NAME_LEN)
+    remote = r.rest_text()
+    if not group or not is_valid_remote_name(remote):
+        raise ProtocolError(f"upload reply carries an invalid file ID {group!r}/{remote!r}")
+    return FileId(group, remote)
+
+
+def decode_file_info_reply(body: bytes) -> FileInfo:
+    if len(body) not in FILE_INFO_SIZES:
+        raise ProtocolError(f"file info reply of {len(body)} bytes")
+    r = FieldReader(body, "file info reply")
+    size, mtime, crc = r.int64(), r.int64(), r.int64()
+    ip = r.text(r.remaining)
+    if size < 0:
+        raise ProtocolError(f"file info reply with negative size {size}")
+    # The server widens the 32-bit crc with sign extension.
+    return FileInfo(size, mtime, crc & 0xFFFFFFFF, ip)
+
+
+def decode_metadata_reply(body: bytes) -> Metadata:
+    return decode_metadata(body)
+
+
+def expect_empty(body: bytes, what: str) -> None:
+    if body:
+        raise ProtocolError(f"{what}: expected an empty reply body, got {len(body)} bytes")
+
+
+# ------------------------------------------------- server side (harness)
+
+
+def encode_file_id_reply(group: str, remote_name: str) -> bytes:
+    return pack_group(group) + _remote(remote_name)
+
+
+def encode_file_info_reply(info: FileInfo, ip_size: int = IPV4_ADDRESS_SIZE) -> bytes:
+    crc = info.crc32 & 0xFFFFFFFF
+    signed = crc - (1 << 32) if crc & 0x80000000 else crc
+    return (
+        pack_int(info.size)
+        + pack_int(info.create_time)
+        + pack_int(signed)
+        + pack_fixed(info.source_ip, ip_size, "ip address")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadHead:
+    store_path_index: int  # STORE_PATH_ANY (255) = storage chooses
+    size: int
+    ext: str
+
+
+def parse_upload_head(head: bytes) -> UploadHead:
+    r = FieldReader(head, "upload request")
+    index, size, ext = r.byte(), r.int64(), r.text(EXT_NAME_LEN)
+    r.end()
+    if size < 0:
+        raise ProtocolError(f"upload request with negative size {size}")
+    return UploadHead(index, size, ext)
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveHead:
+    master_name_len: int
+    size: int
+    prefix: str
+    ext: str
+
+
+def parse_slave_head(head: bytes) -> SlaveHead:
+    r = FieldReader(head, "upload slave request")
+    name_len, size, prefix, ext = r.int64(), r.int64(), r.text(PREFIX_LEN), r.text(EXT_NAME_LEN)
+    r.end()
+    if not 0 < name_len <= MAX_REMOTE_NAME_LEN or size < 0:
+        raise ProtocolError(f"upload slave request: name length {name_len}, size {size}")
+    return SlaveHead(name_len, size, prefix, ext)
+
+
+def parse_append_head(head: bytes) -> tuple[int, int]:
+    """(name length, data size) of APPEND_FILE."""
+    r = FieldReader(head, "append request")
+    name_len, size = r.int64(), r.int64()
+    r.end()
+    if not 0 < name_len <= MAX_REMOTE_NAME_LEN or size < 0:
+        raise ProtocolError(f"append request: name length {name_len}, size {size}")
+    return name_len, size
+
+
+def parse_modify_head(head: bytes) -> tuple[int, int, int]:
+    """(name length, offset, data size) of MODIFY_FILE."""
+    r = FieldReader(head, "modify request")
+    name_len, offset, size = r.int64(), r.int64(), r.int64()
+    r.end()
+    if not 0 < name_len <= MAX_REMOTE_NAME_LEN or size < 0 or offset < 0:
+        raise ProtocolError(f"modify request: name length {name_len}, offset {offset}")
+    return name_len, offset, size
+
+
+def parse_truncate_body(body: bytes) -> tuple[str, int]:
+    """(remote name, new size) of TRUNCATE_FILE."""
+    r = FieldReader(body, "truncate request")
+    name_len, size = r.int64(), r.int64()
+    if name_len != r.remaining or size < 0:
+        raise ProtocolError(f"truncate request: name length {name_len}, size {size}")
+    return r.rest_text(), size
+
+
+def parse_group_remote_body(body: bytes) -> tuple[str, str]:
+    """Body of 12, 15, 22: group + remote name."""
+    if len(body) <= GROUP_NAME_LEN or len(body) > GROUP_NAME_LEN + MAX_REMOTE_NAME_LEN:
+        raise ProtocolError(f"request body of {len(body)} bytes")
+    r = FieldReader(body, "request")
+    return r.text(GROUP_NAME_LEN), r.rest_text()
+
+
+def parse_download_body(body: bytes) -> tuple[int, int, str, str]:
+    """(offset, length, group, remote name) of DOWNLOAD_FILE."""
+    if len(body) <= DOWNLOAD_FIXED or len(body) > DOWNLOAD_FIXED + MAX_REMOTE_NAME_LEN:
+        raise ProtocolError(f"download request body of {len(body)} bytes")
+    r = FieldReader(body, "download request")
+    offset, length, group = r.int64(), r.int64(), r.text(GROUP_NAME_LEN)
+    if offset < 0 or length < 0:
+        raise ProtocolError(f"download request: offset {offset}, length {length}")
+    return offset, length, group, r.rest_text()
+
+
+@dataclass(frozen=True, slots=True)
+class SetMetadataBody:
+    group: str
+    remote_name: str
+    overwrite: bool
+    meta: Metadata
+
+
+def parse_set_metadata_body(body: bytes) -> SetMetadataBody:
+    r = FieldReader(body, "set metadata request")
+    name_len, meta_len, flag, group = r.int64(), r.int64(), r.byte(), r.text(GROUP_NAME_LEN)
+    if (
+        not 0 < name_len <= MAX_REMOTE_NAME_LEN
+        or meta_len < 0
+        or name_len + meta_len != r.remaining
+        or flag not in (META_OVERWRITE, META_MERGE)
+    ):
+        raise ProtocolError("set metadata request: inconsistent lengths or flag")
+    remote = decode_text(r.take(name_len))
+    return SetMetadataBody(group, remote, flag == META_OVERWRITE, decode_metadata(r.rest()))
+
+
+def parse_fetch_binlog_body(body: bytes) -> tuple[str, int]:
+    if len(body) != GROUP_NAME_LEN + 1:
+        raise ProtocolError(f"fetch binlog body of {len(body)} bytes")
+    r = FieldReader(body, "fetch binlog request")
+    return r.text(GROUP_NAME_LEN), r.byte()

@@ -1,0 +1,199 @@
+"""Tracker commands: request encoders, reply decoders, and their inverses.
+
+Clients use ``*_request`` and ``decode_*``; the harness tracker uses
+``parse_*`` (request bodies) and ``encode_*`` (reply bodies). Both sides share
+these layouts, so they cannot drift apart.
+
+In replies to the query commands (101-107) each IP field is one byte shorter
+than the tracker's IP address size: 15 bytes for IPv4, 45 when the tracker's
+``response_ip_addr_size`` asks for IPv6-sized fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .constants import GROUP_NAME_LEN, IPV4_ADDRESS_SIZE, IPV6_ADDRESS_SIZE, Cmd
+from .errors import LocalProtocolError, ProtocolError
+from .fileid import MAX_REMOTE_NAME_LEN
+from .message import Request, ServerAddr
+from .records import GroupStat, StorageStat, decode_group_list, decode_storage_list
+from .wire import FieldReader, decode_text, pack_fixed, pack_group, pack_int
+
+_PORT_LEN = 8
+#: QUERY_FETCH bodies shorter than group + this many name chars are refused (EINVAL).
+MIN_REMOTE_NAME_LEN = 22
+_QUERY_IP_SIZES = (IPV4_ADDRESS_SIZE - 1, IPV6_ADDRESS_SIZE - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTarget:
+    """Where to upload: storage servers of one group and the store path index."""
+
+    group: str
+    servers: tuple[ServerAddr, ...]
+    store_path_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchTarget:
+    """Storage servers able to serve (or update) one file."""
+
+    group: str
+    servers: tuple[ServerAddr, ...]
+
+
+# ---------------------------------------------------------------- requests
+
+
+def query_store_request(group: str | None = None, *, all_servers: bool = False) -> Request:
+    if group is None:
+        cmd = Cmd.QUERY_STORE_WITHOUT_GROUP_ALL if all_servers else Cmd.QUERY_STORE_WITHOUT_GROUP_ONE
+        return Request(cmd)
+    cmd = Cmd.QUERY_STORE_WITH_GROUP_ALL if all_servers else Cmd.QUERY_STORE_WITH_GROUP_ONE
+    return Request(cmd, pack_group(group))
+
+
+def query_fetch_request(cmd: int, group: str, remote_name: str) -> Request:
+    """QUERY_FETCH_ONE (102), QUERY_UPDATE (103) or QUERY_FETCH_ALL (105)."""
+    if cmd not in (Cmd.QUERY_FETCH_ONE, Cmd.QUERY_UPDATE, Cmd.QUERY_FETCH_ALL):
+        raise LocalProtocolError(f"cmd {cmd} is not a fetch query")
+    name = remote_name.encode()
+    if not 0 < len(name) <= MAX_REMOTE_NAME_LEN:
+        raise LocalProtocolError(f"bad remote file name {remote_name!r}")
+    return Request(cmd, pack_group(group) + name)
+
+
+def list_groups_request() -> Request:
+    return Request(Cmd.SERVER_LIST_ALL_GROUPS)
+
+
+def list_one_group_request(group: str) -> Request:
+    return Request(Cmd.SERVER_LIST_ONE_GROUP, pack_group(group))
+
+
+def list_storages_request(group: str, storage_id: str | None = None) -> Request:
+    body = pack_group(group)
+    if storage_id:
+        body += storage_id.encode()
+    return Request(Cmd.SERVER_LIST_STORAGE, body)
+
+
+def active_test_request() -> Request:
+    return Request(Cmd.ACTIVE_TEST)
+
+
+def quit_request() -> Request:
+    return Request(Cmd.QUIT)
+
+
+# ----------------------------------------------------------------- replies
+
+
+def _split_servers(r: FieldReader, count_bytes: int, trailer: int, what: str) -> int:
+    """Pick the IP field size that makes the server list fit exactly."""
+    for ip_size in _QUERY_IP_SIZES:
+        if count_bytes % (ip_size + _PORT_LEN) == 0 and count_bytes > 0:
+            return ip_size
+    raise ProtocolError(f"{what}: {count_bytes + trailer} body bytes fit no server list")
+
+
+def decode_store_reply(body: bytes) -> StoreTarget:
+    """Reply to 101/104 (one server) or 106/107 (all servers)."""
+    r = FieldReader(body, "query store reply")
+    group = r.text(GROUP_NAME_LEN)
+    ip_size = _split_servers(r, r.remaining - 1, 1, "query store reply")
+    servers = []
+    while r.remaining > 1:
+        servers.append(ServerAddr(r.text(ip_size), r.int64()))
+    index = r.byte()
+    r.end()
+    _check_servers(servers, "query store reply")
+    return StoreTarget(group, tuple(servers), index)
+
+
+def decode_fetch_reply(body: bytes) -> FetchTarget:
+    """Reply to 102/103 (one server) or 105 (all servers holding the file)."""
+    r = FieldReader(body, "query fetch reply")
+    group = r.text(GROUP_NAME_LEN)
+    ip_size = _split_servers(r, r.remaining, 0, "query fetch reply")
+    servers = []
+    while r.remaining:
+        servers.append(ServerAddr(r.text(ip_size), r.int64()))
+    _check_servers(servers, "query fetch reply")
+    return FetchTarget(group, tuple(servers))
+
+
+def _check_servers(servers: list[ServerAddr], what: str) -> None:
+    for s in servers:
+        if not s.host or not 0 < s.port < 65536:
+            raise ProtocolError(f"{what}: bad server address {s.host!r}:{s.port}")
+
+
+def decode_groups_reply(body: bytes) -> list[GroupStat]:
+    return decode_group_list(body)
+
+
+def decode_one_group_reply(body: bytes) -> GroupStat:
+    groups = decode_group_list(body)
+    if len(groups) != 1:
+        raise ProtocolError(f"expected one group record, got {len(groups)}")
+    return groups[0]
+
+
+def decode_storages_reply(body: bytes) -> list[StorageStat]:
+    return decode_storage_list(body)
+
+
+# ------------------------------------------------- server side (harness)
+
+
+def encode_store_reply(target: StoreTarget, ip_size: int = IPV4_ADDRESS_SIZE) -> bytes:
+    return (
+        pack_group(target.group)
+        + _encode_servers(target.servers, ip_size)
+        + bytes((target.store_path_index & 0xFF,))
+    )
+
+
+def encode_fetch_reply(target: FetchTarget, ip_size: int = IPV4_ADDRESS_SIZE) -> bytes:
+    return pack_group(target.group) + _encode_servers(target.servers, ip_size)
+
+
+def _encode_servers(servers: tuple[ServerAddr, ...], ip_size: int) -> bytes:
+    return b"".join(
+        pack_fixed(s.host, ip_size - 1, "ip address") + pack_int(s.port) for s in servers
+    )
+
+
+def encode_groups_reply(groups: list[GroupStat]) -> bytes:
+    return b"".join(g.encode() for g in groups)
+
+
+def encode_storages_reply(storages: list[StorageStat], ip_size: int = IPV4_ADDRESS_SIZE) -> bytes:
+    return b"".join(s.encode(ip_size) for s in storages)
+
+
+def parse_group_body(body: bytes) -> str:
+    """Body of 90/104/107: exactly a 16-byte group field."""
+    if len(body) != GROUP_NAME_LEN:
+        raise ProtocolError(f"expected a {GROUP_NAME_LEN}-byte group field, got {len(body)}")
+    return decode_text(body)
+
+
+def parse_fetch_body(body: bytes) -> tuple[str, str]:
+    """Body of 102/103/105: group + remote name (at least 22 chars)."""
+    if len(body) < GROUP_NAME_LEN + MIN_REMOTE_NAME_LEN or len(body) > GROUP_NAME_LEN + 256:
+        raise ProtocolError(f"query fetch body of {len(body)} bytes")
+    r = FieldReader(body, "query fetch request")
+    return r.text(GROUP_NAME_LEN), r.rest_text()
+
+
+def parse_list_storage_body(body: bytes) -> tuple[str, str | None]:
+    """Body of 92: group, then optionally an unpadded storage id."""
+    if not GROUP_NAME_LEN <= len(body) <= GROUP_NAME_LEN + 16:
+        raise ProtocolError(f"list storage body of {len(body)} bytes")
+    r = FieldReader(body, "list storage request")
+    group = r.text(GROUP_NAME_LEN)
+    storage_id = decode_text(r.rest()) or None
+    return group, storage_id
