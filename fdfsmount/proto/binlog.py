@@ -66,7 +66,7 @@ class BinlogStreamDecoder:
             raise ProtocolError(
                 f"binlog stream ended with {len(self._buf)} unparsed bytes (want an 8-byte count)"
             )
-        (count,) = _COUNT.unpack(self._buf)
+        count = int(_COUNT.unpack(self._buf)[0])
         if count != self._line_bytes:
             raise ProtocolError(f"binlog stream count {count} != {self._line_bytes} bytes received")
         return count

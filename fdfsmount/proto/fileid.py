@@ -138,12 +138,9 @@ def decode_file_id(file_id: FileId | str) -> FileIdInfo:
     is_trunk = bool(size_field & TRUNK_FLAG)
     if name_len > TRUNK_REMOTE_NAME_LEN or (name_len > NORMAL_REMOTE_NAME_LEN and not is_trunk):
         return FileIdInfo(FileType.SLAVE, source_id, source_ip, create_time, None, None)
-    if size_field >> 63:
-        size = size_field & 0xFFFFFFFF
-    elif is_trunk:
-        size = size_field & 0xFFFFFFFF
-    else:
-        size = size_field
+    # Bit 63 marks a size padded with random high bits; trunk files also keep
+    # the size in the low 32 bits. Files of 4 GiB and more carry it whole.
+    size = size_field & 0xFFFFFFFF if size_field >> 63 or is_trunk else size_field
     ftype = FileType.TRUNK if is_trunk else FileType.NORMAL
     return FileIdInfo(ftype, source_id, source_ip, create_time, size, crc)
 
@@ -180,7 +177,9 @@ def make_remote_name(
         size_field = size
     else:
         size_field = high | size
-    raw = _FIELDS.pack(encode_source(source), create_time & 0xFFFFFFFF, size_field, crc32 & 0xFFFFFFFF)
+    raw = _FIELDS.pack(
+        encode_source(source), create_time & 0xFFFFFFFF, size_field, crc32 & 0xFFFFFFFF
+    )
     encoded = _b64encode(raw)
     if subdirs is None:
         subdirs = (rng.randrange(256), rng.randrange(256))

@@ -101,7 +101,8 @@ def delete_request(group: str, remote_name: str) -> Request:
 
 def download_request(group: str, remote_name: str, offset: int = 0, length: int = 0) -> Request:
     """DOWNLOAD_FILE; ``length`` 0 means to the end of the file."""
-    body = _size(offset, "offset") + _size(length, "length") + pack_group(group) + _remote(remote_name)
+    span = _size(offset, "offset") + _size(length, "length")
+    body = span + pack_group(group) + _remote(remote_name)
     return Request(Cmd.DOWNLOAD_FILE, body)
 
 
@@ -115,7 +116,8 @@ def set_metadata_request(
     name = _remote(remote_name)
     text = encode_metadata(meta)
     flag = META_OVERWRITE if overwrite else META_MERGE
-    body = pack_int(len(name)) + pack_int(len(text)) + bytes((flag,)) + pack_group(group) + name + text
+    lengths = pack_int(len(name)) + pack_int(len(text))
+    body = lengths + bytes((flag,)) + pack_group(group) + name + text
     return Request(Cmd.SET_METADATA, body)
 
 

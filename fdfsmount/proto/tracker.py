@@ -48,8 +48,9 @@ class FetchTarget:
 
 def query_store_request(group: str | None = None, *, all_servers: bool = False) -> Request:
     if group is None:
-        cmd = Cmd.QUERY_STORE_WITHOUT_GROUP_ALL if all_servers else Cmd.QUERY_STORE_WITHOUT_GROUP_ONE
-        return Request(cmd)
+        if all_servers:
+            return Request(Cmd.QUERY_STORE_WITHOUT_GROUP_ALL)
+        return Request(Cmd.QUERY_STORE_WITHOUT_GROUP_ONE)
     cmd = Cmd.QUERY_STORE_WITH_GROUP_ALL if all_servers else Cmd.QUERY_STORE_WITH_GROUP_ONE
     return Request(cmd, pack_group(group))
 

@@ -1,0 +1,1 @@
+"""Test harness: real FastDFS clusters of OS processes on loopback, plus pytest fixtures."""
