@@ -2,7 +2,9 @@
 
 `FrameDecoder` buffers bytes and returns `NEED_DATA` until a whole message is
 there. It is meant for replies and requests with small bodies; bulk bodies
-(downloads, uploads) are streamed by the I/O layer after `next_header()`.
+(downloads, uploads, the binlog stream) are streamed by the I/O layer after
+`next_header()`, which therefore accepts any length. Only `next_frame()`,
+which would buffer the body, refuses bodies over ``max_body``.
 """
 
 from __future__ import annotations
@@ -46,20 +48,21 @@ class FrameDecoder:
         return bytes(self._buf)
 
     def next_header(self) -> Header | _NeedData:
-        """The next header (without consuming its body)."""
+        """The next header (without consuming its body), whatever its length."""
         if self._header is None:
             if len(self._buf) < HEADER_SIZE:
                 return NEED_DATA
             self._header = decode_header(bytes(self._buf[:HEADER_SIZE]))
             del self._buf[:HEADER_SIZE]
-            if self._header.length > self.max_body:
-                raise ProtocolError(f"message body of {self._header.length} bytes is too large")
         return self._header
 
     def next_frame(self) -> Frame | _NeedData:
+        """The next whole message; `ProtocolError` if its body exceeds ``max_body``."""
         header = self.next_header()
         if isinstance(header, _NeedData):
             return NEED_DATA
+        if header.length > self.max_body:
+            raise ProtocolError(f"message body of {header.length} bytes is too large")
         if len(self._buf) < header.length:
             return NEED_DATA
         body = bytes(self._buf[: header.length])
