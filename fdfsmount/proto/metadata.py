@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from .constants import MAX_META_NAME_LEN, MAX_META_VALUE_LEN, META_FIELD_SEP, META_RECORD_SEP
 from .errors import LocalProtocolError
+from .wire import encode_text
 
 Metadata = dict[str, str]
 
@@ -14,8 +15,8 @@ def encode_metadata(meta: Mapping[str, str]) -> bytes:
     """Encode in the given order (the server sorts what it stores)."""
     records = []
     for name, value in meta.items():
-        raw_name = name.encode("utf-8", "surrogateescape")
-        raw_value = str(value).encode("utf-8", "surrogateescape")
+        raw_name = encode_text(name, "metadata name")
+        raw_value = encode_text(str(value), "metadata value")
         if not raw_name or len(raw_name) > MAX_META_NAME_LEN:
             raise LocalProtocolError(f"metadata name {name!r} must be 1..{MAX_META_NAME_LEN} bytes")
         if len(raw_value) > MAX_META_VALUE_LEN:

@@ -68,9 +68,21 @@ def pack_int32(value: int) -> bytes:
         raise LocalProtocolError(f"integer {value} does not fit 4 bytes") from exc
 
 
+def encode_text(text: str, what: str = "text") -> bytes:
+    """UTF-8 bytes of ``text``; the inverse of `decode_text` (surrogateescape).
+
+    A string that cannot be encoded (e.g. a lone surrogate outside the
+    surrogateescape range) is the caller's fault: `LocalProtocolError`.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"{what} {text!r} cannot be encoded") from exc
+
+
 def pack_fixed(text: str | bytes, size: int, what: str = "field") -> bytes:
     """A NUL-padded field; a value of exactly `size` bytes carries no NUL."""
-    raw = text.encode() if isinstance(text, str) else bytes(text)
+    raw = encode_text(text, what) if isinstance(text, str) else bytes(text)
     if len(raw) > size:
         raise LocalProtocolError(f"{what} {raw!r} longer than {size} bytes")
     return raw.ljust(size, b"\0")
@@ -82,10 +94,12 @@ def pack_group(group: str) -> bytes:
 
 
 def validate_group_name(group: str) -> None:
-    """Group names: 1-16 chars of [A-Za-z0-9_-] (upstream's rule)."""
-    if not 0 < len(group) <= GROUP_NAME_LEN or not all(
-        c.isascii() and (c.isalnum() or c in "-_") for c in group
-    ):
+    """Group names: 1-16 ASCII letters and digits.
+
+    That is upstream's ``fdfs_validate_group_name``: a tracker or storage
+    refuses to start with any other group name, so no other name can exist.
+    """
+    if not 0 < len(group) <= GROUP_NAME_LEN or not all(c.isascii() and c.isalnum() for c in group):
         raise LocalProtocolError(f"invalid group name {group!r}")
 
 
