@@ -18,14 +18,15 @@ import re
 import struct
 from dataclasses import dataclass
 
-from .constants import EXT_NAME_LEN, GROUP_NAME_LEN
-from .errors import InvalidFileId
+from .constants import EXT_NAME_LEN, GROUP_NAME_LEN, PREFIX_LEN
+from .errors import InvalidFileId, LocalProtocolError
 
 BASE64_LEN = 27
 #: "M00/00/00/" + 27 base64 chars + 7-char suffix.
 NORMAL_REMOTE_NAME_LEN = 10 + BASE64_LEN + EXT_NAME_LEN + 1
 TRUNK_REMOTE_NAME_LEN = 10 + BASE64_LEN + 16 + 1 + EXT_NAME_LEN
-MAX_REMOTE_NAME_LEN = 128
+#: Servers keep remote names in 128-byte C buffers with a NUL: at most 127 chars.
+MAX_REMOTE_NAME_LEN = 127
 MAX_SERVER_ID = (1 << 24) - 1
 
 APPENDER_FLAG = 1 << 58
@@ -33,13 +34,14 @@ TRUNK_FLAG = 1 << 59
 _RANDOM_SIZE_FLAG = 1 << 63
 
 _FILE_ID_RE = re.compile(
-    r"(?P<group>[A-Za-z0-9_-]{1,16})/"
+    r"(?P<group>[A-Za-z0-9]{1,16})/"
     r"(?P<remote>M(?P<path>[0-9A-F]{2})/(?P<high>[0-9A-F]{2})/(?P<low>[0-9A-F]{2})/"
     r"(?P<name>[A-Za-z0-9_-]{27}[A-Za-z0-9_.-]*))"
 )
 _REMOTE_RE = re.compile(_FILE_ID_RE.pattern.split("/", 1)[1])
-_SLAVE_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,16}")
-_EXT_RE = re.compile(r"[A-Za-z0-9]{0,6}")
+# Upstream's fdfs_validate_filename: what a storage accepts as ext and prefix.
+_SLAVE_PREFIX_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{PREFIX_LEN}}}")
+_EXT_RE = re.compile(rf"[A-Za-z0-9_.-]{{0,{EXT_NAME_LEN}}}")
 _FIELDS = struct.Struct(">4sIQI")
 
 
@@ -120,7 +122,10 @@ def _b64encode(raw: bytes) -> str:
 
 def decode_file_id(file_id: FileId | str) -> FileIdInfo:
     """Decode the fields embedded in a file ID the way the upstream client does."""
-    fid = parse_file_id(file_id) if isinstance(file_id, str) else file_id
+    if isinstance(file_id, FileId):
+        # A FileId can be built directly, bypassing validation: check it again.
+        file_id = str(file_id)
+    fid = parse_file_id(file_id)
     raw = _b64decode(fid.name[:BASE64_LEN])
     src, create_time, size_field, crc = _FIELDS.unpack(raw)
     # Upstream reads these 4 bytes in host (little-endian) order: a value that
@@ -149,9 +154,16 @@ def encode_source(source: int | str) -> bytes:
     """The 4 source bytes for a storage id (int) or an IPv4 address (str)."""
     if isinstance(source, int):
         if not 0 < source <= MAX_SERVER_ID:
-            raise ValueError(f"storage id {source} out of range 1..{MAX_SERVER_ID}")
+            raise LocalProtocolError(f"storage id {source} out of range 1..{MAX_SERVER_ID}")
         return source.to_bytes(4, "little")
-    return ipaddress.IPv4Address(source).packed
+    try:
+        packed = ipaddress.IPv4Address(source).packed
+    except ValueError as exc:
+        raise LocalProtocolError(f"bad IPv4 source address {source!r}") from exc
+    if 0 < int.from_bytes(packed, "little") <= MAX_SERVER_ID:
+        # Decoders would read these bytes back as a server id.
+        raise LocalProtocolError(f"IPv4 address {source} is indistinguishable from a server id")
+    return packed
 
 
 def make_remote_name(
@@ -166,10 +178,20 @@ def make_remote_name(
     subdirs: tuple[int, int] | None = None,
     rng: random.Random | None = None,
 ) -> str:
-    """Generate a remote file name in the real storage server's format."""
+    """Generate a remote file name in the real storage server's format.
+
+    Raises `LocalProtocolError` (a `ValueError`) for values no name can carry.
+    """
     rng = rng or random.Random()
     if not _EXT_RE.fullmatch(ext):
-        raise ValueError(f"bad file extension {ext!r}")
+        raise LocalProtocolError(f"bad file extension {ext!r}")
+    if not 0 <= size < 1 << 58:
+        # Bits 58 and up are the appender and trunk flags and the random mark.
+        raise LocalProtocolError(f"file size {size} out of range")
+    if not 0 <= store_path_index <= 0xFF:
+        raise LocalProtocolError(f"store path index {store_path_index} out of range")
+    if subdirs is not None and not all(0 <= d <= 0xFF for d in subdirs):
+        raise LocalProtocolError(f"subdirectories {subdirs} out of range")
     high = (rng.getrandbits(23) | 0x80000000) << 32
     if appender:
         size_field = high | APPENDER_FLAG
@@ -189,14 +211,20 @@ def make_remote_name(
 
 
 def slave_remote_name(master_remote_name: str, prefix: str, ext: str) -> str:
-    """The remote name of a slave: master name without ext + prefix + ``.ext``."""
+    """The remote name of a slave: master name without ext + prefix + ``.ext``.
+
+    Follows upstream's ``fdfs_gen_slave_filename``: the master's ext starts at
+    the first ``.`` among its last 7 characters.
+    """
     if not _SLAVE_PREFIX_RE.fullmatch(prefix):
-        raise ValueError(f"bad slave prefix {prefix!r}")
+        raise LocalProtocolError(f"bad slave prefix {prefix!r}")
     if not _EXT_RE.fullmatch(ext):
-        raise ValueError(f"bad file extension {ext!r}")
+        raise LocalProtocolError(f"bad file extension {ext!r}")
+    if len(master_remote_name) < 1 + BASE64_LEN + EXT_NAME_LEN:
+        raise LocalProtocolError(f"master name {master_remote_name!r} too short")
     base = master_remote_name
-    dot = base.rfind(".")
-    if dot > len(base) - EXT_NAME_LEN - 2 and dot > 10 + BASE64_LEN - 1:
+    dot = base.find(".", len(base) - (EXT_NAME_LEN + 1))
+    if dot >= 0:
         base = base[:dot]
     return f"{base}{prefix}" + (f".{ext}" if ext else "")
 
