@@ -24,11 +24,16 @@ from .constants import (
     STORE_PATH_ANY,
     Cmd,
 )
-from .errors import LocalProtocolError, ProtocolError
-from .fileid import MAX_REMOTE_NAME_LEN, FileId, is_valid_remote_name
+from .errors import InvalidFileId, LocalProtocolError, ProtocolError
+from .fileid import (
+    MAX_REMOTE_NAME_LEN,
+    NORMAL_REMOTE_NAME_LEN,
+    FileId,
+    make_file_id,
+)
 from .message import Request
 from .metadata import Metadata, decode_metadata, encode_metadata
-from .wire import FieldReader, decode_text, pack_fixed, pack_group, pack_int
+from .wire import FieldReader, decode_text, encode_text, pack_fixed, pack_group, pack_int
 
 UPLOAD_FIXED = 1 + 8 + EXT_NAME_LEN
 SLAVE_FIXED = 8 + 8 + PREFIX_LEN + EXT_NAME_LEN
@@ -38,6 +43,31 @@ TRUNCATE_FIXED = 8 + 8
 SET_METADATA_FIXED = 8 + 8 + 1 + GROUP_NAME_LEN
 DOWNLOAD_FIXED = 8 + 8 + GROUP_NAME_LEN
 FILE_INFO_SIZES = (8 * 3 + IPV4_ADDRESS_SIZE, 8 * 3 + IPV6_ADDRESS_SIZE)
+#: Appender operations (24, 34, 36, 38) refuse names shorter than a normal name.
+MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
+#: Ext and slave prefix characters a storage accepts (upstream fdfs_validate_filename).
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+#: Commands a storage serves to clients; anything else is answered with EINVAL.
+STORAGE_CLIENT_CMDS = frozenset(
+    {
+        Cmd.UPLOAD_FILE,
+        Cmd.DELETE_FILE,
+        Cmd.SET_METADATA,
+        Cmd.DOWNLOAD_FILE,
+        Cmd.GET_METADATA,
+        Cmd.UPLOAD_SLAVE_FILE,
+        Cmd.QUERY_FILE_INFO,
+        Cmd.UPLOAD_APPENDER_FILE,
+        Cmd.APPEND_FILE,
+        Cmd.FETCH_ONE_PATH_BINLOG,
+        Cmd.MODIFY_FILE,
+        Cmd.TRUNCATE_FILE,
+        Cmd.REGENERATE_APPENDER_FILENAME,
+        Cmd.ACTIVE_TEST,
+        Cmd.QUIT,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +81,21 @@ class FileInfo:
 
 
 def _remote(remote_name: str) -> bytes:
-    raw = remote_name.encode()
+    raw = encode_text(remote_name, "remote file name")
     if not 0 < len(raw) <= MAX_REMOTE_NAME_LEN:
         raise LocalProtocolError(f"bad remote file name {remote_name!r}")
     return raw
 
 
+def _filename_part(text: str, size: int, what: str) -> bytes:
+    """Ext or slave prefix: the storage answers EINVAL to other characters."""
+    if not set(text) <= _NAME_CHARS:
+        raise LocalProtocolError(f"{what} {text!r} has characters a storage refuses")
+    return pack_fixed(text, size, what)
+
+
 def _ext(ext: str) -> bytes:
-    return pack_fixed(ext, EXT_NAME_LEN, "file extension")
+    return _filename_part(ext, EXT_NAME_LEN, "file extension")
 
 
 def _size(size: int, what: str = "size") -> bytes:
@@ -88,7 +125,7 @@ def upload_slave_request(master_remote_name: str, size: int, prefix: str, ext: s
     body = (
         pack_int(len(master))
         + _size(size)
-        + pack_fixed(prefix, PREFIX_LEN, "slave prefix")
+        + _filename_part(prefix, PREFIX_LEN, "slave prefix")
         + _ext(ext)
         + master
     )
@@ -123,6 +160,8 @@ def set_metadata_request(
 
 def query_file_info_request(group: str, remote_name: str, flags: int = 0) -> Request:
     """QUERY_FILE_INFO; ``flags`` (QUERY_FINFO_*) travel in the header status byte."""
+    if not 0 <= flags <= 0xFF:
+        raise LocalProtocolError(f"query file info flags {flags} do not fit a byte")
     return Request(Cmd.QUERY_FILE_INFO, pack_group(group) + _remote(remote_name), status=flags)
 
 
@@ -160,9 +199,12 @@ def decode_file_id_reply(body: bytes) -> FileId:
     r = FieldReader(body, "upload reply")
     group = r.text(GROUP_NAME_LEN)
     remote = r.rest_text()
-    if not group or not is_valid_remote_name(remote):
-        raise ProtocolError(f"upload reply carries an invalid file ID {group!r}/{remote!r}")
-    return FileId(group, remote)
+    try:
+        return make_file_id(group, remote)
+    except InvalidFileId as exc:
+        raise ProtocolError(
+            f"upload reply carries an invalid file ID {group!r}/{remote!r}"
+        ) from exc
 
 
 def decode_file_info_reply(body: bytes) -> FileInfo:
@@ -211,12 +253,20 @@ class UploadHead:
     ext: str
 
 
-def parse_upload_head(head: bytes) -> UploadHead:
+def _check_body_length(what: str, body_length: int | None, expected: int) -> None:
+    """The storage answers EINVAL when the sizes inside disagree with the header."""
+    if body_length is not None and body_length != expected:
+        raise ProtocolError(f"{what}: header length {body_length}, fields add up to {expected}")
+
+
+def parse_upload_head(head: bytes, *, body_length: int | None = None) -> UploadHead:
+    """The first `UPLOAD_FIXED` bytes of 11/23; ``body_length`` is the header's length."""
     r = FieldReader(head, "upload request")
     index, size, ext = r.byte(), r.int64(), r.text(EXT_NAME_LEN)
     r.end()
     if size < 0:
         raise ProtocolError(f"upload request with negative size {size}")
+    _check_body_length("upload request", body_length, UPLOAD_FIXED + size)
     return UploadHead(index, size, ext)
 
 
@@ -228,32 +278,43 @@ class SlaveHead:
     ext: str
 
 
-def parse_slave_head(head: bytes) -> SlaveHead:
+def parse_slave_head(head: bytes, *, body_length: int | None = None) -> SlaveHead:
+    """The first `SLAVE_FIXED` bytes of 21; ``body_length`` is the header's length."""
     r = FieldReader(head, "upload slave request")
     name_len, size, prefix, ext = r.int64(), r.int64(), r.text(PREFIX_LEN), r.text(EXT_NAME_LEN)
     r.end()
     if not 0 < name_len <= MAX_REMOTE_NAME_LEN or size < 0:
         raise ProtocolError(f"upload slave request: name length {name_len}, size {size}")
+    _check_body_length("upload slave request", body_length, SLAVE_FIXED + name_len + size)
     return SlaveHead(name_len, size, prefix, ext)
 
 
-def parse_append_head(head: bytes) -> tuple[int, int]:
-    """(name length, data size) of APPEND_FILE."""
+def _check_appender_name_len(what: str, name_len: int) -> None:
+    if not MIN_APPENDER_NAME_LEN <= name_len <= MAX_REMOTE_NAME_LEN:
+        raise ProtocolError(f"{what}: appender name length {name_len}")
+
+
+def parse_append_head(head: bytes, *, body_length: int | None = None) -> tuple[int, int]:
+    """(name length, data size) of APPEND_FILE; ``body_length`` is the header's length."""
     r = FieldReader(head, "append request")
     name_len, size = r.int64(), r.int64()
     r.end()
-    if not 0 < name_len <= MAX_REMOTE_NAME_LEN or size < 0:
-        raise ProtocolError(f"append request: name length {name_len}, size {size}")
+    _check_appender_name_len("append request", name_len)
+    if size < 0:
+        raise ProtocolError(f"append request: size {size}")
+    _check_body_length("append request", body_length, APPEND_FIXED + name_len + size)
     return name_len, size
 
 
-def parse_modify_head(head: bytes) -> tuple[int, int, int]:
-    """(name length, offset, data size) of MODIFY_FILE."""
+def parse_modify_head(head: bytes, *, body_length: int | None = None) -> tuple[int, int, int]:
+    """(name length, offset, data size) of MODIFY_FILE; ``body_length`` as above."""
     r = FieldReader(head, "modify request")
     name_len, offset, size = r.int64(), r.int64(), r.int64()
     r.end()
-    if not 0 < name_len <= MAX_REMOTE_NAME_LEN or size < 0 or offset < 0:
-        raise ProtocolError(f"modify request: name length {name_len}, offset {offset}")
+    _check_appender_name_len("modify request", name_len)
+    if size < 0 or offset < 0:
+        raise ProtocolError(f"modify request: offset {offset}, size {size}")
+    _check_body_length("modify request", body_length, MODIFY_FIXED + name_len + size)
     return name_len, offset, size
 
 
@@ -261,9 +322,16 @@ def parse_truncate_body(body: bytes) -> tuple[str, int]:
     """(remote name, new size) of TRUNCATE_FILE."""
     r = FieldReader(body, "truncate request")
     name_len, size = r.int64(), r.int64()
+    _check_appender_name_len("truncate request", name_len)
     if name_len != r.remaining or size < 0:
         raise ProtocolError(f"truncate request: name length {name_len}, size {size}")
     return r.rest_text(), size
+
+
+def parse_regenerate_body(body: bytes) -> str:
+    """The appender name that is the whole body of REGENERATE_APPENDER_FILENAME."""
+    _check_appender_name_len("regenerate appender request", len(body))
+    return FieldReader(body, "regenerate appender request").rest_text()
 
 
 def parse_group_remote_body(body: bytes) -> tuple[str, str]:
@@ -305,6 +373,13 @@ def parse_set_metadata_body(body: bytes) -> SetMetadataBody:
         raise ProtocolError("set metadata request: inconsistent lengths or flag")
     remote = decode_text(r.take(name_len))
     return SetMetadataBody(group, remote, flag == META_OVERWRITE, decode_metadata(r.rest()))
+
+
+def parse_storage_cmd(cmd: int) -> Cmd:
+    """The command of a request to a storage; `ProtocolError` if it serves no such command."""
+    if cmd not in STORAGE_CLIENT_CMDS:
+        raise ProtocolError(f"storage command {cmd} unknown")
+    return Cmd(cmd)
 
 
 def parse_fetch_binlog_body(body: bytes) -> tuple[str, int]:

@@ -13,17 +13,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .constants import GROUP_NAME_LEN, IPV4_ADDRESS_SIZE, IPV6_ADDRESS_SIZE, Cmd
+from .constants import GROUP_NAME_LEN, IPV4_ADDRESS_SIZE, IPV6_ADDRESS_SIZE, STORAGE_ID_LEN, Cmd
 from .errors import LocalProtocolError, ProtocolError
 from .fileid import MAX_REMOTE_NAME_LEN
 from .message import Request, ServerAddr
 from .records import GroupStat, StorageStat, decode_group_list, decode_storage_list
-from .wire import FieldReader, decode_text, pack_fixed, pack_group, pack_int
+from .wire import FieldReader, decode_text, encode_text, pack_fixed, pack_group, pack_int
 
 _PORT_LEN = 8
 #: QUERY_FETCH bodies shorter than group + this many name chars are refused (EINVAL).
 MIN_REMOTE_NAME_LEN = 22
 _QUERY_IP_SIZES = (IPV4_ADDRESS_SIZE - 1, IPV6_ADDRESS_SIZE - 1)
+#: The tracker keeps a listed storage id in a 16-byte C buffer with its NUL.
+MAX_STORAGE_ID_LEN = STORAGE_ID_LEN - 1
+
+#: Commands a tracker serves to clients; anything else is answered with EINVAL.
+TRACKER_CLIENT_CMDS = frozenset(
+    {
+        Cmd.SERVER_LIST_ONE_GROUP,
+        Cmd.SERVER_LIST_ALL_GROUPS,
+        Cmd.SERVER_LIST_STORAGE,
+        Cmd.QUERY_STORE_WITHOUT_GROUP_ONE,
+        Cmd.QUERY_FETCH_ONE,
+        Cmd.QUERY_UPDATE,
+        Cmd.QUERY_STORE_WITH_GROUP_ONE,
+        Cmd.QUERY_FETCH_ALL,
+        Cmd.QUERY_STORE_WITHOUT_GROUP_ALL,
+        Cmd.QUERY_STORE_WITH_GROUP_ALL,
+        Cmd.ACTIVE_TEST,
+        Cmd.QUIT,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +79,7 @@ def query_fetch_request(cmd: int, group: str, remote_name: str) -> Request:
     """QUERY_FETCH_ONE (102), QUERY_UPDATE (103) or QUERY_FETCH_ALL (105)."""
     if cmd not in (Cmd.QUERY_FETCH_ONE, Cmd.QUERY_UPDATE, Cmd.QUERY_FETCH_ALL):
         raise LocalProtocolError(f"cmd {cmd} is not a fetch query")
-    name = remote_name.encode()
+    name = encode_text(remote_name, "remote file name")
     if not 0 < len(name) <= MAX_REMOTE_NAME_LEN:
         raise LocalProtocolError(f"bad remote file name {remote_name!r}")
     return Request(cmd, pack_group(group) + name)
@@ -76,7 +96,10 @@ def list_one_group_request(group: str) -> Request:
 def list_storages_request(group: str, storage_id: str | None = None) -> Request:
     body = pack_group(group)
     if storage_id:
-        body += storage_id.encode()
+        raw = encode_text(storage_id, "storage id")
+        if len(raw) > MAX_STORAGE_ID_LEN or b"\0" in raw:
+            raise LocalProtocolError(f"bad storage id {storage_id!r}")
+        body += raw
     return Request(Cmd.SERVER_LIST_STORAGE, body)
 
 
@@ -183,18 +206,25 @@ def parse_group_body(body: bytes) -> str:
 
 
 def parse_fetch_body(body: bytes) -> tuple[str, str]:
-    """Body of 102/103/105: group + remote name (at least 22 chars)."""
-    if len(body) < GROUP_NAME_LEN + MIN_REMOTE_NAME_LEN or len(body) > GROUP_NAME_LEN + 256:
+    """Body of 102/103/105: group + remote name (22 to 127 chars)."""
+    if not MIN_REMOTE_NAME_LEN <= len(body) - GROUP_NAME_LEN <= MAX_REMOTE_NAME_LEN:
         raise ProtocolError(f"query fetch body of {len(body)} bytes")
     r = FieldReader(body, "query fetch request")
     return r.text(GROUP_NAME_LEN), r.rest_text()
 
 
 def parse_list_storage_body(body: bytes) -> tuple[str, str | None]:
-    """Body of 92: group, then optionally an unpadded storage id."""
-    if not GROUP_NAME_LEN <= len(body) <= GROUP_NAME_LEN + 16:
+    """Body of 92: group, then optionally an unpadded storage id (up to 15 bytes)."""
+    if not GROUP_NAME_LEN <= len(body) <= GROUP_NAME_LEN + MAX_STORAGE_ID_LEN:
         raise ProtocolError(f"list storage body of {len(body)} bytes")
     r = FieldReader(body, "list storage request")
     group = r.text(GROUP_NAME_LEN)
     storage_id = decode_text(r.rest()) or None
     return group, storage_id
+
+
+def parse_tracker_cmd(cmd: int) -> Cmd:
+    """The command of a request to a tracker; `ProtocolError` if it serves no such command."""
+    if cmd not in TRACKER_CLIENT_CMDS:
+        raise ProtocolError(f"tracker command {cmd} unknown")
+    return Cmd(cmd)
