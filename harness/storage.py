@@ -1,0 +1,803 @@
+"""Builtin FastDFS storage server (trio), byte-compatible with upstream 6.16.1.
+
+Usage::
+
+    python -m harness.storage --group G --bind 127.0.0.x --port P --base-dir DIR \\
+        --tracker HOST:PORT [--tracker ...] [--storage-id N] [--store-paths N] \\
+        [--subdirs N] [--heartbeat-interval S] [--id-in-filename id|ip]
+
+Prints ``READY <port>`` on stdout once listening (``--port 0`` picks a free
+port), logs to stderr, exits cleanly on SIGTERM/SIGINT.
+
+Client commands: 11 upload, 12 delete, 13 set metadata, 14 download,
+15 get metadata, 21 upload slave, 22 file info, 23 upload appender,
+24 append, 26 fetch one path binlog, 34 modify, 36 truncate,
+38 regenerate appender name, 111 active test, 82 quit. Errors answer the
+status upstream answers; every EINVAL reply is followed by closing the
+connection, ENOENT/EEXIST/ENOSPC keep it open (a request's payload is read
+and dropped first). Files live in ``<base>/store<i>/data/HH/HH/<name>``
+(see `harness.store`), changes are logged in ``<base>/sync/binlog`` (see
+`harness.binlog`) and pulled by the other storages of the group (see
+`harness.replication`).
+
+Disk full: while the file ``<base-dir>/.full`` exists the storage reports
+0 MB free to the tracker and answers uploads and appends with ENOSPC (28).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import logging
+import os
+import random
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from fdfsmount.proto.binlog import encode_binlog_trailer
+from fdfsmount.proto.constants import (
+    BINLOG_STREAM_LENGTH,
+    GROUP_NAME_LEN,
+    META_FIELD_SEP,
+    META_MERGE,
+    META_OVERWRITE,
+    META_RECORD_SEP,
+    PREFIX_LEN,
+    QUERY_FINFO_NO_CRC32,
+    STORE_PATH_ANY,
+    Cmd,
+)
+from fdfsmount.proto.errors import InvalidFileId, ProtocolError
+from fdfsmount.proto.fileid import (
+    BASE64_LEN,
+    MAX_SERVER_ID,
+    NORMAL_REMOTE_NAME_LEN,
+    FileId,
+    FileType,
+    decode_file_id,
+    make_remote_name,
+    slave_remote_name,
+)
+from fdfsmount.proto.records import STAT_COUNTER_NAMES
+from fdfsmount.proto.storage import (
+    APPEND_FIXED,
+    MODIFY_FIXED,
+    SLAVE_FIXED,
+    UPLOAD_FIXED,
+    FileInfo,
+    encode_file_id_reply,
+    encode_file_info_reply,
+    parse_slave_head,
+    parse_upload_head,
+)
+from fdfsmount.proto.wire import FieldReader, Header, decode_text, encode_header
+
+from . import serverutil
+from .binlog import LISTED_OPS, Binlog, SyncMarks
+from .heartbeat import TrackerReporter
+from .peerproto import PeerAddr, PeerCmd
+from .replication import Replicator, serve_sync_fetch, serve_sync_pull
+from .serverutil import PeerClosed, RequestError, SocketReader, send_reply
+from .store import LOGIC_PATH_LEN, LocalFile, Store, file_crc32, is_appender_name
+
+log = logging.getLogger(__name__)
+
+VERSION = "6.16.1"
+#: Bodies of commands without a streamed payload must fit the receive buffer.
+MAX_SMALL_BODY = serverutil.RECV_BUFFER_SIZE
+#: Appender names are normal-length names: shorter ones are refused (EINVAL).
+MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
+MAX_NAME_LEN = 128
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass
+class StorageConfig:
+    group: str
+    bind: str
+    port: int
+    base_dir: Path
+    trackers: list[tuple[str, int]]
+    storage_id: str | None = None
+    store_paths: int = 1
+    subdirs: int = 256
+    heartbeat_interval: float = 1.0
+    id_in_filename: str = "ip"
+
+    @property
+    def server_id(self) -> str:
+        """The id the tracker knows us by: the storage id, or the IP in ip mode."""
+        return self.storage_id or self.bind
+
+
+@dataclass
+class Conn:
+    sock: trio.socket.SocketType
+    reader: SocketReader
+    client: str
+
+
+def valid_name_chars(text: str) -> bool:
+    return all(c in _NAME_CHARS for c in text)
+
+
+class FileLocks:
+    """One lock per remote name, so changes to one file never interleave."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, trio.Lock] = {}
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(name, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(name, None)
+
+
+@dataclass
+class Counters:
+    values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_COUNTER_NAMES, 0))
+
+    def op(self, name: str, ok: bool, nbytes: int = 0) -> None:
+        self.values[f"total_{name}_count"] += 1
+        if ok:
+            self.values[f"success_{name}_count"] += 1
+        bytes_key = f"total_{name}_bytes"
+        if bytes_key in self.values:
+            self.values[bytes_key] += nbytes
+            if ok:
+                self.values[f"success_{name}_bytes"] += nbytes
+
+
+#: A command handler; it returns True when the connection must be closed.
+Handler = Callable[[Conn, Header], Coroutine[Any, Any, bool | None]]
+
+
+class StorageServer:
+    """State and client-command handlers of one storage server."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        self.config = config
+        self.group = config.group
+        base = config.base_dir
+        base.mkdir(parents=True, exist_ok=True)
+        self.store = Store(base, config.store_paths, config.subdirs)
+        self.binlog = Binlog(base / "sync")
+        self.marks = SyncMarks(base / "sync" / "marks")
+        self.locks = FileLocks()
+        self.counters = Counters()
+        self.peers: dict[str, PeerAddr] = {}
+        self.start_time = int(time.time())
+        self.connections_current = 0
+        self.connections_max = 0
+        self.rng = random.Random()
+        if config.id_in_filename == "id":
+            if not config.storage_id or not config.storage_id.isdigit():
+                raise ValueError("--id-in-filename id needs a numeric --storage-id")
+            self.source: int | str = int(config.storage_id)
+            if not 0 < self.source <= MAX_SERVER_ID:
+                raise ValueError(f"storage id must be 1..{MAX_SERVER_ID}")
+        else:
+            self.source = str(ipaddress.IPv4Address(config.bind))
+        self.reporter = TrackerReporter(self)
+        self.replicator = Replicator(self)
+        self._handlers: dict[int, Handler] = {
+            Cmd.UPLOAD_FILE: self.cmd_upload,
+            Cmd.UPLOAD_APPENDER_FILE: self.cmd_upload,
+            Cmd.UPLOAD_SLAVE_FILE: self.cmd_upload_slave,
+            Cmd.DELETE_FILE: self.cmd_delete,
+            Cmd.SET_METADATA: self.cmd_set_metadata,
+            Cmd.DOWNLOAD_FILE: self.cmd_download,
+            Cmd.GET_METADATA: self.cmd_get_metadata,
+            Cmd.QUERY_FILE_INFO: self.cmd_query_file_info,
+            Cmd.APPEND_FILE: self.cmd_append,
+            Cmd.MODIFY_FILE: self.cmd_modify,
+            Cmd.TRUNCATE_FILE: self.cmd_truncate,
+            Cmd.REGENERATE_APPENDER_FILENAME: self.cmd_regenerate,
+            Cmd.FETCH_ONE_PATH_BINLOG: self.cmd_fetch_binlog,
+            Cmd.ACTIVE_TEST: self.cmd_active_test,
+            PeerCmd.SYNC_PULL: self.cmd_sync_pull,
+            PeerCmd.SYNC_FETCH: self.cmd_sync_fetch,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                serverutil.serve, self.handle, self.config.bind, self.config.port
+            )
+            self.config.port = port
+            log.info(
+                "storage %s of %s listening on %s:%d", self.config.server_id, self.group,
+                self.config.bind, port,
+            )  # fmt: skip
+            nursery.start_soon(self.reporter.run)
+            nursery.start_soon(self.replicator.run)
+            task_status.started(port)
+
+    def peer_ip(self, storage_id: str) -> str:
+        if storage_id == self.config.server_id:
+            return self.config.bind
+        peer = self.peers.get(storage_id)
+        return peer.ip if peer else ""
+
+    def update_peers(self, peers: list[PeerAddr]) -> None:
+        for peer in peers:
+            self.peers[peer.storage_id] = peer
+        self.replicator.update_peers(peers)
+
+    # ------------------------------------------------------------ dispatch
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        try:
+            client = str(sock.getpeername()[0])
+        except OSError:
+            client = "?"
+        conn = Conn(sock, SocketReader(sock), client)
+        self.connections_current += 1
+        self.connections_max = max(self.connections_max, self.connections_current)
+        try:
+            await self._serve_connection(conn)
+        finally:
+            self.connections_current -= 1
+
+    async def _serve_connection(self, conn: Conn) -> None:
+        while True:
+            try:
+                header = await conn.reader.read_header()
+            except ProtocolError:
+                return
+            if header is None or header.cmd == Cmd.QUIT:
+                return
+            handler = self._handlers.get(header.cmd)
+            try:
+                if handler is None:
+                    raise RequestError(errno.EINVAL, f"unknown cmd {header.cmd}")
+                if await handler(conn, header):
+                    return
+            except RequestError as exc:
+                level = (
+                    logging.DEBUG if exc.status in (errno.ENOENT, errno.EEXIST) else logging.INFO
+                )
+                log.log(
+                    level,
+                    "cmd %d from %s: %s (status %d)",
+                    header.cmd,
+                    conn.client,
+                    exc,
+                    exc.status,
+                )
+                await send_reply(conn.sock, status=exc.status)
+                if exc.close:
+                    await serverutil.close_after_error(conn.sock)
+                    return
+
+    async def small_body(self, conn: Conn, header: Header) -> bytes:
+        if header.length > MAX_SMALL_BODY:
+            raise RequestError(errno.EINVAL, f"body of {header.length} bytes is too large")
+        return await conn.reader.read_exact(header.length)
+
+    def check_group(self, raw: bytes) -> None:
+        group = decode_text(raw)
+        if group != self.group:
+            raise RequestError(errno.EINVAL, f"group {group!r} is not {self.group!r}")
+
+    async def fail_after_payload(self, conn: Conn, remaining: int, error: RequestError) -> NoReturn:
+        """Answer a non-closing error only once the request's payload is consumed."""
+        if not error.close:
+            await conn.reader.discard(remaining)
+        raise error
+
+    # ------------------------------------------------------------ uploads
+
+    async def receive_to(self, conn: Conn, fd: int, size: int, offset: int | None = None) -> int:
+        """Write ``size`` payload bytes to ``fd``; return their crc32."""
+        crc = 0
+        pos = offset
+        async for chunk in conn.reader.stream(size):
+            crc = zlib.crc32(chunk, crc)
+            view = chunk
+            while view:
+                written = os.write(fd, view) if pos is None else os.pwrite(fd, view, pos)
+                if pos is not None:
+                    pos += written
+                view = view[written:]
+        return crc
+
+    async def receive_new_file(
+        self, conn: Conn, store_path_index: int, size: int
+    ) -> tuple[Path, int]:
+        temp = self.store.new_temp_path(store_path_index)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                crc = await self.receive_to(conn, fd, size)
+            finally:
+                os.close(fd)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return temp, crc
+
+    def validate_ext(self, ext: str) -> None:
+        if not valid_name_chars(ext) or "." in ext or "-" in ext or "_" in ext:
+            raise RequestError(errno.EINVAL, f"invalid file extension {ext!r}")
+
+    async def cmd_upload(self, conn: Conn, header: Header) -> None:
+        appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
+        op = "upload"
+        if header.length < UPLOAD_FIXED:
+            await self.small_body(conn, header)
+            raise RequestError(errno.EINVAL, "upload body too short")
+        try:
+            head = parse_upload_head(await conn.reader.read_exact(UPLOAD_FIXED))
+        except ProtocolError as exc:
+            raise RequestError(errno.EINVAL, str(exc)) from exc
+        index = head.store_path_index
+        if index == STORE_PATH_ANY:
+            index = self.store.choose_store_path()
+        elif index >= self.store.store_path_count:
+            raise RequestError(errno.EINVAL, f"invalid store path index {index}")
+        if head.size != header.length - UPLOAD_FIXED:
+            raise RequestError(
+                errno.EINVAL, f"file size {head.size} disagrees with the body length"
+            )
+        self.validate_ext(head.ext)
+        try:
+            self.store.check_space(head.size)
+        except RequestError as exc:
+            self.counters.op(op, False, head.size)
+            await self.fail_after_payload(conn, head.size, exc)
+        try:
+            temp, crc = await self.receive_new_file(conn, index, head.size)
+        except PeerClosed:
+            self.counters.op(op, False, head.size)
+            raise
+        remote = self.place_new_file(temp, index, head.size, crc, head.ext, appender)
+        self.counters.op(op, True, head.size)
+        self.counters.values["last_source_update"] = int(time.time())
+        await send_reply(conn.sock, encode_file_id_reply(self.group, remote))
+
+    def place_new_file(
+        self, temp: Path, index: int, size: int, crc: int, ext: str, appender: bool
+    ) -> str:
+        """Name, move into place and log a finished upload (no await inside)."""
+        for _ in range(10):
+            ts = self.binlog.next_source_timestamp()
+            remote = make_remote_name(
+                source=self.source, create_time=ts, size=size, crc32=crc, ext=ext,
+                appender=appender, store_path_index=index, subdirs=self.store.next_subdirs(),
+                rng=self.rng,
+            )  # fmt: skip
+            local = self.store.resolve(remote)
+            if not local.path.exists():
+                self.store.place(temp, local)
+                self.binlog.append(ts, "C", remote)
+                return remote
+        temp.unlink(missing_ok=True)
+        raise RequestError(errno.EBUSY, "could not generate a unique file name", close=False)
+
+    async def cmd_upload_slave(self, conn: Conn, header: Header) -> None:
+        if header.length <= SLAVE_FIXED:
+            await self.small_body(conn, header)
+            raise RequestError(errno.EINVAL, "upload slave body too short")
+        raw_head = await conn.reader.read_exact(SLAVE_FIXED)
+        try:
+            head = parse_slave_head(raw_head)
+        except ProtocolError as exc:
+            raise RequestError(errno.EINVAL, str(exc)) from exc
+        if head.master_name_len <= LOGIC_PATH_LEN or head.master_name_len >= MAX_NAME_LEN:
+            raise RequestError(errno.EINVAL, f"master name length {head.master_name_len}")
+        if head.size != header.length - SLAVE_FIXED - head.master_name_len:
+            raise RequestError(errno.EINVAL, "file size disagrees with the body length")
+        prefix = decode_text(raw_head[16 : 16 + PREFIX_LEN])
+        if not prefix or not valid_name_chars(prefix):
+            raise RequestError(errno.EINVAL, f"invalid slave prefix {prefix!r}")
+        self.validate_ext(head.ext)
+        master_name = decode_text(await conn.reader.read_exact(head.master_name_len))
+        master = self.store.resolve(master_name)
+        try:
+            self.store.check_space(head.size)
+            self.store.stat(master)
+            try:
+                slave_name = slave_remote_name(master_name, prefix, head.ext)
+            except ValueError as exc:
+                raise RequestError(errno.EINVAL, str(exc)) from exc
+            slave = self.store.resolve(slave_name)
+            if slave.path.exists():
+                raise RequestError(errno.EEXIST, f"slave {slave_name} exists")
+        except RequestError as exc:
+            self.counters.op("upload", False, head.size)
+            await self.fail_after_payload(conn, head.size, exc)
+        temp, _crc = await self.receive_new_file(conn, slave.store_path_index, head.size)
+        if slave.path.exists():
+            temp.unlink(missing_ok=True)
+            raise RequestError(errno.EEXIST, f"slave {slave_name} exists")
+        self.store.place(temp, slave)
+        self.binlog.record_source("C", slave_name)
+        self.counters.op("upload", True, head.size)
+        self.counters.values["last_source_update"] = int(time.time())
+        await send_reply(conn.sock, encode_file_id_reply(self.group, slave_name))
+
+    # ------------------------------------------------------------ appender files
+
+    def check_appender(self, name: str) -> tuple[LocalFile, os.stat_result]:
+        local = self.store.resolve(name)
+        info = self.store.stat(local)
+        if not is_appender_name(name):
+            raise RequestError(errno.EINVAL, f"{name} is not an appender file")
+        return local, info
+
+    async def read_appender_head(
+        self, conn: Conn, header: Header, fixed: int
+    ) -> tuple[FieldReader, int]:
+        """Fixed fields, the appender name and the payload size of 24/34."""
+        if header.length <= fixed:
+            await self.small_body(conn, header)
+            raise RequestError(errno.EINVAL, "body too short")
+        r = FieldReader(await conn.reader.read_exact(fixed), "request")
+        name_len = r.int64()
+        if name_len < MIN_APPENDER_NAME_LEN or name_len >= MAX_NAME_LEN:
+            raise RequestError(errno.EINVAL, f"appender name length {name_len}")
+        return r, name_len
+
+    async def cmd_append(self, conn: Conn, header: Header) -> None:
+        r, name_len = await self.read_appender_head(conn, header, APPEND_FIXED)
+        size = r.int64()
+        if size < 0 or size != header.length - APPEND_FIXED - name_len:
+            raise RequestError(errno.EINVAL, "append size disagrees with the body length")
+        name = decode_text(await conn.reader.read_exact(name_len))
+        async with self.locks.hold(name):
+            try:
+                local, info = self.check_appender(name)
+                if size and self.store.is_full():
+                    raise RequestError(errno.ENOSPC, "disk full")
+            except RequestError as exc:
+                self.counters.op("append", False, size)
+                await self.fail_after_payload(conn, size, exc)
+            if size:
+                start = info.st_size
+                fd = os.open(local.path, os.O_WRONLY)
+                try:
+                    await self.receive_to(conn, fd, size, offset=start)
+                except BaseException:
+                    os.ftruncate(fd, start)
+                    self.counters.op("append", False, size)
+                    raise
+                finally:
+                    os.close(fd)
+                self.binlog.record_source("A", name, f"{start} {size}")
+                self.counters.values["last_source_update"] = int(time.time())
+            self.counters.op("append", True, size)
+        await send_reply(conn.sock)
+
+    async def cmd_modify(self, conn: Conn, header: Header) -> None:
+        r, name_len = await self.read_appender_head(conn, header, MODIFY_FIXED)
+        offset, size = r.int64(), r.int64()
+        if offset < 0:
+            raise RequestError(errno.EINVAL, f"negative offset {offset}")
+        if size < 0 or size != header.length - MODIFY_FIXED - name_len:
+            raise RequestError(errno.EINVAL, "modify size disagrees with the body length")
+        name = decode_text(await conn.reader.read_exact(name_len))
+        async with self.locks.hold(name):
+            try:
+                local, info = self.check_appender(name)
+                if offset > info.st_size:
+                    raise RequestError(errno.EINVAL, f"offset {offset} > size {info.st_size}")
+            except RequestError as exc:
+                self.counters.op("modify", False, size)
+                await self.fail_after_payload(conn, size, exc)
+            if size:
+                fd = os.open(local.path, os.O_WRONLY)
+                try:
+                    await self.receive_to(conn, fd, size, offset=offset)
+                finally:
+                    os.close(fd)
+                self.binlog.record_source("M", name, f"{offset} {size}")
+                self.counters.values["last_source_update"] = int(time.time())
+            self.counters.op("modify", True, size)
+        await send_reply(conn.sock)
+
+    async def cmd_truncate(self, conn: Conn, header: Header) -> None:
+        body = await self.small_body(conn, header)
+        if len(body) <= 16:
+            raise RequestError(errno.EINVAL, "truncate body too short")
+        r = FieldReader(body, "truncate request")
+        name_len, new_size = r.int64(), r.int64()
+        if name_len < MIN_APPENDER_NAME_LEN or name_len >= MAX_NAME_LEN or name_len != r.remaining:
+            raise RequestError(errno.EINVAL, f"appender name length {name_len}")
+        if new_size < 0:
+            raise RequestError(errno.EINVAL, f"negative size {new_size}")
+        name = decode_text(r.rest())
+        async with self.locks.hold(name):
+            try:
+                local, info = self.check_appender(name)
+            except RequestError:
+                self.counters.op("truncate", False)
+                raise
+            if new_size != info.st_size:
+                os.truncate(local.path, new_size)
+                self.binlog.record_source("T", name, str(new_size))
+                self.counters.values["last_source_update"] = int(time.time())
+            self.counters.op("truncate", True)
+        await send_reply(conn.sock)
+
+    async def cmd_regenerate(self, conn: Conn, header: Header) -> None:
+        body = await self.small_body(conn, header)
+        if len(body) < MIN_APPENDER_NAME_LEN or len(body) >= MAX_NAME_LEN:
+            raise RequestError(errno.EINVAL, f"appender name of {len(body)} bytes")
+        name = decode_text(body)
+        async with self.locks.hold(name):
+            local, info = self.check_appender(name)
+            crc = await trio.to_thread.run_sync(file_crc32, local.path)
+            # Only now, with the content known, take the timestamp and rename.
+            ts = self.binlog.next_source_timestamp()
+            fresh = make_remote_name(
+                source=self.source, create_time=ts, size=info.st_size, crc32=crc,
+                store_path_index=local.store_path_index, subdirs=local.subdirs, rng=self.rng,
+            )  # fmt: skip
+            # Upstream keeps the old name's random digits and extension.
+            new_name = fresh[: LOGIC_PATH_LEN + BASE64_LEN] + name[LOGIC_PATH_LEN + BASE64_LEN :]
+            target = self.store.resolve(new_name)
+            if target.path.exists():
+                raise RequestError(errno.EBUSY, "regenerated name exists", close=False)
+            os.rename(local.path, target.path)
+            self.binlog.append(ts, "R", new_name, name)
+        await send_reply(conn.sock, encode_file_id_reply(self.group, new_name))
+
+    # ------------------------------------------------------------ reads
+
+    async def cmd_download(self, conn: Conn, header: Header) -> None:
+        body = await self.small_body(conn, header)
+        if len(body) <= 16 + GROUP_NAME_LEN:
+            raise RequestError(errno.EINVAL, "download body too short")
+        r = FieldReader(body, "download request")
+        offset, length = r.int64(), r.int64()
+        if offset < 0 or length < 0:
+            raise RequestError(errno.EINVAL, f"offset {offset}, length {length}")
+        self.check_group(r.take(GROUP_NAME_LEN))
+        local = self.store.resolve(decode_text(r.rest()))
+        try:
+            fd = os.open(local.path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            self.counters.op("download", False)
+            raise RequestError(errno.ENOENT, f"no such file {local.remote_name}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if offset >= size:
+                self.counters.op("download", False)
+                raise RequestError(errno.EINVAL, f"offset {offset} >= file size {size}")
+            count = size - offset if length == 0 else min(length, size - offset)
+            await serverutil.send_all(conn.sock, encode_header(count, Cmd.RESP, 0))
+            try:
+                await serverutil.send_file(conn.sock, fd, offset, count)
+            except PeerClosed:
+                self.counters.op("download", False, count)
+                raise
+            self.counters.op("download", True, count)
+        finally:
+            os.close(fd)
+
+    async def read_group_name_body(self, conn: Conn, header: Header) -> LocalFile:
+        body = await self.small_body(conn, header)
+        if len(body) <= GROUP_NAME_LEN:
+            raise RequestError(errno.EINVAL, "body too short")
+        if len(body) - GROUP_NAME_LEN >= MAX_NAME_LEN:
+            raise RequestError(errno.EINVAL, "file name too long")
+        self.check_group(body[:GROUP_NAME_LEN])
+        return self.store.resolve(decode_text(body[GROUP_NAME_LEN:]))
+
+    async def cmd_get_metadata(self, conn: Conn, header: Header) -> None:
+        local = await self.read_group_name_body(conn, header)
+        try:
+            self.store.stat(local)
+            meta = self.store.read_metadata(local)
+            if meta is None:
+                raise RequestError(errno.ENOENT, f"{local.remote_name} has no metadata")
+        except RequestError:
+            self.counters.op("get_meta", False)
+            raise
+        self.counters.op("get_meta", True)
+        await send_reply(conn.sock, meta)
+
+    async def cmd_query_file_info(self, conn: Conn, header: Header) -> None:
+        local = await self.read_group_name_body(conn, header)
+        info = self.store.stat(local)
+        name = local.remote_name
+        if len(name) < LOGIC_PATH_LEN + BASE64_LEN:
+            raise RequestError(errno.EINVAL, f"file name {name!r} too short")
+        try:
+            decoded = decode_file_id(FileId(self.group, name))
+        except (InvalidFileId, ValueError) as exc:
+            raise RequestError(errno.EINVAL, str(exc)) from exc
+        if decoded.file_type in (FileType.APPENDER, FileType.SLAVE):
+            if header.status & QUERY_FINFO_NO_CRC32:
+                crc = 0
+            else:
+                crc = await trio.to_thread.run_sync(file_crc32, local.path)
+        else:
+            crc = decoded.crc32 or 0
+        if decoded.source_id is not None:
+            source_ip = self.peer_ip(str(decoded.source_id))
+        else:
+            source_ip = decoded.source_ip or ""
+        reply = FileInfo(info.st_size, int(info.st_mtime), crc, source_ip)
+        await send_reply(conn.sock, encode_file_info_reply(reply))
+
+    async def cmd_active_test(self, conn: Conn, header: Header) -> None:
+        if header.length:
+            raise RequestError(errno.EINVAL, "active test with a body")
+        await send_reply(conn.sock)
+
+    # ------------------------------------------------------------ delete, metadata
+
+    async def cmd_delete(self, conn: Conn, header: Header) -> None:
+        local = await self.read_group_name_body(conn, header)
+        async with self.locks.hold(local.remote_name):
+            try:
+                self.store.stat(local)
+            except RequestError:
+                self.counters.op("delete", False)
+                raise
+            local.path.unlink()
+            self.binlog.record_source("D", local.remote_name)
+            if local.meta_path.exists():
+                local.meta_path.unlink()
+                self.binlog.record_source("D", local.remote_name + "-m")
+            self.counters.op("delete", True)
+            self.counters.values["last_source_update"] = int(time.time())
+        await send_reply(conn.sock)
+
+    async def cmd_set_metadata(self, conn: Conn, header: Header) -> None:
+        body = await self.small_body(conn, header)
+        if len(body) <= 8 + 8 + 1 + GROUP_NAME_LEN:
+            raise RequestError(errno.EINVAL, "set metadata body too short")
+        r = FieldReader(body, "set metadata request")
+        name_len, meta_len, flag = r.int64(), r.int64(), r.byte()
+        if name_len <= 0 or name_len >= MAX_NAME_LEN:
+            raise RequestError(errno.EINVAL, f"file name length {name_len}")
+        if flag not in (META_OVERWRITE, META_MERGE):
+            raise RequestError(errno.EINVAL, f"metadata flag {flag:#x}")
+        if meta_len < 0 or meta_len != r.remaining - GROUP_NAME_LEN - name_len:
+            raise RequestError(errno.EINVAL, "metadata length disagrees with the body length")
+        self.check_group(r.take(GROUP_NAME_LEN))
+        local = self.store.resolve(decode_text(r.take(name_len)))
+        new_meta = r.rest()
+        async with self.locks.hold(local.remote_name + "-m"):
+            try:
+                self.store.stat(local)
+            except RequestError:
+                self.counters.op("set_meta", False)
+                raise
+            self.apply_metadata(local, new_meta, overwrite=flag == META_OVERWRITE)
+            self.counters.op("set_meta", True)
+        await send_reply(conn.sock)
+
+    def apply_metadata(self, local: LocalFile, new_meta: bytes, *, overwrite: bool) -> None:
+        meta_name = local.remote_name + "-m"
+        existed = local.meta_path.exists()
+        if not new_meta:
+            if overwrite and existed:
+                local.meta_path.unlink()
+                self.binlog.record_source("D", meta_name)
+            return
+        records = split_metadata(new_meta)
+        if not overwrite and existed:
+            merged = split_metadata(local.meta_path.read_bytes())
+            merged.update(records)
+            records = merged
+        meta_local = self.store.resolve(meta_name)
+        self.store.write_whole(meta_local, join_metadata(records))
+        self.binlog.record_source("U" if existed else "C", meta_name)
+
+    # ------------------------------------------------------------ binlog, sync
+
+    async def cmd_fetch_binlog(self, conn: Conn, header: Header) -> bool:
+        body = await self.small_body(conn, header)
+        if len(body) != GROUP_NAME_LEN + 1:
+            raise RequestError(errno.EINVAL, f"fetch binlog body of {len(body)} bytes")
+        self.check_group(body[:GROUP_NAME_LEN])
+        index = body[GROUP_NAME_LEN]
+        if index >= self.store.store_path_count:
+            raise RequestError(errno.EINVAL, f"invalid store path index {index}")
+        prefix = f"M{index:02X}/"
+        await serverutil.send_all(conn.sock, encode_header(BINLOG_STREAM_LENGTH, Cmd.RESP, 0))
+        sent = 0
+        seen: set[str] = set()
+        batch: list[bytes] = []
+        for entry in self.binlog.read_entries(0):
+            if entry.op not in LISTED_OPS or not entry.name.startswith(prefix):
+                continue
+            if entry.name in seen or not self.store.exists(entry.name):
+                continue
+            seen.add(entry.name)
+            op = "C" if entry.op in "CR" else "c"
+            line = f"{entry.timestamp} {op} {entry.name}\n".encode()
+            batch.append(line)
+            sent += len(line)
+            if len(batch) >= 512:
+                await serverutil.send_all(conn.sock, b"".join(batch))
+                batch.clear()
+        batch.append(encode_binlog_trailer(sent))
+        await serverutil.send_all(conn.sock, b"".join(batch))
+        await serverutil.close_after_error(conn.sock)
+        return True
+
+    async def cmd_sync_pull(self, conn: Conn, header: Header) -> None:
+        await serve_sync_pull(self, conn.sock, await self.small_body(conn, header))
+
+    async def cmd_sync_fetch(self, conn: Conn, header: Header) -> None:
+        await serve_sync_fetch(self, conn.sock, await self.small_body(conn, header))
+
+
+def split_metadata(raw: bytes) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    for record in raw.split(META_RECORD_SEP):
+        if record:
+            name, _, value = record.partition(META_FIELD_SEP)
+            records[name] = value
+    return records
+
+
+def join_metadata(records: dict[bytes, bytes]) -> bytes:
+    return META_RECORD_SEP.join(name + META_FIELD_SEP + records[name] for name in sorted(records))
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None = None) -> StorageConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.storage", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--bind", required=True, help="127.x address to listen on")
+    parser.add_argument("--port", type=int, required=True, help="port (0 = any free port)")
+    parser.add_argument("--base-dir", type=Path, required=True)
+    parser.add_argument(
+        "--tracker", action="append", required=True, type=serverutil.parse_hostport,
+        help="tracker HOST:PORT (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--storage-id", default=None, help="storage id (storage-id mode)")
+    parser.add_argument("--store-paths", type=int, default=1)
+    parser.add_argument("--subdirs", type=int, default=256)
+    parser.add_argument("--heartbeat-interval", type=float, default=1.0)
+    parser.add_argument("--id-in-filename", choices=("id", "ip"), default=None)
+    serverutil.add_common_args(parser)
+    args = parser.parse_args(argv)
+    serverutil.setup_logging(args.log_level, "storage")
+    id_mode = args.id_in_filename or ("id" if args.storage_id else "ip")
+    return StorageConfig(
+        group=args.group, bind=args.bind, port=args.port, base_dir=args.base_dir,
+        trackers=args.tracker, storage_id=args.storage_id, store_paths=args.store_paths,
+        subdirs=args.subdirs, heartbeat_interval=args.heartbeat_interval, id_in_filename=id_mode,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    server = StorageServer(config)
+
+    async def start(nursery: trio.Nursery) -> None:
+        port = await nursery.start(server.run)
+        serverutil.announce_ready(port)
+
+    trio.run(serverutil.run_until_signalled, start)
+
+
+if __name__ == "__main__":
+    main()

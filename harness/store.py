@@ -1,0 +1,244 @@
+"""On-disk layout of the builtin storage: FastDFS store paths and their files.
+
+``<base>/store<i>/data/HH/HH/<name>`` holds the file with remote name
+``M<i>/HH/HH/<name>``; its metadata, when it has any, is the sibling file
+``<name>-m`` in upstream's text format (records sorted by name). Subdirectories
+are created when a file first lands in them. New content is written to
+``<base>/store<i>/tmp/`` and renamed into place only when complete, so a
+half-received upload is never visible.
+
+Disk-full simulation: while ``<base>/.full`` exists the storage reports
+0 MB free and refuses uploads and appends with ENOSPC.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import logging
+import os
+import re
+import stat
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from fdfsmount.proto.errors import InvalidFileId
+from fdfsmount.proto.fileid import (
+    APPENDER_FLAG,
+    BASE64_LEN,
+    NORMAL_REMOTE_NAME_LEN,
+    FileId,
+    FileType,
+    decode_file_id,
+)
+
+from .serverutil import RequestError
+
+log = logging.getLogger(__name__)
+
+META_SUFFIX = "-m"
+FULL_FLAG = ".full"
+#: Reserved space, as a fraction of the store path's size (upstream sample: 1%).
+RESERVED_RATIO = 0.01
+LOGIC_PATH_LEN = 10  # "M00/HH/HH/"
+_UPPER_HEX = re.compile(r"[0-9A-F]{2}")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+CRC_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A remote name resolved to its place on disk."""
+
+    remote_name: str
+    store_path_index: int
+    subdirs: tuple[int, int]
+    path: Path
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path.with_name(self.path.name + META_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    total_mb: int
+    free_mb: int
+    reserved_mb: int
+
+
+def file_type_of(remote_name: str) -> FileType | None:
+    """What the name says (None when its base64 part cannot be decoded)."""
+    try:
+        return decode_file_id(FileId("g", remote_name)).file_type
+    except (InvalidFileId, ValueError):
+        return None
+
+
+def is_appender_name(remote_name: str) -> bool:
+    """Upstream's check: the size field of the decoded name has the appender bit."""
+    if len(remote_name) < NORMAL_REMOTE_NAME_LEN:
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(
+            remote_name[LOGIC_PATH_LEN : LOGIC_PATH_LEN + BASE64_LEN] + "="
+        )
+    except ValueError:
+        return False
+    return len(raw) >= 16 and bool(int.from_bytes(raw[8:16], "big") & APPENDER_FLAG)
+
+
+class Store:
+    """The store paths of one storage server."""
+
+    def __init__(self, base_dir: Path, store_path_count: int = 1, subdir_count: int = 256) -> None:
+        if not 1 <= store_path_count <= 256:
+            raise ValueError("store path count must be 1..256")
+        if not 1 <= subdir_count <= 256:
+            raise ValueError("subdir count must be 1..256")
+        self.base_dir = base_dir
+        self.store_path_count = store_path_count
+        self.subdir_count = subdir_count
+        self.paths = [base_dir / f"store{i}" for i in range(store_path_count)]
+        for path in self.paths:
+            (path / "data").mkdir(parents=True, exist_ok=True)
+            tmp = path / "tmp"
+            tmp.mkdir(exist_ok=True)
+            for stale in tmp.iterdir():
+                stale.unlink(missing_ok=True)
+        self._next_path = 0
+        # Round-robin subdirectory placement as upstream's default
+        # (file_distribute_path_mode 0, rotate every 100 files).
+        self._subdir_high = 0
+        self._subdir_low = 0
+        self._files_in_subdir = 0
+
+    # ------------------------------------------------------------ names
+
+    def resolve(self, remote_name: str) -> LocalFile:
+        """Map a remote name to a path; EINVAL for names upstream rejects.
+
+        Well-formed names carrying characters no FastDFS name has resolve to
+        a path that cannot exist, so they answer ENOENT without touching
+        anything outside the store.
+        """
+        if len(remote_name) <= LOGIC_PATH_LEN or remote_name[0] != "M" or remote_name[3] != "/":
+            raise RequestError(errno.EINVAL, f"invalid file name {remote_name!r}")
+        index_hex = remote_name[1:3]
+        if not re.fullmatch(r"[0-9A-Fa-f]{2}", index_hex):
+            raise RequestError(errno.EINVAL, f"invalid store path in {remote_name!r}")
+        index = int(index_hex, 16)
+        if index >= self.store_path_count:
+            raise RequestError(errno.EINVAL, f"invalid store path index {index}")
+        rest = remote_name[4:]
+        high, low, name = rest[0:2], rest[3:5], rest[6:]
+        if (
+            len(rest) < 6
+            or rest[2] != "/"
+            or rest[5] != "/"
+            or not _UPPER_HEX.fullmatch(high)
+            or not _UPPER_HEX.fullmatch(low)
+            or "/" in name
+        ):
+            raise RequestError(errno.EINVAL, f"invalid data file name {remote_name!r}")
+        if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+            raise RequestError(errno.ENOENT, f"no such file {remote_name!r}", close=False)
+        path = self.paths[index] / "data" / high / low / name
+        return LocalFile(remote_name, index, (int(high, 16), int(low, 16)), path)
+
+    def try_resolve(self, remote_name: str) -> LocalFile | None:
+        try:
+            return self.resolve(remote_name)
+        except RequestError:
+            return None
+
+    def choose_store_path(self) -> int:
+        """Round-robin over the store paths (index byte 0xFF in an upload)."""
+        index = self._next_path % self.store_path_count
+        self._next_path = index + 1
+        return index
+
+    def next_subdirs(self) -> tuple[int, int]:
+        placed = (self._subdir_high, self._subdir_low)
+        self._files_in_subdir += 1
+        if self._files_in_subdir >= 100:
+            self._files_in_subdir = 0
+            self._subdir_low += 1
+            if self._subdir_low >= self.subdir_count:
+                self._subdir_low = 0
+                self._subdir_high = (self._subdir_high + 1) % self.subdir_count
+        return placed
+
+    def remote_name(self, store_path_index: int, subdirs: tuple[int, int], name: str) -> str:
+        return f"M{store_path_index:02X}/{subdirs[0]:02X}/{subdirs[1]:02X}/{name}"
+
+    # ------------------------------------------------------------ files
+
+    def new_temp_path(self, store_path_index: int) -> Path:
+        return self.paths[store_path_index] / "tmp" / uuid.uuid4().hex
+
+    def place(self, temp: Path, target: LocalFile) -> None:
+        """Move a completed temp file to its final name."""
+        target.path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, target.path)
+
+    def exists(self, remote_name: str) -> bool:
+        local = self.try_resolve(remote_name)
+        return local is not None and local.path.is_file()
+
+    def stat(self, local: LocalFile) -> os.stat_result:
+        """lstat of a regular file; ENOENT if missing, EINVAL if not a file."""
+        try:
+            info = local.path.lstat()
+        except FileNotFoundError:
+            raise RequestError(errno.ENOENT, f"no such file {local.remote_name}") from None
+        except NotADirectoryError:
+            raise RequestError(errno.ENOENT, f"no such file {local.remote_name}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise RequestError(errno.EINVAL, f"{local.remote_name} is not a regular file")
+        return info
+
+    def read_metadata(self, local: LocalFile) -> bytes | None:
+        try:
+            return local.meta_path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write_whole(self, local: LocalFile, data: bytes) -> None:
+        """Replace a small file (metadata) atomically."""
+        temp = self.new_temp_path(local.store_path_index)
+        temp.write_bytes(data)
+        self.place(temp, local)
+
+    # ------------------------------------------------------------ space
+
+    @property
+    def full_flag(self) -> Path:
+        return self.base_dir / FULL_FLAG
+
+    def is_full(self) -> bool:
+        return self.full_flag.exists()
+
+    def usage(self) -> DiskUsage:
+        vfs = os.statvfs(self.base_dir)
+        total = vfs.f_blocks * vfs.f_frsize // (1 << 20) * self.store_path_count
+        free = vfs.f_bavail * vfs.f_frsize // (1 << 20) * self.store_path_count
+        if self.is_full():
+            free = 0
+        return DiskUsage(total, free, int(total * RESERVED_RATIO))
+
+    def check_space(self, size: int) -> None:
+        """ENOSPC when an upload of ``size`` bytes would eat into the reserve."""
+        usage = self.usage()
+        if self.is_full() or usage.free_mb - size // (1 << 20) <= usage.reserved_mb:
+            raise RequestError(errno.ENOSPC, "no space left for the upload")
+
+
+def file_crc32(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CRC_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc

@@ -1,0 +1,236 @@
+"""Builtin FastDFS tracker server (trio), byte-compatible with upstream 6.16.1.
+
+Usage::
+
+    python -m harness.tracker --bind 127.0.0.1 --port P --base-dir DIR \\
+        [--store-lookup round_robin|load_balance] [--ip-size 16|46] [--offline-after SECONDS]
+
+Prints ``READY <port>`` on stdout once listening (``--port 0`` picks a free
+port), logs to stderr, exits cleanly on SIGTERM/SIGINT. Nothing is persisted:
+storages join again after a restart (they retry every half second).
+
+Client commands: 90, 91, 92, 101-107, 111 with upstream's layouts, and 82
+(QUIT, closes). Bad body lengths and unknown commands answer EINVAL and keep
+the connection open, unknown groups and storage ids ENOENT, as upstream.
+``--ip-size 46`` mimics ``response_ip_addr_size = IPv6``: 45-byte IP fields
+in 101-107 replies, 46-byte ones in 92 records. Storages talk to the tracker
+with the harness's own join/heartbeat messages (`harness.peerproto`); routing
+rules are in `harness.tracker_state`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+from pathlib import Path
+
+import trio
+
+from fdfsmount.proto.constants import GROUP_NAME_LEN, STORAGE_ID_LEN, Cmd
+from fdfsmount.proto.errors import ProtocolError
+from fdfsmount.proto.message import ServerAddr
+from fdfsmount.proto.tracker import (
+    MIN_REMOTE_NAME_LEN,
+    FetchTarget,
+    StoreTarget,
+    encode_fetch_reply,
+    encode_groups_reply,
+    encode_storages_reply,
+    encode_store_reply,
+)
+from fdfsmount.proto.wire import Header, decode_text
+
+from . import serverutil
+from .peerproto import MAX_JSON_BODY, PeerCmd, decode_json, encode_json
+from .serverutil import SocketReader, send_reply
+from .tracker_state import Registry, StorageNode, TrackerError
+
+log = logging.getLogger(__name__)
+
+#: Requests larger than this are not FastDFS requests: the connection is dropped.
+MAX_BODY = MAX_JSON_BODY
+#: 102/103/105 bodies of this size or more are refused, as upstream does.
+MAX_FETCH_BODY = GROUP_NAME_LEN + 128
+EXPIRE_INTERVAL = 0.25
+
+
+class TrackerServer:
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        base_dir: Path,
+        *,
+        store_lookup: str = "round_robin",
+        ip_size: int = 16,
+        offline_after: float = 3.0,
+    ) -> None:
+        if ip_size not in (16, 46):
+            raise ValueError("ip size must be 16 or 46")
+        self.bind = bind
+        self.port = port
+        self.base_dir = base_dir
+        self.ip_size = ip_size
+        self.registry = Registry(store_lookup, offline_after)
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serverutil.serve, self.handle, self.bind, self.port)
+            self.port = port
+            log.info("tracker listening on %s:%d", self.bind, port)
+            nursery.start_soon(self._expire_loop)
+            task_status.started(port)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await trio.sleep(EXPIRE_INTERVAL)
+            self.registry.expire()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        reader = SocketReader(sock, 64 * 1024)
+        link = object()
+        storage: StorageNode | None = None
+        try:
+            while True:
+                try:
+                    header = await reader.read_header()
+                except ProtocolError:
+                    return
+                if header is None or header.cmd == Cmd.QUIT:
+                    return
+                if header.length > MAX_BODY:
+                    log.info("dropping a connection that sent a %d-byte body", header.length)
+                    return
+                body = await reader.read_exact(header.length)
+                if header.cmd in (PeerCmd.STORAGE_JOIN, PeerCmd.STORAGE_BEAT):
+                    storage = await self._storage_message(sock, header, body, link, storage)
+                    continue
+                try:
+                    reply = self.answer(header, body)
+                except TrackerError as exc:
+                    log.debug("cmd %d: %s (status %d)", header.cmd, exc, exc.status)
+                    await send_reply(sock, status=exc.status)
+                    continue
+                await send_reply(sock, reply)
+        finally:
+            if storage is not None:
+                self.registry.link_closed(link)
+
+    async def _storage_message(
+        self,
+        sock: trio.socket.SocketType,
+        header: Header,
+        body: bytes,
+        link: object,
+        storage: StorageNode | None,
+    ) -> StorageNode | None:
+        try:
+            info = decode_json(body, "storage message")
+            if header.cmd == PeerCmd.STORAGE_JOIN:
+                storage = self.registry.join(info, link)
+            elif storage is None:
+                raise TrackerError(errno.EINVAL, "heartbeat before join")
+            else:
+                self.registry.beat(storage, info)
+        except (ProtocolError, TrackerError) as exc:
+            status = exc.status if isinstance(exc, TrackerError) else errno.EINVAL
+            log.warning("storage message refused: %s", exc)
+            await send_reply(sock, status=status)
+            return storage
+        peers = [p.to_json() for p in self.registry.peers_of(storage)]
+        await send_reply(sock, encode_json({"storages": peers}))
+        return storage
+
+    # ------------------------------------------------------------ client commands
+
+    def answer(self, header: Header, body: bytes) -> bytes:
+        cmd = header.cmd
+        if cmd == Cmd.ACTIVE_TEST:
+            expect_empty(body)
+            return b""
+        if cmd in (Cmd.QUERY_STORE_WITHOUT_GROUP_ONE, Cmd.QUERY_STORE_WITHOUT_GROUP_ALL):
+            expect_empty(body)
+            return self.query_store(None, cmd == Cmd.QUERY_STORE_WITHOUT_GROUP_ALL)
+        if cmd in (Cmd.QUERY_STORE_WITH_GROUP_ONE, Cmd.QUERY_STORE_WITH_GROUP_ALL):
+            return self.query_store(group_field(body), cmd == Cmd.QUERY_STORE_WITH_GROUP_ALL)
+        if cmd in (Cmd.QUERY_FETCH_ONE, Cmd.QUERY_FETCH_ALL, Cmd.QUERY_UPDATE):
+            if not GROUP_NAME_LEN + MIN_REMOTE_NAME_LEN <= len(body) < MAX_FETCH_BODY:
+                raise TrackerError(errno.EINVAL, f"fetch query body of {len(body)} bytes")
+            group_name = decode_text(body[:GROUP_NAME_LEN])
+            remote = body[GROUP_NAME_LEN:].decode("utf-8", "surrogateescape")
+            group, nodes = self.registry.query_fetch(cmd, group_name, remote)
+            target = FetchTarget(group.name, tuple(ServerAddr(n.ip, n.port) for n in nodes))
+            return encode_fetch_reply(target, self.ip_size)
+        if cmd == Cmd.SERVER_LIST_ONE_GROUP:
+            return self.registry.group(group_field(body)).stat().encode()
+        if cmd == Cmd.SERVER_LIST_ALL_GROUPS:
+            expect_empty(body)
+            return encode_groups_reply([g.stat() for g in self.registry.sorted_groups()])
+        if cmd == Cmd.SERVER_LIST_STORAGE:
+            return self.list_storages(body)
+        raise TrackerError(errno.EINVAL, f"unknown cmd {cmd}")
+
+    def query_store(self, group_name: str | None, all_servers: bool) -> bytes:
+        group, nodes, path_index = self.registry.query_store(group_name, all_servers)
+        servers = tuple(ServerAddr(n.ip, n.port) for n in nodes)
+        return encode_store_reply(StoreTarget(group.name, servers, path_index), self.ip_size)
+
+    def list_storages(self, body: bytes) -> bytes:
+        if not GROUP_NAME_LEN <= len(body) < GROUP_NAME_LEN + STORAGE_ID_LEN:
+            raise TrackerError(errno.EINVAL, f"list storage body of {len(body)} bytes")
+        group = self.registry.group(decode_text(body[:GROUP_NAME_LEN]))
+        wanted = decode_text(body[GROUP_NAME_LEN:]) if len(body) > GROUP_NAME_LEN else None
+        nodes = group.sorted_storages()
+        if wanted is not None:
+            nodes = [n for n in nodes if n.storage_id == wanted]
+            if not nodes:
+                raise TrackerError(errno.ENOENT, f"no storage {wanted!r} in {group.name}")
+        return encode_storages_reply([n.stat() for n in nodes], self.ip_size)
+
+
+def expect_empty(body: bytes) -> None:
+    if body:
+        raise TrackerError(errno.EINVAL, f"unexpected {len(body)}-byte body")
+
+
+def group_field(body: bytes) -> str:
+    if len(body) != GROUP_NAME_LEN:
+        raise TrackerError(errno.EINVAL, f"expected a {GROUP_NAME_LEN}-byte group, got {len(body)}")
+    return decode_text(body)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.tracker", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--bind", required=True, help="127.x address to listen on")
+    parser.add_argument("--port", type=int, required=True, help="port (0 = any free port)")
+    parser.add_argument("--base-dir", type=Path, required=True)
+    parser.add_argument(
+        "--store-lookup", choices=("round_robin", "load_balance"), default="round_robin"
+    )
+    parser.add_argument("--ip-size", type=int, choices=(16, 46), default=16)
+    parser.add_argument("--offline-after", type=float, default=3.0)
+    serverutil.add_common_args(parser)
+    args = parser.parse_args(argv)
+    serverutil.setup_logging(args.log_level, "tracker")
+    server = TrackerServer(
+        args.bind, args.port, args.base_dir, store_lookup=args.store_lookup,
+        ip_size=args.ip_size, offline_after=args.offline_after,
+    )  # fmt: skip
+
+    async def start(nursery: trio.Nursery) -> None:
+        port = await nursery.start(server.run)
+        serverutil.announce_ready(port)
+
+    trio.run(serverutil.run_until_signalled, start)
+
+
+if __name__ == "__main__":
+    main()

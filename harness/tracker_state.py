@@ -1,0 +1,323 @@
+"""The builtin tracker's view of the cluster and its routing rules (no I/O).
+
+Storages join and heartbeat (see `harness.heartbeat`); a storage is ACTIVE
+from its first heartbeat until heartbeats stop for ``offline_after`` seconds
+or its tracker link closes, then OFFLINE until it reports again.
+
+Routing reads (QUERY_FETCH_ONE/ALL) and updates (QUERY_UPDATE)
+--------------------------------------------------------------
+The file ID names the source storage (server id or IPv4) and the create time
+``t``. Each storage reports, per peer, ``synced_until``: it holds every file
+that peer created before that time (see `harness.replication`). Then:
+
+* normal files: the ACTIVE storages that are the source or whose progress
+  for the source is ``> t``;
+* appender and slave files, which change after ``t`` (or whose name carries
+  the master's time): the source when ACTIVE, as upstream does; otherwise
+  the ACTIVE replicas that had caught up with everything the source logged
+  before it went away (progress ``>`` the source's last reported change);
+* QUERY_UPDATE: the source when ACTIVE, else the first replica chosen as above.
+
+No candidate: ENOENT. FETCH_ONE rotates over the candidates.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fdfsmount.proto.constants import Cmd, RwMode, StorageStatus
+from fdfsmount.proto.errors import InvalidFileId
+from fdfsmount.proto.fileid import FileId, FileType, decode_file_id
+from fdfsmount.proto.records import GroupStat, StorageStat
+
+from .peerproto import PeerAddr
+
+log = logging.getLogger(__name__)
+
+RESERVED_RATIO = 0.01
+
+
+class TrackerError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class StorageNode:
+    storage_id: str
+    group: str
+    ip: str
+    port: int
+    status: int = StorageStatus.ONLINE
+    join_time: int = 0
+    up_time: int = 0
+    version: str = "6.16.1"
+    store_path_count: int = 1
+    subdir_count: int = 256
+    total_mb: int = 0
+    free_mb: int = 0
+    current_write_path: int = 0
+    connections: tuple[int, int, int] = (0, 0, 0)
+    counters: dict[str, int] = field(default_factory=dict)
+    synced: dict[str, int] = field(default_factory=dict)
+    last_source_ts: int = 0
+    last_beat: float = 0.0  # monotonic
+    last_beat_wall: int = 0
+    link: object | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == StorageStatus.ACTIVE
+
+    def addr(self) -> PeerAddr:
+        return PeerAddr(self.storage_id, self.ip, self.port, int(self.status))
+
+    def stat(self) -> StorageStat:
+        counters = dict(self.counters)
+        counters["last_heart_beat_time"] = self.last_beat_wall
+        counters["last_synced_timestamp"] = min(self.synced.values(), default=0)
+        return StorageStat(
+            status=int(self.status), storage_id=self.storage_id, ip_addr=self.ip,
+            rw_mode=RwMode.READ_WRITE, src_id="", version=self.version,
+            join_time=self.join_time, up_time=self.up_time, total_mb=self.total_mb,
+            free_mb=self.free_mb, reserved_mb=int(self.total_mb * RESERVED_RATIO),
+            upload_priority=10, store_path_count=self.store_path_count,
+            subdir_count_per_path=self.subdir_count, current_write_path=self.current_write_path,
+            storage_port=self.port, connections_alloc=self.connections[0],
+            connections_current=self.connections[1], connections_max=self.connections[2],
+            counters=counters,
+        )  # fmt: skip
+
+
+@dataclass
+class Group:
+    name: str
+    storages: dict[str, StorageNode] = field(default_factory=dict)
+    write_cursor: int = 0
+    read_cursor: int = 0
+
+    def sorted_storages(self) -> list[StorageNode]:
+        return [self.storages[k] for k in sorted(self.storages)]
+
+    def active(self) -> list[StorageNode]:
+        return [s for s in self.sorted_storages() if s.active]
+
+    def space(self) -> tuple[int, int]:
+        """(total MB, free MB) of the active storage with the least free space."""
+        pool = self.active() or self.sorted_storages()
+        if not pool:
+            return 0, 0
+        fullest = min(pool, key=lambda s: s.free_mb)
+        return fullest.total_mb, fullest.free_mb
+
+    def has_space(self) -> bool:
+        total, free = self.space()
+        return free > int(total * RESERVED_RATIO)
+
+    def stat(self) -> GroupStat:
+        total, free = self.space()
+        nodes = self.sorted_storages()
+        ports = {s.port for s in nodes}
+        active = len(self.active())
+        return GroupStat(
+            group_name=self.name, total_mb=total, free_mb=free,
+            reserved_mb=int(total * RESERVED_RATIO), trunk_free_mb=0, storage_count=len(nodes),
+            storage_port=ports.pop() if len(ports) == 1 else -1, readable_count=active,
+            writable_count=active, current_write_server=self.write_cursor % max(active, 1),
+            store_path_count=nodes[0].store_path_count if nodes else 1,
+            subdir_count_per_path=nodes[0].subdir_count if nodes else 256,
+            current_trunk_file_id=-1,
+        )  # fmt: skip
+
+    def find_source(self, source_id: int | None, source_ip: str | None) -> StorageNode | None:
+        if source_id is not None:
+            return self.storages.get(str(source_id))
+        matches = [s for s in self.sorted_storages() if s.ip == source_ip]
+        for s in matches:
+            if s.storage_id == source_ip:
+                return s
+        return matches[0] if matches else None
+
+
+class Registry:
+    def __init__(self, store_lookup: str = "round_robin", offline_after: float = 3.0) -> None:
+        if store_lookup not in ("round_robin", "load_balance"):
+            raise ValueError(f"unknown store lookup {store_lookup!r}")
+        self.groups: dict[str, Group] = {}
+        self.store_lookup = store_lookup
+        self.offline_after = offline_after
+        self._group_cursor = 0
+
+    def sorted_groups(self) -> list[Group]:
+        return [self.groups[k] for k in sorted(self.groups)]
+
+    def group(self, name: str) -> Group:
+        group = self.groups.get(name)
+        if group is None:
+            raise TrackerError(errno.ENOENT, f"no group {name!r}")
+        return group
+
+    # ------------------------------------------------------------ storages
+
+    def join(self, info: dict[str, Any], link: object) -> StorageNode:
+        try:
+            group_name = str(info["group"])
+            storage_id = str(info["id"])
+            ip, port = str(info["ip"]), int(info["port"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TrackerError(errno.EINVAL, f"bad join message: {exc}") from exc
+        if not group_name or not storage_id or not ip.startswith("127.") or not 0 < port < 65536:
+            raise TrackerError(errno.EINVAL, f"bad join: {group_name}/{storage_id} {ip}:{port}")
+        group = self.groups.setdefault(group_name, Group(group_name))
+        for other in self.groups.values():
+            if other is not group and storage_id in other.storages:
+                raise TrackerError(errno.EEXIST, f"storage {storage_id} belongs to {other.name}")
+        node = group.storages.get(storage_id)
+        if node is None:
+            node = StorageNode(storage_id, group_name, ip, port, join_time=int(time.time()))
+            group.storages[storage_id] = node
+            log.info("storage %s joined %s at %s:%d", storage_id, group_name, ip, port)
+        elif (node.ip, node.port) != (ip, port) or node.status != StorageStatus.ACTIVE:
+            log.info("storage %s of %s rejoined at %s:%d", storage_id, group_name, ip, port)
+        node.ip, node.port, node.link = ip, port, link
+        node.up_time = _as_int(info.get("up_time"), node.up_time)
+        node.version = str(info.get("version", node.version))[:8]
+        node.store_path_count = max(1, _as_int(info.get("store_path_count"), 1))
+        node.subdir_count = max(1, _as_int(info.get("subdir_count"), 256))
+        if node.status != StorageStatus.ACTIVE:
+            node.status = StorageStatus.ONLINE
+        return node
+
+    def beat(self, node: StorageNode, info: dict[str, Any]) -> None:
+        node.total_mb = _as_int(info.get("total_mb"), node.total_mb)
+        node.free_mb = _as_int(info.get("free_mb"), node.free_mb)
+        counters = info.get("counters")
+        if isinstance(counters, dict):
+            node.counters = {str(k): _as_int(v, 0) for k, v in counters.items()}
+        synced = info.get("synced")
+        if isinstance(synced, dict):
+            node.synced = {str(k): _as_int(v, 0) for k, v in synced.items()}
+        conns = info.get("connections")
+        if isinstance(conns, list) and len(conns) == 3:
+            node.connections = (_as_int(conns[0], 0), _as_int(conns[1], 0), _as_int(conns[2], 0))
+        node.last_source_ts = _as_int(info.get("last_source_ts"), node.last_source_ts)
+        node.last_beat = time.monotonic()
+        node.last_beat_wall = int(time.time())
+        if node.status != StorageStatus.ACTIVE:
+            log.info("storage %s of %s is ACTIVE", node.storage_id, node.group)
+            node.status = StorageStatus.ACTIVE
+
+    def link_closed(self, link: object) -> None:
+        for group in self.groups.values():
+            for node in group.storages.values():
+                if node.link is link:
+                    node.link = None
+                    self._set_offline(node, "its tracker link closed")
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for group in self.groups.values():
+            for node in group.storages.values():
+                if node.active and now - node.last_beat > self.offline_after:
+                    self._set_offline(node, f"no heartbeat for {self.offline_after:g} s")
+
+    def _set_offline(self, node: StorageNode, why: str) -> None:
+        if node.status != StorageStatus.OFFLINE:
+            log.info("storage %s of %s is OFFLINE: %s", node.storage_id, node.group, why)
+            node.status = StorageStatus.OFFLINE
+
+    def peers_of(self, node: StorageNode) -> list[PeerAddr]:
+        return [s.addr() for s in self.groups[node.group].sorted_storages()]
+
+    # ------------------------------------------------------------ uploads
+
+    def query_store(
+        self, group_name: str | None, all_servers: bool
+    ) -> tuple[Group, list[StorageNode], int]:
+        if not self.groups:
+            raise TrackerError(errno.ENOENT, "no groups")
+        group = self.group(group_name) if group_name is not None else self._pick_group()
+        active = group.active()
+        if not active:
+            raise TrackerError(errno.ENOENT, f"group {group.name} has no active storage")
+        if not group.has_space():
+            raise TrackerError(errno.ENOSPC, f"group {group.name} is out of space")
+        if all_servers:
+            servers = active
+            first = active[0]
+        else:
+            first = active[group.write_cursor % len(active)]
+            group.write_cursor = (group.write_cursor + 1) % len(active)
+            servers = [first]
+        path_index = first.current_write_path % first.store_path_count
+        first.current_write_path = (path_index + 1) % first.store_path_count
+        return group, servers, path_index
+
+    def _pick_group(self) -> Group:
+        groups = self.sorted_groups()
+        with_active = [g for g in groups if g.active()]
+        if not with_active:
+            raise TrackerError(errno.ENOENT, "no group has an active storage")
+        usable = [g for g in with_active if g.has_space()]
+        if not usable:
+            raise TrackerError(errno.ENOSPC, "every group is out of space")
+        if self.store_lookup == "load_balance":
+            return max(usable, key=lambda g: g.space()[1])
+        for step in range(len(groups)):
+            group = groups[(self._group_cursor + step) % len(groups)]
+            if group in usable:
+                self._group_cursor = (groups.index(group) + 1) % len(groups)
+                return group
+        return usable[0]
+
+    # ------------------------------------------------------------ downloads
+
+    def query_fetch(
+        self, cmd: int, group_name: str, remote_name: str
+    ) -> tuple[Group, list[StorageNode]]:
+        group = self.group(group_name)
+        try:
+            info = decode_file_id(FileId(group_name, remote_name))
+        except (InvalidFileId, ValueError) as exc:
+            raise TrackerError(errno.ENOENT, f"undecodable file name {remote_name!r}") from exc
+        source = group.find_source(info.source_id, info.source_ip)
+        source_key = source.storage_id if source else info.source
+        active = group.active()
+        created = info.create_time
+
+        def holds(node: StorageNode) -> bool:
+            return node is source or node.synced.get(source_key, 0) > created
+
+        def caught_up(node: StorageNode) -> bool:
+            last_change = max(source.last_source_ts, created) if source else created
+            return node is not source and node.synced.get(source_key, 0) > last_change
+
+        if info.file_type in (FileType.NORMAL, FileType.TRUNK):
+            holders = [n for n in active if holds(n)]
+        elif source is not None and source.active:
+            holders = [source]
+        else:
+            holders = [n for n in active if caught_up(n)]
+        if cmd == Cmd.QUERY_UPDATE and source is not None and source.active:
+            holders = [source]
+        if not holders:
+            raise TrackerError(errno.ENOENT, f"no active storage holds {group_name}/{remote_name}")
+        if cmd == Cmd.QUERY_FETCH_ALL:
+            return group, holders
+        if cmd == Cmd.QUERY_UPDATE:
+            return group, holders[:1]
+        chosen = holders[group.read_cursor % len(holders)]
+        group.read_cursor += 1
+        return group, [chosen]
+
+
+def _as_int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
