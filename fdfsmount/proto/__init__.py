@@ -7,6 +7,8 @@ The codec modules (`wire`, `tracker`, `storage`, `records`, `metadata`,
 from .constants import Cmd, StorageStatus
 from .errors import (
     ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
     FdfsError,
     FileExists,
     FileNotFound,
@@ -24,6 +26,8 @@ from .records import GroupStat, StorageStat
 __all__ = [
     "Cmd",
     "ConnectError",
+    "ConnectTimeout",
+    "ConnectionClosed",
     "FdfsError",
     "FileExists",
     "FileId",

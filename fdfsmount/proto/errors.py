@@ -18,6 +18,10 @@ class ProtocolError(FdfsError):
     """The peer sent bytes that break the protocol; the connection must be dropped."""
 
 
+class ConnectionClosed(ProtocolError):
+    """The server closed or reset the connection before its reply was complete."""
+
+
 class InvalidFileId(FdfsError, ValueError):
     """A string that is not a well-formed FastDFS file ID."""
 
@@ -28,6 +32,10 @@ class Timeout(FdfsError):
 
 class ConnectError(FdfsError):
     """No TCP connection could be made to a server."""
+
+
+class ConnectTimeout(ConnectError, Timeout):
+    """Connecting to a server took longer than the connect timeout (nothing was sent)."""
 
 
 class NoStorage(FdfsError):

@@ -1,0 +1,391 @@
+"""One FastDFS connection over a trio stream: send a request, receive its reply.
+
+# Strategy
+A connection runs one exchange at a time: `send_request`, `receive_header`,
+then the body (whole with `receive_body`, into caller buffers with
+`receive_into`, or to a sink with `stream_body`). Its state goes BUSY with the
+first byte sent and back to IDLE only once the whole reply has been consumed.
+Whatever interrupts an exchange -- an error, a timeout, a cancellation, a
+caller that stops reading -- therefore leaves it BUSY (or BROKEN), and the
+pool closes it instead of reusing it; no error path has to remember to mark it.
+
+Receiving: trio streams have no ``recv_into``. For TCP we call the underlying
+trio socket's ``recv_into`` directly, so bulk data lands in the caller's
+buffer with no copy; other streams (memory streams in tests) go through
+``receive_some`` plus one copy. Reads never ask for more than the current
+reply still owes, except the header read, which may also pick up the start
+of the body into a small scratch buffer -- so a small reply costs one read.
+
+Deadlines are not this module's business (trio's rule): callers wrap calls in
+`trio.fail_after`. A caller that wants "no progress for N seconds" rather than
+a fixed deadline sets `watchdog`: every chunk sent or received pushes that
+cancel scope's deadline forward.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import inspect
+import logging
+import select
+from collections.abc import AsyncIterable, Callable
+from typing import BinaryIO, Literal
+
+import trio
+
+from .constants import HEADER_SIZE, Cmd
+from .errors import ConnectionClosed, LocalProtocolError, ProtocolError, server_error
+from .message import Request, ServerAddr
+from .stats import ClientStats
+from .wire import Header, decode_header
+
+log = logging.getLogger(__name__)
+
+#: Size of the pieces a streamed payload or body moves in.
+CHUNK_SIZE = 256 * 1024
+#: Default bound on a reply body read whole into memory (not downloads).
+MAX_REPLY_SIZE = 64 << 20
+#: Payloads up to this size go out in the same write as the request head.
+_COALESCE_LIMIT = 64 * 1024
+_SCRATCH_SIZE = 64 * 1024
+
+Role = Literal["tracker", "storage"]
+#: What may follow a request head as its payload: bytes, a binary file
+#: positioned at the first byte to send, or an async iterable of chunks.
+Payload = bytes | bytearray | memoryview | BinaryIO | AsyncIterable[bytes]
+Sink = Callable[[memoryview], object]
+
+
+class ConnState(enum.Enum):
+    IDLE = "idle"  # between exchanges: may be reused
+    BUSY = "busy"  # an exchange is under way
+    BROKEN = "broken"  # must not be reused
+    CLOSED = "closed"
+
+
+class Connection:
+    """A connection to one tracker or storage server."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        addr: ServerAddr,
+        *,
+        role: Role = "storage",
+        stats: ClientStats | None = None,
+    ) -> None:
+        self.stream = stream
+        self.addr = addr
+        self.role: Role = role
+        self.stats = stats if stats is not None else ClientStats()
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._scratch = bytearray(_SCRATCH_SIZE)
+        self._head = 0  # first unconsumed byte in _scratch
+        self._tail = 0  # end of received bytes in _scratch
+        self._state = ConnState.IDLE
+        self._left = 0  # body bytes the current reply still owes
+        self._reply_bytes = 0  # bytes received in the current exchange
+        #: Completed exchanges; > 0 means the connection came from the pool.
+        self.uses = 0
+        self.idle_since = trio.current_time()
+        self.broken_reason: str | None = None
+        #: Cancel scope whose deadline moves forward on every chunk moved.
+        self.watchdog: trio.CancelScope | None = None
+        self.watchdog_timeout = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.role} {self.addr} {self._state.value} uses={self.uses}>"
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def state(self) -> ConnState:
+        return self._state
+
+    @property
+    def reusable(self) -> bool:
+        """Only a connection whose last exchange completed cleanly goes back to the pool."""
+        return self._state is ConnState.IDLE
+
+    @property
+    def reply_started(self) -> bool:
+        """Whether any byte of the current reply has arrived."""
+        return self._reply_bytes > 0
+
+    @property
+    def body_remaining(self) -> int:
+        """Body bytes of the current reply not yet read."""
+        return self._left
+
+    def mark_broken(self, reason: str) -> None:
+        if self._state is not ConnState.CLOSED:
+            if self._state is not ConnState.BROKEN:
+                log.debug("connection to %s %s: %s", self.role, self.addr, reason)
+                self.broken_reason = reason
+            self._state = ConnState.BROKEN
+
+    def looks_closed(self) -> bool:
+        """True when an idle TCP connection is readable: the server closed it or sent junk.
+
+        One poll(2) with a zero timeout; streams without a socket say False.
+        """
+        if self._sock is None:
+            return False
+        try:
+            poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+
+    async def aclose(self) -> None:
+        self._state = ConnState.CLOSED
+        await trio.aclose_forcefully(self.stream)
+
+    def _kick(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.deadline = trio.current_time() + self.watchdog_timeout
+
+    # ------------------------------------------------------------ sending
+
+    async def send_request(self, request: Request, payload: Payload | None = None) -> None:
+        """Send a request head and exactly ``request.payload_size`` payload bytes."""
+        if self._state is not ConnState.IDLE:
+            raise LocalProtocolError(f"connection to {self.addr} is {self._state.value}")
+        self._state = ConnState.BUSY
+        self._left = 0
+        self._reply_bytes = 0
+        head = request.encode()
+        size = request.payload_size
+        if payload is None:
+            if size:
+                raise LocalProtocolError(f"request announces {size} payload bytes, none given")
+            await self._send(head)
+        elif isinstance(payload, bytes | bytearray | memoryview):
+            view = memoryview(payload).cast("B")
+            if len(view) != size:
+                raise LocalProtocolError(f"payload of {len(view)} bytes, request says {size}")
+            if size <= _COALESCE_LIMIT:
+                await self._send(head + view)
+            else:
+                await self._send(head)
+                for start in range(0, size, CHUNK_SIZE * 4):
+                    await self._send(view[start : start + CHUNK_SIZE * 4])
+        elif isinstance(payload, AsyncIterable):
+            await self._send(head)
+            await self._send_iterable(payload, size)
+        else:
+            await self._send(head)
+            await self._send_file(payload, size)
+
+    async def _send_iterable(self, chunks: AsyncIterable[bytes], size: int) -> None:
+        sent = 0
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            if sent + len(chunk) > size:
+                self.mark_broken("payload longer than announced")
+                raise LocalProtocolError(f"payload has more than the {size} bytes announced")
+            await self._send(chunk)
+            sent += len(chunk)
+        if sent != size:
+            self.mark_broken("payload shorter than announced")
+            raise LocalProtocolError(f"payload ended after {sent} of {size} bytes")
+
+    async def _send_file(self, file: BinaryIO, size: int) -> None:
+        # Local files are read synchronously: a page-cache read is cheaper
+        # than a thread hop per chunk.
+        buf = bytearray(min(CHUNK_SIZE, max(size, 1)))
+        view = memoryview(buf)
+        readinto = getattr(file, "readinto", None)
+        sent = 0
+        while sent < size:
+            want = min(len(buf), size - sent)
+            if readinto is not None:
+                n = readinto(view[:want])
+                piece = view[: n or 0]
+            else:
+                data = file.read(want)
+                n, piece = len(data), memoryview(data)
+            if not n:
+                self.mark_broken("payload file shorter than announced")
+                raise LocalProtocolError(f"payload file ended after {sent} of {size} bytes")
+            await self._send(piece)
+            sent += n
+
+    async def _send(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.mark_broken(f"send failed: {exc}")
+            raise ConnectionClosed(f"connection to {self.addr} lost while sending: {exc}") from exc
+        self.stats.bytes_sent += len(data)
+        self._kick()
+
+    # ------------------------------------------------------------ receiving
+
+    async def _recv_into(self, view: memoryview) -> int:
+        try:
+            if self._sock is not None:
+                n = await self._sock.recv_into(view)
+            else:
+                data = await self.stream.receive_some(len(view))
+                n = len(data)
+                view[:n] = data
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.mark_broken(f"receive failed: {exc}")
+            raise ConnectionClosed(f"connection to {self.addr} lost: {exc}") from exc
+        if n:
+            self.stats.bytes_received += n
+            self._reply_bytes += n
+            self._kick()
+        return n
+
+    def _closed_early(self, what: str) -> ConnectionClosed:
+        self.mark_broken(f"closed by the server {what}")
+        if self._reply_bytes == 0:
+            return ConnectionClosed(
+                f"{self.role} {self.addr} closed the connection without replying"
+            )
+        return ConnectionClosed(f"{self.role} {self.addr} closed the connection {what}")
+
+    async def receive_header(self) -> Header:
+        """Read the reply header; a header-only reply completes the exchange."""
+        if self._state is not ConnState.BUSY:
+            raise LocalProtocolError(f"no request under way on {self.addr}")
+        while self._tail - self._head < HEADER_SIZE:
+            if self._head:
+                pending = self._tail - self._head
+                self._scratch[:pending] = self._scratch[self._head : self._tail]
+                self._head, self._tail = 0, pending
+            n = await self._recv_into(memoryview(self._scratch)[self._tail :])
+            if not n:
+                raise self._closed_early("in the middle of a reply header")
+            self._tail += n
+        header = decode_header(bytes(self._scratch[self._head : self._head + HEADER_SIZE]))
+        self._head += HEADER_SIZE
+        if header.cmd != Cmd.RESP:
+            self.mark_broken(f"reply with command {header.cmd}")
+            raise ProtocolError(
+                f"{self.role} {self.addr} replied with command {header.cmd}, expected {Cmd.RESP}"
+            )
+        self._left = header.length
+        self._finish_if_complete()
+        return header
+
+    def expect_status(self, header: Header, what: str) -> None:
+        """Raise the `ServerError` for a non-zero status; ``what`` names op, file and server."""
+        if header.status == 0:
+            return
+        if header.length:
+            # FastDFS error replies are header only; what follows is unknown.
+            self.mark_broken(f"status {header.status} reply with a {header.length}-byte body")
+        elif header.status == errno.EINVAL and self.role == "storage":
+            # A storage server closes the connection after every EINVAL reply.
+            self.mark_broken("storage closes the connection after EINVAL")
+        raise server_error(header.status, what)
+
+    async def receive_into(self, view: memoryview) -> int:
+        """Read up to ``len(view)`` bytes of the reply body; 0 once it is complete."""
+        if self._left == 0:
+            return 0
+        want = min(len(view), self._left)
+        pending = self._tail - self._head
+        if pending:
+            n = min(want, pending)
+            view[:n] = self._scratch[self._head : self._head + n]
+            self._head += n
+        else:
+            n = await self._recv_into(view[:want])
+            if not n:
+                raise self._closed_early(f"with {self._left} reply bytes outstanding")
+        self._left -= n
+        self._finish_if_complete()
+        return n
+
+    async def receive_exactly_into(self, view: memoryview) -> None:
+        """Fill ``view`` from the reply body (which must hold that many bytes)."""
+        if len(view) > self._left:
+            raise LocalProtocolError(f"want {len(view)} bytes, the reply owes {self._left}")
+        got = 0
+        while got < len(view):
+            got += await self.receive_into(view[got:])
+
+    async def receive_body(self, max_size: int = MAX_REPLY_SIZE) -> bytes:
+        """The rest of the reply body as bytes; `ProtocolError` beyond ``max_size``."""
+        size = self._left
+        if size > max_size:
+            self.mark_broken(f"reply body of {size} bytes")
+            raise ProtocolError(
+                f"{self.role} {self.addr} sent a {size}-byte reply body (limit {max_size})"
+            )
+        if size <= self._tail - self._head:
+            body = bytes(self._scratch[self._head : self._head + size])
+            self._head += size
+            self._left = 0
+            self._finish_if_complete()
+            return body
+        buf = bytearray(size)
+        await self.receive_exactly_into(memoryview(buf))
+        return bytes(buf)
+
+    async def stream_body(self, sink: Sink, *, chunk_size: int = CHUNK_SIZE) -> int:
+        """Pass the rest of the body to ``sink`` in chunks; returns the bytes passed.
+
+        The memoryview handed to ``sink`` is reused: copy what you keep. ``sink``
+        may be a plain function or return an awaitable.
+        """
+        buf = bytearray(min(chunk_size, max(self._left, 1)))
+        view = memoryview(buf)
+        total = 0
+        while self._left:
+            n = await self.receive_into(view)
+            result = sink(view[:n])
+            if inspect.isawaitable(result):
+                await result
+            total += n
+            self._kick()
+        return total
+
+    async def receive_until_close_into(self, view: memoryview) -> int:
+        """Read a reply that ends when the server closes (FETCH_ONE_PATH_BINLOG); 0 at EOF.
+
+        Such a connection can never be reused.
+        """
+        self.mark_broken("reply ends with the server closing")
+        pending = self._tail - self._head
+        if pending:
+            n = min(len(view), pending)
+            view[:n] = self._scratch[self._head : self._head + n]
+            self._head += n
+            return n
+        return await self._recv_into(view)
+
+    def _finish_if_complete(self) -> None:
+        if self._left or self._state is not ConnState.BUSY:
+            return
+        if self._tail != self._head:
+            extra = self._tail - self._head
+            self.mark_broken(f"{extra} bytes beyond the reply")
+            raise ProtocolError(f"{self.role} {self.addr} sent {extra} bytes beyond its reply")
+        self._head = self._tail = 0
+        self._state = ConnState.IDLE
+        self.uses += 1
+        self.idle_since = trio.current_time()
+
+    # ------------------------------------------------------------ one exchange
+
+    async def request(
+        self,
+        request: Request,
+        payload: Payload | None = None,
+        *,
+        what: str,
+        max_size: int = MAX_REPLY_SIZE,
+    ) -> bytes:
+        """Send a request and return its whole reply body (raising for a bad status)."""
+        await self.send_request(request, payload)
+        header = await self.receive_header()
+        self.expect_status(header, what)
+        return await self.receive_body(max_size)
