@@ -1,0 +1,1110 @@
+"""The trio FastDFS client: one method per operation, routed through the trackers.
+
+# Strategy
+Routing follows the upstream C client. Uploads ask a tracker where to store
+(101/104; 106/107 for the other servers of the group when the first one
+cannot be reached). Appender operations, delete, set_metadata and slave
+uploads go to the file's source server (QUERY_UPDATE, 103). Reads, info and
+get_metadata go to the tracker's pick (QUERY_FETCH_ONE, 102) and fall back to
+the other replicas (QUERY_FETCH_ALL, 105) when a server cannot be reached,
+times out, breaks the protocol -- or answers ENOENT, since a replica may not
+have received the file yet. Only when every replica says ENOENT is the file
+missing; if some replica could not be asked, the transport error wins.
+
+Trackers are tried in turn, starting one further on each call, and a server
+that failed recently goes to the back of every list for a while, so a dead
+tracker or replica costs a connect timeout once, not on every call.
+
+Deadlines are applied here, at the edge: connecting is bounded by
+``connect_timeout`` (in the pool), and every exchange by ``network_timeout``
+*without progress* -- the deadline moves forward with each chunk moved, as
+the C client's per-socket-operation timeout does, so a large transfer may
+take as long as it needs while a silent server is given up on.
+`trio.TooSlowError` becomes `Timeout`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager, suppress
+from types import TracebackType
+from typing import BinaryIO, TypeVar
+
+import trio
+
+from . import storage as st
+from . import tracker as tr
+from .binlog import BinlogRecord, BinlogStreamDecoder
+from .clientconf import parse_server_addr, read_client_conf
+from .connection import CHUNK_SIZE, MAX_REPLY_SIZE, Connection, Payload, Role
+from .constants import QUERY_FINFO_KEEP_SILENCE, QUERY_FINFO_NO_CRC32, Cmd, StorageStatus
+from .errors import (
+    ConnectError,
+    FdfsError,
+    FileNotFound,
+    InvalidFileId,
+    LocalProtocolError,
+    NoStorage,
+    ProtocolError,
+    ServerError,
+    Timeout,
+)
+from .fileid import FileId, FileType, decode_file_id, parse_file_id
+from .message import Request, ServerAddr
+from .payload import Data, PreparedPayload, prepare_payload
+from .pool import ConnectFn, ConnectionPool
+from .records import GroupStat, StorageStat
+from .stats import ClientStats
+from .storage import FileInfo
+from .wire import Header
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds a server that failed is tried after the others.
+FAILURE_MEMORY = 30.0
+#: download() preallocates the whole reply up to this size; beyond, it
+#: collects pieces as they arrive, so a lying length cannot allocate memory.
+_PREALLOC_LIMIT = 64 << 20
+_PIECE_SIZE = 16 << 20
+_DOWNLOAD_BUFFER = 1 << 20
+_BINLOG_READ_SIZE = 64 * 1024
+#: Requests that may be sent again when a pooled connection turns out dead.
+_IDEMPOTENT = frozenset(
+    {
+        Cmd.DOWNLOAD_FILE,
+        Cmd.GET_METADATA,
+        Cmd.QUERY_FILE_INFO,
+        Cmd.ACTIVE_TEST,
+        Cmd.SERVER_LIST_ONE_GROUP,
+        Cmd.SERVER_LIST_ALL_GROUPS,
+        Cmd.SERVER_LIST_STORAGE,
+        Cmd.QUERY_STORE_WITHOUT_GROUP_ONE,
+        Cmd.QUERY_FETCH_ONE,
+        Cmd.QUERY_UPDATE,
+        Cmd.QUERY_STORE_WITH_GROUP_ONE,
+        Cmd.QUERY_FETCH_ALL,
+        Cmd.QUERY_STORE_WITHOUT_GROUP_ALL,
+        Cmd.QUERY_STORE_WITH_GROUP_ALL,
+    }
+)
+#: Failures after which another server is worth trying.
+_TRANSPORT_ERRORS = (ConnectError, Timeout, ProtocolError)
+#: The storage writes metadata of file X into a file named X + this suffix.
+_META_FILE_SUFFIX = "-m"
+
+
+def op_name(cmd: int) -> str:
+    try:
+        return Cmd(cmd).name.lower()
+    except ValueError:
+        return f"cmd_{cmd}"
+
+
+def _file_id(file_id: FileId | str) -> FileId:
+    if isinstance(file_id, FileId):
+        return file_id
+    return parse_file_id(file_id)
+
+
+def _clean_ext(ext: str) -> str:
+    return ext[1:] if ext.startswith(".") else ext
+
+
+class Client:
+    """A FastDFS client for trio. Use as ``async with Client([...]) as client``.
+
+    ``connect`` replaces how connections are opened (tests pass memory streams).
+    """
+
+    def __init__(
+        self,
+        trackers: Sequence[str | tuple[str, int] | ServerAddr],
+        *,
+        connect_timeout: float = 5.0,
+        network_timeout: float = 30.0,
+        max_idle_per_server: int = 8,
+        idle_timeout: float = 60.0,
+        connect: ConnectFn | None = None,
+    ) -> None:
+        if isinstance(trackers, str):
+            trackers = [t for t in trackers.split(",") if t.strip()]
+        self.trackers = [parse_server_addr(t) for t in trackers]
+        if not self.trackers:
+            raise ValueError("at least one tracker address is needed")
+        if connect_timeout <= 0 or network_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self.connect_timeout = connect_timeout
+        self.network_timeout = network_timeout
+        self.stats = ClientStats()
+        self._pool = ConnectionPool(
+            connect_timeout=connect_timeout,
+            max_idle_per_server=max_idle_per_server,
+            idle_timeout=idle_timeout,
+            connect=connect,
+            stats=self.stats,
+        )
+        self._tracker_turn = 0
+        self._failed_at: dict[ServerAddr, float] = {}
+
+    @classmethod
+    def from_conf(cls, path: str | os.PathLike[str], **overrides: object) -> Client:
+        """A client configured from a FastDFS client.conf; keyword arguments win."""
+        conf = read_client_conf(path)
+        kwargs: dict[str, object] = {}
+        if conf.connect_timeout is not None:
+            kwargs["connect_timeout"] = conf.connect_timeout
+        if conf.network_timeout is not None:
+            kwargs["network_timeout"] = conf.network_timeout
+        kwargs.update(overrides)
+        trackers = kwargs.pop("trackers", conf.trackers)
+        return cls(trackers, **kwargs)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close pooled connections (the client cannot be used afterwards)."""
+        await self._pool.aclose()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return self._pool
+
+    # ============================================================ plumbing
+
+    @contextmanager
+    def _watch(self, conn: Connection, what: str) -> Iterator[None]:
+        """Give up on ``conn`` after ``network_timeout`` without progress."""
+        try:
+            with trio.fail_after(self.network_timeout) as scope:
+                conn.watchdog = scope
+                conn.watchdog_timeout = self.network_timeout
+                try:
+                    yield
+                finally:
+                    conn.watchdog = None
+        except trio.TooSlowError:
+            conn.mark_broken("timed out")
+            raise Timeout(f"{what}: no answer within {self.network_timeout:g}s") from None
+
+    def _note_failure(self, addr: ServerAddr) -> None:
+        self._failed_at[addr] = trio.current_time()
+
+    def _healthy_first(self, addrs: Sequence[ServerAddr]) -> list[ServerAddr]:
+        now = trio.current_time()
+
+        def failed_recently(addr: ServerAddr) -> bool:
+            when = self._failed_at.get(addr)
+            return when is not None and now - when < FAILURE_MEMORY
+
+        return [a for a in addrs if not failed_recently(a)] + [
+            a for a in addrs if failed_recently(a)
+        ]
+
+    async def _open_reply(
+        self,
+        addr: ServerAddr,
+        role: Role,
+        request: Request,
+        what: str,
+        payload: Payload | None = None,
+    ) -> tuple[Connection, Header]:
+        """Send ``request`` on a pooled connection and read the reply header.
+
+        The status is checked (`ServerError`); on success the caller owns the
+        connection, with the body still to read, and must release it. A pooled
+        connection found dead before any reply byte is replaced once for
+        idempotent requests.
+        """
+        op = op_name(request.cmd)
+        self.stats.count_request(op)
+        fresh = False
+        try:
+            while True:
+                conn = await (
+                    self._pool.open(addr, role) if fresh else self._pool.acquire(addr, role)
+                )
+                log.debug("%s", what)
+                try:
+                    with self._watch(conn, what):
+                        await conn.send_request(request, payload)
+                        header = await conn.receive_header()
+                    conn.expect_status(header, what)
+                    return conn, header
+                except ProtocolError as exc:
+                    stale = conn.uses > 0 and not conn.reply_started
+                    await self._pool.release(conn)
+                    if stale and not fresh and payload is None and request.cmd in _IDEMPOTENT:
+                        log.debug("%s: pooled connection was dead (%s); retrying", what, exc)
+                        await self._pool.discard_idle(addr)
+                        fresh = True
+                        continue
+                    raise
+                except BaseException:
+                    await self._pool.release(conn)
+                    raise
+        except FdfsError as exc:
+            self._count_failure(op, addr, exc)
+            raise
+
+    def _count_failure(self, op: str, addr: ServerAddr, exc: BaseException) -> None:
+        self.stats.count_error(op)
+        if isinstance(exc, _TRANSPORT_ERRORS):
+            self._note_failure(addr)
+
+    async def _exchange(
+        self,
+        addr: ServerAddr,
+        role: Role,
+        request: Request,
+        decode: Callable[[bytes], T],
+        *,
+        what: str,
+        payload: Payload | None = None,
+        max_size: int = MAX_REPLY_SIZE,
+    ) -> T:
+        """One request and its whole reply, decoded; a bad reply breaks the connection."""
+        started = trio.current_time()
+        conn, _header = await self._open_reply(addr, role, request, what, payload)
+        try:
+            with self._watch(conn, what):
+                body = await conn.receive_body(max_size)
+            try:
+                result = decode(body)
+            except ProtocolError as exc:
+                conn.mark_broken(f"undecodable reply: {exc}")
+                raise ProtocolError(f"{what}: {exc}") from exc
+        except FdfsError as exc:
+            self._count_failure(op_name(request.cmd), addr, exc)
+            raise
+        finally:
+            await self._pool.release(conn)
+        self.stats.observe_latency(str(addr), trio.current_time() - started)
+        self._failed_at.pop(addr, None)
+        return result
+
+    async def _tracker(
+        self, request: Request, decode: Callable[[bytes], T], subject: str = ""
+    ) -> T:
+        """Ask the trackers in turn until one answers (a status reply is an answer)."""
+        op = op_name(request.cmd)
+        order = self.trackers[self._tracker_turn :] + self.trackers[: self._tracker_turn]
+        self._tracker_turn = (self._tracker_turn + 1) % len(self.trackers)
+        failures: list[FdfsError] = []
+        for addr in self._healthy_first(order):
+            what = f"{op}{' ' + subject if subject else ''} on tracker {addr}"
+            try:
+                return await self._exchange(addr, "tracker", request, decode, what=what)
+            except _TRANSPORT_ERRORS as exc:
+                failures.append(exc)
+                if len(failures) < len(self.trackers):
+                    log.warning("%s; trying the next tracker", exc)
+        if len(failures) == 1:
+            raise failures[0]
+        last = failures[-1]
+        detail = "; ".join(str(e) for e in failures)
+        raise type(last)(f"no tracker answered: {detail}") from last
+
+    async def _explain_missing(self, group: str, *, writable: bool) -> FdfsError:
+        """Tell a missing group from a group without usable storage (both are ENOENT)."""
+        try:
+            await self.group(group)
+        except FileNotFound:
+            return FileNotFound(f"no group {group!r} on the tracker")
+        except FdfsError:
+            pass
+        kind = "writable" if writable else "readable"
+        return NoStorage(f"the tracker knows no {kind} storage server in group {group!r}")
+
+    async def _query_file(self, cmd: Cmd, fid: FileId) -> tr.FetchTarget:
+        request = tr.query_fetch_request(cmd, fid.group, fid.remote_name)
+        try:
+            return await self._tracker(request, tr.decode_fetch_reply, str(fid))
+        except FileNotFound:
+            raise await self._explain_missing(fid.group, writable=cmd == Cmd.QUERY_UPDATE) from None
+
+    async def _query_store(self, group: str | None, *, all_servers: bool = False) -> tr.StoreTarget:
+        request = tr.query_store_request(group, all_servers=all_servers)
+        try:
+            return await self._tracker(request, tr.decode_store_reply, group or "")
+        except FileNotFound:
+            if group is None:
+                raise NoStorage("the tracker knows no writable storage server") from None
+            raise await self._explain_missing(group, writable=True) from None
+
+    async def _update_server(self, fid: FileId) -> ServerAddr:
+        return (await self._query_file(Cmd.QUERY_UPDATE, fid)).servers[0]
+
+    async def _storage(
+        self,
+        addr: ServerAddr,
+        request: Request,
+        decode: Callable[[bytes], T],
+        fid: FileId | str | None = None,
+        payload: Payload | None = None,
+    ) -> T:
+        what = f"{op_name(request.cmd)}{' ' + str(fid) if fid else ''} on storage {addr}"
+        return await self._exchange(addr, "storage", request, decode, what=what, payload=payload)
+
+    async def _read_any(
+        self,
+        fid: FileId,
+        op: str,
+        attempt: Callable[[ServerAddr], Awaitable[T]],
+        *,
+        servers: Sequence[ServerAddr] | None = None,
+        fetch_all: bool = False,
+    ) -> T:
+        """Run ``attempt`` on the file's replicas until one succeeds."""
+        replicas = _Replicas(self, fid, servers, fetch_all=fetch_all)
+        while (addr := await replicas.next()) is not None:
+            try:
+                return await attempt(addr)
+            except FileNotFound:
+                replicas.not_found.append(addr)
+            except _TRANSPORT_ERRORS as exc:
+                replicas.failed(exc)
+        raise replicas.final_error(op)
+
+    @staticmethod
+    def _require_appender(fid: FileId, op: str) -> None:
+        # The storage refuses these on other files with EINVAL (and closes the
+        # connection); the file ID says so already, so spare the round trip.
+        if decode_file_id(fid).file_type is not FileType.APPENDER:
+            raise ServerError(errno.EINVAL, f"{op} {fid}: not an appender file")
+
+    # ============================================================ uploads
+
+    async def upload(
+        self,
+        data: Data,
+        *,
+        size: int | None = None,
+        ext: str = "",
+        group: str | None = None,
+        meta: Mapping[str, str] | None = None,
+        appender: bool = False,
+        store_path_index: int | None = None,
+    ) -> FileId:
+        """Upload a normal (or appender) file; returns its file ID.
+
+        ``data``: bytes, a path (``size`` defaults to the file's size), a binary
+        file object, or an async iterable of chunks (spooled to a temporary
+        file first when ``size`` is not given). ``meta`` is set right after.
+        """
+        ext = _clean_ext(ext)
+        async with prepare_payload(data, size) as payload:
+            target = await self._query_store(group)
+            index = target.store_path_index if store_path_index is None else store_path_index
+            request = st.upload_request(
+                payload.size, ext, store_path_index=index, appender=appender
+            )
+            addr, fid = await self._upload_somewhere(target, request, payload)
+        if meta:
+            await self._set_metadata_after_upload(addr, fid, meta)
+        return fid
+
+    async def _upload_somewhere(
+        self, target: tr.StoreTarget, request: Request, payload: PreparedPayload
+    ) -> tuple[ServerAddr, FileId]:
+        first = target.servers[0]
+        try:
+            return first, await self._upload_on(first, request, payload)
+        except ConnectError as exc:
+            # Not even connected, so nothing was sent: another server of the
+            # group can take the upload.
+            error: ConnectError = exc
+        others = await self._query_store(target.group, all_servers=True)
+        for addr in self._healthy_first([s for s in others.servers if s != first]):
+            log.warning("%s; trying %s", error, addr)
+            try:
+                return addr, await self._upload_on(addr, request, payload)
+            except ConnectError as exc:
+                error = exc
+        raise error
+
+    async def _upload_on(
+        self, addr: ServerAddr, request: Request, payload: PreparedPayload
+    ) -> FileId:
+        return await self._storage(addr, request, st.decode_file_id_reply, payload=payload.source)
+
+    async def _set_metadata_after_upload(
+        self, addr: ServerAddr, fid: FileId, meta: Mapping[str, str]
+    ) -> None:
+        request = st.set_metadata_request(fid.group, fid.remote_name, dict(meta), overwrite=True)
+        try:
+            await self._storage(addr, request, _expect_empty, fid)
+        except FdfsError as exc:
+            exc.add_note(f"the file was uploaded as {fid}, without its metadata")
+            raise
+
+    async def upload_slave(
+        self,
+        master: FileId | str,
+        data: Data,
+        *,
+        prefix: str,
+        ext: str = "",
+        size: int | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> FileId:
+        """Upload a slave file of ``master``: its ID is the master's plus ``prefix``."""
+        master_id = _file_id(master)
+        ext = _clean_ext(ext)
+        async with prepare_payload(data, size) as payload:
+            addr = await self._update_server(master_id)
+            request = st.upload_slave_request(master_id.remote_name, payload.size, prefix, ext)
+            fid = await self._storage(
+                addr, request, st.decode_file_id_reply, master_id, payload.source
+            )
+        if meta:
+            await self._set_metadata_after_upload(addr, fid, meta)
+        return fid
+
+    # ============================================================ downloads
+
+    def _reader(
+        self,
+        file_id: FileId | str,
+        offset: int,
+        length: int | None,
+        *,
+        servers: Sequence[ServerAddr] | None = None,
+        fetch_all: bool = False,
+        past_end_ok: bool = False,
+    ) -> _RangeReader:
+        return _RangeReader(
+            self,
+            _file_id(file_id),
+            offset,
+            length,
+            servers=servers,
+            fetch_all=fetch_all,
+            past_end_ok=past_end_ok,
+        )
+
+    async def download(
+        self, file_id: FileId | str, *, offset: int = 0, length: int | None = None
+    ) -> bytes:
+        """The file's bytes (or ``length`` bytes from ``offset``; None = to the end).
+
+        An offset equal to the size (any offset of an empty file) gives b"";
+        one beyond the size is the server's EINVAL.
+        """
+        async with self._reader(file_id, offset, length) as reader:
+            return await reader.read_all()
+
+    async def read_range(
+        self,
+        file_id: FileId | str,
+        offset: int,
+        length: int,
+        *,
+        servers: Sequence[ServerAddr] | None = None,
+    ) -> bytes:
+        """Up to ``length`` bytes at ``offset``; b"" at or past the end of the file.
+
+        Replicas come from ``servers`` or QUERY_FETCH_ALL and are tried in turn.
+        """
+        if length <= 0:
+            return b""
+        async with self._reader(
+            file_id, offset, length, servers=servers, fetch_all=True, past_end_ok=True
+        ) as reader:
+            return await reader.read_all()
+
+    async def download_to(
+        self,
+        file_id: FileId | str,
+        dest: str | os.PathLike[str] | BinaryIO,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream the file into ``dest`` (a path or a binary file); returns the bytes written.
+
+        Memory use is one 1 MiB buffer. A path is created or truncated, and
+        removed again if the download fails. ``progress`` gets the running total.
+        """
+        if isinstance(dest, str | os.PathLike):
+            path = os.fspath(dest)
+            with open(path, "wb") as file:
+                try:
+                    return await self.download_to(
+                        file_id, file, offset=offset, length=length, progress=progress
+                    )
+                except BaseException:
+                    file.close()
+                    with suppress(OSError):
+                        os.unlink(path)
+                    raise
+        buf = bytearray(_DOWNLOAD_BUFFER)
+        view = memoryview(buf)
+        written = 0
+        async with self._reader(file_id, offset, length) as reader:
+            await reader.start()
+            while n := await reader.readinto(view):
+                _write_all(dest, view[:n])
+                written += n
+                if progress is not None:
+                    progress(written)
+        return written
+
+    @asynccontextmanager
+    async def download_stream(
+        self, file_id: FileId | str, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``async with client.download_stream(fid) as chunks: async for chunk in chunks``.
+
+        Each chunk is a fresh bytes object of at most 256 KiB. Leaving the block
+        early closes the connection (a partly read reply is never reused).
+        """
+        async with self._reader(file_id, offset, length) as reader:
+            await reader.start()
+            yield _ChunkIterator(reader)
+
+    async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]:
+        """Every storage server able to serve the file (QUERY_FETCH_ALL)."""
+        fid = _file_id(file_id)
+        return list((await self._query_file(Cmd.QUERY_FETCH_ALL, fid)).servers)
+
+    # ============================================================ inspecting
+
+    async def info(self, file_id: FileId | str, *, calc_crc32: bool = True) -> FileInfo:
+        """QUERY_FILE_INFO on a replica: size, mtime, crc32 and source IP."""
+        fid = _file_id(file_id)
+        flags = 0 if calc_crc32 else QUERY_FINFO_NO_CRC32
+        request = st.query_file_info_request(fid.group, fid.remote_name, flags)
+
+        async def attempt(addr: ServerAddr) -> FileInfo:
+            return await self._storage(addr, request, st.decode_file_info_reply, fid)
+
+        return await self._read_any(fid, "query_file_info", attempt)
+
+    async def exists(self, file_id: FileId | str) -> bool:
+        """Whether any replica has the file (False for an unknown group too)."""
+        fid = _file_id(file_id)
+        try:
+            await self._file_size_somewhere(fid)
+        except FileNotFound:
+            return False
+        return True
+
+    async def _file_size_somewhere(self, fid: FileId) -> int:
+        request = st.query_file_info_request(
+            fid.group, fid.remote_name, QUERY_FINFO_NO_CRC32 | QUERY_FINFO_KEEP_SILENCE
+        )
+
+        async def attempt(addr: ServerAddr) -> int:
+            return (await self._storage(addr, request, st.decode_file_info_reply, fid)).size
+
+        return await self._read_any(fid, "query_file_info", attempt)
+
+    async def _file_size_on(self, addr: ServerAddr, fid: FileId) -> int:
+        request = st.query_file_info_request(
+            fid.group, fid.remote_name, QUERY_FINFO_NO_CRC32 | QUERY_FINFO_KEEP_SILENCE
+        )
+        return (await self._storage(addr, request, st.decode_file_info_reply, fid)).size
+
+    async def get_metadata(self, file_id: FileId | str) -> dict[str, str]:
+        """The file's metadata; {} when it has none."""
+        fid = _file_id(file_id)
+        request = st.get_metadata_request(fid.group, fid.remote_name)
+
+        async def attempt(addr: ServerAddr) -> dict[str, str]:
+            try:
+                return await self._storage(addr, request, st.decode_metadata_reply, fid)
+            except FileNotFound:
+                # ENOENT also means "no metadata": is the file itself there?
+                await self._file_size_on(addr, fid)
+                return {}
+
+        return await self._read_any(fid, "get_metadata", attempt)
+
+    # ============================================================ changing
+
+    async def delete(self, file_id: FileId | str) -> None:
+        fid = _file_id(file_id)
+        addr = await self._update_server(fid)
+        await self._storage(addr, st.delete_request(fid.group, fid.remote_name), _expect_empty, fid)
+
+    async def set_metadata(
+        self, file_id: FileId | str, meta: Mapping[str, str], *, overwrite: bool = False
+    ) -> None:
+        """Merge ``meta`` into the file's metadata, or replace it all (``overwrite``)."""
+        fid = _file_id(file_id)
+        request = st.set_metadata_request(
+            fid.group, fid.remote_name, dict(meta), overwrite=overwrite
+        )
+        addr = await self._update_server(fid)
+        await self._storage(addr, request, _expect_empty, fid)
+
+    async def append(self, file_id: FileId | str, data: Data, *, size: int | None = None) -> None:
+        """Append to an appender file."""
+        fid = _file_id(file_id)
+        self._require_appender(fid, "append_file")
+        async with prepare_payload(data, size) as payload:
+            addr = await self._update_server(fid)
+            request = st.append_request(fid.remote_name, payload.size)
+            await self._storage(addr, request, _expect_empty, fid, payload.source)
+
+    async def modify(
+        self, file_id: FileId | str, offset: int, data: Data, *, size: int | None = None
+    ) -> None:
+        """Overwrite part of an appender file; writing at its end (offset == size) grows it."""
+        fid = _file_id(file_id)
+        self._require_appender(fid, "modify_file")
+        async with prepare_payload(data, size) as payload:
+            addr = await self._update_server(fid)
+            request = st.modify_request(fid.remote_name, offset, payload.size)
+            await self._storage(addr, request, _expect_empty, fid, payload.source)
+
+    async def truncate(self, file_id: FileId | str, size: int = 0) -> None:
+        """Shrink or grow (with NUL bytes) an appender file."""
+        fid = _file_id(file_id)
+        self._require_appender(fid, "truncate_file")
+        addr = await self._update_server(fid)
+        await self._storage(addr, st.truncate_request(fid.remote_name, size), _expect_empty, fid)
+
+    async def regenerate_appender_name(self, file_id: FileId | str) -> FileId:
+        """Turn an appender file into a normal one with a new ID (size and crc32 in the name)."""
+        fid = _file_id(file_id)
+        self._require_appender(fid, "regenerate_appender_filename")
+        addr = await self._update_server(fid)
+        request = st.regenerate_appender_request(fid.remote_name)
+        return await self._storage(addr, request, st.decode_file_id_reply, fid)
+
+    # ============================================================ cluster
+
+    async def list_groups(self) -> list[GroupStat]:
+        return await self._tracker(tr.list_groups_request(), tr.decode_groups_reply)
+
+    async def group(self, name: str) -> GroupStat:
+        """One group's stats; `FileNotFound` when there is no such group."""
+        return await self._tracker(tr.list_one_group_request(name), tr.decode_one_group_reply, name)
+
+    async def list_storages(self, group: str, storage_id: str | None = None) -> list[StorageStat]:
+        """The group's storage servers (or one, by storage id) as the tracker sees them."""
+        request = tr.list_storages_request(group, storage_id)
+        return await self._tracker(request, tr.decode_storages_reply, group)
+
+    @asynccontextmanager
+    async def fetch_binlog(
+        self, server: ServerAddr, group: str, store_path_index: int
+    ) -> AsyncIterator[AsyncIterator[BinlogRecord]]:
+        """The raw FETCH_ONE_PATH_BINLOG records of one storage server and store path.
+
+        ``async with client.fetch_binlog(addr, "group1", 0) as records: async for r in records``.
+        """
+        request = st.fetch_binlog_request(group, store_path_index)
+        what = f"fetch_one_path_binlog {group}/M{store_path_index:02X} on storage {server}"
+        conn, _header = await self._open_reply(server, "storage", request, what)
+        try:
+            yield _BinlogIterator(self, conn, what)
+        finally:
+            await self._pool.release(conn)
+
+    @asynccontextmanager
+    async def list_files(self, group: str) -> AsyncIterator[AsyncIterator[FileId]]:
+        """Every file of a group, from cmd 26 of its ACTIVE storages and store paths.
+
+        ``async with client.list_files("group1") as files: async for fid in files``.
+
+        Each storage lists the files it holds, created there ('C') or received
+        from the source ('c'). A file is emitted from its source's stream only,
+        so no set of seen names is needed; replica lines are emitted (once,
+        through a set) only for files whose source is not an ACTIVE member of
+        the group. A storage that fails mid-listing fails the listing: its
+        files would be missing.
+        """
+        storages = await self.list_storages(group)
+        active = [s for s in storages if s.status == StorageStatus.ACTIVE]
+        if not active:
+            raise NoStorage(f"group {group!r} has no active storage server")
+        files = self._list_files(group, active)
+        try:
+            yield files
+        finally:
+            await files.aclose()
+
+    async def _list_files(
+        self, group: str, active: list[StorageStat]
+    ) -> AsyncGenerator[FileId, None]:
+        members = {s.storage_id for s in active} | {s.ip_addr for s in active}
+        orphans_seen: set[str] = set()
+        path_count = max(s.store_path_count for s in active)
+        for index in range(path_count):
+            for storage in active:
+                if index >= storage.store_path_count:
+                    continue
+                addr = ServerAddr(storage.ip_addr, storage.storage_port)
+                async with self.fetch_binlog(addr, group, index) as records:
+                    async for record in records:
+                        fid = _listed_file_id(group, record)
+                        if fid is None:
+                            continue
+                        if record.op.isupper():
+                            yield fid
+                            continue
+                        source = decode_file_id(fid).source
+                        if source in members or fid.remote_name in orphans_seen:
+                            continue
+                        orphans_seen.add(fid.remote_name)
+                        yield fid
+
+
+class _Replicas:
+    """The storage servers to try for reading one file; asks the tracker lazily."""
+
+    def __init__(
+        self,
+        client: Client,
+        fid: FileId,
+        servers: Sequence[ServerAddr] | None,
+        *,
+        fetch_all: bool,
+    ) -> None:
+        self._client = client
+        self.fid = fid
+        self._queue: list[ServerAddr] = list(servers) if servers is not None else []
+        self._given = servers is not None
+        self._fetch_all = fetch_all
+        self._asked_one = False
+        self._asked_all = False
+        self.tried: list[ServerAddr] = []
+        self.not_found: list[ServerAddr] = []
+        self.failures: list[FdfsError] = []
+
+    async def next(self) -> ServerAddr | None:
+        while True:
+            while self._queue:
+                addr = self._queue.pop(0)
+                if addr not in self.tried:
+                    self.tried.append(addr)
+                    return addr
+            if self._given or self._asked_all:
+                return None
+            if not self._fetch_all and not self._asked_one:
+                self._asked_one = True
+                target = await self._client._query_file(Cmd.QUERY_FETCH_ONE, self.fid)
+                servers = list(target.servers)
+            else:
+                self._asked_all = True
+                try:
+                    servers = await self._client.fetch_servers(self.fid)
+                except FdfsError as exc:
+                    if not self.tried:
+                        raise
+                    log.debug("QUERY_FETCH_ALL for %s failed: %s", self.fid, exc)
+                    return None
+            self._queue = self._client._healthy_first([s for s in servers if s not in self.tried])
+
+    def failed(self, exc: FdfsError) -> None:
+        self.failures.append(exc)
+        log.warning("%s; trying other replicas", exc)
+
+    def final_error(self, op: str) -> FdfsError:
+        if self.failures:
+            last = self.failures[-1]
+            if len(self.tried) == 1:
+                return last
+            detail = "; ".join(str(e) for e in self.failures)
+            if self.not_found:
+                detail += f"; no such file on {', '.join(map(str, self.not_found))}"
+            error = type(last)(f"{op} {self.fid}: no replica could serve it: {detail}")
+            error.__cause__ = last
+            return error
+        where = ", ".join(map(str, self.not_found)) or "any storage"
+        return FileNotFound(f"{op} {self.fid}: no such file on {where}")
+
+
+class _RangeReader:
+    """One byte range of a file, read from its replicas.
+
+    A replica that fails before the range is complete is replaced by the next
+    one, which continues from where the first stopped.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        fid: FileId,
+        offset: int,
+        length: int | None,
+        *,
+        servers: Sequence[ServerAddr] | None,
+        fetch_all: bool,
+        past_end_ok: bool,
+    ) -> None:
+        if offset < 0 or (length is not None and length < 0):
+            raise LocalProtocolError(f"bad range: offset {offset}, length {length}")
+        self._client = client
+        self.fid = fid
+        self.position = offset
+        self._length = length  # as asked; None: to the end of the file
+        self._expected: int | None = None  # reply length, when the file ID tells the size
+        self._past_end_ok = past_end_ok
+        self._replicas = _Replicas(client, fid, servers, fetch_all=fetch_all)
+        self.total: int | None = None  # bytes this range holds, once known
+        self.delivered = 0
+        self._conn: Connection | None = None
+        self._addr: ServerAddr | None = None
+        self._started_at = 0.0
+
+    async def __aenter__(self) -> _RangeReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._release()
+
+    def _what(self, addr: ServerAddr) -> str:
+        return f"download_file {self.fid} on storage {addr}"
+
+    async def start(self) -> int:
+        """Find a replica that serves the range; returns the number of bytes it holds."""
+        if self.total is not None:
+            return self.total
+        try:
+            size = decode_file_id(self.fid).size
+        except InvalidFileId:
+            size = None
+        if size is not None:
+            if self._at_or_past_end(size):
+                return self.total or 0
+            available = size - self.position
+            self._expected = available if self._length is None else min(self._length, available)
+        if self._length == 0:
+            self.total = 0
+            return 0
+        await self._open_next()
+        return self.total or 0
+
+    def _at_or_past_end(self, size: int) -> bool:
+        """True (range empty) at the end; EINVAL past it unless reading like read(2)."""
+        if self.position < size:
+            return False
+        if self.position > size and not self._past_end_ok:
+            raise ServerError(
+                errno.EINVAL,
+                f"download_file {self.fid}: offset {self.position} is past the end "
+                f"of the file ({size} bytes)",
+            )
+        self.total = 0
+        return True
+
+    def _request_length(self) -> int:
+        if self.total is not None:
+            return self.total - self.delivered
+        # As asked (0 = to the end), like the C client, even when the size is known.
+        return self._length or 0
+
+    async def _open_next(self) -> None:
+        client = self._client
+        while (addr := await self._replicas.next()) is not None:
+            length = self._request_length()
+            request = st.download_request(
+                self.fid.group, self.fid.remote_name, self.position, length
+            )
+            what = self._what(addr)
+            self._started_at = trio.current_time()
+            try:
+                conn, header = await client._open_reply(addr, "storage", request, what)
+            except FileNotFound:
+                self._replicas.not_found.append(addr)
+                continue
+            except ServerError as exc:
+                if exc.errno == errno.EINVAL and not self.delivered:
+                    size = await self._size_after_einval(addr)
+                    if size is not None and self._at_or_past_end(size):
+                        return
+                raise
+            except _TRANSPORT_ERRORS as exc:
+                self._replicas.failed(exc)
+                continue
+            expected = length if self.total is not None else self._expected
+            if (expected is not None and header.length != expected) or (
+                length and header.length > length
+            ):
+                conn.mark_broken("unexpected download length")
+                await client._pool.release(conn)
+                error = ProtocolError(
+                    f"{what}: reply of {header.length} bytes, expected "
+                    f"{expected if expected is not None else f'at most {length}'}"
+                )
+                client._count_failure("download_file", addr, error)
+                self._replicas.failed(error)
+                continue
+            if self.total is None:
+                self.total = header.length
+            self._conn, self._addr = conn, addr
+            await self._finish_if_done()
+            return
+        raise self._replicas.final_error("download_file")
+
+    async def _size_after_einval(self, addr: ServerAddr) -> int | None:
+        try:
+            return await self._client._file_size_on(addr, self.fid)
+        except FdfsError:
+            return None
+
+    async def readinto(self, view: memoryview) -> int:
+        """Read the next bytes of the range into ``view``; 0 once it is complete."""
+        if self.total is None:
+            await self.start()
+        while self._conn is not None:
+            conn, addr = self._conn, self._addr
+            assert addr is not None
+            try:
+                with self._client._watch(conn, self._what(addr)):
+                    n = await conn.receive_into(view)
+            except _TRANSPORT_ERRORS as exc:
+                self._client._count_failure("download_file", addr, exc)
+                await self._release()
+                self._replicas.failed(exc)
+                await self._open_next()
+                continue
+            self.position += n
+            self.delivered += n
+            await self._finish_if_done()
+            return n
+        return 0
+
+    async def read_all(self) -> bytes:
+        total = await self.start()
+        if total <= _PREALLOC_LIMIT:
+            buf = bytearray(total)
+            view = memoryview(buf)
+            got = 0
+            while got < total:
+                got += await self._read_some(view[got:])
+            return bytes(buf)
+        pieces = []
+        remaining = total
+        while remaining:
+            piece = bytearray(min(_PIECE_SIZE, remaining))
+            view = memoryview(piece)
+            got = 0
+            while got < len(piece):
+                got += await self._read_some(view[got:])
+            pieces.append(piece)
+            remaining -= len(piece)
+        return b"".join(pieces)
+
+    async def _read_some(self, view: memoryview) -> int:
+        n = await self.readinto(view)
+        if not n:
+            raise ProtocolError(f"download_file {self.fid}: reply ended early")
+        return n
+
+    async def _finish_if_done(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.body_remaining == 0 and self._addr is not None:
+            self._client.stats.observe_latency(
+                str(self._addr), trio.current_time() - self._started_at
+            )
+            await self._release()
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._client._pool.release(conn)
+
+
+class _ChunkIterator:
+    def __init__(self, reader: _RangeReader, chunk_size: int = CHUNK_SIZE) -> None:
+        self._reader = reader
+        self._buf = bytearray(chunk_size)
+
+    def __aiter__(self) -> _ChunkIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        n = await self._reader.readinto(memoryview(self._buf))
+        if not n:
+            raise StopAsyncIteration
+        return bytes(self._buf[:n])
+
+
+class _BinlogIterator:
+    def __init__(self, client: Client, conn: Connection, what: str) -> None:
+        self._client = client
+        self._conn = conn
+        self._what = what
+        self._decoder = BinlogStreamDecoder()
+        self._records: list[BinlogRecord] = []
+        self._next = 0
+        self._done = False
+        self._buf = bytearray(_BINLOG_READ_SIZE)
+
+    def __aiter__(self) -> _BinlogIterator:
+        return self
+
+    async def __anext__(self) -> BinlogRecord:
+        while self._next >= len(self._records):
+            if self._done:
+                raise StopAsyncIteration
+            view = memoryview(self._buf)
+            try:
+                with self._client._watch(self._conn, self._what):
+                    n = await self._conn.receive_until_close_into(view)
+                if n:
+                    self._records = self._decoder.feed(view[:n])
+                else:
+                    self._records = []
+                    self._done = True
+                    self._decoder.close()
+            except ProtocolError as exc:
+                raise ProtocolError(f"{self._what}: {exc}") from exc
+            self._next = 0
+        record = self._records[self._next]
+        self._next += 1
+        return record
+
+
+def _listed_file_id(group: str, record: BinlogRecord) -> FileId | None:
+    """The file ID of a binlog line, or None for metadata files and junk."""
+    name = record.remote_name
+    if name.endswith(_META_FILE_SUFFIX):
+        return None
+    try:
+        return parse_file_id(f"{group}/{name}")
+    except InvalidFileId:
+        log.debug("skipping binlog line for %r: not a file ID", name)
+        return None
+
+
+def _expect_empty(body: bytes) -> None:
+    st.expect_empty(body, "reply")
+
+
+def _write_all(dest: BinaryIO, data: memoryview) -> None:
+    while data:
+        n = dest.write(data)
+        if n is None or n >= len(data):
+            return
+        data = data[n:]
+
+
+__all__ = ["Client", "ClientStats", "FileInfo", "op_name"]
