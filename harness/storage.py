@@ -20,8 +20,9 @@ and dropped first). Files live in ``<base>/store<i>/data/HH/HH/<name>``
 `harness.binlog`) and pulled by the other storages of the group (see
 `harness.replication`).
 
-Disk full: while the file ``<base-dir>/.full`` exists the storage reports
-0 MB free to the tracker and answers uploads and appends with ENOSPC (28).
+Disk full: while the file ``<base-dir>/.full`` (or ``<base-dir>/DISK_FULL``)
+exists the storage reports 0 MB free to the tracker and answers uploads and
+appends with ENOSPC (28); removing it restores normal service.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ are created when a file first lands in them. New content is written to
 ``<base>/store<i>/tmp/`` and renamed into place only when complete, so a
 half-received upload is never visible.
 
-Disk-full simulation: while ``<base>/.full`` exists the storage reports
-0 MB free and refuses uploads and appends with ENOSPC.
+Disk-full simulation: while ``<base>/.full`` (or ``<base>/DISK_FULL``) exists
+the storage reports 0 MB free and refuses uploads and appends with ENOSPC.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from .serverutil import RequestError
 log = logging.getLogger(__name__)
 
 META_SUFFIX = "-m"
-FULL_FLAG = ".full"
+#: Flag files that make the storage behave as if its disk were full.
+FULL_FLAGS = (".full", "DISK_FULL")
 #: Reserved space, as a fraction of the store path's size (upstream sample: 1%).
 RESERVED_RATIO = 0.01
 LOGIC_PATH_LEN = 10  # "M00/HH/HH/"
@@ -214,12 +215,8 @@ class Store:
 
     # ------------------------------------------------------------ space
 
-    @property
-    def full_flag(self) -> Path:
-        return self.base_dir / FULL_FLAG
-
     def is_full(self) -> bool:
-        return self.full_flag.exists()
+        return any((self.base_dir / flag).exists() for flag in FULL_FLAGS)
 
     def usage(self) -> DiskUsage:
         vfs = os.statvfs(self.base_dir)
