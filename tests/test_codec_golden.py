@@ -41,6 +41,7 @@ from fdfsmount.proto.constants import BINLOG_STREAM_LENGTH, HEADER_SIZE, STORE_P
 from fdfsmount.proto.errors import (
     FileExists,
     FileNotFound,
+    LocalProtocolError,
     ProtocolError,
     ServerError,
     server_error,
@@ -446,7 +447,13 @@ def test_malformed_requests_are_beyond_the_encoders() -> None:
     assert req.body == short.request_body[: st.UPLOAD_FIXED]
     assert req.length == st.UPLOAD_FIXED + 10
     assert decode_header(short.request[:HEADER_SIZE]).length == st.UPLOAD_FIXED + 5
-    # A bad filename is refused by the tracker-side parser, the unknown command by both.
+    # The tracker refuses names under 22 bytes; so does the encoder.
+    for mode in golden.MODES:
+        body = find_record(mode, "query_fetch_one_bad_filename").request_body
+        group, name = body[:16].rstrip(b"\0").decode(), body[16:].decode()
+        with pytest.raises(LocalProtocolError):
+            tr.query_fetch_request(Cmd.QUERY_FETCH_ONE, group, name)
+    # Command 199 is not even in the codec's command table.
     for name in ("tracker_unknown_cmd", "storage_unknown_cmd"):
         with pytest.raises(ValueError):
             Cmd(find_record(sid, name).cmd)

@@ -87,6 +87,14 @@ def _remote(remote_name: str) -> bytes:
     return raw
 
 
+def _appender_name(remote_name: str) -> bytes:
+    """Names for 24, 34, 36, 38: the storage answers EINVAL to names under 44 bytes."""
+    raw = _remote(remote_name)
+    if len(raw) < MIN_APPENDER_NAME_LEN:
+        raise LocalProtocolError(f"{remote_name!r} is too short for an appender file name")
+    return raw
+
+
 def _filename_part(text: str, size: int, what: str) -> bytes:
     """Ext or slave prefix: the storage answers EINVAL to other characters."""
     if not set(text) <= _NAME_CHARS:
@@ -166,23 +174,23 @@ def query_file_info_request(group: str, remote_name: str, flags: int = 0) -> Req
 
 
 def append_request(remote_name: str, size: int) -> Request:
-    name = _remote(remote_name)
+    name = _appender_name(remote_name)
     return Request(Cmd.APPEND_FILE, pack_int(len(name)) + _size(size) + name, payload_size=size)
 
 
 def modify_request(remote_name: str, offset: int, size: int) -> Request:
-    name = _remote(remote_name)
+    name = _appender_name(remote_name)
     body = pack_int(len(name)) + _size(offset, "offset") + _size(size) + name
     return Request(Cmd.MODIFY_FILE, body, payload_size=size)
 
 
 def truncate_request(remote_name: str, size: int) -> Request:
-    name = _remote(remote_name)
+    name = _appender_name(remote_name)
     return Request(Cmd.TRUNCATE_FILE, pack_int(len(name)) + _size(size) + name)
 
 
 def regenerate_appender_request(remote_name: str) -> Request:
-    return Request(Cmd.REGENERATE_APPENDER_FILENAME, _remote(remote_name))
+    return Request(Cmd.REGENERATE_APPENDER_FILENAME, _appender_name(remote_name))
 
 
 def fetch_binlog_request(group: str, store_path_index: int) -> Request:

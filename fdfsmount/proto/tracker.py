@@ -18,7 +18,15 @@ from .errors import LocalProtocolError, ProtocolError
 from .fileid import MAX_REMOTE_NAME_LEN
 from .message import Request, ServerAddr
 from .records import GroupStat, StorageStat, decode_group_list, decode_storage_list
-from .wire import FieldReader, decode_text, encode_text, pack_fixed, pack_group, pack_int
+from .wire import (
+    FieldReader,
+    decode_text,
+    encode_text,
+    pack_fixed,
+    pack_group,
+    pack_int,
+    validate_group_name,
+)
 
 _PORT_LEN = 8
 #: QUERY_FETCH bodies shorter than group + this many name chars are refused (EINVAL).
@@ -80,7 +88,8 @@ def query_fetch_request(cmd: int, group: str, remote_name: str) -> Request:
     if cmd not in (Cmd.QUERY_FETCH_ONE, Cmd.QUERY_UPDATE, Cmd.QUERY_FETCH_ALL):
         raise LocalProtocolError(f"cmd {cmd} is not a fetch query")
     name = encode_text(remote_name, "remote file name")
-    if not 0 < len(name) <= MAX_REMOTE_NAME_LEN:
+    if not MIN_REMOTE_NAME_LEN <= len(name) <= MAX_REMOTE_NAME_LEN:
+        # The tracker answers EINVAL to names under 22 bytes.
         raise LocalProtocolError(f"bad remote file name {remote_name!r}")
     return Request(cmd, pack_group(group) + name)
 
@@ -122,10 +131,20 @@ def _split_servers(r: FieldReader, count_bytes: int, trailer: int, what: str) ->
     raise ProtocolError(f"{what}: {count_bytes + trailer} body bytes fit no server list")
 
 
+def _reply_group(r: FieldReader, what: str) -> str:
+    """The group field of a reply; no tracker can have a group that fails validation."""
+    group = r.text(GROUP_NAME_LEN)
+    try:
+        validate_group_name(group)
+    except LocalProtocolError as exc:
+        raise ProtocolError(f"{what}: invalid group name {group!r}") from exc
+    return group
+
+
 def decode_store_reply(body: bytes) -> StoreTarget:
     """Reply to 101/104 (one server) or 106/107 (all servers)."""
     r = FieldReader(body, "query store reply")
-    group = r.text(GROUP_NAME_LEN)
+    group = _reply_group(r, "query store reply")
     ip_size = _split_servers(r, r.remaining - 1, 1, "query store reply")
     servers = []
     while r.remaining > 1:
@@ -139,7 +158,7 @@ def decode_store_reply(body: bytes) -> StoreTarget:
 def decode_fetch_reply(body: bytes) -> FetchTarget:
     """Reply to 102/103 (one server) or 105 (all servers holding the file)."""
     r = FieldReader(body, "query fetch reply")
-    group = r.text(GROUP_NAME_LEN)
+    group = _reply_group(r, "query fetch reply")
     ip_size = _split_servers(r, r.remaining, 0, "query fetch reply")
     servers = []
     while r.remaining:
