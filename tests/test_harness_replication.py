@@ -1,0 +1,205 @@
+"""Builtin servers: replication inside a group, read routing, restarts, disk full, other clients.
+
+Requests are encoded with the project's codec and sent over plain sockets,
+so these tests depend on the servers only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from builtin_nodes import Addr, BuiltinNodes, StorageNode, StorageSpec, exchange
+
+from fdfsmount.proto import storage as S
+from fdfsmount.proto import tracker as T
+from fdfsmount.proto.constants import Cmd, StorageStatus
+from fdfsmount.proto.wire import decode_header
+
+pytestmark = pytest.mark.slow
+
+GROUP = "group1"
+
+
+def call(addr: Addr, request: bytes) -> tuple[int, bytes]:
+    response, _ = exchange(addr, request)
+    header = decode_header(response[:10])
+    return header.status, response[10:]
+
+
+def upload(node: StorageNode, data: bytes, *, ext: str = "bin", appender: bool = False) -> str:
+    status, body = call(
+        node.addr, S.upload_request(len(data), ext, appender=appender).encode() + data
+    )
+    assert status == 0, status
+    return S.decode_file_id_reply(body).remote_name
+
+
+def download(addr: Addr, remote: str) -> bytes | int:
+    status, body = call(addr, S.download_request(GROUP, remote).encode())
+    return body if status == 0 else status
+
+
+def fetch_all(nodes: BuiltinNodes, remote: str) -> list[Addr]:
+    status, body = call(
+        nodes.tracker, T.query_fetch_request(Cmd.QUERY_FETCH_ALL, GROUP, remote).encode()
+    )
+    if status:
+        return []
+    return [(s.host, s.port) for s in T.decode_fetch_reply(body).servers]
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[BuiltinNodes]:
+    specs = [StorageSpec(GROUP, "127.0.0.21", "100001"), StorageSpec(GROUP, "127.0.0.22", "100002")]
+    with BuiltinNodes(
+        tmp_path, specs, tracker_host="127.0.0.20", tracker_args=("--offline-after", "1.5")
+    ) as nodes:
+        nodes.wait_synced()
+        yield nodes
+
+
+def test_new_files_replicate_and_fetch_routes_only_to_holders(pair: BuiltinNodes) -> None:
+    source, replica = pair.storages
+    remotes = []
+    for i in range(20):
+        data = os.urandom(1000 + i)
+        remote = upload(source if i % 2 else replica, data)
+        remotes.append((remote, data))
+        # Every server the tracker names must already serve the file.
+        for addr in fetch_all(pair, remote):
+            assert download(addr, remote) == data
+    for remote, data in remotes:
+        eventually(lambda r=remote: len(fetch_all(pair, r)) == 2, what=f"{remote} on 2 servers")
+        for node in pair.storages:
+            assert download(node.addr, remote) == data
+
+
+def test_appender_changes_rename_metadata_and_delete_replicate(pair: BuiltinNodes) -> None:
+    source, replica = pair.storages
+    remote = upload(source, b"0123456789", ext="log", appender=True)
+    changes = [
+        S.append_request(remote, 5).encode() + b"ABCDE",
+        S.modify_request(remote, 2, 3).encode() + b"xyz",
+        S.truncate_request(remote, 8).encode(),
+        S.truncate_request(remote, 12).encode(),
+        S.append_request(remote, 4).encode() + b"tail",
+    ]
+    for request in changes:
+        assert call(source.addr, request)[0] == 0
+    expected = b"01xyz567" + b"\0" * 4 + b"tail"
+    assert download(source.addr, remote) == expected
+    eventually(lambda: download(replica.addr, remote) == expected, what="appender replicated")
+
+    meta = S.set_metadata_request(GROUP, remote, {"b": "2", "a": "1"}, overwrite=True).encode()
+    assert call(source.addr, meta)[0] == 0
+    get_meta = S.get_metadata_request(GROUP, remote).encode()
+    eventually(lambda: call(replica.addr, get_meta) == (0, b"a\x021\x01b\x022"), what="metadata")
+
+    status, body = call(source.addr, S.regenerate_appender_request(remote).encode())
+    assert status == 0
+    renamed = S.decode_file_id_reply(body).remote_name
+    eventually(lambda: download(replica.addr, renamed) == expected, what="rename replicated")
+    assert download(replica.addr, remote) == errno.ENOENT
+
+    assert call(source.addr, S.delete_request(GROUP, renamed).encode())[0] == 0
+    eventually(lambda: download(replica.addr, renamed) == errno.ENOENT, what="delete replicated")
+
+
+def test_replication_resumes_after_restarts(pair: BuiltinNodes) -> None:
+    source, replica = pair.storages
+    before = upload(source, b"before")
+    eventually(lambda: download(replica.addr, before) == b"before", what="first file")
+
+    replica.proc.terminate()
+    while_down = upload(source, b"while the replica was down")
+    appender = upload(source, b"abc", appender=True)
+    assert call(source.addr, S.append_request(appender, 3).encode() + b"def")[0] == 0
+    pair.start_storage(replica)
+    eventually(lambda: download(replica.addr, while_down) == b"while the replica was down")
+    eventually(lambda: download(replica.addr, appender) == b"abcdef", what="append after restart")
+
+    pair.restart_storage(source)
+    after = upload(source, b"after the source restarted")
+    eventually(lambda: download(replica.addr, after) == b"after the source restarted")
+    # Marks were persisted: nothing was copied twice.
+    lines = (replica.base_dir / "sync" / "binlog").read_text().splitlines()
+    created = [line.split()[2] for line in lines if line.split()[1] == "c"]
+    assert len(created) == len(set(created)) == 4
+
+
+def test_reads_move_to_the_replica_when_the_source_dies(pair: BuiltinNodes) -> None:
+    source, replica = pair.storages
+    data = os.urandom(5000)
+    remote = upload(source, data)
+    eventually(lambda: len(fetch_all(pair, remote)) == 2, what="replicated")
+    source.proc.kill()
+
+    def only_replica() -> bool:
+        return fetch_all(pair, remote) == [replica.addr]
+
+    eventually(only_replica, what="tracker drops the dead source")
+    statuses = {r.storage_id: r.status for r in pair.list_storages(GROUP)}
+    assert statuses == {"100001": StorageStatus.OFFLINE, "100002": StorageStatus.ACTIVE}
+    assert download(replica.addr, remote) == data
+    status, body = call(
+        pair.tracker, T.query_fetch_request(Cmd.QUERY_UPDATE, GROUP, remote).encode()
+    )
+    assert status == 0 and T.decode_fetch_reply(body).servers[0].port == replica.port
+
+
+def test_disk_full_flag_refuses_uploads(pair: BuiltinNodes) -> None:
+    node = pair.storages[0]
+    (node.base_dir / ".full").write_text("")
+    status, _ = call(node.addr, S.upload_request(3, "txt").encode() + b"abc")
+    assert status == errno.ENOSPC
+    # The connection stays usable: the payload was consumed.
+    eventually(
+        lambda: call(pair.tracker, T.query_store_request(GROUP).encode())[0] == errno.ENOSPC,
+        what="tracker sees the full disk",
+    )
+    (node.base_dir / ".full").unlink()
+    eventually(lambda: call(pair.tracker, T.query_store_request(GROUP).encode())[0] == 0)
+    assert call(node.addr, S.upload_request(3, "txt").encode() + b"abc")[0] == 0
+
+
+@pytest.mark.parametrize("client", ["fdfs_client", "fastdfs_client"])
+def test_third_party_clients(tmp_path: Path, client: str) -> None:
+    """Upload, download, delete with the PyPI clients (each with its own quirks)."""
+    specs = [StorageSpec(GROUP, "127.0.0.21", "100001"), StorageSpec(GROUP, "127.0.0.22", "100002")]
+    # fastdfs_client expects 45-byte IP fields (response_ip_addr_size = IPv6).
+    ip_size = "46" if client == "fastdfs_client" else "16"
+    with BuiltinNodes(tmp_path, specs, "127.0.0.20", ("--ip-size", ip_size)) as nodes:
+        host, port = nodes.tracker
+        if client == "fdfs_client":
+            from fdfs_client.client import Fdfs_client
+
+            conf = tmp_path / "client.conf"
+            conf.write_text(
+                f"connect_timeout=10\nnetwork_timeout=30\ntracker_server={host}:{port}\n"
+            )
+            fdfs = Fdfs_client(str(conf))
+        else:
+            import fastdfs_client.client as fc
+
+            fdfs = fc.FastdfsClient(fc.Config.create((host,), port))
+        for i in range(3):
+            data = os.urandom(10000 + i)
+            file_id = fdfs.upload_by_buffer(data, "bin")["Remote file_id"]
+            key = file_id.encode() if client == "fdfs_client" else file_id
+            assert fdfs.download_to_buffer(key)["Content"] == data
+            assert fdfs.delete_file(key)[0] == "Delete file successed."
+        appender = fdfs.upload_appender_by_buffer(b"abc", "log")["Remote file_id"]
+        assert "/M00/" in appender
