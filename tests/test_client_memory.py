@@ -43,7 +43,7 @@ from fdfsmount.proto.client import Client
 from fdfsmount.proto.clientconf import read_client_conf
 from fdfsmount.proto.constants import BINLOG_STREAM_LENGTH, Cmd, StorageStatus
 from fdfsmount.proto.fileid import make_remote_name, parse_file_id
-from fdfsmount.proto.records import StorageStat
+from fdfsmount.proto.records import GroupStat, StorageStat
 from fdfsmount.proto.storage import FileInfo
 
 G = load_golden("storage-id-mode")
@@ -549,9 +549,24 @@ async def test_fetch_query_for_group_without_storage_is_nostorage(
     client: Client, tracker: ScriptedServer
 ) -> None:
     tracker.queue(Cmd.QUERY_FETCH_ONE, Reply(reply(errno.ENOENT)))
-    tracker.add_golden(G["list_one_group"])
-    with trio.fail_after(DEADLINE), pytest.raises(NoStorage):
+    down = GroupStat("group1", 100, 50, storage_count=2, readable_count=0, writable_count=0)
+    tracker.queue(Cmd.SERVER_LIST_ONE_GROUP, Reply(reply(0, down.encode())))
+    with trio.fail_after(DEADLINE), pytest.raises(NoStorage, match="no readable storage"):
         await client.download(HELLO)
+
+
+async def test_fetch_query_enoent_with_readable_storages_is_file_not_found(
+    client: Client, tracker: ScriptedServer
+) -> None:
+    # Trackers that follow replication say ENOENT when no storage holds the file.
+    tracker.queue(Cmd.QUERY_FETCH_ONE, Reply(reply(errno.ENOENT)))
+    tracker.add_golden(G["list_one_group"])
+    with trio.fail_after(DEADLINE), pytest.raises(FileNotFound) as info:
+        await client.download(HELLO)
+    assert str(info.value) == (
+        f"query_fetch_one {HELLO} on tracker 127.0.0.1:22122: no storage server of the group "
+        "holds it: ENOENT (No such file or directory)"
+    )
 
 
 async def test_appender_ops_refuse_normal_files_locally(

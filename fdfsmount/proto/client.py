@@ -326,32 +326,45 @@ class Client:
         detail = "; ".join(str(e) for e in failures)
         raise type(last)(f"no tracker answered: {detail}") from last
 
-    async def _explain_missing(self, group: str, *, writable: bool) -> FdfsError:
-        """Tell a missing group from a group without usable storage (both are ENOENT)."""
+    async def _explain_missing(
+        self, exc: FileNotFound, group: str, *, writable: bool, fid: FileId | None = None
+    ) -> FdfsError:
+        """Make sense of a tracker's ENOENT to a query (the status alone is ambiguous).
+
+        Upstream says ENOENT for an unknown group and for a group without a
+        readable (writable) storage; trackers that track replication may also
+        say it for a file no storage holds. The group's stats tell them apart.
+        """
         try:
-            await self.group(group)
+            stat = await self.group(group)
         except FileNotFound:
-            return FileNotFound(f"no group {group!r} on the tracker")
+            return FileNotFound(f"{exc.message}: no group {group!r}")
         except FdfsError:
-            pass
+            stat = None
+        usable = 0
+        if stat is not None:
+            usable = stat.writable_count if writable else stat.readable_count
+        if fid is not None and usable > 0:
+            return FileNotFound(f"{exc.message}: no storage server of the group holds it")
         kind = "writable" if writable else "readable"
-        return NoStorage(f"the tracker knows no {kind} storage server in group {group!r}")
+        return NoStorage(f"{exc.message}: no {kind} storage server in group {group!r}")
 
     async def _query_file(self, cmd: Cmd, fid: FileId) -> tr.FetchTarget:
         request = tr.query_fetch_request(cmd, fid.group, fid.remote_name)
         try:
             return await self._tracker(request, tr.decode_fetch_reply, str(fid))
-        except FileNotFound:
-            raise await self._explain_missing(fid.group, writable=cmd == Cmd.QUERY_UPDATE) from None
+        except FileNotFound as exc:
+            writable = cmd == Cmd.QUERY_UPDATE
+            raise await self._explain_missing(exc, fid.group, writable=writable, fid=fid) from None
 
     async def _query_store(self, group: str | None, *, all_servers: bool = False) -> tr.StoreTarget:
         request = tr.query_store_request(group, all_servers=all_servers)
         try:
             return await self._tracker(request, tr.decode_store_reply, group or "")
-        except FileNotFound:
+        except FileNotFound as exc:
             if group is None:
-                raise NoStorage("the tracker knows no writable storage server") from None
-            raise await self._explain_missing(group, writable=True) from None
+                raise NoStorage(f"{exc.message}: no writable storage server") from None
+            raise await self._explain_missing(exc, group, writable=True) from None
 
     async def _update_server(self, fid: FileId) -> ServerAddr:
         return (await self._query_file(Cmd.QUERY_UPDATE, fid)).servers[0]

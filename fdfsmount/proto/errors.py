@@ -47,6 +47,7 @@ class ServerError(FdfsError):
 
     def __init__(self, status: int, message: str = "") -> None:
         self.errno = status
+        self.message = message  # what failed, without the status text
         name = _errno.errorcode.get(status, str(status))
         text = os.strerror(status) if status in _errno.errorcode else f"status {status}"
         super().__init__(f"{message}: {name} ({text})" if message else f"{name} ({text})")
