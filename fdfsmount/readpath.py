@@ -1,0 +1,459 @@
+"""The read path: ranged downloads via the shared block cache, adaptive readahead, replica choice.
+
+# Strategy
+Content is fetched in aligned blocks (`BLOCK_SIZE`) and kept in one LRU
+(`BlockCache`) bounded by ``cache_size``. A read takes its blocks from the
+cache, joins a download already running for them, or downloads the missing
+run itself — so random readers fetch only the blocks they touch.
+
+Each open file keeps a `Readahead`: reads that continue where the last one
+ended count as sequential; each time the reader gets within half a window of
+the end of what was prefetched, the window doubles (from ~1 MiB to the
+``readahead`` option) and the next stretch is fetched in chunks by tasks in
+the mount's nursery, the chunks spread over the file's replicas. A random
+read resets the window. Blocks a sequential reader has consumed are dropped
+(the kernel keeps those pages), which leaves the cache to readahead.
+
+Blocks of appender files are keyed by the file's (size, mtime) as seen at
+open, so another host's changes are never served from an older open; a short
+last block of an appender file is not cached at all (it may still grow).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from .blockcache import BlockCache, FileKey
+from .clientapi import ReadClient
+from .proto import FileId, FileIdInfo, FileType, ServerAddr, StorageStatus
+from .proto.errors import FdfsError
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+INITIAL_WINDOW = 1 * MIB
+SEQUENTIAL_SLACK = 1 * MIB  # the kernel may deliver neighbouring async reads out of order
+MIN_CHUNK = 512 * 1024
+MAX_CHUNK = 8 * MIB
+MAX_PARALLEL_CHUNKS = 8  # prefetch downloads in flight, whole mount
+STORAGES_TTL = 30.0
+FRESH_FILE_AGE = 300  # seconds: younger files may not have reached every replica yet
+SLOW_MEMORY = 30.0
+
+
+class Readahead:
+    """Decides, read by read, what to prefetch for one open file (no I/O)."""
+
+    def __init__(self, maximum: int, initial: int = INITIAL_WINDOW) -> None:
+        self.maximum = maximum
+        self.initial = min(initial, maximum)
+        self.window = 0  # 0: not in a sequential run
+        self.next_offset = 0  # where a sequential reader reads next
+        self.prefetched_to = 0  # end of what has been scheduled
+
+    @property
+    def sequential(self) -> bool:
+        return self.window > 0
+
+    def on_read(self, offset: int, end: int) -> tuple[int, int] | None:
+        """Record a read of [offset, end); return a range to prefetch, if any."""
+        if self.maximum <= 0:
+            return None
+        if abs(offset - self.next_offset) > SEQUENTIAL_SLACK:
+            self.window = 0
+            self.prefetched_to = 0
+            self.next_offset = end
+            return None
+        self.next_offset = max(self.next_offset, end)
+        if self.window == 0:
+            self.window = self.initial
+            self.prefetched_to = max(self.prefetched_to, end)
+        elif self.prefetched_to - end >= self.window // 2:
+            return None
+        else:
+            self.window = min(self.window * 2, self.maximum)
+        start = max(self.prefetched_to, end)
+        stop = end + self.window
+        self.prefetched_to = stop
+        return (start, stop) if stop > start else None
+
+
+@dataclass(slots=True)
+class OpenFile:
+    """One open file handle on the read side."""
+
+    file_id: FileId
+    id_info: FileIdInfo
+    size: int  # as known at open; appender files may have grown since
+    version: tuple[int, int] | None
+    readahead: Readahead
+    dropped_to: int = 0  # blocks below this index were dropped behind a sequential reader
+
+    @property
+    def key(self) -> FileKey:
+        return (str(self.file_id), self.version)
+
+    @property
+    def immutable(self) -> bool:
+        return self.version is None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A block being downloaded: waiters take `data` once `done` is set (None: failed)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+
+
+@dataclass(slots=True)
+class ReadStats:
+    reads: int = 0
+    bytes_read: int = 0
+    downloads: int = 0
+    bytes_downloaded: int = 0
+    prefetch_chunks: int = 0
+    prefetch_failures: int = 0
+    waited_on_prefetch: int = 0
+
+
+class ReplicaDirectory:
+    """Which storage servers can serve a file, best first, without asking per file.
+
+    The storages of a group are listed once per `STORAGES_TTL`; a file's source
+    server (named in its ID) goes first, then the group's other active storages.
+    ``rotate`` spreads the chunks of a large read over the replicas. A server
+    that recently made a read wait for the client's timeout before it failed
+    over (`note_slow`) goes last for `SLOW_MEMORY` seconds, so a frozen replica
+    costs one timeout, not one per chunk.
+    """
+
+    def __init__(self, client: ReadClient) -> None:
+        self._client = client
+        self._groups: dict[str, tuple[float, list[tuple[str, str, ServerAddr]]]] = {}
+        self._per_file: OrderedDict[str, list[ServerAddr]] = OrderedDict()
+        self._failed_at: dict[str, float] = {}
+        self._slow_at: dict[ServerAddr, float] = {}
+
+    def note_slow(self, addr: ServerAddr) -> None:
+        self._slow_at[addr] = trio.current_time()
+
+    def _healthy_first(self, servers: list[ServerAddr]) -> list[ServerAddr]:
+        if not self._slow_at:
+            return servers
+        now = trio.current_time()
+        slow = {a for a, t in self._slow_at.items() if now - t < SLOW_MEMORY}
+        if len(slow) < len(self._slow_at):
+            self._slow_at = {a: t for a, t in self._slow_at.items() if a in slow}
+        return [a for a in servers if a not in slow] + [a for a in servers if a in slow]
+
+    async def servers_for(
+        self, file_id: FileId, info: FileIdInfo, *, rotate: int = 0
+    ) -> list[ServerAddr] | None:
+        storages = await self._group_storages(file_id.group)
+        if storages:
+            source = [a for (sid, ip, a) in storages if _is_source(info, sid, ip)]
+            others = [a for (sid, ip, a) in storages if not _is_source(info, sid, ip)]
+            if source and (info.file_type is FileType.APPENDER or _is_fresh(info)):
+                return self._healthy_first(source + others)  # replicas may lag behind
+            servers = source + others
+        else:
+            servers = await self._fetch_servers(file_id)
+        if not servers:
+            return None
+        turn = rotate % len(servers)
+        return self._healthy_first(servers[turn:] + servers[:turn])
+
+    async def _group_storages(self, group: str) -> list[tuple[str, str, ServerAddr]]:
+        now = trio.current_time()
+        cached = self._groups.get(group)
+        if cached is not None and now - cached[0] < STORAGES_TTL:
+            return cached[1]
+        if now - self._failed_at.get(group, -math.inf) < STORAGES_TTL:
+            return cached[1] if cached else []
+        try:
+            stats = await self._client.list_storages(group)
+        except FdfsError as exc:
+            log.info("list storages of %s failed (%s); asking the tracker per file", group, exc)
+            self._failed_at[group] = now
+            return cached[1] if cached else []
+        active = [
+            (s.storage_id, s.ip_addr, ServerAddr(s.ip_addr, s.storage_port))
+            for s in stats
+            if s.status == StorageStatus.ACTIVE and s.storage_port > 0
+        ]
+        self._groups[group] = (now, active)
+        return active
+
+    async def _fetch_servers(self, file_id: FileId) -> list[ServerAddr]:
+        key = str(file_id)
+        servers = self._per_file.get(key)
+        if servers is None:
+            servers = await self._client.fetch_servers(file_id)
+            self._per_file[key] = servers
+            if len(self._per_file) > 10_000:
+                self._per_file.popitem(last=False)
+        return servers
+
+
+def _is_source(info: FileIdInfo, storage_id: str, ip: str) -> bool:
+    if info.source_id is not None:
+        return storage_id == str(info.source_id)
+    return ip == info.source_ip
+
+
+def _is_fresh(info: FileIdInfo) -> bool:
+    return time.time() - info.create_time < FRESH_FILE_AGE
+
+
+class ReadPath:
+    """Serves `read` for open files; prefetches in the mount's nursery."""
+
+    def __init__(
+        self,
+        client: ReadClient,
+        cache: BlockCache,
+        *,
+        readahead: int,
+        timeout: float,
+        nursery: trio.Nursery | None = None,
+        slow_after: float = math.inf,
+    ) -> None:
+        self.client = client
+        self.cache = cache
+        self.block = cache.block_size
+        # Never prefetch more than half the cache: the rest serves other readers.
+        self.max_window = min(readahead, cache.capacity // 2) if nursery is not None else 0
+        self.timeout = timeout
+        self.nursery = nursery
+        # A download this slow waited for the client's network timeout on its first server.
+        self.slow_after = slow_after
+        self.replicas = ReplicaDirectory(client)
+        self.stats = ReadStats()
+        self._pending: dict[tuple[FileKey, int], _Pending] = {}
+        self._chunk_limiter = trio.CapacityLimiter(MAX_PARALLEL_CHUNKS)
+        self._chunk_counter = itertools.count()
+
+    def open(self, file_id: FileId, id_info: FileIdInfo, size: int, *, immutable: bool,
+             mtime: int = 0) -> OpenFile:  # fmt: skip
+        version = None if immutable else (size, mtime)
+        return OpenFile(file_id, id_info, size, version, Readahead(self.max_window))
+
+    def invalidate(self, file_id: FileId) -> None:
+        """Forget cached content of `file_id` (the write side calls this after changes)."""
+        self.cache.drop_file(str(file_id))
+
+    async def read(self, f: OpenFile, offset: int, size: int) -> bytes:
+        self.stats.reads += 1
+        # An appender file may have grown since open: only the server knows its end.
+        end = min(offset + size, f.size) if f.immutable else offset + size
+        if offset >= end or size <= 0:
+            return b""
+        ahead = f.readahead.on_read(offset, end)
+        if ahead is not None and self.nursery is not None:
+            self._prefetch(f, *ahead)
+        first, last = offset // self.block, (end - 1) // self.block
+        blocks = await self._blocks(f, first, last)
+        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        start = offset - first * self.block
+        result = data[start : start + (end - offset)]
+        if f.readahead.sequential:
+            self._drop_behind(f, offset)
+        self.stats.bytes_read += len(result)
+        return result
+
+    def _drop_behind(self, f: OpenFile, offset: int) -> None:
+        below = offset // self.block
+        if below - f.dropped_to > 64:  # far jump (or first call): do not walk the gap
+            f.dropped_to = below - 1 if below else 0
+        for index in range(f.dropped_to, below):
+            self.cache.discard(f.key, index)
+        f.dropped_to = max(f.dropped_to, below)
+
+    # -- blocks ------------------------------------------------------------
+
+    async def _blocks(self, f: OpenFile, first: int, last: int) -> list[bytes]:
+        """Blocks first..last (the last may be short, or empty past EOF)."""
+        found: dict[int, bytes] = {}
+        waiting: list[tuple[int, _Pending]] = []
+        missing: list[int] = []
+        for index in range(first, last + 1):
+            data = self.cache.get(f.key, index)
+            if data is not None:
+                found[index] = data
+                continue
+            pending = self._pending.get((f.key, index))
+            if pending is not None:
+                waiting.append((index, pending))
+            else:
+                missing.append(index)
+        if waiting:
+            self.stats.waited_on_prefetch += 1
+        if len(missing) + len(waiting) == 1 and missing:
+            found.update(await self._download(f, missing[0], missing[0] + 1))
+        elif missing or waiting:
+            async with trio.open_nursery() as nursery:
+                for run_start, run_end in _runs(missing):
+                    nursery.start_soon(self._download_into, f, run_start, run_end, found)
+                for index, pending in waiting:
+                    nursery.start_soon(self._await_pending, f, index, pending, found)
+        blocks: list[bytes] = []
+        for index in range(first, last + 1):
+            data = found[index]
+            blocks.append(data)
+            if len(data) < self.block:
+                break  # end of file
+        return blocks
+
+    async def _await_pending(
+        self, f: OpenFile, index: int, pending: _Pending, into: dict[int, bytes]
+    ) -> None:
+        await pending.done.wait()
+        if pending.data is not None:
+            into[index] = pending.data
+        else:  # the prefetch failed: try ourselves, within our own deadline
+            into.update(await self._download(f, index, index + 1))
+
+    async def _download_into(
+        self, f: OpenFile, first: int, stop: int, into: dict[int, bytes]
+    ) -> None:
+        into.update(await self._download(f, first, stop))
+
+    async def _download(
+        self,
+        f: OpenFile,
+        first: int,
+        stop: int,
+        *,
+        rotate: int = 0,
+        claimed: dict[tuple[FileKey, int], _Pending] | None = None,
+    ) -> dict[int, bytes]:
+        """Download blocks [first, stop) as one ranged request; cache and return them.
+
+        Readers wanting these blocks meanwhile wait on their `_Pending` entries
+        (`claimed` ones, registered by a prefetch, or new ones registered here).
+        """
+        offset = first * self.block
+        length = (stop - first) * self.block
+        if f.immutable:
+            length = max(0, min(length, f.size - offset))
+        if claimed is None:
+            mine: dict[tuple[FileKey, int], _Pending] = {}
+            for key in ((f.key, i) for i in range(first, stop)):
+                if key not in self._pending:
+                    mine[key] = self._pending[key] = _Pending()
+        else:
+            mine = claimed
+        blocks: dict[int, bytes] = {}
+        try:
+            data = b""
+            if length > 0:
+                servers = await self.replicas.servers_for(f.file_id, f.id_info, rotate=rotate)
+                started = trio.current_time()
+                data = await self.client.read_range(f.file_id, offset, length, servers=servers)
+                if servers and trio.current_time() - started >= self.slow_after:
+                    self.replicas.note_slow(servers[0])
+                self.stats.downloads += 1
+                self.stats.bytes_downloaded += len(data)
+            blocks = self._split(f, first, stop, data)
+        finally:
+            for key, pending in mine.items():
+                if self._pending.get(key) is pending:
+                    del self._pending[key]
+                pending.data = blocks.get(key[1])
+                pending.done.set()
+        return blocks
+
+    def _split(self, f: OpenFile, first: int, stop: int, data: bytes) -> dict[int, bytes]:
+        blocks: dict[int, bytes] = {}
+        view = memoryview(data)
+        for i, index in enumerate(range(first, stop)):
+            piece = (
+                data
+                if len(data) <= self.block and i == 0
+                else bytes(view[i * self.block : (i + 1) * self.block])
+            )
+            blocks[index] = piece
+            complete = len(piece) == self.block
+            if complete or f.immutable:
+                self.cache.put(f.key, index, piece)
+            if not complete:
+                break  # end of file: later blocks do not exist
+        return blocks
+
+    # -- readahead -----------------------------------------------------------
+
+    def _prefetch(self, f: OpenFile, start: int, stop: int) -> None:
+        if f.immutable:
+            stop = min(stop, f.size)
+        first = start // self.block
+        stop_block = -(-stop // self.block)
+        chunk_blocks = max(1, min(MAX_CHUNK, max(MIN_CHUNK, f.readahead.window // 4)) // self.block)
+        index = first
+        while index < stop_block:
+            # Skip what is cached or already coming.
+            while index < stop_block and (
+                self.cache.contains(f.key, index) or (f.key, index) in self._pending
+            ):
+                index += 1
+            run_end = index
+            while (
+                run_end < stop_block
+                and run_end - index < chunk_blocks
+                and not self.cache.contains(f.key, run_end)
+                and (f.key, run_end) not in self._pending
+            ):
+                run_end += 1
+            if run_end > index:
+                self._start_chunk(f, index, run_end)
+            index = run_end
+
+    def _start_chunk(self, f: OpenFile, first: int, stop: int) -> None:
+        assert self.nursery is not None
+        # Claim the blocks now, so that reads arriving meanwhile wait for this chunk.
+        claimed = {(f.key, i): _Pending() for i in range(first, stop)}
+        self._pending.update(claimed)
+        self.stats.prefetch_chunks += 1
+        self.nursery.start_soon(self._prefetch_chunk, f, first, stop, claimed)
+
+    async def _prefetch_chunk(
+        self, f: OpenFile, first: int, stop: int, claimed: dict[tuple[FileKey, int], _Pending]
+    ) -> None:
+        blocks: dict[int, bytes] = {}
+        try:
+            async with self._chunk_limiter:
+                with trio.move_on_after(self.timeout):
+                    blocks = await self._download(
+                        f, first, stop, rotate=next(self._chunk_counter), claimed=claimed
+                    )
+        except FdfsError as exc:
+            self.stats.prefetch_failures += 1
+            log.debug("readahead of %s blocks %d..%d failed: %s", f.file_id, first, stop, exc)
+        except Exception:
+            self.stats.prefetch_failures += 1
+            log.exception("readahead of %s blocks %d..%d failed", f.file_id, first, stop)
+        finally:
+            for key, pending in claimed.items():
+                if self._pending.get(key) is pending:
+                    del self._pending[key]
+                pending.data = blocks.get(key[1])
+                pending.done.set()
+
+
+def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """[3, 4, 5, 9] -> [(3, 6), (9, 10)]."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs

@@ -1,0 +1,274 @@
+"""Read path without servers: readahead decisions, block cache, ReadPath over a fake client."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+import trio
+
+from fdfsmount.blockcache import BlockCache
+from fdfsmount.proto import FileId, ServerAddr, StorageStat, decode_file_id, parse_file_id
+from fdfsmount.proto.errors import FileNotFound, Timeout
+from fdfsmount.proto.fileid import make_remote_name
+from fdfsmount.readpath import MIB, OpenFile, Readahead, ReadPath
+
+BLOCK = 128 * 1024
+
+
+# ---------------------------------------------------------------- Readahead
+
+
+def test_first_read_starts_a_one_mib_window() -> None:
+    ra = Readahead(maximum=64 * MIB)
+    assert ra.on_read(0, BLOCK) == (BLOCK, BLOCK + MIB)
+    assert ra.window == MIB
+
+
+def test_window_doubles_on_sequential_reads_up_to_the_maximum() -> None:
+    ra = Readahead(maximum=8 * MIB)
+    windows = []
+    offset = 0
+    for _ in range(400):
+        ahead = ra.on_read(offset, offset + BLOCK)
+        if ahead is not None:
+            windows.append(ra.window)
+            assert ahead[0] >= offset + BLOCK  # never re-fetches what was asked for
+        offset += BLOCK
+    assert windows[:5] == [MIB, 2 * MIB, 4 * MIB, 8 * MIB, 8 * MIB]
+    assert max(windows) == 8 * MIB
+    # Prefetch keeps at least half a window ahead of the reader.
+    assert ra.prefetched_to - offset >= 4 * MIB - BLOCK
+
+
+def test_prefetched_ranges_are_contiguous() -> None:
+    ra = Readahead(maximum=4 * MIB)
+    end = None
+    for i in range(200):
+        ahead = ra.on_read(i * BLOCK, (i + 1) * BLOCK)
+        if ahead:
+            if end is not None:
+                assert ahead[0] == end
+            end = ahead[1]
+
+
+def test_random_reads_reset_and_fetch_nothing_extra() -> None:
+    ra = Readahead(maximum=64 * MIB)
+    ra.on_read(0, BLOCK)
+    ra.on_read(BLOCK, 2 * BLOCK)
+    assert ra.on_read(500 * MIB, 500 * MIB + 4096) is None
+    assert ra.window == 0
+    rng = random.Random(1)
+    for _ in range(100):
+        offset = rng.randrange(100, 10_000) * MIB
+        assert ra.on_read(offset, offset + 4096) is None
+
+
+def test_slightly_out_of_order_reads_stay_sequential() -> None:
+    ra = Readahead(maximum=64 * MIB)
+    ra.on_read(0, BLOCK)
+    ra.on_read(2 * BLOCK, 3 * BLOCK)  # the kernel's async reads may swap
+    ra.on_read(BLOCK, 2 * BLOCK)
+    assert ra.sequential
+
+
+def test_zero_maximum_disables_readahead() -> None:
+    assert Readahead(maximum=0).on_read(0, BLOCK) is None
+
+
+# ---------------------------------------------------------------- BlockCache
+
+
+def test_cache_is_bounded_in_bytes_and_evicts_lru() -> None:
+    cache = BlockCache(capacity=3 * BLOCK, block_size=BLOCK)
+    key = ("g/f", None)
+    for i in range(3):
+        cache.put(key, i, bytes(BLOCK))
+    assert cache.get(key, 0) is not None  # 0 is now the most recent
+    cache.put(key, 3, bytes(BLOCK))
+    assert cache.size == 3 * BLOCK
+    assert cache.get(key, 1) is None and cache.get(key, 0) is not None
+    assert cache.stats.evictions == 1
+
+
+def test_cache_drops_every_version_of_a_file() -> None:
+    cache = BlockCache(capacity=10 * BLOCK, block_size=BLOCK)
+    cache.put(("a", (1, 1)), 0, b"x")
+    cache.put(("a", (2, 2)), 0, b"y")
+    cache.put(("b", None), 0, b"z")
+    assert cache.drop_file("a") == 2
+    assert len(cache) == 1 and cache.size == 1
+
+
+def test_zero_capacity_caches_nothing() -> None:
+    cache = BlockCache(capacity=0)
+    cache.put(("a", None), 0, b"x")
+    assert len(cache) == 0
+
+
+# ---------------------------------------------------------------- ReadPath
+
+
+class FakeClient:
+    """Serves `read_range` from memory, counting requests; optionally slow or failing."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, int, int, tuple[ServerAddr, ...] | None]] = []
+        self.delay = 0.0
+        self.fail: Exception | None = None
+
+    def add(self, data: bytes, *, appender: bool = False) -> FileId:
+        remote = make_remote_name(
+            source=100001, create_time=1_600_000_000, size=len(data), crc32=0,
+            appender=appender, ext="bin",
+        )  # fmt: skip
+        fid = parse_file_id(f"group1/{remote}")
+        self.files[str(fid)] = data
+        return fid
+
+    async def read_range(
+        self,
+        file_id: FileId | str,
+        offset: int,
+        length: int,
+        *,
+        servers: Sequence[ServerAddr] | None = None,
+    ) -> bytes:
+        self.requests.append((str(file_id), offset, length, tuple(servers) if servers else None))
+        if self.delay:
+            await trio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        data = self.files.get(str(file_id))
+        if data is None:
+            raise FileNotFound(str(file_id))
+        return data[offset : offset + length]
+
+    async def list_storages(self, group: str, storage_id: str | None = None) -> list[StorageStat]:
+        return [
+            StorageStat(7, "100001", "127.0.0.10", storage_port=23000),
+            StorageStat(7, "100002", "127.0.0.11", storage_port=23001),
+        ]
+
+    async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]:
+        raise AssertionError("the group's storages should be enough")
+
+
+def _open(rp: ReadPath, fid: FileId, size: int, *, appender: bool = False) -> OpenFile:
+    return rp.open(fid, decode_file_id(fid), size, immutable=not appender)
+
+
+async def test_random_reads_fetch_one_aligned_block() -> None:
+    client = FakeClient()
+    data = random.Random(2).randbytes(10 * MIB)
+    fid = client.add(data)
+    rp = ReadPath(client, BlockCache(64 * MIB), readahead=8 * MIB, timeout=5)
+    f = _open(rp, fid, len(data))
+    offset = 5 * MIB + 1000
+    assert await rp.read(f, offset, 4096) == data[offset : offset + 4096]
+    assert [(o, n) for _, o, n, _ in client.requests] == [(5 * MIB, BLOCK)]
+    # The same block again: from the cache.
+    assert await rp.read(f, offset + 4096, 4096) == data[offset + 4096 : offset + 8192]
+    assert len(client.requests) == 1
+
+
+async def test_reads_past_eof_and_of_empty_files_cost_nothing() -> None:
+    client = FakeClient()
+    fid = client.add(b"abc")
+    empty = client.add(b"")
+    rp = ReadPath(client, BlockCache(MIB), readahead=MIB, timeout=5)
+    f = _open(rp, fid, 3)
+    assert await rp.read(f, 0, 100) == b"abc"
+    assert await rp.read(f, 3, 100) == b""
+    assert await rp.read(f, 1000, 100) == b""
+    assert await rp.read(_open(rp, empty, 0), 0, 4096) == b""
+    assert len(client.requests) == 1
+
+
+async def test_sequential_reader_gets_prefetched_blocks(nursery: trio.Nursery) -> None:
+    client = FakeClient()
+    data = random.Random(3).randbytes(40 * MIB + 123)
+    fid = client.add(data)
+    cache = BlockCache(64 * MIB)
+    rp = ReadPath(client, cache, readahead=16 * MIB, timeout=5, nursery=nursery)
+    f = _open(rp, fid, len(data))
+    got = bytearray()
+    while chunk := await rp.read(f, len(got), 256 * 1024):
+        got += chunk
+    assert got == data
+    # Readahead fetched large chunks, not one request per read, spread over both replicas.
+    assert len(client.requests) < 40
+    assert max(n for _, _, n, _ in client.requests) >= 2 * MIB
+    assert {s[0] for *_, s in client.requests if s} == {
+        ServerAddr("127.0.0.10", 23000),
+        ServerAddr("127.0.0.11", 23001),
+    }
+    assert sum(n for _, _, n, _ in client.requests) <= len(data) + 2 * MIB
+    # Consumed blocks were dropped behind the reader.
+    assert rp.cache.size <= 16 * MIB + BLOCK
+
+
+async def test_concurrent_readers_share_one_download() -> None:
+    client = FakeClient()
+    client.delay = 0.05
+    data = random.Random(4).randbytes(MIB)
+    fid = client.add(data)
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5)
+    results: list[bytes] = []
+
+    async def reader() -> None:
+        f = _open(rp, fid, len(data))
+        results.append(await rp.read(f, 200 * 1024, 4096))
+
+    async with trio.open_nursery() as n:
+        for _ in range(5):
+            n.start_soon(reader)
+    assert results == [data[200 * 1024 : 200 * 1024 + 4096]] * 5
+    assert len(client.requests) == 1
+
+
+async def test_appender_blocks_follow_the_version_seen_at_open() -> None:
+    client = FakeClient()
+    fid = client.add(b"x" * 1000, appender=True)
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5)
+    f1 = rp.open(fid, decode_file_id(fid), 1000, immutable=False, mtime=1)
+    assert await rp.read(f1, 0, 4096) == b"x" * 1000
+    client.files[str(fid)] += b"y" * 500
+    # A short last block of an appender file is never cached: the same open sees growth.
+    assert await rp.read(f1, 0, 4096) == b"x" * 1000 + b"y" * 500
+    f2 = rp.open(fid, decode_file_id(fid), 1500, immutable=False, mtime=2)
+    assert await rp.read(f2, 1000, 4096) == b"y" * 500
+
+
+async def test_failed_prefetch_lets_the_reader_try_itself(nursery: trio.Nursery) -> None:
+    client = FakeClient()
+    data = random.Random(5).randbytes(4 * MIB)
+    fid = client.add(data)
+    cache = BlockCache(64 * MIB)
+    rp = ReadPath(client, cache, readahead=4 * MIB, timeout=5, nursery=nursery)
+    f = _open(rp, fid, len(data))
+    client.fail = Timeout("storage frozen")
+    with pytest.raises(Timeout):
+        await rp.read(f, 0, BLOCK)
+    await trio.sleep(0.01)  # let the failed prefetch tasks finish
+    client.fail = None
+    assert await rp.read(f, BLOCK, BLOCK) == data[BLOCK : 2 * BLOCK]
+    assert rp.stats.prefetch_failures > 0
+
+
+async def test_slow_first_server_goes_last(nursery: trio.Nursery) -> None:
+    client = FakeClient()
+    data = random.Random(6).randbytes(MIB)
+    fid = client.add(data)
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5, slow_after=0.02)
+    f = _open(rp, fid, len(data))
+    client.delay = 0.03
+    await rp.read(f, 0, 4096)
+    first = client.requests[-1][3]
+    assert first is not None
+    client.delay = 0
+    await rp.read(f, 4 * BLOCK, 4096)
+    second = client.requests[-1][3]
+    assert second is not None and second[-1] == first[0]
