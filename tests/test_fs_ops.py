@@ -1,0 +1,444 @@
+"""`Operations` called directly (no kernel) against a real harness cluster: lookup, getattr,
+readdir, open/read, xattrs, statfs, forget, and refusals."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+
+import pyfuse3
+import pytest
+import trio
+
+from fdfsmount.mount import MountParts, build_operations
+from fdfsmount.namespace import Kind
+from fdfsmount.options import MountOptions
+from fdfsmount.proto import FileId, parse_file_id
+from fdfsmount.proto.client import Client
+from fdfsmount.proto.fileid import make_remote_name
+from harness.cluster import Cluster
+
+CTX = pyfuse3.RequestContext()
+ROOT = pyfuse3.ROOT_INODE
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster(groups={"group1": 2, "group2": 1}) as c:
+        yield c
+
+
+@dataclass
+class Env:
+    parts: MountParts
+    client: Client
+    cluster: Cluster
+
+    @property
+    def ops(self):  # type: ignore[no-untyped-def]
+        return self.parts.ops
+
+
+async def make_env(
+    cluster: Cluster, nursery: trio.Nursery, **options: object
+) -> AsyncIterator[Env]:
+    opts = replace(MountOptions(mountpoint="/unused", timeout=10.0), **options)  # type: ignore[arg-type]
+    async with Client(cluster.trackers, connect_timeout=2, network_timeout=3) as client:
+        yield Env(build_operations(opts, client, nursery), client, cluster)
+
+
+@pytest.fixture
+async def env(cluster: Cluster, nursery: trio.Nursery) -> AsyncIterator[Env]:
+    async for e in make_env(cluster, nursery):
+        yield e
+
+
+async def walk(ops: pyfuse3.Operations, path: str) -> pyfuse3.EntryAttributes:
+    inode = ROOT
+    attr = await ops.getattr(ROOT, CTX)
+    for part in path.strip("/").split("/"):
+        if part:
+            attr = await ops.lookup(inode, part.encode(), CTX)
+            inode = attr.st_ino
+    return attr
+
+
+async def listdir(
+    ops: pyfuse3.Operations, inode: int, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, pyfuse3.EntryAttributes]:
+    entries: dict[str, pyfuse3.EntryAttributes] = {}
+
+    def reply(token: object, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        entries[name.decode()] = attr
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    fh = await ops.opendir(inode, CTX)
+    try:
+        await ops.readdir(fh, 0, pyfuse3.ReaddirToken())
+    finally:
+        await ops.releasedir(fh)
+    entries.pop(".", None)
+    entries.pop("..", None)
+    return entries
+
+
+async def read_all(ops: pyfuse3.Operations, inode: int, chunk: int = 128 * 1024) -> bytes:
+    fi = await ops.open(inode, os.O_RDONLY, CTX)
+    out = bytearray()
+    try:
+        while data := await ops.read(fi.fh, len(out), chunk):
+            out += data
+    finally:
+        await ops.release(fi.fh)
+    return bytes(out)
+
+
+def requests(client: Client) -> int:
+    return sum(client.stats.requests.values())
+
+
+def fake_id(group: str = "group1", size: int = 1234, appender: bool = False) -> FileId:
+    remote = make_remote_name(
+        source=100001, create_time=1_700_000_000, size=size, crc32=0xDEADBEEF,
+        appender=appender, ext="jpg", subdirs=(0x12, 0x34),
+    )  # fmt: skip
+    return parse_file_id(f"{group}/{remote}")
+
+
+async def expect_errno(code: int, coro: object) -> None:
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await coro  # type: ignore[misc]
+    assert info.value.errno == code
+
+
+# ---------------------------------------------------------------- namespace
+
+
+async def test_root_lists_groups_and_levels_follow_group_stats(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops = env.ops
+    assert set(await listdir(ops, ROOT, monkeypatch)) == {"group1", "group2"}
+    group = await walk(ops, "group1")
+    assert stat.S_ISDIR(group.st_mode) and stat.S_IMODE(group.st_mode) == 0o755
+    assert list(await listdir(ops, group.st_ino, monkeypatch)) == ["M00"]
+    m00 = await walk(ops, "group1/M00")
+    level1 = await listdir(ops, m00.st_ino, monkeypatch)
+    assert list(level1) == [f"{i:02X}" for i in range(256)]
+    hh = await walk(ops, "group1/M00/7F")
+    assert len(await listdir(ops, hh.st_ino, monkeypatch)) == 256
+    leaf = await walk(ops, "group1/M00/7F/FF")
+    assert stat.S_ISDIR(leaf.st_mode)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "nogroup", ".hidden", "group1/M01", "group1/m00", "group1/M0", "group1/M00/100",
+        "group1/M00/0g", "group1/M00/0a", "group1/M00/00/00/short.jpg",
+        "group1/M00/00/00/" + "!" * 40, "group1/M00/00/00/.hidden",
+        "group1/M00/00/00/x" + "A" * 200,
+    ],
+)  # fmt: skip
+async def test_invalid_names_are_enoent_without_a_server_call(env: Env, path: str) -> None:
+    await walk(env.ops, "group1/M00/00/00")  # warm the group list
+    before = requests(env.client)
+    await expect_errno(errno.ENOENT, walk(env.ops, path))
+    assert requests(env.client) == before
+
+
+async def test_unlisted_valid_normal_id_resolves_from_the_id_alone(env: Env) -> None:
+    fid = fake_id(size=4321)
+    await walk(env.ops, "group1")
+    before = requests(env.client)
+    attr = await walk(env.ops, str(fid))
+    assert requests(env.client) == before
+    assert attr.st_size == 4321 and attr.st_mtime_ns == 1_700_000_000 * 10**9
+    assert stat.S_IMODE(attr.st_mode) == 0o444 and stat.S_ISREG(attr.st_mode)
+    # Existence is confirmed lazily: reading it is ENOENT.
+    await expect_errno(errno.ENOENT, read_all(env.ops, attr.st_ino))
+
+
+async def test_verify_exists_asks_the_storage_on_lookup(
+    cluster: Cluster, nursery: trio.Nursery
+) -> None:
+    async for env in make_env(cluster, nursery, verify_exists=True):
+        await expect_errno(errno.ENOENT, walk(env.ops, str(fake_id())))
+        fid = await env.client.upload(b"present", ext="txt")
+        assert (await walk(env.ops, str(fid))).st_size == 7
+
+
+async def test_inode_numbers_are_stable_and_forget_bounds_the_table(env: Env) -> None:
+    fid = await env.client.upload(b"stable", ext="txt")
+    first = await walk(env.ops, str(fid))
+    again = await walk(env.ops, str(fid))
+    assert first.st_ino == again.st_ino
+    table = env.parts.table
+    size_with_file = len(table)
+    node = table.get(first.st_ino)
+    assert node.kind is Kind.FILE and node.lookups == 2
+    await env.ops.forget([(first.st_ino, 2)])
+    assert len(table) == size_with_file - 1
+    # Forgotten and looked up again: the same number (derived from the file ID).
+    assert (await walk(env.ops, str(fid))).st_ino == first.st_ino
+    # Many unlisted IDs, all forgotten: the table is back to its size.
+    await walk(env.ops, "group1/M00/12/34")
+    baseline = len(table)
+    looked = [await walk(env.ops, str(fake_id(size=i))) for i in range(200)]
+    assert len(table) == baseline + 200
+    await env.ops.forget([(a.st_ino, 1) for a in looked])
+    assert len(table) == baseline
+
+
+async def test_dot_and_dotdot(env: Env) -> None:
+    leaf = await walk(env.ops, "group1/M00/00/01")
+    assert (await env.ops.lookup(leaf.st_ino, b".", CTX)).st_ino == leaf.st_ino
+    parent = await walk(env.ops, "group1/M00/00")
+    assert (await env.ops.lookup(leaf.st_ino, b"..", CTX)).st_ino == parent.st_ino
+
+
+# ---------------------------------------------------------------- listing
+
+
+async def test_leaf_readdir_lists_uploaded_files(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    fids = [await env.client.upload(f"file {i}".encode(), ext="txt") for i in range(5)]
+    appender = await env.client.upload(b"grows", ext="log", appender=True)
+    for fid in [*fids, appender]:
+        hi, lo = fid.subdirs
+        leaf = await walk(env.ops, f"{fid.group}/M00/{hi:02X}/{lo:02X}")
+        entries = await listdir(env.ops, leaf.st_ino, monkeypatch)
+        assert fid.name in entries
+        attr = entries[fid.name]
+        assert stat.S_ISREG(attr.st_mode)
+        if fid == appender:
+            # Not asked per entry: a placeholder the kernel must not cache.
+            assert attr.attr_timeout == 0
+        else:
+            assert attr.st_size == len(f"file {fids.index(fid)}")
+        # The inode readdir handed out is the one lookup gives.
+        assert (await walk(env.ops, str(fid))).st_ino == attr.st_ino
+
+
+async def test_listing_is_cached_and_refreshed_in_the_background(
+    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for env in make_env(cluster, nursery, list_ttl=0.5):
+        first = await env.client.upload(b"one", ext="txt", group="group1")
+        hi, lo = first.subdirs
+        leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
+        assert first.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+        second = await env.client.upload(b"two", ext="txt", group="group1")
+        if second.subdirs != first.subdirs:
+            pytest.skip("the two uploads landed in different directories")
+        # Stale after the TTL: served at once, refreshed meanwhile.
+        with trio.fail_after(5):
+            while second.name not in await listdir(env.ops, leaf.st_ino, monkeypatch):
+                await trio.sleep(0.2)
+
+
+async def test_nolist_shows_only_names_used_here(
+    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for env in make_env(cluster, nursery, no_list=True):
+        a = await env.client.upload(b"a", ext="txt", group="group1")
+        b = await env.client.upload(b"b", ext="txt", group="group1")
+        hi, lo = a.subdirs
+        leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
+        before = requests(env.client)
+        assert await listdir(env.ops, leaf.st_ino, monkeypatch) == {}
+        assert requests(env.client) == before
+        await walk(env.ops, str(a))
+        names = await listdir(env.ops, leaf.st_ino, monkeypatch)
+        assert a.name in names and b.name not in names
+
+
+async def test_sparse_hides_empty_subdirectories(
+    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for env in make_env(cluster, nursery, sparse=True):
+        fid = await env.client.upload(b"x", ext="txt", group="group1")
+        hi, lo = fid.subdirs
+        m00 = await walk(env.ops, "group1/M00")
+        level1 = await listdir(env.ops, m00.st_ino, monkeypatch)
+        assert f"{hi:02X}" in level1 and len(level1) < 256
+        level2 = await listdir(env.ops, (await walk(env.ops, f"group1/M00/{hi:02X}")).st_ino,
+                               monkeypatch)  # fmt: skip
+        assert f"{lo:02X}" in level2
+        # Hidden, not gone: any directory still resolves.
+        await walk(env.ops, "group1/M00/FE/FE")
+
+
+# ---------------------------------------------------------------- attributes and reads
+
+
+async def test_attributes_of_normal_appender_and_empty_files(env: Env) -> None:
+    normal = await env.client.upload(b"0123456789", ext="txt")
+    empty = await env.client.upload(b"", ext="txt")
+    appender = await env.client.upload(b"abc", ext="log", appender=True)
+    a = await walk(env.ops, str(normal))
+    assert (a.st_size, stat.S_IMODE(a.st_mode), a.st_nlink) == (10, 0o444, 1)
+    assert (a.st_uid, a.st_gid) == (os.getuid(), os.getgid())
+    assert a.attr_timeout > 0
+    e = await walk(env.ops, str(empty))
+    assert e.st_size == 0 and await read_all(env.ops, e.st_ino) == b""
+    p = await walk(env.ops, str(appender))
+    assert (p.st_size, stat.S_IMODE(p.st_mode), p.attr_timeout) == (3, 0o644, 0)
+    got = await env.ops.getattr(p.st_ino, CTX)
+    assert got.st_size == 3 and got.st_ino == p.st_ino
+
+
+async def test_uid_gid_umask_options(cluster: Cluster, nursery: trio.Nursery) -> None:
+    async for env in make_env(cluster, nursery, uid=1234, gid=5678, umask=0o027):
+        fid = await env.client.upload(b"x", ext="txt")
+        f = await walk(env.ops, str(fid))
+        d = await walk(env.ops, "group1")
+        assert (f.st_uid, f.st_gid, stat.S_IMODE(f.st_mode)) == (1234, 5678, 0o440)
+        assert (d.st_uid, d.st_gid, stat.S_IMODE(d.st_mode)) == (1234, 5678, 0o750)
+
+
+async def test_reads_ranges_and_past_eof(env: Env) -> None:
+    data = random.Random(7).randbytes(3 * MIB + 777)
+    fid = await env.client.upload(data, ext="bin")
+    attr = await walk(env.ops, str(fid))
+    assert attr.st_size == len(data)
+    fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    assert fi.keep_cache and not fi.direct_io
+    rng = random.Random(8)
+    for _ in range(50):
+        off = rng.randrange(0, len(data) + 1000)
+        size = rng.choice([1, 4096, 100_000, 300_000])
+        assert await env.ops.read(fi.fh, off, size) == data[off : off + size]
+    assert await env.ops.read(fi.fh, len(data), 4096) == b""
+    assert await env.ops.read(fi.fh, len(data) + 10 * MIB, 4096) == b""
+    await env.ops.release(fi.fh)
+    assert await read_all(env.ops, attr.st_ino, chunk=256 * 1024) == data
+
+
+async def test_appender_growth_is_seen_after_reopen(env: Env) -> None:
+    fid = await env.client.upload(b"first line\n", ext="log", appender=True)
+    attr = await walk(env.ops, str(fid))
+    fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    assert not fi.keep_cache
+    assert await env.ops.read(fi.fh, 0, 4096) == b"first line\n"
+    await env.ops.release(fi.fh)
+    await env.client.append(fid, b"second line\n")
+    # Close-to-open: the next open asks the storage again, whatever was cached.
+    fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    assert (await env.ops.getattr(attr.st_ino, CTX)).st_size == 23
+    assert await env.ops.read(fi.fh, 0, 4096) == b"first line\nsecond line\n"
+    await env.ops.release(fi.fh)
+    await env.client.truncate(fid, 5)
+    assert await read_all(env.ops, attr.st_ino) == b"first"
+
+
+async def test_deleted_files_are_enoent(env: Env) -> None:
+    appender = await env.client.upload(b"bye", ext="log", appender=True)
+    normal = await env.client.upload(b"bye", ext="txt")
+    await env.client.delete(appender)
+    await env.client.delete(normal)
+    await expect_errno(errno.ENOENT, walk(env.ops, str(appender)))
+    attr = await walk(env.ops, str(normal))  # from the ID alone
+    await expect_errno(errno.ENOENT, read_all(env.ops, attr.st_ino))
+
+
+async def test_directories_cannot_be_opened_or_read_as_files(env: Env) -> None:
+    d = await walk(env.ops, "group1/M00")
+    await expect_errno(errno.EISDIR, env.ops.open(d.st_ino, os.O_RDONLY, CTX))
+    fid = await env.client.upload(b"f", ext="txt")
+    f = await walk(env.ops, str(fid))
+    await expect_errno(errno.ENOTDIR, env.ops.opendir(f.st_ino, CTX))
+
+
+async def test_statfs_sums_the_groups(env: Env) -> None:
+    groups = await env.client.list_groups()
+    st = await env.ops.statfs(CTX)
+    assert st.f_bsize == st.f_frsize == 4096
+    assert st.f_blocks == sum(g.total_mb for g in groups) * 256
+    assert st.f_bavail == st.f_bfree == sum(g.free_mb for g in groups) * 256
+
+
+# ---------------------------------------------------------------- xattrs
+
+
+async def test_xattrs_from_metadata_and_the_file_id(env: Env) -> None:
+    fid = await env.client.upload(
+        b"meta", ext="log", appender=True, meta={"author": "ana", "size": "big"}
+    )
+    ino = (await walk(env.ops, str(fid))).st_ino
+    names = await env.ops.listxattr(ino, CTX)
+    assert list(names) == [
+        b"user.fdfs.file_id", b"user.fdfs.type", b"user.fdfs.crc32", b"user.fdfs.source",
+        b"user.author", b"user.size",
+    ]  # fmt: skip
+    get = env.ops.getxattr
+    assert await get(ino, b"user.author", CTX) == b"ana"
+    assert await get(ino, b"user.fdfs.file_id", CTX) == str(fid).encode()
+    assert await get(ino, b"user.fdfs.type", CTX) == b"appender"
+    info = await env.client.info(fid)
+    assert await get(ino, b"user.fdfs.crc32", CTX) == f"{info.crc32:08x}".encode()
+    assert await get(ino, b"user.fdfs.source", CTX) == b"100003"  # group2's storage
+    await expect_errno(pyfuse3.ENOATTR, get(ino, b"user.missing", CTX))
+    await expect_errno(pyfuse3.ENOATTR, get(ino, b"user.fdfs.other", CTX))
+    before = requests(env.client)
+    await expect_errno(pyfuse3.ENOATTR, get(ino, b"security.capability", CTX))
+    await expect_errno(pyfuse3.ENOATTR, get(ino, b"system.posix_acl_access", CTX))
+    assert requests(env.client) == before
+
+
+async def test_xattrs_of_normal_files_and_directories(env: Env) -> None:
+    fid = await env.client.upload(b"plain", ext="txt")
+    ino = (await walk(env.ops, str(fid))).st_ino
+    assert await env.ops.getxattr(ino, b"user.fdfs.type", CTX) == b"normal"
+    assert len(await env.ops.listxattr(ino, CTX)) == 4
+    d = await walk(env.ops, "group1/M00")
+    assert list(await env.ops.listxattr(d.st_ino, CTX)) == []
+    await expect_errno(pyfuse3.ENOATTR, env.ops.getxattr(d.st_ino, b"user.fdfs.file_id", CTX))
+
+
+# ---------------------------------------------------------------- refusals and failures
+
+
+async def test_changes_are_refused(env: Env) -> None:
+    fid = await env.client.upload(b"x", ext="txt")
+    f = await walk(env.ops, str(fid))
+    g = await walk(env.ops, "group1")
+    ops = env.ops
+    await expect_errno(errno.EPERM, ops.open(f.st_ino, os.O_WRONLY, CTX))
+    await expect_errno(errno.EPERM, ops.open(f.st_ino, os.O_RDWR, CTX))
+    await expect_errno(errno.EPERM, ops.create(g.st_ino, b"new", 0o644, os.O_WRONLY, CTX))
+    await expect_errno(errno.EPERM, ops.unlink(g.st_ino, b"x", CTX))
+    await expect_errno(errno.EPERM, ops.mkdir(g.st_ino, b"d", 0o755, CTX))
+    await expect_errno(errno.EPERM, ops.setxattr(f.st_ino, b"user.a", b"1", CTX))
+    await expect_errno(errno.EPERM, ops.removexattr(f.st_ino, b"user.a", CTX))
+
+
+async def test_read_only_mount_refuses_with_erofs(cluster: Cluster, nursery: trio.Nursery) -> None:
+    async for env in make_env(cluster, nursery, read_only=True):
+        g = await walk(env.ops, "group1")
+        await expect_errno(errno.EROFS, env.ops.create(g.st_ino, b"n", 0o644, os.O_WRONLY, CTX))
+
+
+async def test_eio_within_the_timeout_when_every_replica_is_stopped(
+    nursery: trio.Nursery,
+) -> None:
+    async with Cluster(groups={"group1": 1}) as cluster:
+        async for env in make_env(cluster, nursery, timeout=2.0):
+            fid = await env.client.upload(b"frozen" * 1000, ext="bin")
+            attr = await walk(env.ops, str(fid))
+            fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+            (storage,) = cluster.storages
+            cluster.stop(storage)
+            try:
+                with trio.fail_after(10):  # generous: EIO comes at about 2 s
+                    await expect_errno(errno.EIO, env.ops.read(fi.fh, 0, 4096))
+            finally:
+                cluster.cont(storage)
+            # Once it answers again, so does the mount.
+            with trio.fail_after(10):
+                assert await env.ops.read(fi.fh, 0, 6) == b"frozen"
