@@ -1,0 +1,272 @@
+"""Mount lifecycle: check, wire client + caches + `Operations`, serve, unmount cleanly on signals.
+
+`serve` owns everything a mount runs: the protocol client, one nursery for
+background work (readahead, listing refresh, later write flushes) and the
+pyfuse3 session. It returns after the file system is unmounted, whether by
+``fusermount3 -u``, SIGTERM/SIGINT, or an error.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from .attrs import AttrFactory, FileStats
+from .blockcache import BlockCache
+from .clientapi import ReadClient
+from .fs import Operations
+from .listing import Listing
+from .namespace import GroupDirectory, InodeTable
+from .options import MountOptions
+from .proto import GroupStat
+from .proto.errors import FdfsError
+from .readpath import ReadPath
+from .writepath import WritePath
+from .xattrs import Xattrs
+
+log = logging.getLogger(__name__)
+
+FIRST_LIST_WAIT = 10.0  # the first listing of a group is waited for at most this long
+FLUSH_ON_EXIT = 30.0  # how long pending writes may take to flush on unmount
+
+
+class MountError(Exception):
+    """The mount cannot start; the message is one line for the operator."""
+
+
+@dataclass(slots=True)
+class MountParts:
+    """The wired pieces of a mount (tests use them directly)."""
+
+    ops: Operations
+    table: InodeTable
+    groups: GroupDirectory
+    listing: Listing
+    readpath: ReadPath
+    cache: BlockCache
+    writer: WritePath
+
+
+def build_operations(
+    opts: MountOptions,
+    client: ReadClient,
+    nursery: trio.Nursery,
+    *,
+    groups: list[GroupStat] | None = None,
+) -> MountParts:
+    """Wire the caches and the `Operations` around `client`; background work goes to `nursery`."""
+    directory = GroupDirectory(client.list_groups)
+    if groups is not None:
+        directory.seed(groups)
+    table = InodeTable(directory)
+    stats = FileStats(lambda fid: client.info(fid), verify_exists=opts.verify_exists)
+    attrs = AttrFactory(
+        uid=opts.uid,
+        gid=opts.gid,
+        umask=opts.umask,
+        attr_timeout=opts.attr_timeout,
+        entry_timeout=opts.entry_timeout,
+    )
+    listing = Listing(
+        client,
+        enabled=not opts.no_list,
+        ttl=opts.list_ttl,
+        first_wait=min(FIRST_LIST_WAIT, opts.timeout * 0.8),
+        nursery=nursery,
+    )
+    cache = BlockCache(opts.cache_size)
+    readpath = ReadPath(
+        client,
+        cache,
+        readahead=opts.readahead,
+        timeout=opts.timeout,
+        nursery=nursery,
+        slow_after=0.8 * opts.client_timeouts[1],
+    )
+    xattrs = Xattrs(client.get_metadata, lambda node: stats.get(node))
+    writer = WritePath()
+    ops = Operations(
+        opts,
+        table=table,
+        groups=directory,
+        stats=stats,
+        attrs=attrs,
+        listing=listing,
+        readpath=readpath,
+        xattrs=xattrs,
+        writer=writer,
+    )
+    return MountParts(ops, table, directory, listing, readpath, cache, writer)
+
+
+def check_mountpoint(path: str) -> None:
+    """Refuse a missing, non-directory, stale or already mounted mountpoint."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(
+                f"mountpoint {path} is a dead FUSE mount; clear it with: fusermount3 -u {path}"
+            ) from None
+        raise MountError(f"mountpoint {path}: {exc.strerror}") from None
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path) or _in_proc_mounts(path):
+        raise MountError(f"mountpoint {path} is busy: something is already mounted there")
+    del st
+
+
+def _in_proc_mounts(path: str) -> bool:
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 1 and _unescape(fields[1]) == target:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+
+
+def client_timeouts(opts: MountOptions) -> tuple[float, float]:
+    """Connect and network timeouts: the conf's, capped so a replica can fail over in time."""
+    connect, network = opts.client_timeouts
+    if opts.conf is not None:
+        from .proto.clientconf import read_client_conf
+
+        try:
+            conf = read_client_conf(opts.conf)
+        except (OSError, ValueError) as exc:
+            raise MountError(f"conf={opts.conf}: {exc}") from None
+        connect = min(connect, conf.connect_timeout or connect)
+        network = min(network, conf.network_timeout or network)
+    return connect, network
+
+
+@asynccontextmanager
+async def open_client(opts: MountOptions) -> AsyncIterator[ReadClient]:
+    """The protocol client for `opts` (trackers from SOURCE, else from the conf file)."""
+    from .proto.client import Client
+
+    connect, network = client_timeouts(opts)
+    try:
+        if opts.trackers:
+            client = Client(list(opts.trackers), connect_timeout=connect, network_timeout=network)
+        else:
+            assert opts.conf is not None
+            client = Client.from_conf(opts.conf, connect_timeout=connect, network_timeout=network)
+    except (OSError, ValueError) as exc:
+        raise MountError(f"cannot use the tracker list: {exc}") from None
+    async with client:
+        yield client
+
+
+async def check_cluster(client: ReadClient, opts: MountOptions) -> list[GroupStat]:
+    """List the groups once, within the timeout: proof that the cluster answers."""
+    where = ",".join(opts.trackers) or f"the trackers of {opts.conf}"
+    try:
+        with trio.fail_after(opts.timeout):
+            groups = await client.list_groups()
+    except trio.TooSlowError:
+        raise MountError(
+            f"FastDFS cluster at {where} did not answer within {opts.timeout:g}s"
+        ) from None
+    except FdfsError as exc:
+        raise MountError(f"cannot reach the FastDFS cluster at {where}: {exc}") from None
+    if not groups:
+        log.warning("the tracker at %s knows no groups yet; the mount starts empty", where)
+    return groups
+
+
+async def _unmount_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """End the FUSE loop on SIGTERM/SIGINT/SIGHUP; `serve` then flushes and unmounts.
+
+    Keeps receiving afterwards, so a second signal cannot kill the process
+    halfway through the unmount."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        terminated = False
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if terminated:
+                log.info("%s received: already unmounting", name)
+                continue
+            log.info("%s received: unmounting", name)
+            terminated = True
+            pyfuse3.terminate()
+
+
+async def serve(
+    opts: MountOptions,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    client: ReadClient | None = None,
+) -> None:
+    """Mount `opts.mountpoint`, serve until unmounted or signalled, then unmount.
+
+    Raises `MountError` (one line for the operator) when the mount cannot start.
+    `on_ready` is called once the kernel has the mount.
+    """
+    check_mountpoint(opts.mountpoint)
+    if client is None:
+        async with open_client(opts) as own_client:
+            await _serve_with(opts, own_client, on_ready)
+    else:
+        await _serve_with(opts, client, on_ready)
+
+
+async def _serve_with(
+    opts: MountOptions, client: ReadClient, on_ready: Callable[[], None] | None
+) -> None:
+    groups = await check_cluster(client, opts)
+    failure: MountError | None = None
+    async with trio.open_nursery() as nursery:
+        parts = build_operations(opts, client, nursery, groups=groups)
+        try:
+            pyfuse3.init(parts.ops, opts.mountpoint, opts.fuse_options)
+        except RuntimeError as exc:
+            # Raised after the nursery closes: inside it, it would come out wrapped in a group.
+            failure = MountError(f"cannot mount {opts.mountpoint}: {exc}")
+            nursery.cancel_scope.cancel()
+        else:
+            try:
+                # Only now: pyfuse3.terminate() needs the session init() made.
+                await nursery.start(_unmount_on_signal)
+                log.info("mounted %s at %s (%d groups)", opts.source, opts.mountpoint, len(groups))
+                if on_ready is not None:
+                    on_ready()
+                await pyfuse3.main()
+            finally:
+                await _shutdown(opts, parts, nursery)
+    if failure is not None:
+        raise failure
+
+
+async def _shutdown(opts: MountOptions, parts: MountParts, nursery: trio.Nursery) -> None:
+    """Flush pending writes, stop background work, unmount: even when cancelled."""
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(FLUSH_ON_EXIT) as flush_scope:
+            try:
+                await parts.writer.flush_all()
+            except Exception:
+                log.exception("flushing pending writes failed")
+        if flush_scope.cancelled_caught:
+            log.error("pending writes not flushed within %ss", FLUSH_ON_EXIT)
+        nursery.cancel_scope.cancel()
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", opts.mountpoint)
