@@ -115,16 +115,22 @@ def port_is_listening(host: str, port: int) -> bool:
     return False
 
 
-def pick_free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody uses on ``host``, never the same twice in this process."""
-    if not host.startswith("127."):
-        raise ValueError(f"harness nodes bind only loopback addresses, not {host!r}")
+def pick_free_port(host: str = "127.0.0.1", *more_hosts: str) -> int:
+    """A port free on ``host`` (and on each of ``more_hosts``), never the same twice here.
+
+    Several hosts: upstream trackers in IP mode want every storage of a group
+    on the same port, each on its own IP.
+    """
+    hosts = (host, *more_hosts)
+    for h in hosts:
+        if not h.startswith("127."):
+            raise ValueError(f"harness nodes bind only loopback addresses, not {h!r}")
     low, _high = _ephemeral_range()
     with _ports_lock:
         if low > 12000:
             for _ in range(200):
                 port = random.randrange(10000, low)
-                if port not in _handed_out and port_is_free(host, port):
+                if port not in _handed_out and all(port_is_free(h, port) for h in hosts):
                     _handed_out.add(port)
                     return port
         # Odd ephemeral range: let the kernel choose (bind port 0, read it back).
@@ -132,10 +138,10 @@ def pick_free_port(host: str = "127.0.0.1") -> int:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.bind((host, 0))
                 port = int(s.getsockname()[1])
-            if port not in _handed_out:
+            if port not in _handed_out and all(port_is_free(h, port) for h in more_hosts):
                 _handed_out.add(port)
                 return port
-    raise ProcessError(f"no free port found on {host}")
+    raise ProcessError(f"no free port found on {', '.join(hosts)}")
 
 
 # -------------------------------------------------------------- processes
