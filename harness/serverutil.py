@@ -128,6 +128,23 @@ class SocketReader:
             remaining -= n
             yield self._view[:n]
 
+    async def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` completely: buffered bytes first, then straight from the socket."""
+        filled = 0
+        if self.buffered:
+            n = min(self.buffered, len(view))
+            view[:n] = self._view[self._start : self._start + n]
+            self._start += n
+            filled = n
+        while filled < len(view):
+            try:
+                n = await self.sock.recv_into(view[filled:])
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise PeerClosed(str(exc)) from exc
+            if n == 0:
+                raise PeerClosed(f"connection closed, {len(view) - filled} payload bytes short")
+            filled += n
+
     async def discard(self, size: int) -> None:
         async for _ in self.stream(size):
             pass

@@ -97,6 +97,9 @@ MAX_SMALL_BODY = serverutil.RECV_BUFFER_SIZE
 #: Appender names are normal-length names: shorter ones are refused (EINVAL).
 MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
 MAX_NAME_LEN = 128
+#: Payloads from this size on are received into two alternating buffers.
+PIPELINE_THRESHOLD = 8 << 20
+PIPELINE_CHUNK = 4 << 20
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -124,6 +127,28 @@ class Conn:
     sock: trio.socket.SocketType
     reader: SocketReader
     client: str
+    _payload_buffers: tuple[memoryview, memoryview] | None = None
+
+    def payload_buffers(self) -> tuple[memoryview, memoryview]:
+        """Two chunk buffers reused by every large upload on this connection."""
+        if self._payload_buffers is None:
+            self._payload_buffers = (
+                memoryview(bytearray(PIPELINE_CHUNK)),
+                memoryview(bytearray(PIPELINE_CHUNK)),
+            )
+        return self._payload_buffers
+
+
+def write_chunk(fd: int, chunk: memoryview, pos: int | None, crc: int) -> int:
+    """Write a payload chunk (appending when ``pos`` is None); return the running crc32."""
+    crc = zlib.crc32(chunk, crc)
+    view = chunk
+    while view:
+        written = os.write(fd, view) if pos is None else os.pwrite(fd, view, pos)
+        if pos is not None:
+            pos += written
+        view = view[written:]
+    return crc
 
 
 def valid_name_chars(text: str) -> bool:
@@ -306,17 +331,47 @@ class StorageServer:
     # ------------------------------------------------------------ uploads
 
     async def receive_to(self, conn: Conn, fd: int, size: int, offset: int | None = None) -> int:
-        """Write ``size`` payload bytes to ``fd``; return their crc32."""
+        """Write ``size`` payload bytes to ``fd`` (at ``offset``, else appending); return crc32.
+
+        Large payloads go through two reused buffers: while a worker thread
+        checksums and writes one chunk, the next is received into the other.
+        """
+        if size >= PIPELINE_THRESHOLD:
+            return await self._receive_pipelined(conn, fd, size, offset)
         crc = 0
         pos = offset
         async for chunk in conn.reader.stream(size):
-            crc = zlib.crc32(chunk, crc)
-            view = chunk
-            while view:
-                written = os.write(fd, view) if pos is None else os.pwrite(fd, view, pos)
-                if pos is not None:
-                    pos += written
-                view = view[written:]
+            crc = write_chunk(fd, chunk, pos, crc)
+            if pos is not None:
+                pos += len(chunk)
+        return crc
+
+    async def _receive_pipelined(self, conn: Conn, fd: int, size: int, offset: int | None) -> int:
+        buffers = conn.payload_buffers()
+        crc = 0
+        previous: trio.Event | None = None
+
+        async def flush(view: memoryview, pos: int | None, done: trio.Event) -> None:
+            nonlocal crc
+            try:
+                crc = await trio.to_thread.run_sync(write_chunk, fd, view, pos, crc)
+            finally:
+                done.set()
+
+        async with trio.open_nursery() as nursery:
+            received = 0
+            turn = 0
+            while received < size:
+                view = buffers[turn % 2][: min(PIPELINE_CHUNK, size - received)]
+                await conn.reader.read_into(view)
+                if previous is not None:
+                    await previous.wait()
+                done = trio.Event()
+                pos = None if offset is None else offset + received
+                nursery.start_soon(flush, view, pos, done)
+                previous = done
+                received += len(view)
+                turn += 1
         return crc
 
     async def receive_new_file(

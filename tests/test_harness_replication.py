@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -203,3 +204,24 @@ def test_third_party_clients(tmp_path: Path, client: str) -> None:
             assert fdfs.delete_file(key)[0] == "Delete file successed."
         appender = fdfs.upload_appender_by_buffer(b"abc", "log")["Remote file_id"]
         assert "/M00/" in appender
+
+
+def test_large_payloads_round_trip_and_replicate(pair: BuiltinNodes) -> None:
+    """Payloads big enough for the pipelined receive path, including an append."""
+    source, replica = pair.storages
+    first, more = os.urandom(20 << 20), os.urandom(9 << 20)
+    remote = upload(source, first, appender=True)
+    assert call(source.addr, S.append_request(remote, len(more)).encode() + more)[0] == 0
+    modified = os.urandom(9 << 20)
+    assert (
+        call(source.addr, S.modify_request(remote, 1000, len(modified)).encode() + modified)[0] == 0
+    )
+    expected = bytearray(first + more)
+    expected[1000 : 1000 + len(modified)] = modified
+    assert download(source.addr, remote) == expected
+    eventually(lambda: download(replica.addr, remote) == expected, timeout=20, what="big file")
+    info = S.decode_file_info_reply(
+        call(source.addr, S.query_file_info_request(GROUP, remote).encode())[1]
+    )
+    assert info.size == len(expected)
+    assert info.crc32 == zlib.crc32(expected)
