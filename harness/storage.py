@@ -770,19 +770,13 @@ class StorageServer:
         index = body[GROUP_NAME_LEN]
         if index >= self.store.store_path_count:
             raise RequestError(errno.EINVAL, f"invalid store path index {index}")
-        prefix = f"M{index:02X}/"
+        # Scanning the log and checking each file can take a while on a big
+        # store: do it off the event loop.
+        lines = await trio.to_thread.run_sync(self.listed_lines, index)
         await serverutil.send_all(conn.sock, encode_header(BINLOG_STREAM_LENGTH, Cmd.RESP, 0))
         sent = 0
-        seen: set[str] = set()
         batch: list[bytes] = []
-        for entry in self.binlog.read_entries(0):
-            if entry.op not in LISTED_OPS or not entry.name.startswith(prefix):
-                continue
-            if entry.name in seen or not self.store.exists(entry.name):
-                continue
-            seen.add(entry.name)
-            op = "C" if entry.op in "CR" else "c"
-            line = f"{entry.timestamp} {op} {entry.name}\n".encode()
+        for line in lines:
             batch.append(line)
             sent += len(line)
             if len(batch) >= 512:
@@ -792,6 +786,21 @@ class StorageServer:
         await serverutil.send_all(conn.sock, b"".join(batch))
         await serverutil.close_after_error(conn.sock)
         return True
+
+    def listed_lines(self, store_path_index: int) -> list[bytes]:
+        """Binlog lines of the files of one store path that still exist (cmd 26)."""
+        prefix = f"M{store_path_index:02X}/"
+        seen: set[str] = set()
+        lines = []
+        for entry in self.binlog.read_entries(0):
+            if entry.op not in LISTED_OPS or not entry.name.startswith(prefix):
+                continue
+            if entry.name in seen or not self.store.exists(entry.name):
+                continue
+            seen.add(entry.name)
+            op = "C" if entry.op in "CR" else "c"
+            lines.append(f"{entry.timestamp} {op} {entry.name}\n".encode())
+        return lines
 
     async def cmd_sync_pull(self, conn: Conn, header: Header) -> None:
         await serve_sync_pull(self, conn.sock, await self.small_body(conn, header))

@@ -225,3 +225,17 @@ def test_large_payloads_round_trip_and_replicate(pair: BuiltinNodes) -> None:
     )
     assert info.size == len(expected)
     assert info.crc32 == zlib.crc32(expected)
+
+
+def test_storages_rejoin_a_restarted_tracker(pair: BuiltinNodes) -> None:
+    source, _ = pair.storages
+    remote = upload(source, b"known before the restart")
+    eventually(lambda: len(fetch_all(pair, remote)) == 2, what="replicated")
+    tracker = pair.tracker_proc
+    assert tracker is not None
+    tracker.terminate()
+    port_at = tracker.argv.index("--port") + 1
+    tracker.argv[port_at] = str(pair.tracker[1])
+    tracker.start()
+    pair.wait_active(timeout=10)
+    eventually(lambda: len(fetch_all(pair, remote)) == 2, what="progress reported again")
