@@ -46,6 +46,7 @@ import trio
 from fdfsmount.proto.binlog import encode_binlog_trailer
 from fdfsmount.proto.constants import (
     BINLOG_STREAM_LENGTH,
+    EXT_NAME_LEN,
     GROUP_NAME_LEN,
     META_FIELD_SEP,
     META_MERGE,
@@ -390,8 +391,15 @@ class StorageServer:
         return temp, crc
 
     def validate_ext(self, ext: str) -> None:
-        if not valid_name_chars(ext) or "." in ext or "-" in ext or "_" in ext:
+        """Upstream accepts letters, digits, ``-``, ``_`` and ``.`` (fdfs_validate_filename)."""
+        if not valid_name_chars(ext):
             raise RequestError(errno.EINVAL, f"invalid file extension {ext!r}")
+
+    def name_suffix(self, ext: str) -> str:
+        """The 7-char tail of a new name: random digits, then ``.ext`` if any."""
+        digits = EXT_NAME_LEN - len(ext) if ext else EXT_NAME_LEN + 1
+        tail = "".join(str(self.rng.randrange(10)) for _ in range(digits))
+        return f"{tail}.{ext}" if ext else tail
 
     async def cmd_upload(self, conn: Conn, header: Header) -> None:
         appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
@@ -435,10 +443,11 @@ class StorageServer:
         for _ in range(10):
             ts = self.binlog.next_source_timestamp()
             remote = make_remote_name(
-                source=self.source, create_time=ts, size=size, crc32=crc, ext=ext,
+                source=self.source, create_time=ts, size=size, crc32=crc,
                 appender=appender, store_path_index=index, subdirs=self.store.next_subdirs(),
                 rng=self.rng,
             )  # fmt: skip
+            remote = remote[: LOGIC_PATH_LEN + BASE64_LEN] + self.name_suffix(ext)
             local = self.store.resolve(remote)
             if not local.path.exists():
                 self.store.place(temp, local)
