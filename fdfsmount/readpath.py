@@ -34,7 +34,7 @@ import trio
 from .blockcache import BlockCache, FileKey
 from .clientapi import ReadClient
 from .proto import FileId, FileIdInfo, FileType, ServerAddr, StorageStatus
-from .proto.errors import FdfsError
+from .proto.errors import ConnectError, FdfsError, ProtocolError, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ MAX_PARALLEL_CHUNKS = 8  # prefetch downloads in flight, whole mount
 STORAGES_TTL = 30.0
 FRESH_FILE_AGE = 300  # seconds: younger files may not have reached every replica yet
 SLOW_MEMORY = 30.0
+#: After every replica of a file failed, reads of it fail at once for this long:
+#: the kernel retries a failed page read, and that retry must not wait out
+#: every replica's timeout again.
+DOWN_MEMORY = 3.0
 
 
 class Readahead:
@@ -133,7 +137,8 @@ class ReplicaDirectory:
     ``rotate`` spreads the chunks of a large read over the replicas. A server
     that recently made a read wait for the client's timeout before it failed
     over (`note_slow`) goes last for `SLOW_MEMORY` seconds, so a frozen replica
-    costs one timeout, not one per chunk.
+    costs one timeout, not one per chunk. When a read failed on every server
+    it tried (`note_down`), the next reads give up at once for `DOWN_MEMORY`.
     """
 
     def __init__(self, client: ReadClient) -> None:
@@ -142,9 +147,28 @@ class ReplicaDirectory:
         self._per_file: OrderedDict[str, list[ServerAddr]] = OrderedDict()
         self._failed_at: dict[str, float] = {}
         self._slow_at: dict[ServerAddr, float] = {}
+        self._down: dict[ServerAddr, tuple[float, FdfsError]] = {}
 
     def note_slow(self, addr: ServerAddr) -> None:
         self._slow_at[addr] = trio.current_time()
+
+    def note_down(self, servers: Sequence[ServerAddr], error: FdfsError) -> None:
+        now = trio.current_time()
+        for addr in servers:
+            self._down[addr] = (now, error)
+
+    def note_up(self, servers: Sequence[ServerAddr]) -> None:
+        for addr in servers:
+            self._down.pop(addr, None)
+
+    def _check_reachable(self, file_id: FileId, servers: Sequence[ServerAddr]) -> None:
+        if not self._down or not servers:
+            return
+        now = trio.current_time()
+        recent = [self._down.get(a) for a in servers]
+        if all(r is not None and now - r[0] < DOWN_MEMORY for r in recent):
+            error = recent[0][1] if recent[0] is not None else None
+            raise Timeout(f"download_file {file_id}: every replica failed just now ({error})")
 
     def _healthy_first(self, servers: list[ServerAddr]) -> list[ServerAddr]:
         if not self._slow_at:
@@ -163,12 +187,13 @@ class ReplicaDirectory:
             source = [a for (sid, ip, a) in storages if _is_source(info, sid, ip)]
             others = [a for (sid, ip, a) in storages if not _is_source(info, sid, ip)]
             if source and (info.file_type is FileType.APPENDER or _is_fresh(info)):
-                return self._healthy_first(source + others)  # replicas may lag behind
+                rotate = 0  # replicas may lag behind the source
             servers = source + others
         else:
             servers = await self._fetch_servers(file_id)
         if not servers:
             return None
+        self._check_reachable(file_id, servers)
         turn = rotate % len(servers)
         return self._healthy_first(servers[turn:] + servers[:turn])
 
@@ -358,9 +383,16 @@ class ReadPath:
             if length > 0:
                 servers = await self.replicas.servers_for(f.file_id, f.id_info, rotate=rotate)
                 started = trio.current_time()
-                data = await self.client.read_range(f.file_id, offset, length, servers=servers)
-                if servers and trio.current_time() - started >= self.slow_after:
-                    self.replicas.note_slow(servers[0])
+                try:
+                    data = await self.client.read_range(f.file_id, offset, length, servers=servers)
+                except (Timeout, ConnectError, ProtocolError) as exc:
+                    if servers:
+                        self.replicas.note_down(servers, exc)
+                    raise
+                if servers:
+                    self.replicas.note_up(servers)
+                    if trio.current_time() - started >= self.slow_after:
+                        self.replicas.note_slow(servers[0])
                 self.stats.downloads += 1
                 self.stats.bytes_downloaded += len(data)
             blocks = self._split(f, first, stop, data)

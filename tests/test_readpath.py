@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import random
 from collections.abc import Sequence
 
@@ -10,9 +11,9 @@ import trio
 
 from fdfsmount.blockcache import BlockCache
 from fdfsmount.proto import FileId, ServerAddr, StorageStat, decode_file_id, parse_file_id
-from fdfsmount.proto.errors import FileNotFound, Timeout
+from fdfsmount.proto.errors import FileNotFound, ServerError, Timeout
 from fdfsmount.proto.fileid import make_remote_name
-from fdfsmount.readpath import MIB, OpenFile, Readahead, ReadPath
+from fdfsmount.readpath import DOWN_MEMORY, MIB, OpenFile, Readahead, ReadPath
 
 BLOCK = 128 * 1024
 
@@ -249,13 +250,12 @@ async def test_failed_prefetch_lets_the_reader_try_itself(nursery: trio.Nursery)
     cache = BlockCache(64 * MIB)
     rp = ReadPath(client, cache, readahead=4 * MIB, timeout=5, nursery=nursery)
     f = _open(rp, fid, len(data))
-    client.fail = Timeout("storage frozen")
-    with pytest.raises(Timeout):
-        await rp.read(f, 0, BLOCK)
-    await trio.sleep(0.01)  # let the failed prefetch tasks finish
+    assert await rp.read(f, 0, BLOCK) == data[:BLOCK]  # schedules readahead...
+    client.fail = ServerError(errno.EIO, "disk error")  # ...which then fails
+    await trio.sleep(0.01)
+    assert rp.stats.prefetch_failures > 0
     client.fail = None
     assert await rp.read(f, BLOCK, BLOCK) == data[BLOCK : 2 * BLOCK]
-    assert rp.stats.prefetch_failures > 0
 
 
 async def test_slow_first_server_goes_last(nursery: trio.Nursery) -> None:
@@ -272,3 +272,22 @@ async def test_slow_first_server_goes_last(nursery: trio.Nursery) -> None:
     await rp.read(f, 4 * BLOCK, 4096)
     second = client.requests[-1][3]
     assert second is not None and second[-1] == first[0]
+
+
+async def test_after_every_replica_failed_reads_fail_fast_for_a_moment() -> None:
+    client = FakeClient()
+    data = random.Random(7).randbytes(MIB)
+    fid = client.add(data)
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5)
+    f = _open(rp, fid, len(data))
+    client.fail = Timeout("no answer")
+    with pytest.raises(Timeout):
+        await rp.read(f, 0, 4096)
+    asked = len(client.requests)
+    # The kernel retries a failed page read at once: no second round of timeouts.
+    with pytest.raises(Timeout, match="every replica failed just now"):
+        await rp.read(f, 0, 4096)
+    assert len(client.requests) == asked
+    client.fail = None
+    await trio.sleep(DOWN_MEMORY + 0.1)
+    assert await rp.read(f, 0, 4096) == data[:4096]
