@@ -1,0 +1,129 @@
+"""Run ``fdfsmount -f`` as a child (tests, benches, demo): wait for the mount, always unmount.
+
+`mounted` is a context manager: it starts the daemon in its own session,
+waits (bounded) until the kernel lists the mount -- failing early if the
+daemon dies -- and on the way out, however it is left, unmounts lazily with
+``fusermount3 -u -z`` and then ends the daemon's process group (SIGTERM,
+then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+class MountFailed(RuntimeError):
+    """The daemon did not mount (its log tail is in the message)."""
+
+
+@dataclass
+class MountProcess:
+    mountpoint: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def fuse_available() -> bool:
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
+    """True while /proc/mounts lists `mountpoint`."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/mounts", encoding="utf-8", errors="replace") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].replace("\\040", " ") == target:
+                return True
+    return False
+
+
+def fdfsmount_command(
+    trackers: Sequence[str], mountpoint: str | os.PathLike[str], options: Sequence[str] = ()
+) -> list[str]:
+    cmd = [sys.executable, "-m", "fdfsmount", ",".join(trackers), os.fspath(mountpoint), "-f"]
+    if options:
+        cmd += ["-o", ",".join(options)]
+    return cmd
+
+
+def wait_for_mount(proc: MountProcess, timeout: float = READY_TIMEOUT) -> None:
+    """Return once the kernel has the mount; `MountFailed` if the daemon exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not is_mounted(proc.mountpoint):
+        if proc.process.poll() is not None:
+            raise MountFailed(
+                f"fdfsmount exited with {proc.process.returncode} before mounting:\n{proc.log()}"
+            )
+        if time.monotonic() > deadline:
+            raise MountFailed(f"not mounted after {timeout:g}s:\n{proc.log()}")
+        time.sleep(0.05)
+
+
+def unmount(proc: MountProcess) -> None:
+    """Lazy-unmount, then end the daemon's process group; never raises."""
+    if is_mounted(proc.mountpoint):
+        subprocess.run(
+            ["fusermount3", "-u", "-z", os.fspath(proc.mountpoint)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+        if proc.process.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.process.wait(wait)
+
+
+@contextlib.contextmanager
+def mounted(
+    trackers: Sequence[str],
+    mountpoint: str | os.PathLike[str],
+    options: Sequence[str] = (),
+    *,
+    log_path: str | os.PathLike[str] | None = None,
+    ready_timeout: float = READY_TIMEOUT,
+) -> Iterator[MountProcess]:
+    """``with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=5"]) as m: ...``"""
+    mountpoint = Path(mountpoint)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    log_file = Path(log_path) if log_path else mountpoint.with_name(mountpoint.name + ".log")
+    with open(log_file, "ab") as log_out:
+        process = subprocess.Popen(
+            fdfsmount_command(trackers, mountpoint, options),
+            stdin=subprocess.DEVNULL,
+            stdout=log_out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proc = MountProcess(mountpoint, process, log_file)
+    try:
+        wait_for_mount(proc, ready_timeout)
+        yield proc
+    finally:
+        unmount(proc)
