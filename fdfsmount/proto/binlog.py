@@ -75,7 +75,7 @@ class BinlogStreamDecoder:
         return count
 
 
-_LINE_RE = re.compile(rb"([0-9]{1,19}) ([A-Za-z]) ([!-~]+)(?: ([!-~]+))?")
+_LINE_RE = re.compile(rb"(0|[1-9][0-9]{0,18}) ([A-Za-z]) ([!-~]+)(?: ([!-~]+))?")
 
 
 def _parse_line(line: bytes) -> BinlogRecord:
