@@ -950,3 +950,181 @@ def test_stat_records_round_trip_every_field(rec: GoldenRecord) -> None:
         again = [GroupStat.decode(g.encode()) for g in decoded]
     # as_dict also covers StorageStat.counters, which __eq__ ignores.
     assert [as_dict(x) for x in again] == [as_dict(x) for x in decoded]
+
+
+# ==================================================== limits the servers enforce
+# From the golden EINVAL cases and the 6.16.1 source they come from: each limit
+# is checked on both sides, the client encoder and the harness-side parser.
+
+GOOD_NAME = "M00/00/46/ooYBAGsC84mAaQSoAAAAEIZVgyU123.txt"  # 44 bytes
+
+
+@pytest.mark.parametrize(("length", "ok"), [(21, False), (22, True), (127, True), (128, False)])
+def test_query_fetch_name_length(length: int, ok: bool) -> None:
+    name = "n" * length
+    body = b"group1".ljust(16, b"\0") + name.encode()
+    if ok:
+        assert tr.query_fetch_request(Cmd.QUERY_FETCH_ONE, "group1", name).body == body
+        assert tr.parse_fetch_body(body) == ("group1", name)
+    else:
+        with pytest.raises(LocalProtocolError):
+            tr.query_fetch_request(Cmd.QUERY_FETCH_ONE, "group1", name)
+        with pytest.raises(ProtocolError):
+            tr.parse_fetch_body(body)
+
+
+@pytest.mark.parametrize(("length", "ok"), [(1, True), (15, True), (16, False)])
+def test_listed_storage_id_length(length: int, ok: bool) -> None:
+    sid = "9" * length
+    body = b"group1".ljust(16, b"\0") + sid.encode()
+    if ok:
+        assert tr.list_storages_request("group1", sid).body == body
+        assert tr.parse_list_storage_body(body) == ("group1", sid)
+    else:
+        with pytest.raises(LocalProtocolError):
+            tr.list_storages_request("group1", sid)
+        with pytest.raises(ProtocolError):
+            tr.parse_list_storage_body(body)
+
+
+@pytest.mark.parametrize(("length", "ok"), [(43, False), (44, True), (127, True), (128, False)])
+def test_appender_name_length(length: int, ok: bool) -> None:
+    name = GOOD_NAME.ljust(length, "x")[:length]
+    raw = name.encode()
+    heads: list[tuple[Callable[[], Request], Callable[..., object], bytes]] = [
+        (lambda: st.append_request(name, 3), st.parse_append_head, struct.pack(">qq", len(raw), 3)),
+        (
+            lambda: st.modify_request(name, 0, 3),
+            st.parse_modify_head,
+            struct.pack(">qqq", len(raw), 0, 3),
+        ),
+    ]
+    for make, parse, head in heads:
+        fixed = len(head)
+        if ok:
+            req = make()
+            assert req.body == head + raw
+            parse(head, body_length=fixed + len(raw) + 3)
+        else:
+            with pytest.raises(LocalProtocolError):
+                make()
+            with pytest.raises(ProtocolError):
+                parse(head)
+    truncate = struct.pack(">qq", len(raw), 5) + raw
+    if ok:
+        assert st.truncate_request(name, 5).body == truncate
+        assert st.parse_truncate_body(truncate) == (name, 5)
+        assert st.regenerate_appender_request(name).body == raw
+        assert st.parse_regenerate_body(raw) == name
+    else:
+        for make_req in (
+            lambda: st.truncate_request(name, 5),
+            lambda: st.regenerate_appender_request(name),
+        ):
+            with pytest.raises(LocalProtocolError):
+                make_req()
+        for parse_body in (
+            lambda: st.parse_truncate_body(truncate),
+            lambda: st.parse_regenerate_body(raw),
+        ):
+            with pytest.raises(ProtocolError):
+                parse_body()
+
+
+@pytest.mark.parametrize("delta", [-1, 1, 1000])
+def test_inner_sizes_must_add_up_to_the_header_length(delta: int) -> None:
+    upload = st.upload_request(10, "txt", store_path_index=0)
+    st.parse_upload_head(upload.body, body_length=upload.length)
+    with pytest.raises(ProtocolError):
+        st.parse_upload_head(upload.body, body_length=upload.length + delta)
+    slave = st.upload_slave_request(GOOD_NAME, 10, "_big", "jpg")
+    head = slave.body[: st.SLAVE_FIXED]
+    st.parse_slave_head(head, body_length=slave.length)
+    with pytest.raises(ProtocolError):
+        st.parse_slave_head(head, body_length=slave.length + delta)
+    append = st.append_request(GOOD_NAME, 10)
+    st.parse_append_head(append.body[:16], body_length=append.length)
+    with pytest.raises(ProtocolError):
+        st.parse_append_head(append.body[:16], body_length=append.length + delta)
+    modify = st.modify_request(GOOD_NAME, 5, 10)
+    st.parse_modify_head(modify.body[:24], body_length=modify.length)
+    with pytest.raises(ProtocolError):
+        st.parse_modify_head(modify.body[:24], body_length=modify.length + delta)
+
+
+@pytest.mark.parametrize(
+    ("group", "ok"),
+    [("group1", True), ("G" * 16, True), ("", False), ("g" * 17, False), ("group-1", False),
+     ("group_1", False), ("grüppe", False), ("\ud800", False)],
+)  # fmt: skip
+def test_group_names_follow_upstream(group: str, ok: bool) -> None:
+    """fdfs_validate_group_name: 1-16 ASCII letters and digits."""
+    if ok:
+        assert tr.list_one_group_request(group).body == group.encode().ljust(16, b"\0")
+    else:
+        with pytest.raises(LocalProtocolError):
+            tr.list_one_group_request(group)
+    raw_group = group.encode("utf-8", "surrogatepass")
+    if len(raw_group) > 16:
+        return  # cannot even be sent in a reply
+    reply = raw_group.ljust(16, b"\0")
+    store_reply = reply + b"127.0.0.1".ljust(15, b"\0") + struct.pack(">q", 23000) + b"\0"
+    fid_reply = reply + GOOD_NAME.encode()
+    if ok:
+        assert tr.decode_store_reply(store_reply).group == group
+        assert st.decode_file_id_reply(fid_reply) == FileId(group, GOOD_NAME)
+    else:
+        with pytest.raises(ProtocolError):
+            tr.decode_store_reply(store_reply)
+        with pytest.raises(ProtocolError):
+            st.decode_file_id_reply(fid_reply)
+
+
+@pytest.mark.parametrize(
+    ("ext", "ok"),
+    [("jpg", True), ("", True), ("tar.gz", True), ("a-_.1", True),
+     ("a b", False), ("toolong", False), ("é", False), ("a/b", False), ("\0", False)],
+)  # fmt: skip
+def test_ext_characters(ext: str, ok: bool) -> None:
+    """fdfs_validate_filename: letters, digits, '-', '_' and '.'."""
+    calls: list[Callable[[], Request]] = [
+        lambda: st.upload_request(1, ext),
+        lambda: st.upload_slave_request(GOOD_NAME, 1, "_big", ext),
+    ]
+    for call in calls:
+        if ok:
+            call()
+        else:
+            with pytest.raises(LocalProtocolError):
+                call()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "ok"),
+    [("_big", True), ("-m.x", True), ("p" * 16, True),
+     ("", False), ("a/b", False), ("a b", False), ("p" * 17, False)],
+)  # fmt: skip
+def test_slave_prefix_characters(prefix: str, ok: bool) -> None:
+    if ok:
+        st.upload_slave_request(GOOD_NAME, 1, prefix, "jpg")
+    else:
+        with pytest.raises(LocalProtocolError):
+            st.upload_slave_request(GOOD_NAME, 1, prefix, "jpg")
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{"\ud800": "x"}, {"x": "\udfff"}, {"": "x"}, {"n" * 65: "x"}, {"x": "v" * 257},
+     {"a\x01b": "x"}, {"x": "a\x02b"}],
+)  # fmt: skip
+def test_metadata_the_server_cannot_store(meta: dict[str, str]) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_metadata(meta)
+    with pytest.raises(LocalProtocolError):
+        st.set_metadata_request("group1", GOOD_NAME, meta)
+
+
+def test_query_file_info_flags_fit_the_status_byte() -> None:
+    assert st.query_file_info_request("group1", GOOD_NAME, 255).status == 255
+    with pytest.raises(LocalProtocolError):
+        st.query_file_info_request("group1", GOOD_NAME, 256)
