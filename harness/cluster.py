@@ -48,16 +48,17 @@ from typing import Any, ClassVar, Literal
 import trio
 
 from fdfsmount.proto.constants import HEADER_SIZE, StorageStatus
-from fdfsmount.proto.errors import FdfsError, ProtocolError
+from fdfsmount.proto.errors import FdfsError, LocalProtocolError, ProtocolError
 from fdfsmount.proto.records import StorageStat
 from fdfsmount.proto.tracker import decode_storages_reply, list_storages_request
-from fdfsmount.proto.wire import decode_header
+from fdfsmount.proto.wire import decode_header, validate_group_name
 
 from .process import (
     ChildProcess,
     ProcessError,
     kill_processes_mentioning,
     pick_free_port,
+    unwind_on_sigterm,
 )
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,33 @@ class BuiltinBackend(Backend):
         (node.base_dir / self.DISK_FULL_FLAG).unlink(missing_ok=True)
 
 
+def parse_groups(text: str) -> dict[str, int]:
+    """``"group1:2,group2:1"`` -> ``{"group1": 2, "group2": 1}`` (a bare name means 1)."""
+    groups: dict[str, int] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, count = item.partition(":")
+        name = name.strip()
+        try:
+            validate_group_name(name)
+        except LocalProtocolError:
+            raise ValueError(f"bad group name {name!r} (1-16 ASCII letters and digits)") from None
+        try:
+            storages = int(count) if sep else 1
+        except ValueError:
+            raise ValueError(f"bad storage count {count!r} for group {name}") from None
+        if storages < 1:
+            raise ValueError(f"group {name} needs at least one storage")
+        if name in groups:
+            raise ValueError(f"group {name} given twice")
+        groups[name] = storages
+    if not groups:
+        raise ValueError("no groups given")
+    return groups
+
+
 def make_backend(name: str) -> Backend:
     if name == "builtin":
         return BuiltinBackend()
@@ -286,13 +314,14 @@ class Cluster:
     ``ip_size`` 46 makes the trackers answer with IPv6-sized address fields.
     ``base_dir`` keeps everything in a given directory (left in place at
     close); by default a temporary directory is created and removed.
+    ``backend`` is ``"builtin"``, ``"native"`` or a `Backend` instance.
     """
 
     def __init__(
         self,
         groups: Mapping[str, int] | None = None,
         trackers: int = 1,
-        backend: str = "builtin",
+        backend: str | Backend = "builtin",
         base_dir: str | os.PathLike[str] | None = None,
         *,
         storage_id_mode: bool = True,
@@ -309,6 +338,11 @@ class Cluster:
         groups = dict(DEFAULT_GROUPS if groups is None else groups)
         if not groups or any(n < 1 for n in groups.values()):
             raise ValueError(f"every group needs at least one storage: {groups}")
+        for group in groups:
+            try:
+                validate_group_name(group)
+            except LocalProtocolError as exc:
+                raise ValueError(str(exc)) from None
         if not 1 <= trackers <= 8:
             raise ValueError("between 1 and 8 trackers")
         if sum(groups.values()) > 200:
@@ -321,8 +355,8 @@ class Cluster:
             raise ValueError("store_paths and subdirs must be within 1..256")
         self.groups = groups
         self.tracker_count = trackers
-        self.backend_name = backend
-        self.backend = make_backend(backend)
+        self.backend = make_backend(backend) if isinstance(backend, str) else backend
+        self.backend_name = self.backend.name
         self.storage_id_mode = storage_id_mode
         self.ip_size = ip_size
         self.store_paths = store_paths
@@ -341,6 +375,7 @@ class Cluster:
         self.client_conf: Path = self.base_dir / "client.conf"
         #: Nodes taken down on purpose; readiness waits do not treat them as crashed.
         self._killed: set[Node] = set()
+        self._launch_batches: list[tuple[threading.Event, list[Future[None]]]] = []
         self._started = False
         self._closed = False
         self._lock = threading.RLock()
@@ -393,12 +428,14 @@ class Cluster:
             if self._started:
                 raise ClusterError("a Cluster can be started only once")
             self._started = True
+            unwind_on_sigterm()
             self.backend.check_available()
             # Registered before anything exists, so nothing can escape cleanup.
             with _open_lock:
                 _open_clusters.add(self)
         try:
             self._create_base_dir()
+            log.info("cluster directory: %s", self.base_dir)
             for attempt in range(1, _START_ATTEMPTS + 1):
                 self._lay_out()
                 try:
@@ -503,7 +540,9 @@ class Cluster:
 
         ``poll_hook`` may only run in this thread (trio's cancellation check
         does), so workers watch an event instead; on any failure or
-        cancellation every worker stops its child before this returns.
+        cancellation every worker stops its child before this returns. The
+        batch is recorded so that `close` can abort and join it too, should an
+        exception (KeyboardInterrupt) land here before the workers are joined.
         """
         abort = threading.Event()
 
@@ -513,6 +552,7 @@ class Cluster:
 
         with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="launch") as pool:
             futures = [pool.submit(self._launch, n, worker_hook) for n in nodes]
+            self._launch_batches.append((abort, futures))
             try:
                 pending: set[Future[None]] = set(futures)
                 while pending:
@@ -549,13 +589,15 @@ class Cluster:
     def close(self) -> None:
         """Stop every process, sweep strays, remove the directory if we made it.
 
-        Idempotent, and safe to call on a cluster that failed half-way.
+        Idempotent, and safe to call on a cluster that failed half-way. If it
+        is interrupted, the cluster stays registered and ``atexit`` finishes it.
         """
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-        try:
+            for abort, futures in self._launch_batches:
+                abort.set()
+                wait(futures)
             # Storages first: they would otherwise log reconnect noise at the trackers.
             self._terminate(self.storages)
             self._terminate(self.tracker_nodes)
@@ -564,7 +606,7 @@ class Cluster:
                 kill_processes_mentioning(str(self.base_dir))
             if self._created_dir:
                 self._remove_base_dir()
-        finally:
+            self._closed = True
             with _open_lock:
                 _open_clusters.discard(self)
         log.info("cluster in %s torn down", self.base_dir)
@@ -603,6 +645,7 @@ class Cluster:
         self.close()
 
     async def __aenter__(self) -> Cluster:
+        unwind_on_sigterm()  # here: the worker thread cannot install signal handlers
         await self._in_thread(lambda check: self.start(poll_hook=check))
         return self
 

@@ -159,6 +159,29 @@ def _terminate_all_children() -> None:
             child.terminate(timeout=2.0)
 
 
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread, if nothing else handles it.
+
+    By default SIGTERM ends Python without running ``finally`` blocks or
+    ``atexit``, and our children, each in its own session, would outlive it
+    (``timeout pytest`` in CI does exactly that). As KeyboardInterrupt it
+    unwinds: pytest runs fixture teardown, context managers close clusters,
+    ``atexit`` reaps the rest. A second SIGTERM kills at once. No-op outside
+    the main thread or when a handler is installed already.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    log.warning("SIGTERM received: unwinding to tear down harness processes")
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def live_children() -> list[ChildProcess]:
     """Children started by this process and not yet reaped."""
     with _live_lock:
@@ -232,6 +255,7 @@ class ChildProcess:
         """Spawn the child and wait until it is ready; on any failure it is gone again."""
         if self.running:
             raise ProcessError(f"{self.name} is already running")
+        unwind_on_sigterm()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._ready.clear()
         self.ready_match = None

@@ -1,0 +1,628 @@
+"""harness.cluster against real processes: readiness, fault controls, CLI, and no leaks.
+
+Every test runs on each backend that is available; the native one (upstream
+fdfs_trackerd/fdfs_storaged) is marked ``native`` and skipped without binaries.
+Native clusters use 16 subdirs per store path: upstream creates all of them
+(256 x 256 by default) before it listens, which costs seconds on slow disks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from fdfsmount.proto.constants import StorageStatus
+from harness.cluster import (
+    BuiltinBackend,
+    Cluster,
+    Launch,
+    Node,
+    NotReady,
+    Unsupported,
+    parse_groups,
+    tracker_storages,
+)
+from harness.process import ChildExited, port_is_listening, processes_mentioning
+
+ROOT = Path(__file__).resolve().parent.parent
+ACTIVE = StorageStatus.ACTIVE
+
+BACKENDS = [
+    "builtin",
+    pytest.param("native", marks=[pytest.mark.native, pytest.mark.slow]),
+]
+
+
+def cluster_kwargs(backend: str, **kwargs: Any) -> dict[str, Any]:
+    kwargs["backend"] = backend
+    if backend == "native":
+        kwargs.setdefault("subdirs", 16)
+    return kwargs
+
+
+# ---------------------------------------------------------------- leak checks
+
+
+@dataclass
+class Footprint:
+    """What a cluster occupied: checked to be entirely gone after teardown."""
+
+    pids: list[int]
+    ports: list[tuple[str, int]]
+    base_dir: Path
+
+    @classmethod
+    def of(cls, cluster: Cluster) -> Footprint:
+        pids = [n.pid for n in cluster.nodes if n.pid is not None]
+        assert len(pids) == len(cluster.nodes)
+        return cls(pids, [(n.host, n.port) for n in cluster.nodes], cluster.base_dir)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Footprint:
+        return cls(
+            [int(p) for p in data["pids"]],
+            [(h, int(p)) for h, p in data["ports"]],
+            Path(data["base_dir"]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pids": self.pids, "ports": self.ports, "base_dir": str(self.base_dir)}
+
+    def assert_gone(self, *, dir_removed: bool = True) -> None:
+        for pid in self.pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)  # nothing left in its process group either
+        assert processes_mentioning(str(self.base_dir)) == []
+        for host, port in self.ports:
+            assert not port_is_listening(host, port), f"{host}:{port} still listening"
+        if dir_removed:
+            assert not self.base_dir.exists()
+
+
+def all_statuses(cluster: Cluster) -> dict[str, list[int | None]]:
+    """Per storage, its status on each tracker."""
+    return {
+        node.name: [cluster.storage_status(node, t) for t in cluster.trackers]
+        for node in cluster.storages
+    }
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def cluster(backend: str) -> Iterator[Cluster]:
+    """A 2+1 cluster per test (fault tests must not touch the shared session cluster)."""
+    with Cluster(**cluster_kwargs(backend)) as c:
+        footprint = Footprint.of(c)
+        yield c
+    footprint.assert_gone()
+
+
+# ------------------------------------------------------------------ coming up
+
+
+def test_cluster_comes_up_with_every_storage_active(backend: str) -> None:
+    with Cluster(**cluster_kwargs(backend, groups={"group1": 2, "group2": 1})) as c:
+        footprint = Footprint.of(c)
+        assert [n.name for n in c.storages] == [
+            "group1-storage1",
+            "group1-storage2",
+            "group2-storage1",
+        ]
+        assert len(c.trackers) == 1 and c.trackers[0].startswith("127.0.0.2:")
+        assert c.nodes == [*c.tracker_nodes, *c.storages]
+        assert all(n.running and n.base_dir.is_dir() for n in c.nodes)
+        assert len({n.host for n in c.storages}) == 3, "one IP per storage"
+        for group in ("group1", "group2"):
+            listed = tracker_storages(c.trackers[0], group)
+            expected = c.storages_of(group)
+            assert sorted(s.storage_id for s in listed) == sorted(
+                str(n.storage_id) for n in expected
+            )
+            assert {(s.ip_addr, s.storage_port) for s in listed} == {
+                (n.host, n.port) for n in expected
+            }
+            assert all(s.status == ACTIVE for s in listed)
+        conf = c.client_conf.read_text()
+        assert f"tracker_server = {c.trackers[0]}\n" in conf
+        assert "connect_timeout = " in conf and "network_timeout = " in conf
+        described = json.loads(json.dumps(c.describe()))
+        assert described["trackers"] == c.trackers
+        assert [s["port"] for s in described["storages"]] == [n.port for n in c.storages]
+    footprint.assert_gone()
+
+
+def test_ip_mode_two_trackers(backend: str) -> None:
+    kwargs = cluster_kwargs(backend, groups={"g1": 2}, trackers=2, storage_id_mode=False)
+    with Cluster(**kwargs) as c:
+        footprint = Footprint.of(c)
+        assert len(c.trackers) == 2
+        first, second = c.storages
+        assert first.host != second.host, "IP mode: file IDs carry the IP"
+        assert first.storage_id == first.host
+        assert first.port == second.port, "upstream wants one storage port per group"
+        assert all_statuses(c) == {n.name: [ACTIVE, ACTIVE] for n in c.storages}
+        assert f"tracker_server = {c.trackers[1]}" in c.client_conf.read_text()
+    footprint.assert_gone()
+
+
+def test_storages_sharing_an_ip_need_storage_ids(backend: str) -> None:
+    with Cluster(**cluster_kwargs(backend, groups={"group1": 2}, share_ip=True)) as c:
+        footprint = Footprint.of(c)
+        first, second = c.storages
+        assert first.host == second.host and first.port != second.port
+        ids = c.storage_ids_conf.read_text()
+        assert f"{first.storage_id} " in ids and f"{first.host}:{first.port}" in ids
+        assert all_statuses(c) == {n.name: [ACTIVE] for n in c.storages}
+    footprint.assert_gone()
+
+
+def test_explicit_base_dir_is_kept(tmp_path: Path) -> None:
+    base = tmp_path / "cluster"
+    with Cluster(groups={"group1": 1}, base_dir=base) as c:
+        footprint = Footprint.of(c)
+        assert c.base_dir == base and (base / "group1-storage1").is_dir()
+    footprint.assert_gone(dir_removed=False)
+    assert (base / "tracker1" / "stderr.log").exists(), "logs stay for inspection"
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        Cluster(groups={"group1": 0})
+    with pytest.raises(ValueError):
+        Cluster(groups={"bad-name": 1})
+    with pytest.raises(ValueError):
+        Cluster(share_ip=True, storage_id_mode=False)
+    with pytest.raises(ValueError):
+        Cluster(backend="nonsense")
+    assert parse_groups("group1:2,group2") == {"group1": 2, "group2": 1}
+    with pytest.raises(ValueError):
+        parse_groups("group1:zero")
+
+
+# ---------------------------------------------------------------------- leaks
+
+
+def test_no_leak_when_the_body_raises(backend: str) -> None:
+    footprint = None
+    with (
+        pytest.raises(RuntimeError, match="test body failed"),
+        Cluster(**cluster_kwargs(backend)) as c,
+    ):
+        footprint = Footprint.of(c)
+        raise RuntimeError("test body failed")
+    assert footprint is not None
+    footprint.assert_gone()
+
+
+async def test_no_leak_when_an_async_body_raises() -> None:
+    footprint = None
+    with trio.fail_after(60):
+        with pytest.raises(RuntimeError, match="async body failed"):
+            async with Cluster(groups={"group1": 2}) as c:
+                footprint = Footprint.of(c)
+                assert all_statuses(c) == {n.name: [ACTIVE] for n in c.storages}
+                raise RuntimeError("async body failed")
+    assert footprint is not None
+    footprint.assert_gone()
+
+
+async def test_cancelled_start_leaves_nothing() -> None:
+    cluster = Cluster(groups={"group1": 2, "group2": 2})
+    with trio.move_on_after(0.3) as scope:
+        async with cluster:
+            pytest.fail("the start should have been cancelled")
+    assert scope.cancelled_caught
+    assert cluster.base_dir.name.startswith("fdfs-cluster-")
+    assert not cluster.base_dir.exists()
+    assert processes_mentioning(str(cluster.base_dir)) == []
+    for node in cluster.nodes:
+        assert not node.running
+
+
+class _DyingStorageBackend(BuiltinBackend):
+    """The last storage exits at once with a message, as a misconfigured server would."""
+
+    def launch(self, cluster: Cluster, node: Node) -> Launch:
+        launch = super().launch(cluster, node)
+        if node is cluster.storages[-1]:
+            code = "import sys; sys.stderr.write('bad store path\\n'); sys.exit(3)"
+            return Launch([sys.executable, "-c", code, str(node.base_dir)], ready_line="READY")
+        return launch
+
+
+class _LostStorageBackend(BuiltinBackend):
+    """The last storage reports to a tracker that does not exist: never ACTIVE."""
+
+    def launch(self, cluster: Cluster, node: Node) -> Launch:
+        launch = super().launch(cluster, node)
+        if node is cluster.storages[-1]:
+            argv = list(launch.argv)
+            argv[argv.index("--tracker") + 1] = "127.0.0.2:9"
+            return Launch(argv, ready_line=launch.ready_line, env=launch.env)
+        return launch
+
+
+def test_no_leak_when_a_node_dies_during_setup() -> None:
+    cluster = Cluster(groups={"group1": 2, "group2": 1}, backend=_DyingStorageBackend())
+    with pytest.raises(ChildExited, match="bad store path") as info:
+        cluster.start()
+    assert "status 3" in str(info.value)
+    assert not cluster.base_dir.exists()
+    assert processes_mentioning(str(cluster.base_dir)) == []
+    for node in cluster.nodes:
+        assert not node.running
+        assert not port_is_listening(node.host, node.port)
+
+
+def test_no_leak_when_readiness_times_out() -> None:
+    cluster = Cluster(groups={"group1": 2}, backend=_LostStorageBackend(), ready_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(NotReady, match="group1-storage2@tracker1=absent"):
+        cluster.start()
+    assert time.monotonic() - started < 15
+    assert not cluster.base_dir.exists()
+    assert processes_mentioning(str(cluster.base_dir)) == []
+    assert not any(node.running for node in cluster.nodes)
+
+
+def test_no_leak_after_a_failing_pytest_test(tmp_path: Path) -> None:
+    """The fixtures tear down after a failing test: run one in a child pytest."""
+    test_file = tmp_path / "test_inner.py"
+    test_file.write_text(
+        textwrap.dedent(
+            """
+            import json, os
+
+            def footprint(cluster):
+                return {
+                    "pids": [n.pid for n in cluster.nodes],
+                    "ports": [(n.host, n.port) for n in cluster.nodes],
+                    "base_dir": str(cluster.base_dir),
+                }
+
+            def test_fails(fdfs_cluster, fdfs_cluster_factory):
+                custom = fdfs_cluster_factory(groups={"g": 1})
+                with open(os.environ["FOOTPRINT_FILE"], "w") as out:
+                    json.dump([footprint(fdfs_cluster), footprint(custom)], out)
+                raise AssertionError("deliberately failing test body")
+            """
+        )
+    )
+    footprint_file = tmp_path / "footprint.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+        cwd=tmp_path,
+        env={**os.environ, "FOOTPRINT_FILE": str(footprint_file)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "deliberately failing test body" in result.stdout
+    footprints = [Footprint.from_json(f) for f in json.loads(footprint_file.read_text())]
+    assert len(footprints) == 2
+    for footprint in footprints:
+        footprint.assert_gone()
+
+
+def test_no_leak_when_the_owner_gets_sigterm(tmp_path: Path) -> None:
+    """``timeout pytest`` sends SIGTERM: the harness must still reap its children."""
+    script = textwrap.dedent(
+        """
+        import json, sys, time
+        from harness.cluster import Cluster
+        with Cluster(groups={"group1": 2}) as c:
+            print(json.dumps({
+                "pids": [n.pid for n in c.nodes],
+                "ports": [(n.host, n.port) for n in c.nodes],
+                "base_dir": str(c.base_dir),
+            }), flush=True)
+            time.sleep(120)
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as owner:
+        try:
+            line = read_line(owner, timeout=60)
+            footprint = Footprint.from_json(json.loads(line))
+            owner.send_signal(signal.SIGTERM)
+            owner.wait(timeout=30)
+        finally:
+            owner.kill()
+    footprint.assert_gone()
+
+
+# ------------------------------------------------------------- fault controls
+
+
+def test_kill_then_restart_a_storage(cluster: Cluster) -> None:
+    node = cluster.storages_of("group1")[0]
+    pid, port, base_dir = node.pid, node.port, node.base_dir
+    assert pid is not None
+    cluster.kill(node)
+    assert not node.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not port_is_listening(node.host, port)
+    cluster.wait_offline([node], timeout=30)
+    assert cluster.storage_status(node) != ACTIVE
+    cluster.restart(node)
+    assert node.running and node.pid != pid
+    assert node.port == port and node.base_dir == base_dir
+    assert port_is_listening(node.host, port)
+    assert all_statuses(cluster) == {n.name: [ACTIVE] for n in cluster.storages}
+
+
+def test_stop_and_cont_a_storage(cluster: Cluster) -> None:
+    node = cluster.storages_of("group2")[0]
+    assert node.pid is not None
+    cluster.stop(node)
+    try:
+        time.sleep(0.2)
+        assert process_state(node.pid) == "T"
+        # The tracker notices the silence after its offline timeout.
+        cluster.wait_offline([node], timeout=30)
+    finally:
+        cluster.cont(node)
+    assert process_state(node.pid) in ("S", "R")
+    cluster.wait_active([node], timeout=60)
+
+
+def test_restart_a_stopped_storage(cluster: Cluster) -> None:
+    node = cluster.storages[-1]
+    old_pid = node.pid
+    cluster.stop(node)
+    started = time.monotonic()
+    cluster.restart(node)  # SIGTERM reaches a stopped process only with SIGCONT
+    assert node.pid != old_pid
+    assert time.monotonic() - started < 30
+    assert cluster.storage_status(node) == ACTIVE
+
+
+def test_restart_the_tracker(cluster: Cluster) -> None:
+    tracker = cluster.tracker_nodes[0]
+    old_pid, address = tracker.pid, tracker.address
+    cluster.restart(tracker)
+    assert tracker.pid != old_pid and tracker.address == address
+    assert all_statuses(cluster) == {n.name: [ACTIVE] for n in cluster.storages}
+
+
+async def test_restart_keeps_the_data_dir(backend: str) -> None:
+    client_module = pytest.importorskip("fdfsmount.proto.client")
+    with trio.fail_after(180):
+        async with Cluster(**cluster_kwargs(backend, groups={"group1": 1})) as c:
+            node = c.storages[0]
+            async with client_module.Client(c.trackers) as client:
+                file_id = await client.upload(b"survives a restart", ext="txt")
+            await c.restart_async(node)
+            async with client_module.Client(c.trackers) as client:
+                assert await client.download(file_id) == b"survives a restart"
+
+
+def test_fill_disk(backend: str) -> None:
+    with Cluster(**cluster_kwargs(backend, groups={"group1": 1})) as c:
+        node = c.storages[0]
+        if backend == "native":
+            with pytest.raises(Unsupported):
+                c.fill_disk(node)
+            return
+
+        def free_mb() -> int:
+            (stat,) = tracker_storages(c.trackers[0], "group1")
+            return stat.free_mb
+
+        def wait_for(predicate: Any) -> None:
+            deadline = time.monotonic() + 15
+            while not predicate():
+                assert time.monotonic() < deadline, "tracker never saw the change"
+                time.sleep(0.1)
+
+        wait_for(lambda: free_mb() > 0)
+        c.fill_disk(node)
+        wait_for(lambda: free_mb() == 0)
+        c.unfill_disk(node)
+        wait_for(lambda: free_mb() > 0)
+
+
+def test_fault_controls_take_node_names(cluster: Cluster) -> None:
+    name = cluster.storages[0].name
+    cluster.stop(name)
+    cluster.cont(name)
+    with pytest.raises(KeyError):
+        cluster.kill("no-such-node")
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no output within {timeout}s")
+    return proc.stdout.readline()
+
+
+def run_harness(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_cli_up_prints_json_and_tears_down(backend: str, stop_signal: int) -> None:
+    args = ["--groups", "group1:2,group2:1"]
+    if backend == "native":
+        args += ["--backend", "native", "--subdirs", "16"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "harness", "up", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    ) as proc:
+        try:
+            line = read_line(proc, timeout=90)
+            info = json.loads(line)
+            assert set(info) >= {"trackers", "client_conf", "storages"}
+            assert len(info["storages"]) == 3
+            conf = Path(info["client_conf"]).read_text()
+            for tracker in info["trackers"]:
+                assert f"tracker_server = {tracker}" in conf
+            for storage in info["storages"]:
+                listed = tracker_storages(info["trackers"][0], storage["group"])
+                (record,) = [s for s in listed if s.storage_id == storage["storage_id"]]
+                assert record.status == ACTIVE
+                assert (record.ip_addr, record.storage_port) == (storage["host"], storage["port"])
+            tracker_host, tracker_port = info["trackers"][0].rsplit(":", 1)
+            footprint = Footprint(
+                [s["pid"] for s in info["storages"]],
+                [(s["host"], s["port"]) for s in info["storages"]]
+                + [(tracker_host, int(tracker_port))],
+                Path(info["base_dir"]),
+            )
+            proc.send_signal(stop_signal)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "", "exactly one line on stdout"
+    assert "torn down" in err
+    assert "Traceback" not in err
+    footprint.assert_gone()
+    assert processes_mentioning(str(footprint.base_dir)) == []
+
+
+def test_cli_sigterm_during_startup_leaves_nothing() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "harness", "up", "--groups", "group1:3,group2:3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            base_dir = None
+            for _ in range(50):
+                line = proc.stderr.readline()
+                if "cluster directory: " in line:
+                    base_dir = Path(line.split("cluster directory: ", 1)[1].strip())
+                if "starting group1-storage1" in line:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "", "nothing printed when not ready"
+    assert base_dir is not None and base_dir.name.startswith("fdfs-cluster-")
+    assert processes_mentioning(str(base_dir)) == []
+    assert not base_dir.exists()
+
+
+def test_cli_help_teaches() -> None:
+    result = run_harness("up", "--help")
+    assert result.returncode == 0
+    for text in ("--groups", "--backend", "client_conf", "SIGTERM", "examples:", "--ip-mode"):
+        assert text in result.stdout
+    assert run_harness("--help").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--groups", "group1:x"], "bad storage count"),
+        (["up", "--trackers", "0"], "at least 1"),
+        (["up", "--backend", "nfs"], "invalid choice"),
+        (["down"], "invalid choice"),
+    ],
+)
+def test_cli_bad_arguments_are_one_line(args: list[str], message: str) -> None:
+    result = run_harness(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_missing_native_backend_is_one_line(tmp_path: Path) -> None:
+    result = run_harness(
+        "up", "--backend", "native", env={**os.environ, "FDFS_BIN_DIR": str(tmp_path)}
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"harness: error: native backend: fdfs_trackerd, fdfs_storaged not found in"
+        f" $FDFS_BIN_DIR ({tmp_path})"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------- pytest plugin
+
+
+def test_session_cluster_fixture(fdfs_cluster: Cluster) -> None:
+    assert fdfs_cluster.groups == {"group1": 2, "group2": 1}
+    assert all_statuses(fdfs_cluster) == {n.name: [ACTIVE] for n in fdfs_cluster.storages}
+
+
+async def test_client_fixture(fdfs_client: Any, fdfs_cluster: Cluster) -> None:
+    with trio.fail_after(30):
+        storages = await fdfs_client.list_storages("group1")
+    assert {s.storage_id for s in storages} == {
+        n.storage_id for n in fdfs_cluster.storages_of("group1")
+    }
+    assert all(s.status == ACTIVE for s in storages)
+
+
+async def test_cluster_factory_async(fdfs_cluster_factory: Any) -> None:
+    with trio.fail_after(60):
+        c = await fdfs_cluster_factory.start_async(groups={"solo": 1})
+    assert c.storage_status(c.storages[0]) == ACTIVE
+
+
+def test_native_marker_skips_cleanly_without_binaries(tmp_path: Path) -> None:
+    (tmp_path / "test_inner.py").write_text(
+        "import pytest\n\n@pytest.mark.native\ndef test_needs_upstream():\n    pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path,
+        env={**os.environ, "FDFS_BIN_DIR": str(tmp_path)},  # no binaries there
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 skipped" in result.stdout
+    assert "native backend: fdfs_trackerd, fdfs_storaged not found" in result.stdout
