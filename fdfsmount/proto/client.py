@@ -33,11 +33,10 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
@@ -72,13 +71,12 @@ from .wire import Header
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Seconds a server that failed is tried after the others.
 FAILURE_MEMORY = 30.0
-#: download() preallocates the whole reply up to this size; beyond, it
-#: collects pieces as they arrive, so a lying length cannot allocate memory.
-_PREALLOC_LIMIT = 64 << 20
-_PIECE_SIZE = 16 << 20
+#: Largest single receive when collecting a reply as bytes.
+_RECV_SIZE = 4 << 20
 _DOWNLOAD_BUFFER = 1 << 20
 _BINLOG_READ_SIZE = 64 * 1024
 #: Requests that may be sent again when a pooled connection turns out dead.
@@ -106,11 +104,12 @@ _TRANSPORT_ERRORS = (ConnectError, Timeout, ProtocolError)
 _META_FILE_SUFFIX = "-m"
 
 
+_OP_NAMES = {int(cmd): cmd.name.lower() for cmd in Cmd}
+
+
 def op_name(cmd: int) -> str:
-    try:
-        return Cmd(cmd).name.lower()
-    except ValueError:
-        return f"cmd_{cmd}"
+    """The operation name of a command, as used in messages and stats."""
+    return _OP_NAMES.get(cmd) or f"cmd_{cmd}"
 
 
 def _file_id(file_id: FileId | str) -> FileId:
@@ -193,20 +192,9 @@ class Client:
 
     # ============================================================ plumbing
 
-    @contextmanager
-    def _watch(self, conn: Connection, what: str) -> Iterator[None]:
+    def _watch(self, conn: Connection, what: str) -> _Watchdog:
         """Give up on ``conn`` after ``network_timeout`` without progress."""
-        try:
-            with trio.fail_after(self.network_timeout) as scope:
-                conn.watchdog = scope
-                conn.watchdog_timeout = self.network_timeout
-                try:
-                    yield
-                finally:
-                    conn.watchdog = None
-        except trio.TooSlowError:
-            conn.mark_broken("timed out")
-            raise Timeout(f"{what}: no answer within {self.network_timeout:g}s") from None
+        return _Watchdog(conn, what, self.network_timeout)
 
     def _note_failure(self, addr: ServerAddr) -> None:
         self._failed_at[addr] = trio.current_time()
@@ -229,13 +217,16 @@ class Client:
         request: Request,
         what: str,
         payload: Payload | None = None,
-    ) -> tuple[Connection, Header]:
+        *,
+        body_limit: int | None = None,
+    ) -> tuple[Connection, Header, bytes]:
         """Send ``request`` on a pooled connection and read the reply header.
 
-        The status is checked (`ServerError`); on success the caller owns the
-        connection, with the body still to read, and must release it. A pooled
-        connection found dead before any reply byte is replaced once for
-        idempotent requests.
+        The status is checked (`ServerError`). With ``body_limit`` the whole
+        body is read too (within the same deadline); without, the body is left
+        for the caller. Either way the caller owns the connection and must
+        release it. A pooled connection found dead before any reply byte is
+        replaced once for idempotent requests.
         """
         op = op_name(request.cmd)
         self.stats.count_request(op)
@@ -247,11 +238,14 @@ class Client:
                 )
                 log.debug("%s", what)
                 try:
+                    body = b""
                     with self._watch(conn, what):
                         await conn.send_request(request, payload)
                         header = await conn.receive_header()
-                    conn.expect_status(header, what)
-                    return conn, header
+                        conn.expect_status(header, what)
+                        if body_limit is not None:
+                            body = await conn.receive_body(body_limit)
+                    return conn, header, body
                 except ProtocolError as exc:
                     stale = conn.uses > 0 and not conn.reply_started
                     await self._pool.release(conn)
@@ -286,18 +280,15 @@ class Client:
     ) -> T:
         """One request and its whole reply, decoded; a bad reply breaks the connection."""
         started = trio.current_time()
-        conn, _header = await self._open_reply(addr, role, request, what, payload)
+        conn, _header, body = await self._open_reply(
+            addr, role, request, what, payload, body_limit=max_size
+        )
         try:
-            with self._watch(conn, what):
-                body = await conn.receive_body(max_size)
-            try:
-                result = decode(body)
-            except ProtocolError as exc:
-                conn.mark_broken(f"undecodable reply: {exc}")
-                raise ProtocolError(f"{what}: {exc}") from exc
-        except FdfsError as exc:
+            result = decode(body)
+        except ProtocolError as exc:
+            conn.mark_broken(f"undecodable reply: {exc}")
             self._count_failure(op_name(request.cmd), addr, exc)
-            raise
+            raise ProtocolError(f"{what}: {exc}") from exc
         finally:
             await self._pool.release(conn)
         self.stats.observe_latency(str(addr), trio.current_time() - started)
@@ -733,7 +724,7 @@ class Client:
         """
         request = st.fetch_binlog_request(group, store_path_index)
         what = f"fetch_one_path_binlog {group}/M{store_path_index:02X} on storage {server}"
-        conn, _header = await self._open_reply(server, "storage", request, what)
+        conn, _header, _ = await self._open_reply(server, "storage", request, what)
         try:
             yield _BinlogIterator(self, conn, what)
         finally:
@@ -786,6 +777,39 @@ class Client:
                             continue
                         orphans_seen.add(fid.remote_name)
                         yield fid
+
+
+class _Watchdog:
+    """A cancel scope whose deadline each chunk moved on ``conn`` pushes forward.
+
+    Like `trio.fail_after`, but the timeout counts from the last progress, and
+    expiry raises our `Timeout` (naming ``what``) and breaks the connection.
+    """
+
+    __slots__ = ("_conn", "_scope", "_timeout", "_what")
+
+    def __init__(self, conn: Connection, what: str, timeout: float) -> None:
+        self._conn = conn
+        self._what = what
+        self._timeout = timeout
+        self._scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+
+    def __enter__(self) -> None:
+        self._scope.__enter__()
+        self._conn.watch(self._scope, self._timeout)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._conn.watch(None)
+        swallowed = self._scope.__exit__(exc_type, exc, tb)
+        if self._scope.cancelled_caught:
+            self._conn.mark_broken("timed out")
+            raise Timeout(f"{self._what}: no answer within {self._timeout:g}s")
+        return swallowed
 
 
 class _Replicas:
@@ -943,7 +967,7 @@ class _RangeReader:
             what = self._what(addr)
             self._started_at = trio.current_time()
             try:
-                conn, header = await client._open_reply(addr, "storage", request, what)
+                conn, header, _ = await client._open_reply(addr, "storage", request, what)
             except FileNotFound:
                 self._replicas.not_found.append(addr)
                 continue
@@ -984,6 +1008,24 @@ class _RangeReader:
 
     async def readinto(self, view: memoryview) -> int:
         """Read the next bytes of the range into ``view``; 0 once it is complete."""
+
+        async def receive(conn: Connection) -> int:
+            return await conn.receive_into(view)
+
+        return await self._pull(receive, int) or 0
+
+    async def read_chunk(self, max_size: int) -> bytes:
+        """The next bytes of the range (at most ``max_size``); b"" once it is complete."""
+
+        async def receive(conn: Connection) -> bytes:
+            return await conn.receive_chunk(max_size)
+
+        return await self._pull(receive, len) or b""
+
+    async def _pull(
+        self, receive: Callable[[Connection], Awaitable[R]], size: Callable[[R], int]
+    ) -> R | None:
+        """Receive from the current replica, switching replicas on failure; None at the end."""
         if self.total is None:
             await self.start()
         while self._conn is not None:
@@ -991,45 +1033,32 @@ class _RangeReader:
             assert addr is not None
             try:
                 with self._client._watch(conn, self._what(addr)):
-                    n = await conn.receive_into(view)
+                    result = await receive(conn)
             except _TRANSPORT_ERRORS as exc:
                 self._client._count_failure("download_file", addr, exc)
                 await self._release()
                 self._replicas.failed(exc)
                 await self._open_next()
                 continue
+            n = size(result)
             self.position += n
             self.delivered += n
             await self._finish_if_done()
-            return n
-        return 0
+            return result
+        return None
 
     async def read_all(self) -> bytes:
+        """The whole range as bytes, read in pieces straight from the socket."""
         total = await self.start()
-        if total <= _PREALLOC_LIMIT:
-            buf = bytearray(total)
-            view = memoryview(buf)
-            got = 0
-            while got < total:
-                got += await self._read_some(view[got:])
-            return bytes(buf)
         pieces = []
-        remaining = total
-        while remaining:
-            piece = bytearray(min(_PIECE_SIZE, remaining))
-            view = memoryview(piece)
-            got = 0
-            while got < len(piece):
-                got += await self._read_some(view[got:])
+        got = 0
+        while got < total:
+            piece = await self.read_chunk(min(total - got, _RECV_SIZE))
+            if not piece:
+                raise ProtocolError(f"download_file {self.fid}: reply ended early")
             pieces.append(piece)
-            remaining -= len(piece)
-        return b"".join(pieces)
-
-    async def _read_some(self, view: memoryview) -> int:
-        n = await self.readinto(view)
-        if not n:
-            raise ProtocolError(f"download_file {self.fid}: reply ended early")
-        return n
+            got += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def _finish_if_done(self) -> None:
         conn = self._conn

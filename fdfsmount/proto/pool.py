@@ -23,12 +23,27 @@ from .stats import ClientStats
 
 log = logging.getLogger(__name__)
 
+#: Idle connections older than this are checked for a close by the server.
+_CHECK_AFTER_IDLE = 1.0
+
 #: Opens a byte stream to a server; the default is `trio.open_tcp_stream`.
 ConnectFn = Callable[[ServerAddr], Awaitable[trio.abc.Stream]]
 
 
 async def open_tcp(addr: ServerAddr) -> trio.abc.Stream:
     return await trio.open_tcp_stream(addr.host, addr.port)
+
+
+def _reason(exc: OSError) -> str:
+    """The strerror of a connect failure, also when trio wraps several attempts."""
+    if exc.strerror:
+        return exc.strerror
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        for inner in cause.exceptions:
+            if isinstance(inner, OSError) and inner.strerror:
+                return inner.strerror
+    return str(exc)
 
 
 class ConnectionPool:
@@ -50,6 +65,7 @@ class ConnectionPool:
         self.stats = stats if stats is not None else ClientStats()
         self._idle: dict[ServerAddr, list[Connection]] = {}
         self._closed = False
+        self._swept_at = 0.0
 
     def idle_count(self, addr: ServerAddr | None = None) -> int:
         if addr is not None:
@@ -60,15 +76,22 @@ class ConnectionPool:
         """An idle connection to ``addr`` if a live one is pooled, else a new one."""
         if self._closed:
             raise ConnectError(f"connection pool is closed (wanted {addr})")
-        await self._expire_idle()
+        now = trio.current_time()
+        if now - self._swept_at > self.idle_timeout / 4:
+            self._swept_at = now
+            await self._expire_idle()
         idle = self._idle.get(addr)
         while idle:
             conn = idle.pop()
-            if conn.reusable and not conn.looks_closed():
+            # A server closes idle connections only after a while; checking
+            # ones just used would cost a syscall for nothing.
+            idle_for = now - conn.idle_since
+            alive = idle_for < _CHECK_AFTER_IDLE or not conn.looks_closed()
+            if conn.reusable and idle_for < self.idle_timeout and alive:
                 self.stats.connections_reused += 1
                 conn.role = role
                 return conn
-            log.debug("dropping stale idle connection to %s", addr)
+            log.debug("dropping an expired or closed idle connection to %s", addr)
             await conn.aclose()
         return await self.open(addr, role)
 
@@ -82,8 +105,7 @@ class ConnectionPool:
                 f"connecting to {role} {addr} timed out after {self.connect_timeout:g}s"
             ) from None
         except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConnectError(f"cannot connect to {role} {addr}: {reason}") from exc
+            raise ConnectError(f"cannot connect to {role} {addr}: {_reason(exc)}") from exc
         self.stats.connections_opened += 1
         log.debug("connected to %s %s", role, addr)
         return Connection(stream, addr, role=role, stats=self.stats)
