@@ -460,6 +460,9 @@ class Cluster:
             self._created_dir = True
         else:
             self.base_dir = self._requested_dir
+            # Old node dirs would resurrect old state (binlogs, tracker data).
+            if self.base_dir.is_dir() and any(self.base_dir.iterdir()):
+                raise ClusterError(f"{self.base_dir} is not empty; give a new or empty directory")
             self.base_dir.mkdir(parents=True, exist_ok=True)
         self.client_conf = self.base_dir / "client.conf"
 

@@ -95,6 +95,9 @@ def _cluster_settings(config: pytest.Config) -> dict[str, Any]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "native: needs upstream FastDFS servers (fdfs_trackerd, fdfs_storaged)"
+    )
     if config.getoption("--fdfs-backend") == "native":
         from .native import native_available, unavailable_reason
 

@@ -28,6 +28,7 @@ from fdfsmount.proto.constants import StorageStatus
 from harness.cluster import (
     BuiltinBackend,
     Cluster,
+    ClusterError,
     Launch,
     Node,
     NotReady,
@@ -186,6 +187,8 @@ def test_explicit_base_dir_is_kept(tmp_path: Path) -> None:
         assert c.base_dir == base and (base / "group1-storage1").is_dir()
     footprint.assert_gone(dir_removed=False)
     assert (base / "tracker1" / "stderr.log").exists(), "logs stay for inspection"
+    with pytest.raises(ClusterError, match="not empty"):
+        Cluster(groups={"group1": 1}, base_dir=base).start()
 
 
 def test_bad_arguments() -> None:
@@ -231,7 +234,7 @@ async def test_no_leak_when_an_async_body_raises() -> None:
 
 async def test_cancelled_start_leaves_nothing() -> None:
     cluster = Cluster(groups={"group1": 2, "group2": 2})
-    with trio.move_on_after(0.3) as scope:
+    with trio.move_on_after(0.15) as scope:
         async with cluster:
             pytest.fail("the start should have been cancelled")
     assert scope.cancelled_caught
