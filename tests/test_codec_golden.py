@@ -400,7 +400,7 @@ def test_request_parameters_match_notes(rec: GoldenRecord) -> None:
         assert params["remote_name"] == master.remote_name
     elif "remote_name" in params:
         assert params["remote_name"] in rec.notes
-    checks = {
+    checks: dict[str, dict[str, Any]] = {
         "upload": UPLOAD_PARAMS,
         "span": DOWNLOAD_SPANS,
         "set_metadata": SET_METADATA,
@@ -845,7 +845,7 @@ def test_binlog_chunking_does_not_matter(mode: str) -> None:
     assert decode_binlog(body, [1] * len(body)) == whole
     for seed in range(20):
         rng = random.Random(seed)
-        chunks = []
+        chunks: list[int] = []
         while sum(chunks) < len(body):
             chunks.append(rng.choice((1, 2, 7, 8, 9, rng.randrange(1, 600))))
         assert decode_binlog(body, chunks) == whole

@@ -96,6 +96,7 @@ def run(decoder: FrameDecoder, chunks: Iterator[bytes | memoryview]) -> list[Fra
 def test_frames_whatever_the_chunking(
     name: str, stream: bytes, expected: list[Frame], feeder: str
 ) -> None:
+    stream_feed: Iterator[bytes | memoryview]
     if feeder == "byte by byte" and len(stream) > 100_000:
         stream_feed = random_chunks(stream, seed=11)  # keeps the 200 KiB replies quick
     else:
