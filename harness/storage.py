@@ -34,7 +34,6 @@ import logging
 import os
 import random
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -88,7 +87,7 @@ from .heartbeat import TrackerReporter
 from .peerproto import PeerAddr, PeerCmd
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
 from .serverutil import PeerClosed, RequestError, SocketReader, send_reply
-from .store import LOGIC_PATH_LEN, LocalFile, Store, file_crc32, is_appender_name
+from .store import LOGIC_PATH_LEN, LocalFile, Store, crc32, file_crc32, is_appender_name
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ class Conn:
 
 def write_chunk(fd: int, chunk: memoryview, pos: int | None, crc: int) -> int:
     """Write a payload chunk (appending when ``pos`` is None); return the running crc32."""
-    crc = zlib.crc32(chunk, crc)
+    crc = crc32(chunk, crc)
     view = chunk
     while view:
         written = os.write(fd, view) if pos is None else os.pwrite(fd, view, pos)
