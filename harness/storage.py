@@ -4,7 +4,7 @@ Usage::
 
     python -m harness.storage --group G --bind 127.0.0.x --port P --base-dir DIR \\
         --tracker HOST:PORT [--tracker ...] [--storage-id N] [--store-paths N] \\
-        [--subdirs N] [--heartbeat-interval S] [--id-in-filename id|ip]
+        [--subdirs N] [--heartbeat-interval S] [--id-in-filename id|ip] [--ip-size 16|46]
 
 Prints ``READY <port>`` on stdout once listening (``--port 0`` picks a free
 port), logs to stderr, exits cleanly on SIGTERM/SIGINT.
@@ -115,6 +115,7 @@ class StorageConfig:
     subdirs: int = 256
     heartbeat_interval: float = 1.0
     id_in_filename: str = "ip"
+    ip_size: int = 16
 
     @property
     def server_id(self) -> str:
@@ -700,7 +701,7 @@ class StorageServer:
         else:
             source_ip = decoded.source_ip or ""
         reply = FileInfo(info.st_size, int(info.st_mtime), crc, source_ip)
-        await send_reply(conn.sock, encode_file_info_reply(reply))
+        await send_reply(conn.sock, encode_file_info_reply(reply, self.config.ip_size))
 
     async def cmd_active_test(self, conn: Conn, header: Header) -> None:
         if header.length:
@@ -850,6 +851,10 @@ def parse_args(argv: list[str] | None = None) -> StorageConfig:
     parser.add_argument("--subdirs", type=int, default=256)
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--id-in-filename", choices=("id", "ip"), default=None)
+    parser.add_argument(
+        "--ip-size", type=int, choices=(16, 46), default=16,
+        help="IP field size in QUERY_FILE_INFO replies (response_ip_addr_size)",
+    )  # fmt: skip
     serverutil.add_common_args(parser)
     args = parser.parse_args(argv)
     serverutil.setup_logging(args.log_level, "storage")
@@ -858,6 +863,7 @@ def parse_args(argv: list[str] | None = None) -> StorageConfig:
         group=args.group, bind=args.bind, port=args.port, base_dir=args.base_dir,
         trackers=args.tracker, storage_id=args.storage_id, store_paths=args.store_paths,
         subdirs=args.subdirs, heartbeat_interval=args.heartbeat_interval, id_in_filename=id_mode,
+        ip_size=args.ip_size,
     )  # fmt: skip
 
 
