@@ -44,10 +44,16 @@ OpsT = TypeVar("OpsT", bound="Operations")
 _FH_OPS = frozenset({"read", "write", "flush", "fsync", "release", "readdir", "releasedir"})
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio nurseries wrap errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def errno_for(exc: BaseException) -> int | None:
     """The errno a domain error stands for; None for an unexpected exception."""
-    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return errno_for(exc.exceptions[0])
+    exc = _leaf(exc)
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
     if isinstance(exc, NotFound | FileNotFound | InvalidFileId):
@@ -137,14 +143,21 @@ class Operations(pyfuse3.Operations):
     def fuse_error(self, op: str, args: Sequence[object], exc: Exception) -> pyfuse3.FUSEError:
         code = errno_for(exc)
         target = self._target(op, args)
+        leaf = _leaf(exc)
         if code is None:
             log.exception("%s %s: unexpected error", op, target, exc_info=exc)
             return pyfuse3.FUSEError(errno.EIO)
         if code == errno.EIO:
-            what = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-            log.warning("%s %s failed: %s", op, target, what or type(exc).__name__)
-        elif code not in (errno.ENOENT, pyfuse3.ENOATTR) and not isinstance(exc, pyfuse3.FUSEError):
-            log.info("%s %s: %s", op, target, exc)
+            what = (
+                f"no answer within {self.timeout:g}s"
+                if isinstance(leaf, trio.TooSlowError)
+                else str(leaf)
+            )
+            log.warning("%s %s failed: %s", op, target, what or type(leaf).__name__)
+        elif code not in (errno.ENOENT, pyfuse3.ENOATTR) and not isinstance(
+            leaf, pyfuse3.FUSEError
+        ):
+            log.info("%s %s: %s", op, target, leaf)
         return pyfuse3.FUSEError(code)
 
     def _target(self, op: str, args: Sequence[object]) -> str:

@@ -24,6 +24,7 @@ from fdfsmount.mountproc import MountProcess, fuse_available, is_mounted, mounte
 from fdfsmount.proto import FileId, ServerAddr
 from fdfsmount.proto.client import Client
 from harness.cluster import Cluster, Node
+from harness.pytest_plugin import ClusterFactory
 
 pytestmark = [
     pytest.mark.mount,
@@ -66,9 +67,11 @@ def client_run(cluster: Cluster, work):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with Cluster(groups={"group1": 2, "group2": 1}) as c:
-        yield c
+def cluster(fdfs_cluster: Cluster) -> Cluster:
+    """The session's shared cluster (group1 with 2 storages, group2 with 1)."""
+    if set(fdfs_cluster.groups) < {"group1", "group2"}:
+        pytest.skip("needs the default groups group1 and group2")
+    return fdfs_cluster
 
 
 @pytest.fixture(scope="module")
@@ -254,51 +257,53 @@ def _source_node(cluster: Cluster, fid: FileId) -> Node:
     return next(n for n in cluster.storages_of(fid.group) if source in (n.storage_id, n.host))
 
 
-def test_reads_survive_one_stopped_replica(tmp_path: Path) -> None:
+def test_reads_survive_one_stopped_replica(
+    tmp_path: Path, fdfs_cluster_factory: ClusterFactory
+) -> None:
     data = random.Random(9).randbytes(24 * MIB + 5)
     src = tmp_path / "data.bin"
     src.write_bytes(data)
-    with Cluster(groups={"group1": 2}) as cluster:
-        fids = client_run(
-            cluster, lambda c: _upload_many(c, [data, data[: 3 * MIB], b"small file\n"])
-        )
-        for fid in fids:
-            _wait_replicated(cluster, fid, len(data) if fid == fids[0] else 1)
-        with mounted(cluster.trackers, tmp_path / "mnt", OPTIONS) as proc:
-            source = _source_node(cluster, fids[0])
-            cluster.stop(source)
-            try:
-                run("cmp", path_of(proc.mountpoint, fids[0]), src, timeout=120)
-                assert path_of(proc.mountpoint, fids[1]).read_bytes() == data[: 3 * MIB]
-                assert path_of(proc.mountpoint, fids[2]).read_bytes() == b"small file\n"
-            finally:
-                cluster.cont(source)
+    cluster = fdfs_cluster_factory(groups={"group1": 2})
+    fids = client_run(cluster, lambda c: _upload_many(c, [data, data[: 3 * MIB], b"small file\n"]))
+    for fid in fids:
+        _wait_replicated(cluster, fid, len(data) if fid == fids[0] else 1)
+    with mounted(cluster.trackers, tmp_path / "mnt", OPTIONS) as proc:
+        source = _source_node(cluster, fids[0])
+        cluster.stop(source)
+        try:
+            run("cmp", path_of(proc.mountpoint, fids[0]), src, timeout=120)
+            assert path_of(proc.mountpoint, fids[1]).read_bytes() == data[: 3 * MIB]
+            assert path_of(proc.mountpoint, fids[2]).read_bytes() == b"small file\n"
+        finally:
+            cluster.cont(source)
 
 
 async def _upload_many(client: Client, blobs: list[bytes]) -> list[FileId]:
     return [await client.upload(b, ext="bin", group="group1") for b in blobs]
 
 
-def test_eio_within_the_timeout_when_every_replica_is_stopped(tmp_path: Path) -> None:
-    with Cluster(groups={"group1": 2}) as cluster:
-        (fid,) = client_run(cluster, lambda c: _upload_many(c, [b"unreachable" * 100]))
-        _wait_replicated(cluster, fid, 1100)
-        with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=3"]) as proc:
-            target = path_of(proc.mountpoint, fid)
-            assert target.stat().st_size == 1100  # from the ID: no server needed
-            nodes = cluster.storages_of("group1")
+def test_eio_within_the_timeout_when_every_replica_is_stopped(
+    tmp_path: Path, fdfs_cluster_factory: ClusterFactory
+) -> None:
+    cluster = fdfs_cluster_factory(groups={"group1": 2})
+    (fid,) = client_run(cluster, lambda c: _upload_many(c, [b"unreachable" * 100]))
+    _wait_replicated(cluster, fid, 1100)
+    with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=3"]) as proc:
+        target = path_of(proc.mountpoint, fid)
+        assert target.stat().st_size == 1100  # from the ID: no server needed
+        nodes = cluster.storages_of("group1")
+        for node in nodes:
+            cluster.stop(node)
+        try:
+            started = time.monotonic()
+            with pytest.raises(OSError) as info:
+                target.read_bytes()
+            assert info.value.errno == errno.EIO
+            assert time.monotonic() - started < 60  # bounded: no hang
+        finally:
             for node in nodes:
-                cluster.stop(node)
-            try:
-                started = time.monotonic()
-                with pytest.raises(OSError) as info:
-                    target.read_bytes()
-                assert info.value.errno == errno.EIO
-                assert time.monotonic() - started < 60  # bounded: no hang
-            finally:
-                for node in nodes:
-                    cluster.cont(node)
-            assert "failed" in proc.log()
+                cluster.cont(node)
+        assert "failed" in proc.log()
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -351,7 +356,7 @@ def test_daemon_mode_returns_once_mounted(cluster: Cluster, tmp_path: Path) -> N
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
 
-def test_one_line_errors(tmp_path: Path) -> None:
+def test_one_line_errors(tmp_path: Path, cluster: Cluster) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
 
@@ -361,22 +366,21 @@ def test_one_line_errors(tmp_path: Path) -> None:
         )
         return done.returncode, done.stderr.decode()
 
-    with Cluster(groups={"group1": 1}) as cluster:
-        tracker = cluster.trackers[0]
-        unreachable = tracker.rsplit(":", 1)[0] + ":1"
-        cases = {
-            ("not-a-tracker", str(mountpoint)): "bad SOURCE",
-            (tracker, str(tmp_path / "missing")): "does not exist",
-            (tracker, str(mountpoint), "-o", "nonsense"): "unknown mount option",
-            (unreachable, str(mountpoint), "-o", "timeout=3"): "cannot reach the FastDFS cluster",
-        }
-        for args, message in cases.items():
-            code, err = fdfsmount(*args)
-            assert code == 1 and message in err, (args, err)
-            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-        with mounted(cluster.trackers, mountpoint, OPTIONS):
-            code, err = fdfsmount(tracker, str(mountpoint))
-            assert code == 1 and "busy" in err
+    tracker = cluster.trackers[0]
+    unreachable = tracker.rsplit(":", 1)[0] + ":1"
+    cases = {
+        ("not-a-tracker", str(mountpoint)): "bad SOURCE",
+        (tracker, str(tmp_path / "missing")): "does not exist",
+        (tracker, str(mountpoint), "-o", "nonsense"): "unknown mount option",
+        (unreachable, str(mountpoint), "-o", "timeout=3"): "cannot reach the FastDFS cluster",
+    }
+    for args, message in cases.items():
+        code, err = fdfsmount(*args)
+        assert code == 1 and message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with mounted(cluster.trackers, mountpoint, OPTIONS):
+        code, err = fdfsmount(tracker, str(mountpoint))
+        assert code == 1 and "busy" in err
     assert not is_mounted(mountpoint)
 
 
