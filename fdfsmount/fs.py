@@ -215,6 +215,7 @@ class Operations(pyfuse3.Operations):
         return self.attrs.directory(live)
 
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
+        log.debug("forget %d inodes", len(inode_list))
         try:
             for inode, count in inode_list:
                 self.table.forget(inode, count)

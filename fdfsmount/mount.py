@@ -14,7 +14,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pyfuse3
 import trio
@@ -53,6 +53,25 @@ class MountParts:
     readpath: ReadPath
     cache: BlockCache
     writer: WritePath
+    client: ReadClient
+
+    def counters(self) -> dict[str, int]:
+        """Live counters of the mount (for status reports and metrics exporters)."""
+        out: dict[str, int] = {
+            "inodes": len(self.table),
+            "open_files": self.ops.open_files,
+            "cache_bytes": self.cache.size,
+            "cache_blocks": len(self.cache),
+        }
+        out.update({f"cache_{k}": v for k, v in asdict(self.cache.stats).items()})
+        out.update({f"read_{k}": v for k, v in asdict(self.readpath.stats).items()})
+        stats = getattr(self.client, "stats", None)
+        if stats is not None:
+            out["client_requests"] = sum(stats.requests.values())
+            out["client_errors"] = sum(stats.errors.values())
+            out["client_bytes_sent"] = stats.bytes_sent
+            out["client_bytes_received"] = stats.bytes_received
+        return out
 
 
 def build_operations(
@@ -104,7 +123,7 @@ def build_operations(
         xattrs=xattrs,
         writer=writer,
     )
-    return MountParts(ops, table, directory, listing, readpath, cache, writer)
+    return MountParts(ops, table, directory, listing, readpath, cache, writer, client)
 
 
 def check_mountpoint(path: str) -> None:

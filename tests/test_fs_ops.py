@@ -298,6 +298,24 @@ async def test_attributes_of_normal_appender_and_empty_files(env: Env) -> None:
     assert got.st_size == 3 and got.st_ino == p.st_ino
 
 
+async def test_slave_files_are_asked_once_and_immutable(env: Env) -> None:
+    master = await env.client.upload(b"master image", ext="jpg", group="group1")
+    slave = await env.client.upload_slave(master, b"thumbnail", prefix="_150x150", ext="jpg")
+    before = requests(env.client)
+    attr = await walk(env.ops, str(slave))
+    assert (attr.st_size, stat.S_IMODE(attr.st_mode)) == (9, 0o444)
+    assert attr.attr_timeout > 0
+    asked = requests(env.client) - before
+    assert asked >= 1  # QUERY_FILE_INFO: the ID does not carry a slave's size
+    await env.ops.getattr(attr.st_ino, CTX)
+    assert requests(env.client) - before == asked  # cached: slaves never change
+    assert await env.ops.getxattr(attr.st_ino, b"user.fdfs.type", CTX) == b"slave"
+    fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    assert fi.keep_cache
+    assert await env.ops.read(fi.fh, 0, 100) == b"thumbnail"
+    await env.ops.release(fi.fh)
+
+
 async def test_uid_gid_umask_options(cluster: Cluster, nursery: trio.Nursery) -> None:
     async for env in make_env(cluster, nursery, uid=1234, gid=5678, umask=0o027):
         fid = await env.client.upload(b"x", ext="txt")
@@ -323,6 +341,9 @@ async def test_reads_ranges_and_past_eof(env: Env) -> None:
     assert await env.ops.read(fi.fh, len(data) + 10 * MIB, 4096) == b""
     await env.ops.release(fi.fh)
     assert await read_all(env.ops, attr.st_ino, chunk=256 * 1024) == data
+    counters = env.parts.counters()
+    assert counters["read_bytes_read"] >= len(data) and counters["client_requests"] > 0
+    assert counters["cache_hits"] > 0 and counters["open_files"] == 0
 
 
 async def test_appender_growth_is_seen_after_reopen(env: Env) -> None:
