@@ -221,12 +221,3 @@ class SyncMarks:
             )
         )
         os.replace(tmp, path)
-
-    def all_synced(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for path in self._dir.glob("*.mark"):
-            try:
-                out[path.stem] = int(json.loads(path.read_text())["synced_until"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-        return out

@@ -53,6 +53,8 @@ MAX_BODY = MAX_JSON_BODY
 #: 102/103/105 bodies of this size or more are refused, as upstream does.
 MAX_FETCH_BODY = GROUP_NAME_LEN + 128
 EXPIRE_INTERVAL = 0.25
+#: A request body must arrive within this many seconds (upstream's network_timeout).
+NETWORK_TIMEOUT = 60.0
 
 
 class TrackerServer:
@@ -101,10 +103,15 @@ class TrackerServer:
                     return
                 if header is None or header.cmd == Cmd.QUIT:
                     return
+                body = b""
                 if header.length > MAX_BODY:
                     log.info("dropping a connection that sent a %d-byte body", header.length)
                     return
-                body = await reader.read_exact(header.length)
+                with trio.move_on_after(NETWORK_TIMEOUT):
+                    body = await reader.read_exact(header.length)
+                if len(body) != header.length:
+                    log.info("dropping a connection that stalled inside a request")
+                    return
                 if header.cmd in (PeerCmd.STORAGE_JOIN, PeerCmd.STORAGE_BEAT):
                     storage = await self._storage_message(sock, header, body, link, storage)
                     continue
