@@ -39,7 +39,6 @@ class PeerCmd(IntEnum):
 
 #: Bodies of control messages are small; anything larger is refused.
 MAX_JSON_BODY = 1 << 20
-SYNC_FETCH_FIXED = 16
 #: Records per SYNC_PULL reply.
 SYNC_BATCH = 256
 

@@ -26,14 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fdfsmount.proto.errors import InvalidFileId
 from fdfsmount.proto.fileid import (
     APPENDER_FLAG,
     BASE64_LEN,
     NORMAL_REMOTE_NAME_LEN,
-    FileId,
-    FileType,
-    decode_file_id,
 )
 
 from .serverutil import RequestError
@@ -78,14 +74,6 @@ class DiskUsage:
     total_mb: int
     free_mb: int
     reserved_mb: int
-
-
-def file_type_of(remote_name: str) -> FileType | None:
-    """What the name says (None when its base64 part cannot be decoded)."""
-    try:
-        return decode_file_id(FileId("g", remote_name)).file_type
-    except (InvalidFileId, ValueError):
-        return None
 
 
 def is_appender_name(remote_name: str) -> bool:
@@ -181,9 +169,6 @@ class Store:
                 self._subdir_low = 0
                 self._subdir_high = (self._subdir_high + 1) % self.subdir_count
         return placed
-
-    def remote_name(self, store_path_index: int, subdirs: tuple[int, int], name: str) -> str:
-        return f"M{store_path_index:02X}/{subdirs[0]:02X}/{subdirs[1]:02X}/{name}"
 
     # ------------------------------------------------------------ files
 
