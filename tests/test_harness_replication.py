@@ -54,7 +54,7 @@ def fetch_all(nodes: BuiltinNodes, remote: str) -> list[Addr]:
     return [(s.host, s.port) for s in T.decode_fetch_reply(body).servers]
 
 
-def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
