@@ -7,13 +7,17 @@ the captured request, so these tests also check what the client sends.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st_
 from scripted_peer import (
     Close,
     Cut,
@@ -28,6 +32,7 @@ from scripted_peer import (
 
 from fdfsmount.proto import (
     ConnectError,
+    FdfsError,
     FileExists,
     FileNotFound,
     NoStorage,
@@ -828,3 +833,62 @@ async def test_unexpected_request_is_caught_by_the_peer(net: ScriptedNetwork) ->
     async with Client(["127.0.0.1:22122"], connect=net.connect) as client:
         with trio.fail_after(DEADLINE), pytest.raises(ProtocolError, match="without replying"):
             await client.list_groups()
+
+
+# ================================================================ any reply at all
+
+
+def _mutations(record: str) -> st_.SearchStrategy[bytes]:
+    golden = G[record].response
+    return st_.one_of(
+        st_.binary(max_size=120),
+        st_.integers(0, len(golden)).map(lambda n: golden[:n]),
+        st_.tuples(st_.integers(0, max(len(golden) - 1, 0)), st_.integers(0, 255)).map(
+            lambda m: golden[: m[0]] + bytes([m[1]]) + golden[m[0] + 1 :]
+        ),
+        st_.binary(max_size=40).map(lambda extra: golden + extra),
+    )
+
+
+_TRACKER_OPS: dict[str, tuple[str, Callable[[Client], Awaitable[object]]]] = {
+    "list_groups": ("list_all_groups", lambda c: c.list_groups()),
+    "group": ("list_one_group", lambda c: c.group("group1")),
+    "list_storages": ("list_storage_group1", lambda c: c.list_storages("group1")),
+    "upload": ("query_store_without_group_one", lambda c: c.upload(b"x")),
+    "fetch_servers": ("query_fetch_all", lambda c: c.fetch_servers(HELLO)),
+}
+_STORAGE_OPS: dict[str, tuple[str, Callable[[Client], Awaitable[object]]]] = {
+    "read_range": ("download_appender_file", lambda c: c.read_range(APPENDER, 0, 99, servers=[S1])),
+    "info": ("query_file_info_appender", lambda c: c.info(APPENDER)),
+    "get_metadata": ("get_metadata", lambda c: c.get_metadata(MASTER)),
+    "binlog": ("fetch_one_path_binlog", lambda c: _drain_binlog(c)),
+}
+
+
+async def _drain_binlog(client: Client) -> None:
+    async with client.fetch_binlog(S1, "group1", 0) as records:
+        async for _record in records:
+            pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st_.data(), op=st_.sampled_from(sorted(_TRACKER_OPS) + sorted(_STORAGE_OPS)))
+def test_any_reply_gives_a_result_or_an_fdfs_error(data: st_.DataObject, op: str) -> None:
+    """Whatever bytes come back, a call returns or raises FdfsError, and never hangs."""
+    on_tracker = op in _TRACKER_OPS
+    record, call = _TRACKER_OPS[op] if on_tracker else _STORAGE_OPS[op]
+    reply_bytes = data.draw(_mutations(record), label="reply")
+
+    async def scenario() -> None:
+        net = ScriptedNetwork()
+        tracker = net.add("127.0.0.1", 22122)
+        storage = net.add("127.0.0.1", 23001)
+        target = tracker if on_tracker else storage
+        target.queue(G[record].cmd, Reply(reply_bytes, close=True))
+        tracker.queue(Cmd.QUERY_FETCH_ONE, *[fetch_one(S1)] * 3)
+        tracker.queue(Cmd.QUERY_FETCH_ALL, fetch_all(S1))
+        async with Client(["127.0.0.1:22122"], connect=net.connect, network_timeout=2) as c:
+            with trio.fail_after(DEADLINE), contextlib.suppress(FdfsError):
+                await call(c)
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -772,7 +772,10 @@ class Client:
                         if record.op.isupper():
                             yield fid
                             continue
-                        source = decode_file_id(fid).source
+                        try:
+                            source = decode_file_id(fid).source
+                        except InvalidFileId:
+                            source = ""
                         if source in members or fid.remote_name in orphans_seen:
                             continue
                         orphans_seen.add(fid.remote_name)
