@@ -45,7 +45,9 @@ examples:
   python -m harness up
   python -m harness up --groups group1:3 --trackers 2
   python -m harness up --backend native --dir /tmp/fdfs     # upstream servers
-  python -m harness up | head -1 | jq -r .client_conf
+  python -m harness up > cluster.json &     # the line appears once it is ready
+  fdfs_upload_file "$(jq -r .client_conf cluster.json)" photo.jpg
+  kill %1                                   # SIGTERM: tear down
 
 backends:
   builtin  this project's trio servers (always available)
@@ -113,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--dir",
         metavar="D",
-        help="keep configs, logs and data in D and leave it there at exit"
-        " (default: a temporary directory, removed at exit)",
+        help="keep configs, logs and data in D, a new or empty directory, and leave it"
+        " there at exit (default: a temporary directory, removed at exit)",
     )
     up.add_argument(
         "--ip-mode",
@@ -133,7 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="IP field size in tracker replies; 46 mimics response_ip_addr_size = IPv6",
     )
-    up.add_argument("--store-paths", type=_positive, default=1, metavar="N", help="default: 1")
+    up.add_argument(
+        "--store-paths",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="store paths (M00, M01, ...) per storage (default: 1)",
+    )
     up.add_argument(
         "--subdirs",
         type=_positive,

@@ -430,6 +430,10 @@ class Cluster:
             self._started = True
             unwind_on_sigterm()
             self.backend.check_available()
+            requested = self._requested_dir
+            # Old node dirs would resurrect old state (binlogs, tracker data).
+            if requested is not None and requested.is_dir() and any(requested.iterdir()):
+                raise ClusterError(f"{requested} is not empty; give a new or empty directory")
             # Registered before anything exists, so nothing can escape cleanup.
             with _open_lock:
                 _open_clusters.add(self)
@@ -460,9 +464,6 @@ class Cluster:
             self._created_dir = True
         else:
             self.base_dir = self._requested_dir
-            # Old node dirs would resurrect old state (binlogs, tracker data).
-            if self.base_dir.is_dir() and any(self.base_dir.iterdir()):
-                raise ClusterError(f"{self.base_dir} is not empty; give a new or empty directory")
             self.base_dir.mkdir(parents=True, exist_ok=True)
         self.client_conf = self.base_dir / "client.conf"
 

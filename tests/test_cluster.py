@@ -594,16 +594,21 @@ def test_cli_missing_native_backend_is_one_line(tmp_path: Path) -> None:
 # --------------------------------------------------------------- pytest plugin
 
 
-def test_session_cluster_fixture(fdfs_cluster: Cluster) -> None:
-    assert fdfs_cluster.groups == {"group1": 2, "group2": 1}
-    assert all_statuses(fdfs_cluster) == {n.name: [ACTIVE] for n in fdfs_cluster.storages}
+def test_session_cluster_fixture(fdfs_cluster: Cluster, pytestconfig: pytest.Config) -> None:
+    expected = parse_groups(
+        pytestconfig.getoption("--fdfs-groups") or str(pytestconfig.getini("fdfs_groups"))
+    )
+    assert fdfs_cluster.groups == expected
+    active = [ACTIVE] * len(fdfs_cluster.trackers)
+    assert all_statuses(fdfs_cluster) == {n.name: active for n in fdfs_cluster.storages}
 
 
 async def test_client_fixture(fdfs_client: Any, fdfs_cluster: Cluster) -> None:
+    group = next(iter(fdfs_cluster.groups))
     with trio.fail_after(30):
-        storages = await fdfs_client.list_storages("group1")
+        storages = await fdfs_client.list_storages(group)
     assert {s.storage_id for s in storages} == {
-        n.storage_id for n in fdfs_cluster.storages_of("group1")
+        n.storage_id for n in fdfs_cluster.storages_of(group)
     }
     assert all(s.status == ACTIVE for s in storages)
 
