@@ -606,8 +606,9 @@ class Cluster:
             self._terminate(self.storages)
             self._terminate(self.tracker_nodes)
             if self._started and self.base_dir.exists():
-                # Anything that escaped its process group still names our directory.
-                kill_processes_mentioning(str(self.base_dir))
+                # Anything that escaped its process group still names a path in our
+                # directory (the separator keeps /tmp/x from matching /tmp/x2).
+                kill_processes_mentioning(f"{self.base_dir}{os.sep}")
             if self._created_dir:
                 self._remove_base_dir()
             self._closed = True
