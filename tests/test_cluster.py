@@ -9,9 +9,11 @@ Native clusters use 16 subdirs per store path: upstream creates all of them
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -634,3 +636,27 @@ def test_native_marker_skips_cleanly_without_binaries(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout
     assert "native backend: fdfs_trackerd, fdfs_storaged not found" in result.stdout
+
+
+def test_start_retries_when_a_port_is_taken(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A port grabbed by someone else between picking and binding: start again elsewhere."""
+    import harness.cluster
+
+    real_pick = harness.cluster.pick_free_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.2", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr(
+            harness.cluster, "pick_free_port", lambda *hosts: next(picks, None) or real_pick(*hosts)
+        )
+        caplog.set_level(logging.INFO, logger="harness.cluster")
+        with Cluster(groups={"group1": 1}) as c:
+            footprint = Footprint.of(c)
+            assert c.tracker_nodes[0].port != taken
+            assert "a port was taken meanwhile" in caplog.text
+            assert c.storage_status(c.storages[0]) == ACTIVE
+    footprint.assert_gone()
