@@ -211,23 +211,36 @@ async def test_dot_and_dotdot(env: Env) -> None:
 # ---------------------------------------------------------------- listing
 
 
-async def test_leaf_readdir_lists_uploaded_files(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    fids = [await env.client.upload(f"file {i}".encode(), ext="txt") for i in range(5)]
-    appender = await env.client.upload(b"grows", ext="log", appender=True)
-    for fid in [*fids, appender]:
-        hi, lo = fid.subdirs
-        leaf = await walk(env.ops, f"{fid.group}/M00/{hi:02X}/{lo:02X}")
-        entries = await listdir(env.ops, leaf.st_ino, monkeypatch)
-        assert fid.name in entries
-        attr = entries[fid.name]
-        assert stat.S_ISREG(attr.st_mode)
-        if fid == appender:
-            # Not asked per entry: a placeholder the kernel must not cache.
-            assert attr.attr_timeout == 0
-        else:
-            assert attr.st_size == len(f"file {fids.index(fid)}")
-        # The inode readdir handed out is the one lookup gives.
-        assert (await walk(env.ops, str(fid))).st_ino == attr.st_ino
+async def listed_within(
+    env: Env, fid: FileId, monkeypatch: pytest.MonkeyPatch, seconds: float = 15
+) -> dict[str, pyfuse3.EntryAttributes]:
+    """The leaf's entries once they include `fid` (storages flush their binlogs about
+    once a second, and the listing refreshes after its TTL)."""
+    hi, lo = fid.subdirs
+    leaf = await walk(env.ops, f"{fid.group}/M00/{hi:02X}/{lo:02X}")
+    with trio.fail_after(seconds):
+        while fid.name not in (entries := await listdir(env.ops, leaf.st_ino, monkeypatch)):
+            await trio.sleep(0.2)
+    return entries
+
+
+async def test_leaf_readdir_lists_uploaded_files(
+    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for env in make_env(cluster, nursery, list_ttl=0.5):
+        fids = [await env.client.upload(f"file {i}".encode(), ext="txt") for i in range(5)]
+        appender = await env.client.upload(b"grows", ext="log", appender=True)
+        for fid in [*fids, appender]:
+            entries = await listed_within(env, fid, monkeypatch)
+            attr = entries[fid.name]
+            assert stat.S_ISREG(attr.st_mode)
+            if fid == appender:
+                # Not asked per entry: a placeholder the kernel must not cache.
+                assert attr.attr_timeout == 0
+            else:
+                assert attr.st_size == len(f"file {fids.index(fid)}")
+            # The inode readdir handed out is the one lookup gives.
+            assert (await walk(env.ops, str(fid))).st_ino == attr.st_ino
 
 
 async def test_listing_is_cached_and_refreshed_in_the_background(
@@ -237,12 +250,12 @@ async def test_listing_is_cached_and_refreshed_in_the_background(
         first = await env.client.upload(b"one", ext="txt", group="group1")
         hi, lo = first.subdirs
         leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
-        assert first.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+        await listed_within(env, first, monkeypatch)
         second = await env.client.upload(b"two", ext="txt", group="group1")
         if second.subdirs != first.subdirs:
             pytest.skip("the two uploads landed in different directories")
         # Stale after the TTL: served at once, refreshed meanwhile.
-        with trio.fail_after(5):
+        with trio.fail_after(15):
             while second.name not in await listdir(env.ops, leaf.st_ino, monkeypatch):
                 await trio.sleep(0.2)
 
@@ -266,9 +279,10 @@ async def test_nolist_shows_only_names_used_here(
 async def test_sparse_hides_empty_subdirectories(
     cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async for env in make_env(cluster, nursery, sparse=True):
+    async for env in make_env(cluster, nursery, sparse=True, list_ttl=0.5):
         fid = await env.client.upload(b"x", ext="txt", group="group1")
         hi, lo = fid.subdirs
+        await listed_within(env, fid, monkeypatch)
         m00 = await walk(env.ops, "group1/M00")
         level1 = await listdir(env.ops, m00.st_ino, monkeypatch)
         assert f"{hi:02X}" in level1 and len(level1) < 256
