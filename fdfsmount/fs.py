@@ -8,8 +8,8 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar, cast
 
 import pyfuse3
 import trio
@@ -69,21 +69,49 @@ def errno_for(exc: BaseException) -> int | None:
     return None
 
 
+@dataclass(slots=True)
+class OpStats:
+    """What crossed the FUSE boundary: requests per operation, failures per
+    operation and errno name, bytes returned by ``read`` and taken by ``write``."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, dict[str, int]] = field(default_factory=dict)
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+    def count_result(self, op: str, result: object) -> None:
+        if op == "read" and isinstance(result, bytes | bytearray | memoryview):
+            self.bytes_read += len(result)
+        elif op == "write" and isinstance(result, int):
+            self.bytes_written += result
+
+    def count_error(self, op: str, code: int) -> None:
+        by_errno = self.errors.setdefault(op, {})
+        name = errno.errorcode.get(code, str(code))
+        by_errno[name] = by_errno.get(name, 0) + 1
+
+
 def fuse_op(
     fn: Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]]:
-    """Wrap a handler: a debug line, the operation deadline, errors -> `FUSEError`."""
+    """Wrap a handler: a debug line, counters, the operation deadline, errors -> `FUSEError`."""
     op = fn.__name__
 
     @functools.wraps(fn)
     async def handler(self: OpsT, *args: P.args, **kwargs: P.kwargs) -> R:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", op, _describe(args))
+        stats = self.op_stats
+        stats.requests[op] = stats.requests.get(op, 0) + 1
         try:
             with trio.fail_after(self.timeout):
-                return await fn(self, *args, **kwargs)
+                result = await fn(self, *args, **kwargs)
         except Exception as exc:
-            raise self.fuse_error(op, args, exc) from None
+            error = self.fuse_error(op, args, exc)
+            stats.count_error(op, error.errno)
+            raise error from None
+        stats.count_result(op, result)
+        return result
 
     return handler
 
@@ -137,6 +165,7 @@ class Operations(pyfuse3.Operations):
         self._handles = itertools.count(1)
         self._dirs: dict[int, DirHandle] = {}
         self._files: dict[int, OpenFile] = {}
+        self.op_stats = OpStats()
 
     # -- the error boundary ------------------------------------------------
 
@@ -317,7 +346,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        return await self.readpath.read(self._files[fh], off, size)
+        # A memoryview saves a copy; pyfuse3 accepts any contiguous buffer (its stub says bytes).
+        return cast(bytes, await self.readpath.read(self._files[fh], off, size))
 
     @fuse_op
     async def flush(self, fh: FileHandleT) -> None:
@@ -447,3 +477,8 @@ class Operations(pyfuse3.Operations):
     @property
     def open_files(self) -> int:
         return len(self._files)
+
+    @property
+    def readahead_window(self) -> int:
+        """The largest readahead window among open files (0: nobody reads sequentially)."""
+        return max((f.readahead.window for f in self._files.values()), default=0)

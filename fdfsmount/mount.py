@@ -29,6 +29,7 @@ from .options import MountOptions
 from .proto import GroupStat
 from .proto.errors import FdfsError
 from .readpath import ReadPath
+from .sdnotify import notify
 from .writepath import WritePath
 from .xattrs import Xattrs
 
@@ -60,6 +61,12 @@ class MountParts:
         out: dict[str, int] = {
             "inodes": len(self.table),
             "open_files": self.ops.open_files,
+            "readahead_window": self.ops.readahead_window,
+            "pending_write_files": self.writer.pending_files(),
+            "fuse_requests": sum(self.ops.op_stats.requests.values()),
+            "fuse_errors": sum(sum(e.values()) for e in self.ops.op_stats.errors.values()),
+            "fuse_bytes_read": self.ops.op_stats.bytes_read,
+            "fuse_bytes_written": self.ops.op_stats.bytes_written,
             "cache_bytes": self.cache.size,
             "cache_blocks": len(self.cache),
         }
@@ -233,13 +240,14 @@ async def _unmount_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STAT
 async def serve(
     opts: MountOptions,
     *,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[MountParts], None] | None = None,
     client: ReadClient | None = None,
 ) -> None:
     """Mount `opts.mountpoint`, serve until unmounted or signalled, then unmount.
 
     Raises `MountError` (one line for the operator) when the mount cannot start.
-    `on_ready` is called once the kernel has the mount.
+    `on_ready` is called once the kernel has the mount, before the FUSE loop
+    runs (so it must not wait for the mount to answer; see `sdnotify`).
     """
     check_mountpoint(opts.mountpoint)
     if client is None:
@@ -250,7 +258,7 @@ async def serve(
 
 
 async def _serve_with(
-    opts: MountOptions, client: ReadClient, on_ready: Callable[[], None] | None
+    opts: MountOptions, client: ReadClient, on_ready: Callable[[MountParts], None] | None
 ) -> None:
     groups = await check_cluster(client, opts)
     failure: MountError | None = None
@@ -268,7 +276,7 @@ async def _serve_with(
                 await nursery.start(_unmount_on_signal)
                 log.info("mounted %s at %s (%d groups)", opts.source, opts.mountpoint, len(groups))
                 if on_ready is not None:
-                    on_ready()
+                    on_ready(parts)
                 await pyfuse3.main()
             finally:
                 await _shutdown(opts, parts, nursery)
@@ -278,6 +286,7 @@ async def _serve_with(
 
 async def _shutdown(opts: MountOptions, parts: MountParts, nursery: trio.Nursery) -> None:
     """Flush pending writes, stop background work, unmount: even when cancelled."""
+    notify("STOPPING=1")
     with trio.CancelScope(shield=True):
         with trio.move_on_after(FLUSH_ON_EXIT) as flush_scope:
             try:

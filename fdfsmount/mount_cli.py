@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from . import __version__
-from .mount import MountError, serve
+from .mount import MountError, MountParts, serve
 from .options import MountOptions, OptionError, build_options
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def fail(message: str) -> int:
     return EXIT_FAIL
 
 
-def run_mount(opts: MountOptions, on_ready: Callable[[], None] | None) -> str | None:
+def run_mount(opts: MountOptions, on_ready: Callable[[MountParts], None] | None) -> str | None:
     """Run the mount to the end; the error line if it could not start, else None."""
     try:
         trio.run(lambda: serve(opts, on_ready=on_ready))
@@ -208,7 +208,7 @@ def daemonize(opts: MountOptions) -> int:
         setup_logging(opts, daemon=True)
         reported = False
 
-        def on_ready() -> None:
+        def on_ready(parts: MountParts) -> None:
             nonlocal reported
             os.write(write_end, b"ok\n")
             os.close(write_end)
