@@ -61,7 +61,7 @@ _DURATION_OPTIONS = {
     "timeout": "timeout",
 }
 _INT_OPTIONS = {"uid": "uid", "gid": "gid"}
-_PATH_OPTIONS = {"conf": "conf", "logfile": "logfile"}
+_PATH_OPTIONS = {"conf": "conf", "logfile": "logfile", "log_file": "logfile"}
 
 _TRACKER_RE = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})"
@@ -100,6 +100,7 @@ class MountOptions:
     verify_exists: bool = False  # confirm unlisted normal files with the server on lookup
     sparse: bool = False  # hide Mxx/HH directories the listing shows to be empty
     logfile: str | None = None
+    metrics: tuple[str, int] | None = None  # (host, port) to serve Prometheus metrics on
     fuse_extra: frozenset[str] = frozenset()
 
     @property
@@ -155,6 +156,14 @@ def parse_trackers(source: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def parse_listen(text: str, what: str) -> tuple[str, int]:
+    """``127.0.0.1:9108`` or ``[::1]:9108`` -> (host, port); the host is required."""
+    m = _TRACKER_RE.fullmatch(text.strip())
+    if not m or not 0 < int(m["port"]) < 65536:
+        raise OptionError(f"{what}={text!r}: expected an address and port such as 127.0.0.1:9108")
+    return (m["v6"] or m["host"], int(m["port"]))
+
+
 def split_option_list(text: str) -> list[str]:
     """Split ``a,b=c,d`` (as `-o` takes it); empty items are dropped."""
     return [item.strip() for item in text.split(",") if item.strip()]
@@ -177,7 +186,9 @@ def apply_options(opts: MountOptions, items: Iterable[str]) -> MountOptions:
             changes[_BOOL_OPTIONS[name]] = True
             continue
         if not has_value or not value:
-            if name in (*_SIZE_OPTIONS, *_DURATION_OPTIONS, *_INT_OPTIONS, *_PATH_OPTIONS):
+            if name in (
+                *_SIZE_OPTIONS, *_DURATION_OPTIONS, *_INT_OPTIONS, *_PATH_OPTIONS, "metrics"
+            ):  # fmt: skip
                 raise OptionError(f"option {name} needs a value ({name}=...)")
             raise OptionError(f"unknown mount option {item!r} (see fdfsmount --help)")
         if name in _SIZE_OPTIONS:
@@ -198,6 +209,8 @@ def apply_options(opts: MountOptions, items: Iterable[str]) -> MountOptions:
             changes["umask"] = umask
         elif name in _PATH_OPTIONS:
             changes[_PATH_OPTIONS[name]] = value
+        elif name == "metrics":
+            changes["metrics"] = parse_listen(value, name)
         else:
             raise OptionError(f"unknown mount option {item!r} (see fdfsmount --help)")
     result = replace(opts, fuse_extra=frozenset(extra), **changes)  # type: ignore[arg-type]
