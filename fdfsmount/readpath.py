@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .blockcache import BlockCache, FileKey
+from .blockcache import Block, BlockCache, FileKey
 from .clientapi import ReadClient
 from .proto import FileId, FileIdInfo, FileType, ServerAddr, StorageStatus
 from .proto.errors import ConnectError, FdfsError, ProtocolError, Timeout
@@ -115,7 +115,7 @@ class _Pending:
     """A block being downloaded: waiters take `data` once `done` is set (None: failed)."""
 
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: Block | None = None
 
 
 @dataclass(slots=True)
@@ -276,7 +276,12 @@ class ReadPath:
         """Forget cached content of `file_id` (the write side calls this after changes)."""
         self.cache.drop_file(str(file_id))
 
-    async def read(self, f: OpenFile, offset: int, size: int) -> bytes:
+    async def read(self, f: OpenFile, offset: int, size: int) -> bytes | memoryview:
+        """Up to `size` bytes at `offset`; short only at the end of the file.
+
+        Usually a memoryview into a downloaded buffer (no copy): pyfuse3 takes
+        any contiguous buffer.
+        """
         self.stats.reads += 1
         # An appender file may have grown since open: only the server knows its end.
         end = min(offset + size, f.size) if f.immutable else offset + size
@@ -287,12 +292,20 @@ class ReadPath:
             self._prefetch(f, *ahead)
         first, last = offset // self.block, (end - 1) // self.block
         blocks = await self._blocks(f, first, last)
-        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
-        start = offset - first * self.block
-        result = data[start : start + (end - offset)]
+        skip = offset - first * self.block
+        want = min(end - offset, sum(len(b) for b in blocks) - skip)
+        if all(b.follows(a) for a, b in itertools.pairwise(blocks)):
+            # One slice of one buffer: hand it out as it is.
+            start = blocks[0].start + skip
+            buf = blocks[0].buf
+            result: bytes | memoryview = (
+                buf if start == 0 and want == len(buf) else memoryview(buf)[start : start + want]
+            )
+        else:
+            result = b"".join(b.view() for b in blocks)[skip : skip + want]
         if f.readahead.sequential:
             self._drop_behind(f, offset)
-        self.stats.bytes_read += len(result)
+        self.stats.bytes_read += want
         return result
 
     def _drop_behind(self, f: OpenFile, offset: int) -> None:
@@ -305,9 +318,9 @@ class ReadPath:
 
     # -- blocks ------------------------------------------------------------
 
-    async def _blocks(self, f: OpenFile, first: int, last: int) -> list[bytes]:
+    async def _blocks(self, f: OpenFile, first: int, last: int) -> list[Block]:
         """Blocks first..last (the last may be short, or empty past EOF)."""
-        found: dict[int, bytes] = {}
+        found: dict[int, Block] = {}
         waiting: list[tuple[int, _Pending]] = []
         missing: list[int] = []
         for index in range(first, last + 1):
@@ -330,7 +343,7 @@ class ReadPath:
                     nursery.start_soon(self._download_into, f, run_start, run_end, found)
                 for index, pending in waiting:
                     nursery.start_soon(self._await_pending, f, index, pending, found)
-        blocks: list[bytes] = []
+        blocks: list[Block] = []
         for index in range(first, last + 1):
             data = found[index]
             blocks.append(data)
@@ -339,7 +352,7 @@ class ReadPath:
         return blocks
 
     async def _await_pending(
-        self, f: OpenFile, index: int, pending: _Pending, into: dict[int, bytes]
+        self, f: OpenFile, index: int, pending: _Pending, into: dict[int, Block]
     ) -> None:
         await pending.done.wait()
         if pending.data is not None:
@@ -348,7 +361,7 @@ class ReadPath:
             into.update(await self._download(f, index, index + 1))
 
     async def _download_into(
-        self, f: OpenFile, first: int, stop: int, into: dict[int, bytes]
+        self, f: OpenFile, first: int, stop: int, into: dict[int, Block]
     ) -> None:
         into.update(await self._download(f, first, stop))
 
@@ -360,7 +373,7 @@ class ReadPath:
         *,
         rotate: int = 0,
         claimed: dict[tuple[FileKey, int], _Pending] | None = None,
-    ) -> dict[int, bytes]:
+    ) -> dict[int, Block]:
         """Download blocks [first, stop) as one ranged request; cache and return them.
 
         Readers wanting these blocks meanwhile wait on their `_Pending` entries
@@ -377,7 +390,7 @@ class ReadPath:
                     mine[key] = self._pending[key] = _Pending()
         else:
             mine = claimed
-        blocks: dict[int, bytes] = {}
+        blocks: dict[int, Block] = {}
         try:
             data = b""
             if length > 0:
@@ -404,19 +417,17 @@ class ReadPath:
                 pending.done.set()
         return blocks
 
-    def _split(self, f: OpenFile, first: int, stop: int, data: bytes) -> dict[int, bytes]:
-        blocks: dict[int, bytes] = {}
-        view = memoryview(data)
+    def _split(self, f: OpenFile, first: int, stop: int, data: bytes) -> dict[int, Block]:
+        """Cut `data` (blocks first.. of the file) into blocks, without copying."""
+        blocks: dict[int, Block] = {}
         for i, index in enumerate(range(first, stop)):
-            piece = (
-                data
-                if len(data) <= self.block and i == 0
-                else bytes(view[i * self.block : (i + 1) * self.block])
+            block = Block(
+                data, min(i * self.block, len(data)), min((i + 1) * self.block, len(data))
             )
-            blocks[index] = piece
-            complete = len(piece) == self.block
+            blocks[index] = block
+            complete = len(block) == self.block
             if complete or f.immutable:
-                self.cache.put(f.key, index, piece)
+                self.cache.put(f.key, index, block)
             if not complete:
                 break  # end of file: later blocks do not exist
         return blocks
@@ -459,7 +470,7 @@ class ReadPath:
     async def _prefetch_chunk(
         self, f: OpenFile, first: int, stop: int, claimed: dict[tuple[FileKey, int], _Pending]
     ) -> None:
-        blocks: dict[int, bytes] = {}
+        blocks: dict[int, Block] = {}
         try:
             async with self._chunk_limiter:
                 with trio.move_on_after(self.timeout):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
-from fdfsmount.blockcache import BlockCache
+from fdfsmount.blockcache import Block, BlockCache
 from fdfsmount.proto import FileId, ServerAddr, StorageStat, decode_file_id, parse_file_id
 from fdfsmount.proto.errors import FileNotFound, ServerError, Timeout
 from fdfsmount.proto.fileid import make_remote_name
@@ -85,26 +85,45 @@ def test_cache_is_bounded_in_bytes_and_evicts_lru() -> None:
     cache = BlockCache(capacity=3 * BLOCK, block_size=BLOCK)
     key = ("g/f", None)
     for i in range(3):
-        cache.put(key, i, bytes(BLOCK))
+        cache.put(key, i, Block.of(bytes(BLOCK)))
     assert cache.get(key, 0) is not None  # 0 is now the most recent
-    cache.put(key, 3, bytes(BLOCK))
+    cache.put(key, 3, Block.of(bytes(BLOCK)))
     assert cache.size == 3 * BLOCK
     assert cache.get(key, 1) is None and cache.get(key, 0) is not None
     assert cache.stats.evictions == 1
 
 
+def test_blocks_of_one_buffer_are_charged_once_until_the_last_goes() -> None:
+    cache = BlockCache(capacity=10 * BLOCK, block_size=BLOCK)
+    chunk = bytes(4 * BLOCK)
+    key = ("g/f", None)
+    for i in range(4):
+        cache.put(key, i, Block(chunk, i * BLOCK, (i + 1) * BLOCK))
+    assert cache.size == 4 * BLOCK and len(cache) == 4
+    for i in range(3):
+        cache.discard(key, i)
+    assert cache.size == 4 * BLOCK  # one block still pins the whole buffer
+    cache.discard(key, 3)
+    assert cache.size == 0
+    # A pinned buffer counts against the bound: older blocks go to make room.
+    cache.put(key, 0, Block(chunk, 0, BLOCK))
+    for i in range(1, 8):
+        cache.put(("g/other", None), i, Block.of(bytes(BLOCK)))
+    assert cache.size <= 10 * BLOCK
+
+
 def test_cache_drops_every_version_of_a_file() -> None:
     cache = BlockCache(capacity=10 * BLOCK, block_size=BLOCK)
-    cache.put(("a", (1, 1)), 0, b"x")
-    cache.put(("a", (2, 2)), 0, b"y")
-    cache.put(("b", None), 0, b"z")
+    cache.put(("a", (1, 1)), 0, Block.of(b"x"))
+    cache.put(("a", (2, 2)), 0, Block.of(b"y"))
+    cache.put(("b", None), 0, Block.of(b"z"))
     assert cache.drop_file("a") == 2
     assert len(cache) == 1 and cache.size == 1
 
 
 def test_zero_capacity_caches_nothing() -> None:
     cache = BlockCache(capacity=0)
-    cache.put(("a", None), 0, b"x")
+    cache.put(("a", None), 0, Block.of(b"x"))
     assert len(cache) == 0
 
 
