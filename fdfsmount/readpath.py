@@ -435,8 +435,9 @@ class ReadPath:
     # -- readahead -----------------------------------------------------------
 
     def _prefetch(self, f: OpenFile, start: int, stop: int) -> None:
-        if f.immutable:
-            stop = min(stop, f.size)
+        # Not past the size seen at open, even for an appender file: what it grows by
+        # later is fetched by the reads that ask for it.
+        stop = min(stop, f.size)
         first = start // self.block
         stop_block = -(-stop // self.block)
         chunk_blocks = max(1, min(MAX_CHUNK, max(MIN_CHUNK, f.readahead.window // 4)) // self.block)

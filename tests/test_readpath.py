@@ -311,3 +311,17 @@ async def test_after_every_replica_failed_reads_fail_fast_for_a_moment() -> None
     client.fail = None
     await trio.sleep(DOWN_MEMORY + 0.1)
     assert await rp.read(f, 0, 4096) == data[:4096]
+
+
+async def test_appender_readahead_stops_at_the_size_seen_at_open(nursery: trio.Nursery) -> None:
+    client = FakeClient()
+    data = random.Random(8).randbytes(300 * 1024)
+    fid = client.add(data, appender=True)
+    rp = ReadPath(client, BlockCache(64 * MIB), readahead=8 * MIB, timeout=5, nursery=nursery)
+    f = rp.open(fid, decode_file_id(fid), len(data), immutable=False, mtime=1)
+    got = bytearray()
+    while chunk := await rp.read(f, len(got), BLOCK):
+        got += chunk
+    assert got == data
+    await trio.sleep(0.01)
+    assert all(offset < len(data) for _, offset, _, _ in client.requests)
