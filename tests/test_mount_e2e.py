@@ -150,6 +150,20 @@ def test_ls_recursive_and_find_on_a_leaf(mnt: Path, files: Files) -> None:
                             "-path", f"*/{hi:02X}/*")  # fmt: skip
 
 
+def test_whole_tree_with_sparse_find_ls_tar(cluster: Cluster, files: Files, tmp_path: Path) -> None:
+    """With -o sparse only non-empty HH directories are listed, so whole-tree walks are quick."""
+    with mounted(cluster.trackers, tmp_path / "mnt", [*OPTIONS, "sparse"]) as proc:
+        mnt = proc.mountpoint
+        found = set(run("find", mnt, "-type", "f").split())
+        for fid in (files.text, files.empty, files.appender, files.big, *files.leaf):
+            assert str(path_of(mnt, fid)) in found
+        listing = run("ls", "-R", mnt / "group2")
+        assert files.appender.name in listing
+        archive = tmp_path / "group2.tar"
+        run("tar", "cf", archive, "--exclude=*.bin", "-C", mnt, "group2")
+        assert str(files.appender) in run("tar", "tf", archive).split()
+
+
 def test_sha256_and_cmp_of_a_256_mib_file(mnt: Path, files: Files) -> None:
     big = path_of(mnt, files.big)
     assert run("stat", "-c", "%s", big).strip() == str(BIG_SIZE)
