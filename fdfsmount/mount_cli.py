@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import logging.handlers
 import os
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 import trio
 
 from . import __version__
-from .mount import MountError, MountParts, serve
+from .logsetup import setup_logging
+from .mount import MountError
 from .options import MountOptions, OptionError, build_options
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ mount options (-o name[=value],...; may be repeated):
   sparse               hide Mxx/HH directories the listing shows to be empty
   verify_exists        confirm with the storage that unlisted normal files exist on lookup
   timeout=SECS         deadline of every file operation; EIO after it (default: 30)
-  logfile=FILE         log here (default: stderr with -f, syslog otherwise)
-  debug                log every file system request
+  log_file=FILE        log here (also logfile=; default: stderr with -f, syslog otherwise)
+  debug                log every file system request and every server request
+  metrics=HOST:PORT    serve Prometheus metrics at http://HOST:PORT/metrics (default: none)
   Sizes take K, M or G; durations take ms, s, m or h. Options of mount(8) and fstab
   (_netdev, nofail, x-systemd.*, rw, auto, noauto, user, defaults, dev, suid, exec...)
   are accepted and ignored.
@@ -73,6 +75,12 @@ examples:
   fdfsmount 10.0.0.5:22122,10.0.0.6:22122 /mnt/fdfs -f -o debug
   /etc/fstab:
     10.0.0.5:22122 /mnt/fdfs fuse.fdfsmount _netdev,nofail,allow_other 0 0
+
+other commands:
+  fdfsmount status MOUNTPOINT [--json]         live counters of a running mount
+  fdfsmount install-helper [--prefix DIR]      link fdfsmount into /usr/local/bin for
+                                               fstab and .mount units (mount(8) runs
+                                               helpers without the caller's PATH)
 
 exit status: 0 once mounted (or, with -f, after a clean unmount); 1 on any error.
 """
@@ -85,7 +93,8 @@ EXIT_FAIL = 1
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        usage="%(prog)s SOURCE MOUNTPOINT [-o opt[,opt...]] [-f]",
+        usage="%(prog)s SOURCE MOUNTPOINT [-o opt[,opt...]] [-f]\n"
+        "       %(prog)s status MOUNTPOINT | install-helper [--prefix DIR]",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,59 +128,57 @@ def parse_command_line(argv: Sequence[str]) -> MountOptions:
     )
 
 
-def setup_logging(opts: MountOptions, *, daemon: bool) -> None:
-    level = logging.DEBUG if opts.debug else logging.INFO
-    handler: logging.Handler
-    if opts.logfile:
-        handler = logging.FileHandler(opts.logfile)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-        )
-    elif daemon and os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        handler.setFormatter(
-            logging.Formatter(f"{PROG}[%(process)d]: %(levelname)s %(name)s: %(message)s")
-        )
-    elif daemon:
-        handler = logging.NullHandler()
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    if not opts.debug:
-        # pyfuse3 logs every unmount-time detail at INFO; keep ours readable.
-        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
-
-
 def fail(message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
     return EXIT_FAIL
 
 
-def run_mount(opts: MountOptions, on_ready: Callable[[MountParts], None] | None) -> str | None:
-    """Run the mount to the end; the error line if it could not start, else None."""
+def run_mount(opts: MountOptions, on_live: Callable[[], None] | None) -> str | None:
+    """Run the mount to the end; the error line if it could not start, else None.
+
+    `on_live` is called (from a thread) once the mount answers requests.
+    """
+    from . import managed
+
     try:
-        trio.run(lambda: serve(opts, on_ready=on_ready))
-    except MountError as exc:
-        return str(exc)
-    except KeyboardInterrupt:
-        return "interrupted"
+        trio.run(managed.run, opts, on_live)
     except BaseException as exc:  # report, never a traceback on the terminal
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, MountError):
+            return str(leaf)
+        if isinstance(leaf, KeyboardInterrupt):
+            return "interrupted"
         log.error("fdfsmount failed: %s", "".join(traceback.format_exception(exc)))
-        if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
-        return f"internal error: {type(exc).__name__}: {exc}"
+        return f"internal error: {type(leaf).__name__}: {leaf}"
     return None
+
+
+SUBCOMMANDS = ("status", "install-helper")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # SOURCE comes first in the mount form, so a subcommand is the first word.
+    if argv and argv[0] == "status":
+        from .status import status_main
+
+        return status_main(argv[1:])
+    if argv and argv[0] == "install-helper":
+        from .helper import helper_main
+
+        return helper_main(argv[1:])
     try:
         opts = parse_command_line(argv)
     except OptionError as exc:
         return fail(str(exc))
+    if opts.logfile:
+        try:
+            with open(opts.logfile, "a"):
+                pass
+        except OSError as exc:
+            return fail(f"log_file={opts.logfile}: {exc.strerror}")
     # Quick checks first, so that most mistakes fail before any fork.
     from .mount import check_mountpoint
 
@@ -180,8 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MountError as exc:
         return fail(str(exc))
     if opts.foreground:
-        setup_logging(opts, daemon=False)
-        error = run_mount(opts, None)
+        logs = setup_logging(opts, daemon=False)
+        try:
+            error = run_mount(opts, None)
+        finally:
+            logs.close()
         return fail(error) if error else EXIT_OK
     return daemonize(opts)
 
@@ -200,31 +210,39 @@ def daemonize(opts: MountOptions) -> int:
         os.close(write_end)
         return wait_for_child(pid, read_end, opts)
     os.close(read_end)
+    code = EXIT_FAIL
     try:
         os.setsid()
         os.chdir("/")
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
-        setup_logging(opts, daemon=True)
+        logs = setup_logging(opts, daemon=True)
         reported = False
+        report_lock = threading.Lock()
 
-        def on_ready(parts: MountParts) -> None:
+        def report(line: str) -> None:
             nonlocal reported
-            os.write(write_end, b"ok\n")
-            os.close(write_end)
-            reported = True
+            with report_lock:
+                if reported:
+                    return
+                reported = True
+                os.write(write_end, f"{line}\n".encode())
+                os.close(write_end)
+
+        def on_live() -> None:  # from the readiness thread, once the mount answers
+            report("ok")
             # Detach from the caller's terminal or pipes: mount(8) may wait for EOF on them.
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
 
-        error = run_mount(opts, on_ready)
-        if not reported:
-            os.write(write_end, f"{error or 'the mount process ended before mounting'}\n".encode())
-        code = EXIT_FAIL if error else EXIT_OK
+        try:
+            error = run_mount(opts, on_live)
+            report(error or "the mount process ended before the mount answered")
+            code = EXIT_FAIL if error else EXIT_OK
+        finally:
+            logs.close()
     except BaseException:  # never unwind into the parent's code in the child
         code = EXIT_FAIL
-    finally:
-        logging.shutdown()
     os._exit(code)
 
 

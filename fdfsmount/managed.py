@@ -1,0 +1,138 @@
+"""An unattended mount: `mount.serve` plus readiness, the status socket, state file and metrics.
+
+What systemd, fstab and monitoring need beyond serving files:
+
+- readiness only once the mount *answers* (a stat through it from a thread, see
+  `sdnotify.when_mount_answers`): then ``READY=1`` goes to ``$NOTIFY_SOCKET``
+  and the daemonizing parent is told to exit 0;
+- the status socket and state file `fdfsmount status` reads (`status`);
+- Prometheus metrics on the ``-o metrics=`` address (`metrics`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from .metrics import MetricsServer, MountCollector, Snapshot, take_snapshot
+from .mount import MountError, MountParts, serve
+from .options import MountOptions
+from .sdnotify import notify, when_mount_answers
+from .status import StatePaths, remove_state, runtime_dir, serve_status, write_state
+
+log = logging.getLogger(__name__)
+
+
+class ManagedMount:
+    """State shared by the trio side and the threads (readiness, metrics) of one mount."""
+
+    def __init__(self, opts: MountOptions, on_live: Callable[[], None] | None) -> None:
+        self.opts = opts
+        self.on_live = on_live
+        self.pid = os.getpid()
+        self.parts: MountParts | None = None
+        self.paths = StatePaths.for_mount(opts.mountpoint, runtime_dir())
+        self.info: dict[str, Any] = {
+            "pid": self.pid,
+            "mountpoint": opts.mountpoint,
+            "source": opts.source,
+            "started": time.time(),
+            "socket": os.fspath(self.paths.socket),
+            "metrics": None,
+        }
+        self.not_answering: str | None = None
+        self._token = trio.lowlevel.current_trio_token()
+
+    def snapshot(self) -> Snapshot:
+        return take_snapshot(self.parts, self.info)
+
+    def on_ready(self, parts: MountParts) -> None:
+        """The kernel has the mount (the FUSE loop starts right after this returns)."""
+        self.parts = parts
+        try:
+            write_state(self.paths, self.info)
+        except OSError as exc:
+            log.warning("cannot write %s (%s): `fdfsmount status` will not find this mount",
+                        self.paths.state, exc.strerror or exc)  # fmt: skip
+        when_mount_answers(self.opts.mountpoint, self._answered, on_failure=self._failed)
+
+    def _answered(self) -> None:  # in the readiness thread
+        log.debug("the mount at %s answers", self.opts.mountpoint)
+        notify(f"READY=1\nSTATUS=Mounted {self.opts.source} at {self.opts.mountpoint}")
+        if self.on_live is not None:
+            self.on_live()
+
+    def _failed(self, reason: str) -> None:  # in the readiness thread
+        self.not_answering = reason
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
+
+
+async def _status_listener(path: Path) -> trio.SocketListener | None:
+    """Bind the status socket; None (and a warning) if that is impossible here."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # left by a daemon that died: a live one would have the mountpoint busy
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.bind(os.fspath(path))
+            os.chmod(path, 0o600)
+            sock.listen(16)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        log.warning("no status socket at %s (%s): `fdfsmount status` will not work",
+                    path, exc.strerror or exc)  # fmt: skip
+        return None
+    return trio.SocketListener(sock)
+
+
+async def run(opts: MountOptions, on_live: Callable[[], None] | None = None) -> None:
+    """Serve the mount until it is unmounted; `on_live` runs (in a thread) once it answers.
+
+    Raises `MountError` when the mount cannot start or never answers.
+    """
+    managed = ManagedMount(opts, on_live)
+    metrics: MetricsServer | None = None
+    failure: MountError | None = None
+    try:
+        if opts.metrics is not None:
+            token = trio.lowlevel.current_trio_token()
+            metrics = MetricsServer(opts.metrics, MountCollector(managed.snapshot, token))
+            managed.info["metrics"] = metrics.url
+        listener = await _status_listener(managed.paths.socket)
+        async with trio.open_nursery() as nursery:
+            if listener is not None:
+                nursery.start_soon(serve_status, listener, managed.snapshot)
+            try:
+                await serve(opts, on_ready=managed.on_ready)
+            except MountError as exc:
+                failure = exc  # raised below: inside the nursery it would come out in a group
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        if metrics is not None:
+            metrics.close()
+        _remove_entries(managed)
+    if failure is not None:
+        raise failure
+    if managed.not_answering is not None:
+        raise MountError(managed.not_answering)
+
+
+def _remove_entries(managed: ManagedMount) -> None:
+    try:
+        remove_state(managed.paths, managed.pid)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", managed.paths.state, exc)

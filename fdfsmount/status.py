@@ -1,0 +1,389 @@
+"""``fdfsmount status``: where a running mount reports how it is doing, and the command that asks.
+
+A running mount keeps two entries in its runtime directory (``/run/fdfsmount``
+for root, else ``$XDG_RUNTIME_DIR/fdfsmount`` or ``/tmp/fdfsmount-<uid>``;
+``$FDFSMOUNT_RUNTIME_DIR`` overrides), named after the mount point escaped as
+``systemd-escape -p`` does (``/mnt/fdfs`` -> ``mnt-fdfs``):
+
+- ``<name>.json``: pid, mount point, source, status socket and metrics URL;
+- ``<name>.sock``: a unix socket that answers every connection with one JSON
+  snapshot (`metrics.take_snapshot`) and closes it.
+
+So ``status`` works whether or not ``-o metrics=`` was given, and shows the
+same numbers Prometheus would scrape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+PROG = "fdfsmount status"
+FSTYPE = "fuse.fdfsmount"
+QUERY_TIMEOUT = 10.0
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less the terminating NUL
+
+
+def escape_path(path: str) -> str:
+    """The mount point as a unit-name-safe string, like ``systemd-escape -p PATH``."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    if not parts:
+        return "-"
+    out: list[str] = []
+    for i, byte in enumerate("/".join(parts).encode()):
+        ch = chr(byte)
+        if ch == "/":
+            out.append("-")
+        elif (ch.isascii() and ch.isalnum()) or ch in ":_" or (ch == "." and i > 0):
+            out.append(ch)
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def runtime_dir(uid: int | None = None) -> Path:
+    """Where mounts run by `uid` (default: this process) keep their status entries."""
+    override = os.environ.get("FDFSMOUNT_RUNTIME_DIR")
+    if override:
+        return Path(override)
+    me = os.geteuid()
+    uid = me if uid is None else uid
+    if uid == 0:
+        return Path("/run/fdfsmount")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if uid == me and xdg:
+        return Path(xdg) / "fdfsmount"
+    if Path(f"/run/user/{uid}").is_dir():
+        return Path(f"/run/user/{uid}/fdfsmount")
+    return Path(tempfile.gettempdir()) / f"fdfsmount-{uid}"
+
+
+@dataclass(frozen=True, slots=True)
+class StatePaths:
+    state: Path
+    socket: Path
+
+    @classmethod
+    def for_mount(cls, mountpoint: str, base: Path) -> StatePaths:
+        name = escape_path(mountpoint)
+        if len(name) > 200:  # file names stop at 255 bytes
+            name = hashlib.sha256(mountpoint.encode()).hexdigest()[:32]
+        sock = base / f"{name}.sock"
+        if len(os.fsencode(sock)) > _SUN_PATH_MAX:
+            sock = base / f"{hashlib.sha256(mountpoint.encode()).hexdigest()[:24]}.sock"
+        return cls(base / f"{name}.json", sock)
+
+
+def write_state(paths: StatePaths, info: dict[str, Any]) -> None:
+    """Write the state file atomically (readers never see half of it)."""
+    paths.state.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd, tmp = tempfile.mkstemp(dir=paths.state.parent, prefix=".state-")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(info, out, indent=1)
+            out.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, paths.state)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_state(paths: StatePaths, pid: int) -> None:
+    """Remove the entries if they are still this process's (a new mount may own them now)."""
+    try:
+        owner = json.loads(paths.state.read_text()).get("pid")
+    except (OSError, ValueError):
+        owner = pid
+    if owner != pid:
+        return
+    for path in (paths.state, paths.socket):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+async def serve_status(
+    listener: trio.SocketListener, snapshot: Callable[[], dict[str, Any]]
+) -> None:
+    """Answer each connection on the status socket with one JSON snapshot."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            with trio.move_on_after(QUERY_TIMEOUT):
+                try:
+                    body = json.dumps(snapshot()).encode() + b"\n"
+                    await stream.send_all(body)
+                except trio.BrokenResourceError:
+                    pass
+                except Exception:
+                    log.exception("status request failed")
+
+    await trio.serve_listeners(answer, [listener])
+
+
+# -- the command -------------------------------------------------------------
+
+
+class StatusError(Exception):
+    """What is wrong, in one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class MountEntry:
+    mountpoint: str
+    fstype: str
+    source: str
+    options: dict[str, str]
+
+
+def _unescape_octal(field: str) -> str:
+    out = bytearray()
+    i = 0
+    raw = field.encode()
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 4 <= len(raw) and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def find_mount(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> MountEntry | None:
+    """The file system mounted at `mountpoint` (the topmost one), if any."""
+    found: MountEntry | None = None
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as lines:
+        for line in lines:
+            fields = line.split()
+            if "-" not in fields:
+                continue
+            sep = fields.index("-")
+            if len(fields) < sep + 3 or _unescape_octal(fields[4]) != mountpoint:
+                continue
+            options = {}
+            for item in fields[sep + 3].split(","):
+                key, _, value = item.partition("=")
+                options[key] = value
+            found = MountEntry(
+                mountpoint, fields[sep + 1], _unescape_octal(fields[sep + 2]), options
+            )
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def locate(mountpoint: str) -> tuple[MountEntry, dict[str, Any]]:
+    """The mount entry and the state file of the fdfsmount mount at `mountpoint`."""
+    entry = find_mount(mountpoint)
+    if entry is None:
+        raise StatusError(f"{mountpoint}: nothing is mounted there")
+    if entry.fstype != FSTYPE:
+        raise StatusError(
+            f"{mountpoint}: not an fdfsmount mount (it is a {entry.fstype} mount of {entry.source})"
+        )
+    owner = entry.options.get("user_id", "")
+    candidates = [runtime_dir(), runtime_dir(0)]
+    if owner.isdigit():
+        candidates.insert(0, runtime_dir(int(owner)))
+    seen: set[Path] = set()
+    for base in candidates:
+        if base in seen:
+            continue
+        seen.add(base)
+        paths = StatePaths.for_mount(mountpoint, base)
+        try:
+            state = json.loads(paths.state.read_text())
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            raise StatusError(
+                f"{mountpoint}: cannot read {paths.state}: permission denied "
+                "(ask as the user that mounted it, or as root)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise StatusError(f"{mountpoint}: unreadable state file {paths.state}: {exc}") from None
+        if state.get("mountpoint") != mountpoint:
+            continue
+        state.setdefault("socket", os.fspath(paths.socket))
+        return entry, state
+    where = ", ".join(os.fspath(b) for b in dict.fromkeys(candidates))
+    raise StatusError(
+        f"{mountpoint}: an fdfsmount mount, but its daemon left no status in {where} "
+        "(started by an older fdfsmount, or with another FDFSMOUNT_RUNTIME_DIR?)"
+    )
+
+
+def query(socket_path: str, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
+    """One snapshot from a running mount's status socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    result: dict[str, Any] = json.loads(b"".join(chunks))
+    return result
+
+
+def ask(mountpoint: str) -> dict[str, Any]:
+    """The live snapshot of the fdfsmount mount at `mountpoint`; `StatusError` says why not."""
+    _entry, state = locate(mountpoint)
+    pid = state.get("pid")
+    if isinstance(pid, int) and not _pid_alive(pid):
+        raise StatusError(
+            f"{mountpoint}: its fdfsmount process ({pid}) is gone; if the mount says "
+            f"'Transport endpoint is not connected', clear it with: fusermount3 -u -z {mountpoint}"
+        )
+    try:
+        return query(state["socket"])
+    except PermissionError:
+        raise StatusError(
+            f"{mountpoint}: permission denied on {state['socket']} "
+            "(ask as the user that mounted it, or as root)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StatusError(f"{mountpoint}: no answer from pid {pid} ({reason})") from None
+
+
+# -- the human summary ---------------------------------------------------------
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _top(counts: dict[str, int], limit: int = 8) -> str:
+    if not counts:
+        return "none"
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{name} {n}" for name, n in ranked[:limit])
+    if len(ranked) > limit:
+        shown += f", ... ({len(ranked) - limit} more)"
+    return shown
+
+
+def format_status(snap: dict[str, Any]) -> str:
+    """A few readable lines about a mount, from a snapshot."""
+    lines = [
+        f"{snap.get('mountpoint')}: fdfsmount {snap.get('version', '?')}, pid {snap.get('pid')}, "
+        f"{snap.get('state', '?')}, up {human_duration(time.time() - snap.get('started', 0))}",
+        f"  source      {snap.get('source', '?')}",
+        f"  metrics     {snap.get('metrics') or 'off (-o metrics=HOST:PORT to serve them)'}",
+    ]
+    counters: dict[str, int] = snap.get("counters") or {}
+    if not counters:
+        return "\n".join(lines)
+    fuse = snap.get("fuse", {})
+    errors = {
+        f"{op} {name}": n
+        for op, by_errno in fuse.get("errors", {}).items()
+        for name, n in by_errno.items()
+    }
+    lookups = counters.get("cache_hits", 0) + counters.get("cache_misses", 0)
+    hit_rate = f" ({100 * counters.get('cache_hits', 0) / lookups:.1f}% hits)" if lookups else ""
+    lines += [
+        f"  open files  {counters['open_files']} "
+        f"(readahead window {human_size(counters['readahead_window'])}, "
+        f"max {human_size(snap.get('readahead_max', 0))}); "
+        f"{counters['pending_write_files']} with unsent writes",
+        f"  read        {human_size(counters['fuse_bytes_read'])} "
+        f"in {fuse.get('requests', {}).get('read', 0)} reads; "
+        f"written {human_size(counters['fuse_bytes_written'])}",
+        f"  downloaded  {human_size(counters['read_bytes_downloaded'])} "
+        f"in {counters['read_downloads']} downloads, "
+        f"{counters['read_prefetch_chunks']} readahead chunks "
+        f"({counters['read_prefetch_failures']} failed)",
+        f"  cache       {human_size(counters['cache_bytes'])} of "
+        f"{human_size(snap.get('cache_capacity', 0))}, "
+        f"{counters['cache_hits']} hits, {counters['cache_misses']} misses{hit_rate}",
+        f"  requests    {_top(fuse.get('requests', {}))}",
+        f"  failures    {_top(errors)}",
+    ]
+    client = snap.get("client")
+    if client:
+        lines += [
+            f"  protocol    {_top(client['requests'])}",
+            f"  proto errs  {_top(client['errors'])}",
+        ]
+        for server, (count, total) in sorted(client["latency"].items()):
+            average = 1000 * total / count if count else 0.0
+            lines.append(f"  server      {server}: {count} requests, average {average:.1f} ms")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Show the live counters of a running fdfsmount mount.",
+        epilog="exit status: 0 with a report; 1 when MOUNTPOINT is not a live fdfsmount mount",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
+    return p
+
+
+def status_main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    mountpoint = os.path.realpath(args.mountpoint)
+    try:
+        snap = ask(mountpoint)
+    except StatusError as exc:
+        print(f"fdfsmount: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            print(f"fdfsmount: {mountpoint}: {exc.strerror}", file=sys.stderr)
+            return 1
+        raise
+    if args.json:
+        json.dump(snap, sys.stdout, indent=1, sort_keys=True)
+        print()
+    else:
+        print(format_status(snap))
+    return 0
