@@ -1,0 +1,235 @@
+"""Live numbers: Prometheus metrics scraped during reads move by the right amounts,
+``fdfsmount status`` shows the same, and repeated log lines are rate-limited."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from fdfsmount.logsetup import EXEMPT, JournalFormatter, LogControl, RateLimitFilter
+from fdfsmount.mountproc import fuse_available, mounted
+from fdfsmount.proto.client import Client
+from harness.cluster import Cluster
+
+MIB = 1024 * 1024
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+# ---------------------------------------------------------------- log flood control
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(msg: str, *args: object, level: int = logging.WARNING) -> logging.LogRecord:
+    return logging.LogRecord("fdfsmount.fs", level, __file__, 1, msg, args, None)
+
+
+def test_rate_limit_passes_a_burst_then_summarizes() -> None:
+    clock = FakeClock()
+    limit = RateLimitFilter(interval=10, burst=3, clock=clock)
+    template = "read %s failed: %s on storage 127.0.0.10:23000"
+    passed = [
+        limit.filter(_record(template, f"group1/M00/00/00/f{i}", "timeout")) for i in range(50)
+    ]
+    assert passed == [True] * 3 + [False] * 47
+    assert limit.summaries() == []  # the window is still open
+    clock.now += 10
+    (summary,) = limit.summaries()
+    assert summary.level == logging.WARNING and summary.logger == "fdfsmount.fs"
+    assert "repeated 47 times" in summary.text and "f49" in summary.text
+    # A new window lets a burst through again.
+    assert limit.filter(_record(template, "group1/M00/00/00/g", "timeout"))
+
+
+def test_rate_limit_drops_exact_repeats_and_spares_debug_and_other_kinds() -> None:
+    clock = FakeClock()
+    limit = RateLimitFilter(interval=10, burst=5, clock=clock)
+    assert limit.filter(_record("read %s failed", "x"))
+    assert not limit.filter(_record("read %s failed", "x"))  # the kernel retrying the same read
+    assert limit.filter(_record("read %s failed", "y"))
+    assert limit.filter(_record("lookup %s failed", "x"))  # another kind of message
+    assert all(limit.filter(_record("trace %d", i, level=logging.DEBUG)) for i in range(100))
+    exempt = _record("read %s failed", "x")
+    setattr(exempt, EXEMPT, True)
+    assert limit.filter(exempt)
+    assert "repeated 1 times" in limit.summaries(everything=True)[0].text
+
+
+def test_summaries_are_logged_through_the_handler(caplog: pytest.LogCaptureFixture) -> None:
+    limit = RateLimitFilter(interval=60, burst=1)
+    control = LogControl(limit)
+    logger = logging.getLogger("fdfsmount.test_rate")
+    handler = logging.Handler()
+    seen: list[str] = []
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    handler.addFilter(limit)
+    logger.addHandler(handler)
+    try:
+        for i in range(4):
+            logger.warning("storage %d down", i)
+        control.emit_summaries(everything=True)
+    finally:
+        logger.removeHandler(handler)
+    assert seen[0] == "storage 0 down" and "repeated 3 times" in seen[1] and len(seen) == 2
+
+
+def test_journal_lines_carry_the_priority() -> None:
+    line = JournalFormatter("%(name)s: %(message)s").format(_record("read %s failed", "x"))
+    assert line == "<4>fdfsmount.fs: read x failed"
+
+
+# ---------------------------------------------------------------- metrics and status, for real
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def fdfsmount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fdfsmount", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _upload(cluster: Cluster, data: bytes) -> str:
+    async def main() -> str:
+        async with Client(cluster.trackers) as client:
+            with trio.fail_after(60):
+                return str(await client.upload(data, ext="bin", group="group1"))
+
+    return trio.run(main)
+
+
+needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+
+
+@pytest.mark.mount
+@needs_fuse
+def test_metrics_move_by_what_was_read(fdfs_cluster: Cluster, tmp_path: Path) -> None:
+    size = 5 * MIB + 12345
+    payload = os.urandom(size)
+    file_id = _upload(fdfs_cluster, payload)
+    port = free_port()
+    options = ["timeout=10", f"metrics=127.0.0.1:{port}"]
+    with mounted(fdfs_cluster.trackers, tmp_path / "mnt", options) as proc:
+        path = proc.mountpoint / file_id
+        os.stat(path)
+        before = scrape(port)
+        assert value(before, "fdfsmount_up") == 1
+        with open(path, "rb") as f:
+            head = f.read(2 * MIB)
+            during = scrape(port)
+            rest = f.read()
+        assert head + rest == payload
+        after = scrape(port)
+
+        # While the file was open and read sequentially.
+        assert value(during, "fdfsmount_open_files") == 1
+        assert value(during, "fdfsmount_readahead_window_bytes") >= 1 * MIB
+        assert value(during, "fdfsmount_read_bytes_total") - value(
+            before, "fdfsmount_read_bytes_total"
+        ) >= len(head)
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        # Every byte of the file went through read() exactly once.
+        assert delta("fdfsmount_read_bytes_total") == size
+        assert delta("fdfsmount_fuse_requests_total", op="read") >= size / (1 * MIB)
+        assert delta("fdfsmount_fuse_requests_total", op="open") == 1
+        assert delta("fdfsmount_downloaded_bytes_total") >= size
+        assert delta("fdfsmount_client_requests_total", op="download_file") >= 1
+        assert delta("fdfsmount_client_received_bytes_total") >= size
+        assert (
+            total(after, "fdfsmount_server_request_seconds_count")
+            - total(before, "fdfsmount_server_request_seconds_count")
+        ) >= delta("fdfsmount_client_requests_total", op="download_file")
+        lookups = delta("fdfsmount_cache_hits_total") + delta("fdfsmount_cache_misses_total")
+        assert lookups >= size // (128 * 1024)
+        assert value(after, "fdfsmount_written_bytes_total") == 0
+        assert total(after, "fdfsmount_fuse_errors_total") == total(
+            before, "fdfsmount_fuse_errors_total"
+        )
+
+        # status reads the same counters through the mount's unix socket.
+        done = fdfsmount("status", os.fspath(proc.mountpoint), "--json")
+        assert done.returncode == 0, done.stderr
+        snap = json.loads(done.stdout)
+        assert snap["pid"] == proc.pid and snap["metrics"] == f"http://127.0.0.1:{port}/metrics"
+        assert snap["counters"]["fuse_bytes_read"] == value(after, "fdfsmount_read_bytes_total")
+        human = fdfsmount("status", os.fspath(proc.mountpoint))
+        assert human.returncode == 0, human.stderr
+        assert f"pid {proc.pid}" in human.stdout and "download_file" in human.stdout
+        assert "5.0 MiB" in human.stdout  # what was read
+
+
+@pytest.mark.mount
+@needs_fuse
+def test_status_without_metrics_and_of_a_dead_daemon(fdfs_cluster: Cluster, tmp_path: Path) -> None:
+    with mounted(fdfs_cluster.trackers, tmp_path / "mnt", ["timeout=5"]) as proc:
+        done = fdfsmount("status", os.fspath(proc.mountpoint))
+        assert done.returncode == 0, done.stderr
+        assert "metrics     off" in done.stdout and "source      127.0.0.2:" in done.stdout
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.process.wait(30)
+        dead = fdfsmount("status", os.fspath(proc.mountpoint))
+        assert dead.returncode == 1 and "fusermount3 -u -z" in dead.stderr, dead.stderr
+
+
+def test_status_says_what_is_not_an_fdfsmount_mount(tmp_path: Path) -> None:
+    done = fdfsmount("status", os.fspath(tmp_path))
+    assert done.returncode == 1 and "nothing is mounted there" in done.stderr
+    done = fdfsmount("status", "/proc")
+    assert done.returncode == 1 and "not an fdfsmount mount" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_busy_metrics_port_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = fdfsmount(
+            "127.0.0.2:1", os.fspath(tmp_path / "mnt"), "-f", "-o", f"metrics=127.0.0.1:{port}"
+        )
+    assert done.returncode == 1 and "cannot listen there" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
