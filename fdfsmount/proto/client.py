@@ -360,6 +360,10 @@ class Client:
     async def _update_server(self, fid: FileId) -> ServerAddr:
         return (await self._query_file(Cmd.QUERY_UPDATE, fid)).servers[0]
 
+    async def update_server(self, file_id: FileId | str) -> ServerAddr:
+        """The storage that takes changes of the file (QUERY_UPDATE): its source, while up."""
+        return await self._update_server(_file_id(file_id))
+
     async def _storage(
         self,
         addr: ServerAddr,
@@ -596,8 +600,15 @@ class Client:
 
     # ============================================================ inspecting
 
-    async def info(self, file_id: FileId | str, *, calc_crc32: bool = True) -> FileInfo:
-        """QUERY_FILE_INFO on a replica: size, mtime, crc32 and source IP."""
+    async def info(
+        self,
+        file_id: FileId | str,
+        *,
+        calc_crc32: bool = True,
+        servers: Sequence[ServerAddr] | None = None,
+    ) -> FileInfo:
+        """QUERY_FILE_INFO on a replica (or on ``servers``, in turn): size, mtime, crc32
+        and source IP."""
         fid = _file_id(file_id)
         flags = 0 if calc_crc32 else QUERY_FINFO_NO_CRC32
         request = st.query_file_info_request(fid.group, fid.remote_name, flags)
@@ -605,7 +616,7 @@ class Client:
         async def attempt(addr: ServerAddr) -> FileInfo:
             return await self._storage(addr, request, st.decode_file_info_reply, fid)
 
-        return await self._read_any(fid, "query_file_info", attempt)
+        return await self._read_any(fid, "query_file_info", attempt, servers=servers)
 
     async def exists(self, file_id: FileId | str) -> bool:
         """Whether any replica has the file (False for an unknown group too)."""
@@ -632,8 +643,10 @@ class Client:
         )
         return (await self._storage(addr, request, st.decode_file_info_reply, fid)).size
 
-    async def get_metadata(self, file_id: FileId | str) -> dict[str, str]:
-        """The file's metadata; {} when it has none."""
+    async def get_metadata(
+        self, file_id: FileId | str, *, servers: Sequence[ServerAddr] | None = None
+    ) -> dict[str, str]:
+        """The file's metadata; {} when it has none. ``servers``: ask these, in turn."""
         fid = _file_id(file_id)
         request = st.get_metadata_request(fid.group, fid.remote_name)
 
@@ -645,7 +658,7 @@ class Client:
                 await self._file_size_on(addr, fid)
                 return {}
 
-        return await self._read_any(fid, "get_metadata", attempt)
+        return await self._read_any(fid, "get_metadata", attempt, servers=servers)
 
     # ============================================================ changing
 
