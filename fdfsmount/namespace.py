@@ -269,6 +269,9 @@ class InodeTable:
     def remove_alias(self, group: str, name: str) -> FileId | None:
         return self._aliases.by_name.pop((group, name), None)
 
+    def alias_target(self, group: str, name: str) -> FileId | None:
+        return self._aliases.by_name.get((group, name))
+
     def aliases_of(self, file_id: FileId) -> list[str]:
         return [name for (g, name), fid in self._aliases.by_name.items() if fid == file_id]
 
