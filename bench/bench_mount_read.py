@@ -9,6 +9,7 @@ Measures, in one run:
     daemon, decoded from the file ID; warm: answered by the kernel's caches).
 
 Usage: .venv/bin/python bench/bench_mount_read.py [--size-mib 256] [--runs 3] [--small 500]
+       [--backend builtin|native] [--json]
 """
 
 from __future__ import annotations
@@ -89,13 +90,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--small", type=int, default=500, help="number of 4 KiB files")
     parser.add_argument("--stats", type=int, default=5000, help="number of paths to stat")
+    parser.add_argument(
+        "--backend",
+        choices=("builtin", "native"),
+        default="builtin",
+        help="the harness's servers, or upstream fdfs_trackerd/fdfs_storaged",
+    )
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args()
     size = args.size_mib * MIB
     results: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory(prefix="fdfs-bench-") as tmp,
-        Cluster(groups={"group1": 2}) as cluster,
+        Cluster(groups={"group1": 2}, backend=args.backend) as cluster,
     ):
         big = Path(tmp) / "big.bin"
         digest = hashlib.sha256()
@@ -106,7 +113,7 @@ def main() -> int:
                 out.write(chunk)
         big_id, small_ids = trio.run(setup, cluster.trackers, big, args.small)
         big.unlink()
-        print(f"cluster: {cluster.trackers[0]}, group1 with 2 storages; file {big_id}")
+        print(f"{args.backend} cluster: {cluster.trackers[0]}, group1 with 2 storages; {big_id}")
 
         with mounted(cluster.trackers, Path(tmp) / "mnt", ["timeout=30"]) as proc:
             mnt = proc.mountpoint

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 FIRST_LIST_WAIT = 10.0  # the first listing of a group is waited for at most this long
 FLUSH_ON_EXIT = 30.0  # how long pending writes may take to flush on unmount
+KERNEL_READAHEAD = 4 * 1024 * 1024  # kernel readahead window on the mount (set as root)
 
 
 class MountError(Exception):
@@ -219,6 +220,56 @@ async def check_cluster(client: ReadClient, opts: MountOptions) -> list[GroupSta
     return groups
 
 
+def mount_device(mountpoint: str) -> str | None:
+    """``major:minor`` of the file system mounted at `mountpoint`, from /proc/self/mountinfo.
+
+    (Not from stat: a stat of the mountpoint would wait for the FUSE loop, which
+    is not running yet.)"""
+    # realpath() of the mountpoint itself would stat it: resolve only its parent.
+    head, tail = os.path.split(os.path.abspath(mountpoint))
+    target = os.path.join(os.path.realpath(head), tail)
+    device = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mountinfo:
+            for line in mountinfo:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    device = fields[2]  # the last one listed is the one on top
+    except OSError:
+        return None
+    return device
+
+
+async def tune_kernel_readahead(opts: MountOptions) -> None:
+    """Let the kernel read ahead up to `KERNEL_READAHEAD` on this mount (needs root).
+
+    By default the kernel reads a FUSE file 128 KiB ahead in 256 KiB requests;
+    with a 4 MiB window it sends 1 MiB requests, several at a time, and
+    sequential reads through the mount get about a third faster. The kernel
+    sets the window itself when it gets the reply to FUSE_INIT, so this runs
+    once the FUSE loop has answered that. Without permission (not root) the
+    kernel's default stays.
+    """
+    kib = min(opts.readahead, KERNEL_READAHEAD) // 1024
+    device = mount_device(opts.mountpoint)
+    if kib <= 0 or device is None:
+        return
+    path = f"/sys/class/bdi/{device}/read_ahead_kb"
+    # Watch for two seconds: the FUSE_INIT reply may reset it after a first write.
+    for _ in range(10):
+        await trio.sleep(0.2)
+        try:
+            with open(path, encoding="ascii") as knob:
+                if int(knob.read()) == kib:
+                    continue
+            with open(path, "w", encoding="ascii") as knob:
+                knob.write(f"{kib}\n")
+        except (OSError, ValueError) as exc:
+            log.debug("kernel readahead left as is (%s: %s)", path, exc)
+            return
+        log.debug("kernel readahead of %s set to %d KiB", opts.mountpoint, kib)
+
+
 async def _unmount_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """End the FUSE loop on SIGTERM/SIGINT/SIGHUP; `serve` then flushes and unmounts.
 
@@ -272,6 +323,7 @@ async def _serve_with(
             nursery.cancel_scope.cancel()
         else:
             try:
+                nursery.start_soon(tune_kernel_readahead, opts)
                 # Only now: pyfuse3.terminate() needs the session init() made.
                 await nursery.start(_unmount_on_signal)
                 log.info("mounted %s at %s (%d groups)", opts.source, opts.mountpoint, len(groups))
