@@ -1048,8 +1048,11 @@ class _RangeReader:
             conn, addr = self._conn, self._addr
             assert addr is not None
             try:
-                with self._client._watch(conn, self._what(addr)):
-                    result = await receive(conn)
+                if conn.body_buffered:
+                    result = await receive(conn)  # no waiting: no deadline needed
+                else:
+                    with self._client._watch(conn, self._what(addr)):
+                        result = await receive(conn)
             except _TRANSPORT_ERRORS as exc:
                 self._client._count_failure("download_file", addr, exc)
                 await self._release()

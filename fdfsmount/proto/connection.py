@@ -116,6 +116,11 @@ class Connection:
         return self._reply_bytes > 0
 
     @property
+    def body_buffered(self) -> int:
+        """Body bytes of the current reply already received (readable without waiting)."""
+        return min(self._tail - self._head, self._left)
+
+    @property
     def body_remaining(self) -> int:
         """Body bytes of the current reply not yet read."""
         return self._left
@@ -228,7 +233,14 @@ class Connection:
 
     async def _send(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            await self.stream.send_all(data)
+            if self._sock is not None:
+                # The socket directly, as for receiving: one exchange at a time
+                # needs none of SocketStream's bookkeeping.
+                view = memoryview(data)
+                while view:
+                    view = view[await self._sock.send(view) :]
+            else:
+                await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.mark_broken(f"send failed: {exc}")
             raise ConnectionClosed(f"connection to {self.addr} lost while sending: {exc}") from exc
