@@ -1,4 +1,9 @@
-"""The pyfuse3 `Operations` of the mount: thin handlers, and the one place errors become errnos."""
+"""The pyfuse3 `Operations` of the mount: thin handlers, and the one place errors become errnos.
+
+Reads go to the namespace, listing, read path and xattrs; changes go to the
+write path (`writepath.WritePath`), which also answers reads and attributes
+of files being written on this host.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import functools
 import itertools
 import logging
 import os
+import stat as stat_mod
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar, cast
@@ -16,7 +22,8 @@ import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
 from . import attrs as attrs_mod
-from .attrs import AttrFactory, FileStats
+from .attrs import AttrFactory, FileStat, FileStats
+from .errors import Refused
 from .listing import Listing
 from .namespace import GroupDirectory, InodeTable, Kind, Node, NotFound
 from .options import MountOptions
@@ -31,6 +38,7 @@ from .proto.errors import (
     Timeout,
 )
 from .readpath import OpenFile, ReadPath
+from .writeback import WriteHandle
 from .writepath import WritePath
 from .xattrs import NoAttribute, Xattrs
 
@@ -55,6 +63,8 @@ def errno_for(exc: BaseException) -> int | None:
     """The errno a domain error stands for; None for an unexpected exception."""
     exc = _leaf(exc)
     if isinstance(exc, pyfuse3.FUSEError):
+        return exc.errno
+    if isinstance(exc, Refused):
         return exc.errno
     if isinstance(exc, NotFound | FileNotFound | InvalidFileId):
         return errno.ENOENT
@@ -165,6 +175,7 @@ class Operations(pyfuse3.Operations):
         self._handles = itertools.count(1)
         self._dirs: dict[int, DirHandle] = {}
         self._files: dict[int, OpenFile] = {}
+        self._writes: dict[int, WriteHandle] = {}
         self.op_stats = OpStats()
 
     # -- the error boundary ------------------------------------------------
@@ -208,19 +219,31 @@ class Operations(pyfuse3.Operations):
         return node.key
 
     def _refuse(self, op: str, what: object = "") -> NoReturn:
-        """Every change is refused until the write side lands (EROFS on ro mounts)."""
+        """An operation FastDFS has no counterpart for: EPERM (EROFS on ro mounts)."""
         code = errno.EROFS if self.opts.read_only else errno.EPERM
         log.info("refused %s %s: %s", op, what, os.strerror(code))
         raise pyfuse3.FUSEError(code)
 
+    def _check_writable(self, op: str, what: object = "") -> None:
+        """Every change is EROFS on a read-only mount."""
+        if self.opts.read_only:
+            log.info("refused %s %s: %s", op, what, os.strerror(errno.EROFS))
+            raise pyfuse3.FUSEError(errno.EROFS)
+
     # -- attributes --------------------------------------------------------
+
+    async def _stat(self, node: Node, *, fresh: bool = False) -> FileStat:
+        """A file's attributes: from the write path while it is written here."""
+        assert node.file_id is not None
+        local = self.writer.local_stat(node)
+        if local is not None:
+            return local
+        return await self.stats.get(node, fresh=fresh, listed=self.listing.has_file(node.file_id))
 
     async def _entry(self, node: Node, *, fresh: bool = False) -> pyfuse3.EntryAttributes:
         if node.kind is not Kind.FILE:
             return self.attrs.directory(node)
-        assert node.file_id is not None
-        fstat = await self.stats.get(node, fresh=fresh, listed=self.listing.has_file(node.file_id))
-        return self.attrs.file(node, fstat)
+        return self.attrs.file(node, await self._stat(node, fresh=fresh))
 
     @fuse_op
     async def lookup(
@@ -236,7 +259,12 @@ class Operations(pyfuse3.Operations):
             child = await self.table.child(parent, text)
         if child.kind is Kind.FILE:
             assert child.file_id is not None
-            fstat = await self.stats.get(child, listed=self.listing.has_file(child.file_id))
+            try:
+                fstat = await self._stat(child)
+            except FileNotFound:
+                if parent.kind is Kind.GROUP:  # an alias of a file deleted elsewhere
+                    self.writer.forget_missing_alias(parent.group, text, child.file_id)
+                raise
             live = self.table.remember(child)
             self.listing.note_file(child.file_id)
             return self.attrs.file(live, fstat)
@@ -305,7 +333,8 @@ class Operations(pyfuse3.Operations):
             name, child = handle.entries[position]
             self.table.inode_for(child)
             if child.kind is Kind.FILE:
-                attr = self.attrs.file(child, self.stats.cached(child))
+                fstat = self.writer.local_stat(child) or self.stats.cached(child)
+                attr = self.attrs.file(child, fstat)
             else:
                 attr = self.attrs.directory(child)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, position + 3):
@@ -328,17 +357,33 @@ class Operations(pyfuse3.Operations):
         if node.kind is not Kind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR)
         assert node.file_id is not None and node.id_info is not None
+        handle = None
         if flags & os.O_ACCMODE != os.O_RDONLY:
-            self._refuse("open for writing", node.file_id)
-        # Close-to-open: an appender file is asked again at every open.
-        fstat = await self.stats.get(node, fresh=not self._immutable(node))
+            self._check_writable("open for writing", node.file_id)
+            handle = await self.writer.open(node, flags)
+        try:
+            # Close-to-open: an appender file is asked again at every open.
+            fstat = await self._stat(node, fresh=not self._immutable(node))
+        except BaseException:
+            if handle is not None:
+                await self.writer.release(handle)
+            raise
+        return self._new_handle(node, fstat, handle)
+
+    def _new_handle(
+        self, node: Node, fstat: FileStat, handle: WriteHandle | None
+    ) -> pyfuse3.FileInfo:
+        assert node.file_id is not None and node.id_info is not None
         f = self.readpath.open(
             node.file_id, node.id_info, fstat.size, immutable=fstat.immutable, mtime=fstat.mtime
         )
         fh = next(self._handles)
         self._files[fh] = f
+        if handle is not None:
+            self._writes[fh] = handle
         # Pages of immutable files stay valid forever: keep them across opens.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=fstat.immutable, direct_io=False)
+        keep = fstat.immutable and fstat.exact and handle is None
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
 
     @staticmethod
     def _immutable(node: Node) -> bool:
@@ -346,20 +391,31 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        f = self._files[fh]
+        local = await self.writer.read(f.file_id, off, size)
+        if local is not None:
+            return local
         # A memoryview saves a copy; pyfuse3 accepts any contiguous buffer (its stub says bytes).
-        return cast(bytes, await self.readpath.read(self._files[fh], off, size))
+        return cast(bytes, await self.readpath.read(f, off, size))
 
     @fuse_op
     async def flush(self, fh: FileHandleT) -> None:
-        return None
+        handle = self._writes.get(fh)
+        if handle is not None:
+            await self.writer.flush(handle)
 
     @fuse_op
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        return None
+        handle = self._writes.get(fh)
+        if handle is not None:
+            await self.writer.fsync(handle)
 
     @fuse_op
     async def release(self, fh: FileHandleT) -> None:
         self._files.pop(fh, None)
+        handle = self._writes.pop(fh, None)
+        if handle is not None:
+            await self.writer.release(handle)
 
     # -- extended attributes -------------------------------------------------
 
@@ -371,19 +427,25 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> Sequence[XAttrNameT]:
         return await self.xattrs.list(self.table.get(inode))
 
-    # -- changes: the write side's seams (refused for now) ---------------------
+    # -- changes -------------------------------------------------------------
 
     @fuse_op
     async def setxattr(
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        self._refuse("setxattr", self.table.get(inode).key)
+        node = self.table.get(inode)
+        self._check_writable("setxattr", node.key)
+        await self.writer.ensure_stored(node)
+        await self.xattrs.set(node, name, value)
 
     @fuse_op
     async def removexattr(
         self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        self._refuse("removexattr", self.table.get(inode).key)
+        node = self.table.get(inode)
+        self._check_writable("removexattr", node.key)
+        await self.writer.ensure_stored(node)
+        await self.xattrs.remove(node, name)
 
     @fuse_op
     async def setattr(
@@ -394,11 +456,33 @@ class Operations(pyfuse3.Operations):
         fh: FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        self._refuse("setattr", self.table.get(inode).key)
+        node = self.table.get(inode)
+        self._check_writable("setattr", node.key)
+        current = await self._entry(node)
+        # FastDFS keeps no modes, owners or times: setting what is shown already is
+        # harmless (cp -p, rsync), anything else is refused; times are ignored.
+        if fields.update_mode and stat_mod.S_IMODE(attr.st_mode) != stat_mod.S_IMODE(
+            current.st_mode
+        ):
+            self._refuse("chmod", node.key)
+        if (fields.update_uid and attr.st_uid != current.st_uid) or (
+            fields.update_gid and attr.st_gid != current.st_gid
+        ):
+            self._refuse("chown", node.key)
+        if fields.update_size:
+            if node.kind is not Kind.FILE:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            handle = self._writes.get(fh) if fh is not None else None
+            await self.writer.truncate(node, attr.st_size, handle)
+            return await self._entry(node)
+        return current
 
     @fuse_op
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
-        self._refuse("write", fh)
+        handle = self._writes.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await self.writer.write(handle, off, buf)
 
     @fuse_op
     async def create(
@@ -409,13 +493,21 @@ class Operations(pyfuse3.Operations):
         flags: FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        self._refuse("create", os.fsdecode(name))
+        parent = self.table.get(parent_inode)
+        self._check_writable("create", os.fsdecode(name))
+        node, handle = await self.writer.create(parent, os.fsdecode(name), flags)
+        live = self.table.remember(node)
+        handle.inode = live.inode
+        fstat = handle.writer.stat()
+        return self._new_handle(live, fstat, handle), self.attrs.file(live, fstat)
 
     @fuse_op
     async def unlink(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        self._refuse("unlink", os.fsdecode(name))
+        parent = self.table.get(parent_inode)
+        self._check_writable("unlink", os.fsdecode(name))
+        await self.writer.unlink(parent, os.fsdecode(name))
 
     @fuse_op
     async def rename(
@@ -427,7 +519,12 @@ class Operations(pyfuse3.Operations):
         flags: FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        self._refuse("rename", os.fsdecode(name_old))
+        self._check_writable("rename", os.fsdecode(name_old))
+        old_parent = self.table.get(parent_inode_old)
+        new_parent = self.table.get(parent_inode_new)
+        await self.writer.rename(
+            old_parent, os.fsdecode(name_old), new_parent, os.fsdecode(name_new), flags
+        )
 
     @fuse_op
     async def mkdir(

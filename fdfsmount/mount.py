@@ -1,7 +1,7 @@
 """Mount lifecycle: check, wire client + caches + `Operations`, serve, unmount cleanly on signals.
 
 `serve` owns everything a mount runs: the protocol client, one nursery for
-background work (readahead, listing refresh, later write flushes) and the
+background work (readahead, listing refresh, write-back) and the
 pyfuse3 session. It returns after the file system is unmounted, whether by
 ``fusermount3 -u``, SIGTERM/SIGINT, or an error.
 """
@@ -12,21 +12,23 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import pyfuse3
 import trio
 
-from .attrs import AttrFactory, FileStats
+from .attrs import AttrFactory, FileStat, FileStats
 from .blockcache import BlockCache
-from .clientapi import ReadClient
+from .catalog import AliasCatalog
+from .clientapi import ReadClient, WriteClient
 from .fs import Operations
 from .listing import Listing
-from .namespace import GroupDirectory, InodeTable
+from .namespace import GroupDirectory, InodeTable, Node
 from .options import MountOptions
-from .proto import GroupStat
+from .proto import FileId, GroupStat, decode_file_id
 from .proto.errors import FdfsError
 from .readpath import ReadPath
 from .sdnotify import notify
@@ -73,6 +75,7 @@ class MountParts:
         }
         out.update({f"cache_{k}": v for k, v in asdict(self.cache.stats).items()})
         out.update({f"read_{k}": v for k, v in asdict(self.readpath.stats).items()})
+        out.update(self.writer.counters())
         stats = getattr(self.client, "stats", None)
         if stats is not None:
             out["client_requests"] = sum(stats.requests.values())
@@ -118,8 +121,38 @@ def build_operations(
         nursery=nursery,
         slow_after=0.8 * opts.client_timeouts[1],
     )
-    xattrs = Xattrs(client.get_metadata, lambda node: stats.get(node))
-    writer = WritePath()
+    # The write side needs the whole client; read-only fakes in tests never write.
+    write_client = cast(WriteClient, client)
+
+    async def file_stat(node: Node) -> FileStat:
+        return writer.local_stat(node) or await stats.get(node)
+
+    async def set_metadata(fid: FileId, meta: Mapping[str, str], overwrite: bool) -> None:
+        await write_client.set_metadata(fid, meta, overwrite=overwrite)
+
+    async def source_metadata(fid: FileId) -> dict[str, str]:
+        servers = await readpath.replicas.servers_for(fid, decode_file_id(fid))
+        return await write_client.get_metadata(fid, servers=servers or None)
+
+    xattrs = Xattrs(
+        client.get_metadata,
+        file_stat,
+        set_metadata=set_metadata,
+        source_metadata=source_metadata,
+    )
+    trackers = getattr(client, "trackers", None) or opts.trackers or [opts.source]
+    writer = WritePath(
+        write_client,
+        table=table,
+        listing=listing,
+        stats=stats,
+        readpath=readpath,
+        xattrs=xattrs,
+        catalog=AliasCatalog.for_cluster(opts.cache_dir, trackers),
+        nursery=nursery,
+        flush_size=opts.write_buffer,
+        idle=opts.write_idle,
+    )
     ops = Operations(
         opts,
         table=table,
@@ -323,6 +356,7 @@ async def _serve_with(
             nursery.cancel_scope.cancel()
         else:
             try:
+                parts.writer.kernel.attached = True
                 nursery.start_soon(tune_kernel_readahead, opts)
                 # Only now: pyfuse3.terminate() needs the session init() made.
                 await nursery.start(_unmount_on_signal)
@@ -348,5 +382,7 @@ async def _shutdown(opts: MountOptions, parts: MountParts, nursery: trio.Nursery
         if flush_scope.cancelled_caught:
             log.error("pending writes not flushed within %ss", FLUSH_ON_EXIT)
         nursery.cancel_scope.cancel()
+        parts.writer.kernel.attached = False
         pyfuse3.close(unmount=True)
+        parts.writer.catalog.close()
         log.info("unmounted %s", opts.mountpoint)

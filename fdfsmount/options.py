@@ -53,15 +53,25 @@ _BOOL_OPTIONS = {
     "verify_exists": "verify_exists",
     "sparse": "sparse",
 }
-_SIZE_OPTIONS = {"readahead": "readahead", "cache_size": "cache_size"}
+_SIZE_OPTIONS = {
+    "readahead": "readahead",
+    "cache_size": "cache_size",
+    "write_buffer": "write_buffer",
+}
 _DURATION_OPTIONS = {
     "attr_timeout": "attr_timeout",
     "entry_timeout": "entry_timeout",
     "list_ttl": "list_ttl",
     "timeout": "timeout",
+    "write_idle": "write_idle",
 }
 _INT_OPTIONS = {"uid": "uid", "gid": "gid"}
-_PATH_OPTIONS = {"conf": "conf", "logfile": "logfile", "log_file": "logfile"}
+_PATH_OPTIONS = {
+    "conf": "conf",
+    "logfile": "logfile",
+    "log_file": "logfile",
+    "cache_dir": "cache_dir",
+}
 
 _TRACKER_RE = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})"
@@ -100,6 +110,9 @@ class MountOptions:
     verify_exists: bool = False  # confirm unlisted normal files with the server on lookup
     sparse: bool = False  # hide Mxx/HH directories the listing shows to be empty
     logfile: str | None = None
+    cache_dir: str | None = None  # alias catalog; None: $XDG_CACHE_HOME or /var/cache
+    write_buffer: int = 8 * MIB  # largest coalesced append/modify per file
+    write_idle: float = 1.0  # buffered writes are sent after this long without a new one
     metrics: tuple[str, int] | None = None  # (host, port) to serve Prometheus metrics on
     fuse_extra: frozenset[str] = frozenset()
 
@@ -208,7 +221,8 @@ def apply_options(opts: MountOptions, items: Iterable[str]) -> MountOptions:
                 raise OptionError(f"umask={value!r}: expected an octal mask such as 022")
             changes["umask"] = umask
         elif name in _PATH_OPTIONS:
-            changes[_PATH_OPTIONS[name]] = value
+            # The daemon changes to / before it opens the cache directory.
+            changes[_PATH_OPTIONS[name]] = os.path.abspath(value) if name == "cache_dir" else value
         elif name == "metrics":
             changes["metrics"] = parse_listen(value, name)
         else:
@@ -225,6 +239,10 @@ def _check(opts: MountOptions) -> None:
         raise OptionError("readahead and cache_size cannot be negative")
     if opts.list_ttl <= 0:
         raise OptionError("list_ttl must be more than 0 seconds")
+    if not 4 * KIB <= opts.write_buffer <= 256 * MIB:
+        raise OptionError("write_buffer must be between 4K and 256M")
+    if opts.write_idle <= 0:
+        raise OptionError("write_idle must be more than 0 seconds")
 
 
 def build_options(

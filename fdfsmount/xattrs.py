@@ -2,19 +2,27 @@
 
 ``getfattr -d`` asks for the list and then every value; metadata is therefore
 cached per file for `METADATA_TTL`, so one dump costs one GET_METADATA.
+
+Changes go to the file's source storage: ``setxattr`` merges one key
+(SET_METADATA 'M'), ``removexattr`` writes back all the others (SET_METADATA
+'O'). Both read the current metadata from the source first and cache the
+result, so this host sees its change at once even where replicas lag.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
 from .attrs import FileStat, type_name
+from .errors import Refused
 from .namespace import Node
 from .proto import FileId
+from .proto.constants import MAX_META_NAME_LEN, MAX_META_VALUE_LEN, META_FIELD_SEP, META_RECORD_SEP
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,8 @@ METADATA_CACHE_ENTRIES = 10_000
 
 MetadataFetcher = Callable[[FileId], Awaitable[dict[str, str]]]
 StatFetcher = Callable[[Node], Awaitable[FileStat]]
+#: (file ID, metadata, overwrite): SET_METADATA 'O' when overwrite, else 'M'.
+MetadataSetter = Callable[[FileId, Mapping[str, str], bool], Awaitable[None]]
 
 
 class NoAttribute(Exception):
@@ -48,9 +58,18 @@ def is_fdfs_name(name: str) -> bool:
 class Xattrs:
     """Answers getxattr/listxattr for file nodes (directories have none)."""
 
-    def __init__(self, get_metadata: MetadataFetcher, file_stat: StatFetcher) -> None:
+    def __init__(
+        self,
+        get_metadata: MetadataFetcher,
+        file_stat: StatFetcher,
+        *,
+        set_metadata: MetadataSetter | None = None,
+        source_metadata: MetadataFetcher | None = None,
+    ) -> None:
         self._get_metadata = get_metadata
         self._file_stat = file_stat
+        self._set_metadata = set_metadata
+        self._source_metadata = source_metadata or get_metadata
         self._metadata: OrderedDict[str, tuple[dict[str, str], float]] = OrderedDict()
 
     async def get(self, node: Node, name: bytes) -> bytes:
@@ -102,8 +121,7 @@ class Xattrs:
         if entry is not None and now - entry[1] <= METADATA_TTL:
             return entry[0]
         meta = await self._get_metadata(file_id)
-        self._metadata[key] = (meta, now)
-        self._metadata.move_to_end(key)
+        self._remember(file_id, meta)
         while len(self._metadata) > METADATA_CACHE_ENTRIES:
             self._metadata.popitem(last=False)
         return meta
@@ -111,3 +129,52 @@ class Xattrs:
     def invalidate(self, file_id: FileId) -> None:
         """Forget cached metadata (the write side calls this after SET_METADATA)."""
         self._metadata.pop(str(file_id), None)
+
+    def _remember(self, file_id: FileId, meta: dict[str, str]) -> None:
+        key = str(file_id)
+        self._metadata[key] = (meta, trio.current_time())
+        self._metadata.move_to_end(key)
+
+    # -- changing ----------------------------------------------------------
+
+    async def set(self, node: Node, name: bytes, value: bytes) -> None:
+        """setxattr ``user.<key>``: merge one key into the file's metadata."""
+        file_id, key = self._writable(node, name)
+        text = value.decode("utf-8", "surrogateescape")
+        if len(value) > MAX_META_VALUE_LEN:
+            raise Refused(errno.ERANGE, f"metadata values are at most {MAX_META_VALUE_LEN} bytes")
+        if META_FIELD_SEP in value or META_RECORD_SEP in value:
+            raise Refused(errno.EINVAL, "metadata values cannot hold bytes 0x01 or 0x02")
+        assert self._set_metadata is not None
+        current = await self._source_metadata(file_id)
+        await self._set_metadata(file_id, {key: text}, False)
+        self._remember(file_id, {**current, key: text})
+
+    async def remove(self, node: Node, name: bytes) -> None:
+        """removexattr ``user.<key>``: write back the file's metadata without that key."""
+        file_id, key = self._writable(node, name)
+        assert self._set_metadata is not None
+        current = dict(await self._source_metadata(file_id))
+        if key not in current:
+            raise NoAttribute(USER_PREFIX + key)
+        del current[key]
+        await self._set_metadata(file_id, current, True)
+        self._remember(file_id, current)
+
+    def _writable(self, node: Node, name: bytes) -> tuple[FileId, str]:
+        text = decode_name(name)
+        if not text.startswith(USER_PREFIX):
+            raise Refused(errno.ENOTSUP, f"{text}: only user.* attributes are supported")
+        if node.file_id is None:
+            raise Refused(errno.EPERM, f"{node.key}: directories have no metadata")
+        if is_fdfs_name(text):
+            raise Refused(errno.EPERM, f"{text} is read-only")
+        if self._set_metadata is None:
+            raise Refused(errno.EPERM, "metadata cannot be changed here")
+        key = text[len(USER_PREFIX) :]
+        raw = encode_name(key)
+        if not raw or META_FIELD_SEP in raw or META_RECORD_SEP in raw:
+            raise Refused(errno.EINVAL, f"{text}: not a valid metadata name")
+        if len(raw) > MAX_META_NAME_LEN:
+            raise Refused(errno.ERANGE, f"metadata names are at most {MAX_META_NAME_LEN} bytes")
+        return node.file_id, key

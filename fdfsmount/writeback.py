@@ -1,0 +1,474 @@
+"""Write-back of one file: coalesced changes of an appender file, a spooled slave upload.
+
+# Strategy
+An `AppenderWriter` holds what this host has written to one appender file and
+not yet seen acknowledged, shared by every handle open on the file. A write
+lands in the current *extent* (an offset and a bytearray) while it touches or
+continues it; a write elsewhere seals the extent and starts the next one. A
+hole between the end of the file and a write is zero bytes in the extent when
+small, and otherwise left to the storage (TRUNCATE_FILE grows a file with
+zeros). An extent is sealed when it reaches ``flush_size``, after an idle
+time, and on fsync/flush/close; one sender task per file sends sealed extents
+in order to the file's source storage -- MODIFY_FILE for the part inside the
+stored file, APPEND_FILE for the rest. At most `MAX_QUEUED` sealed extents
+wait, so a writer faster than the storage is held to its pace with bounded
+memory, while the next extent fills during a send.
+
+Errors follow Linux's rule for write-back: a failed send is reported once to
+every handle that was open then -- by its next write, fsync or flush (close).
+The unsent data is dropped, the kernel is told to forget its pages, and the
+file's size is asked again before the next change.
+
+Reads while a writer exists lay every unacknowledged extent, oldest first,
+over the bytes the source storage returns, so this host sees its own writes at
+once whether or not they have been sent.
+
+A `SlaveSpool` is a slave file being created: FastDFS writes slaves once, so
+its bytes go to a spooled temporary file and are uploaded (UPLOAD_SLAVE_FILE)
+at the first fsync or flush. Afterwards it is an ordinary read-only slave.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import tempfile
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import BinaryIO, cast
+
+import trio
+
+from .attrs import FileStat
+from .clientapi import WriteClient
+from .errors import Refused
+from .proto import FileId, FileIdInfo, FileType, decode_file_id
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+#: Queued extents per file besides the one filling: one in flight, one waiting.
+MAX_QUEUED = 2
+#: A hole up to this size is sent as zeros with the write after it.
+GAP_FILL = 1 * MIB
+#: A slave's bytes stay in memory up to this size, then go to a temporary file.
+SLAVE_SPOOL_MEMORY = 4 * MIB
+
+Spawn = Callable[[Callable[[], Awaitable[None]], str], None]
+SizeQuery = Callable[[FileId], Awaitable[int]]
+RangeFetch = Callable[[FileId, int, int], Awaitable[bytes]]
+
+
+@dataclass(slots=True)
+class Extent:
+    """Contiguous bytes written at `offset`, not yet acknowledged by the storage."""
+
+    offset: int
+    data: bytearray
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+@dataclass(slots=True)
+class WriteStats:
+    writes: int = 0
+    bytes_written: int = 0  # taken from applications
+    requests: int = 0  # append, modify and truncate requests sent
+    bytes_sent: int = 0
+    failures: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class WriteHandle:
+    """One open file handle with write access."""
+
+    writer: AppenderWriter | SlaveSpool
+    append: bool  # O_APPEND: every write goes to the end, whatever the offset
+    seen_errors: int = 0  # failures of the writer already reported to this handle
+    inode: int = 0
+
+
+class AppenderWriter:
+    """Coalesced write-back of one appender file, shared by the handles open on it."""
+
+    def __init__(
+        self,
+        client: WriteClient,
+        file_id: FileId,
+        size: int,
+        *,
+        spawn: Spawn,
+        query_size: SizeQuery,
+        fetch: RangeFetch,
+        flush_size: int,
+        stats: WriteStats,
+        on_failure: Callable[[AppenderWriter], None] = lambda w: None,
+    ) -> None:
+        self.client = client
+        self.file_id = file_id
+        self.id_info: FileIdInfo = decode_file_id(file_id)
+        self.size = size  # as this host shows it: stored + pending
+        self.stored_size = size  # as the source storage has it, as far as we know
+        self.mtime = time.time()
+        self.flush_size = max(1, flush_size)
+        self.handles = 0
+        self.last_write = trio.current_time()
+        self.current: Extent | None = None
+        self.queue: deque[Extent] = deque()
+        self.failures = 0  # count of failed sends; handles compare with their seen_errors
+        self.last_error: BaseException | None = None
+        self.stale = False  # the stored size is unknown after a failure: ask before changing
+        self._spawn = spawn
+        self._query_size = query_size
+        self._fetch = fetch
+        self._stats = stats
+        self._on_failure = on_failure
+        self._sending = False
+        self._changed = trio.Event()
+        self._lock = trio.Lock()  # truncate and size refreshes, one at a time
+
+    def __repr__(self) -> str:
+        return f"<AppenderWriter {self.file_id} size={self.size} queued={len(self.queue)}>"
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """Bytes written here and not yet acknowledged by the storage."""
+        return bool(self.current or self.queue or self._sending)
+
+    def stat(self) -> FileStat:
+        return FileStat(FileType.APPENDER, self.size, int(self.mtime), None, self.id_info.source)
+
+    def attach(self) -> WriteHandle:
+        self.handles += 1
+        return WriteHandle(self, append=False, seen_errors=self.failures)
+
+    def _check(self, handle: WriteHandle | None, *, report: bool) -> None:
+        """Raise a failure `handle` has not been told about (and mark it told if `report`)."""
+        if handle is None or handle.seen_errors >= self.failures:
+            return
+        if report:
+            handle.seen_errors = self.failures
+        assert self.last_error is not None
+        raise self.last_error
+
+    # -- writing -----------------------------------------------------------
+
+    async def write(self, handle: WriteHandle, offset: int, data: bytes) -> int:
+        self._check(handle, report=False)
+        if self.stale:
+            await self._refresh()
+        if handle.append:
+            offset = self.size
+        if not data:
+            return 0
+        self._place(offset, data)
+        self.size = max(self.size, offset + len(data))
+        self.mtime = time.time()
+        self.last_write = trio.current_time()
+        self._stats.writes += 1
+        self._stats.bytes_written += len(data)
+        if self.current is not None and len(self.current.data) >= self.flush_size:
+            self._seal()
+        while len(self.queue) >= MAX_QUEUED:  # the storage is behind: wait for it
+            await self._wait_changed()
+        return len(data)
+
+    def _place(self, offset: int, data: bytes) -> None:
+        cur = self.current
+        if cur is not None and not (
+            cur.offset <= offset <= cur.end
+            or (cur.end == self.size and 0 < offset - cur.end <= GAP_FILL)
+        ):
+            self._seal()
+            cur = None
+        if cur is None:
+            start = self.size if self.size < offset <= self.size + GAP_FILL else offset
+            cur = self.current = Extent(start, bytearray(offset - start))
+        elif offset > cur.end:
+            cur.data.extend(bytes(offset - cur.end))
+        at = offset - cur.offset
+        cur.data[at : at + len(data)] = data
+
+    def _seal(self) -> None:
+        if self.current is not None:
+            if self.current.data:
+                self.queue.append(self.current)
+            self.current = None
+        self._kick()
+
+    def flush_if_idle(self, now: float, idle: float) -> None:
+        if self.current is not None and now - self.last_write >= idle:
+            self._seal()
+
+    # -- sending -------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self.queue and not self._sending:
+            self._sending = True
+            self._spawn(self._send_queue, f"write-back {self.file_id}")
+
+    async def _send_queue(self) -> None:
+        try:
+            while self.queue:
+                extent = self.queue[0]
+                try:
+                    async with self._lock:
+                        await self._send(extent)
+                except Exception as exc:
+                    self._fail(exc)
+                    break
+                if self.queue and self.queue[0] is extent:
+                    self.queue.popleft()
+                self._pulse()
+        finally:
+            self._sending = False
+            self._pulse()
+
+    async def _send(self, extent: Extent) -> None:
+        fid = self.file_id
+        view = memoryview(extent.data)
+        try:
+            if extent.offset > self.stored_size:
+                # A hole: the storage fills it with zeros, no bytes on the wire.
+                await self.client.truncate(fid, extent.offset)
+                self._stats.requests += 1
+                self.stored_size = extent.offset
+            inside = max(0, min(len(view), self.stored_size - extent.offset))
+            if inside:
+                await self.client.modify(fid, extent.offset, view[:inside])
+                self._stats.requests += 1
+            if inside < len(view):
+                await self.client.append(fid, view[inside:])
+                self._stats.requests += 1
+                self.stored_size = extent.end
+        finally:
+            view.release()
+        self._stats.bytes_sent += len(extent.data)
+
+    def _fail(self, exc: BaseException) -> None:
+        lost = sum(len(e.data) for e in self.queue) + (
+            len(self.current.data) if self.current else 0
+        )
+        log.warning("write-back of %s failed, %d bytes not stored: %s", self.file_id, lost, exc)
+        self._stats.failures += 1
+        self.failures += 1
+        self.last_error = exc
+        self.queue.clear()
+        self.current = None
+        self.stale = True
+        self.size = self.stored_size
+        self._on_failure(self)
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def _quiesce(self) -> None:
+        """Seal and wait until nothing is queued or in flight."""
+        self._seal()
+        while self.queue or self._sending:
+            await self._wait_changed()
+
+    async def sync(self, handle: WriteHandle | None) -> None:
+        """Return once everything written so far is acknowledged by the source storage;
+        raise a failure `handle` was not told about yet (fsync, flush)."""
+        await self._quiesce()
+        self._check(handle, report=True)
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            if self.stale:
+                self.stored_size = self.size = await self._query_size(self.file_id)
+                self.stale = False
+
+    # -- changing the size ---------------------------------------------------
+
+    async def truncate(self, size: int) -> None:
+        await self._quiesce()
+        if self.stale:
+            await self._refresh()
+        if size == self.size == self.stored_size and not self.pending:
+            return  # e.g. O_TRUNC of an empty file
+        async with self._lock:
+            try:
+                await self.client.truncate(self.file_id, size)
+            except BaseException:
+                self.stale = True  # it may or may not have happened
+                raise
+            self._stats.requests += 1
+            self.stored_size = size
+            # Writes that raced with the truncate were placed after it.
+            ends = [e.end for e in (*self.queue, self.current) if e is not None]
+            self.size = max([size, *ends])
+            self.mtime = time.time()
+
+    def discard(self) -> None:
+        """Forget unsent data (the file is being deleted)."""
+        self.queue.clear()
+        self.current = None
+
+    def close(self) -> None:
+        """Nothing to free: extents go once acknowledged."""
+
+    # -- reading -------------------------------------------------------------
+
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        # Copy the overlapping pending bytes before any await: writes may go on meanwhile,
+        # and an extent sent meanwhile may or may not be in what the storage returns.
+        pieces: list[tuple[int, bytes]] = []
+        for extent in (*self.queue, self.current):
+            if extent is None or extent.end <= offset or extent.offset >= end:
+                continue
+            lo, hi = max(extent.offset, offset), min(extent.end, end)
+            pieces.append((lo, bytes(extent.data[lo - extent.offset : hi - extent.offset])))
+        out = bytearray(end - offset)
+        if not _covers(pieces, offset, end):
+            stored = await self._fetch(self.file_id, offset, end - offset)
+            out[: len(stored)] = stored[: end - offset]
+        for lo, piece in pieces:
+            out[lo - offset : lo - offset + len(piece)] = piece
+        return bytes(out)
+
+
+def _covers(pieces: list[tuple[int, bytes]], start: int, end: int) -> bool:
+    reach = start
+    for lo, piece in sorted(pieces, key=lambda p: p[0]):
+        if lo > reach:
+            return False
+        reach = max(reach, lo + len(piece))
+    return reach >= end
+
+
+@dataclass(slots=True)
+class SlaveTarget:
+    """What UPLOAD_SLAVE_FILE needs: the master and how the slave's name extends it."""
+
+    master: FileId
+    prefix: str
+    ext: str
+
+
+class SlaveSpool:
+    """A slave file being written: spooled here, uploaded once at the first fsync/flush."""
+
+    def __init__(
+        self, client: WriteClient, file_id: FileId, target: SlaveTarget, *, stats: WriteStats
+    ) -> None:
+        self.client = client
+        self.file_id = file_id
+        self.target = target
+        self.id_info: FileIdInfo = decode_file_id(file_id)
+        self.size = 0
+        self.mtime = time.time()
+        self.handles = 0
+        self.uploaded = False
+        # Closed by `close` when the last handle goes.
+        self.spool = tempfile.SpooledTemporaryFile(max_size=SLAVE_SPOOL_MEMORY)  # noqa: SIM115
+        self._stats = stats
+        self._lock = trio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<SlaveSpool {self.file_id} size={self.size} uploaded={self.uploaded}>"
+
+    @property
+    def pending(self) -> bool:
+        return not self.uploaded
+
+    def stat(self) -> FileStat:
+        source = decode_file_id(self.target.master).source
+        return FileStat(
+            FileType.SLAVE, self.size, int(self.mtime), None, source, exact=self.uploaded
+        )
+
+    def attach(self) -> WriteHandle:
+        self.handles += 1
+        return WriteHandle(self, append=False)
+
+    def _written_once(self) -> Refused:
+        return Refused(errno.EPERM, f"{self.file_id} is a slave file, uploaded already: "
+                       "slave files are written once")  # fmt: skip
+
+    async def write(self, handle: WriteHandle, offset: int, data: bytes) -> int:
+        if self.uploaded:
+            raise self._written_once()
+        if handle.append:
+            offset = self.size
+        if offset > self.size:
+            self._zero_fill(offset)
+        self.spool.seek(offset)
+        self.spool.write(data)
+        self.size = max(self.size, offset + len(data))
+        self.mtime = time.time()
+        self._stats.writes += 1
+        self._stats.bytes_written += len(data)
+        return len(data)
+
+    def _zero_fill(self, end: int) -> None:
+        self.spool.seek(self.size)
+        remaining = end - self.size
+        while remaining > 0:
+            n = min(remaining, MIB)
+            self.spool.write(bytes(n))
+            remaining -= n
+        self.size = end
+
+    async def truncate(self, size: int) -> None:
+        if self.uploaded:
+            raise self._written_once()
+        if size < self.size:
+            self.spool.truncate(size)
+            self.size = size
+        elif size > self.size:
+            self._zero_fill(size)
+        self.mtime = time.time()
+
+    async def sync(self, handle: WriteHandle | None) -> None:
+        await self.upload()
+
+    async def upload(self) -> None:
+        async with self._lock:
+            if self.uploaded:
+                return
+            target = self.target
+            self.spool.seek(0)
+            fid = await self.client.upload_slave(
+                target.master,
+                cast(BinaryIO, self.spool),
+                prefix=target.prefix,
+                ext=target.ext,
+                size=self.size,
+            )
+            self._stats.requests += 1
+            self._stats.bytes_sent += self.size
+            self.uploaded = True
+            if fid != self.file_id:
+                log.error("slave of %s uploaded as %s, not as %s", target.master, fid, self.file_id)
+            log.info("created %s (slave of %s, %d bytes)", fid, target.master, self.size)
+
+    def discard(self) -> None:
+        self.uploaded = True  # nothing left to upload
+
+    def flush_if_idle(self, now: float, idle: float) -> None:
+        """Slaves wait for fsync/flush: an upload is final."""
+
+    async def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        self.spool.seek(offset)
+        return self.spool.read(end - offset)
+
+    def close(self) -> None:
+        self.spool.close()

@@ -1,0 +1,114 @@
+"""Helpers for tests that call `Operations` directly (no kernel) against a harness cluster."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+import pyfuse3
+import pytest
+import trio
+
+from fdfsmount.mount import MountParts, build_operations
+from fdfsmount.options import MountOptions
+from fdfsmount.proto import FileId, parse_file_id
+from fdfsmount.proto.client import Client
+from fdfsmount.proto.fileid import make_remote_name
+from harness.cluster import Cluster
+
+CTX = pyfuse3.RequestContext()
+ROOT = pyfuse3.ROOT_INODE
+MIB = 1024 * 1024
+
+
+@dataclass
+class Env:
+    parts: MountParts
+    client: Client
+    cluster: Cluster
+
+    @property
+    def ops(self):  # type: ignore[no-untyped-def]
+        return self.parts.ops
+
+
+async def make_env(
+    cluster: Cluster, nursery: trio.Nursery, **options: object
+) -> AsyncIterator[Env]:
+    """Operations over their own client (short timeouts), as the mount wires them.
+
+    The alias catalog goes to a temporary directory unless ``cache_dir=`` is given.
+    """
+    with tempfile.TemporaryDirectory(prefix="fdfs-cache-") as cache_dir:
+        options.setdefault("cache_dir", cache_dir)
+        opts = replace(MountOptions(mountpoint="/unused", timeout=10.0), **options)  # type: ignore[arg-type]
+        connect, network = opts.client_timeouts
+        async with Client(
+            cluster.trackers, connect_timeout=connect, network_timeout=network
+        ) as client:
+            parts = build_operations(opts, client, nursery)
+            try:
+                yield Env(parts, client, cluster)
+            finally:
+                parts.writer.catalog.close()
+
+
+async def walk(ops: pyfuse3.Operations, path: str) -> pyfuse3.EntryAttributes:
+    inode = ROOT
+    attr = await ops.getattr(ROOT, CTX)
+    for part in path.strip("/").split("/"):
+        if part:
+            attr = await ops.lookup(inode, part.encode(), CTX)
+            inode = attr.st_ino
+    return attr
+
+
+async def listdir(
+    ops: pyfuse3.Operations, inode: int, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, pyfuse3.EntryAttributes]:
+    entries: dict[str, pyfuse3.EntryAttributes] = {}
+
+    def reply(token: object, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        entries[name.decode()] = attr
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    fh = await ops.opendir(inode, CTX)
+    try:
+        await ops.readdir(fh, 0, pyfuse3.ReaddirToken())
+    finally:
+        await ops.releasedir(fh)
+    entries.pop(".", None)
+    entries.pop("..", None)
+    return entries
+
+
+async def read_all(ops: pyfuse3.Operations, inode: int, chunk: int = 128 * 1024) -> bytes:
+    fi = await ops.open(inode, os.O_RDONLY, CTX)
+    out = bytearray()
+    try:
+        while data := await ops.read(fi.fh, len(out), chunk):
+            out += data
+    finally:
+        await ops.release(fi.fh)
+    return bytes(out)
+
+
+def requests(client: Client) -> int:
+    return sum(client.stats.requests.values())
+
+
+def fake_id(group: str = "group1", size: int = 1234, appender: bool = False) -> FileId:
+    remote = make_remote_name(
+        source=100001, create_time=1_700_000_000, size=size, crc32=0xDEADBEEF,
+        appender=appender, ext="jpg", subdirs=(0x12, 0x34),
+    )  # fmt: skip
+    return parse_file_id(f"{group}/{remote}")
+
+
+async def expect_errno(code: int, coro: object) -> None:
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await coro  # type: ignore[misc]
+    assert info.value.errno == code
