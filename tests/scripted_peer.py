@@ -97,7 +97,15 @@ class Close:
     """Close the connection without a reply."""
 
 
-Action = Reply | Cut | Hang | Close
+@dataclass(frozen=True)
+class Refuse:
+    """Answer right after the request header, without reading its body, then close
+    (as a storage refuses an upload it cannot take)."""
+
+    data: bytes
+
+
+Action = Reply | Cut | Hang | Close | Refuse
 
 
 def golden_reply(record: Golden) -> Reply:
@@ -161,6 +169,11 @@ class ScriptedServer:
                 if head is None:
                     return
                 length, cmd, status = _HEADER.unpack(head)
+                queued = self._by_cmd.get(cmd)
+                if queued and isinstance(queued[0], Refuse):
+                    self.requests.append(Received(cmd, status, b"", head))
+                    await stream.send_all(queued.popleft().data)
+                    return
                 body = await _receive_exactly(stream, length)
                 if body is None:
                     return

@@ -22,6 +22,7 @@ from scripted_peer import (
     Close,
     Cut,
     Hang,
+    Refuse,
     Reply,
     ScriptedNetwork,
     ScriptedServer,
@@ -175,6 +176,17 @@ async def test_upload_fails_over_to_another_storage_of_the_group(
     with trio.fail_after(DEADLINE):
         assert str(await client.upload(HELLO_BYTES, ext="txt", group="group1")) == HELLO
     assert tracker.commands() == [Cmd.QUERY_STORE_WITH_GROUP_ONE, Cmd.QUERY_STORE_WITH_GROUP_ALL]
+
+
+async def test_storage_refusing_an_upload_early_gives_its_status(
+    client: Client, tracker: ScriptedServer, s1: ScriptedServer
+) -> None:
+    tracker.add_golden(G["query_store_without_group_one"])
+    s1.queue(Cmd.UPLOAD_FILE, Refuse(reply(errno.ENOSPC)))
+    with trio.fail_after(DEADLINE), pytest.raises(ServerError) as info:
+        await client.upload(b"x" * (4 << 20), ext="bin")
+    assert info.value.errno == errno.ENOSPC
+    assert f"upload_file on storage {S1}" in str(info.value)
 
 
 async def test_upload_without_storage_is_nostorage(client: Client, tracker: ScriptedServer) -> None:

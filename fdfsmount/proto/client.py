@@ -240,7 +240,7 @@ class Client:
                 try:
                     body = b""
                     with self._watch(conn, what):
-                        await conn.send_request(request, payload)
+                        await conn.send_request(request, payload, what=what)
                         header = await conn.receive_header()
                         conn.expect_status(header, what)
                         if body_limit is not None:

@@ -166,13 +166,41 @@ class Connection:
 
     # ------------------------------------------------------------ sending
 
-    async def send_request(self, request: Request, payload: Payload | None = None) -> None:
-        """Send a request head and exactly ``request.payload_size`` payload bytes."""
+    async def send_request(
+        self, request: Request, payload: Payload | None = None, *, what: str = ""
+    ) -> None:
+        """Send a request head and exactly ``request.payload_size`` payload bytes.
+
+        A storage may refuse an upload (ENOSPC, EINVAL) before taking its
+        payload and close the connection, so sending fails; then the status
+        it sent, if it arrived, is raised as a `ServerError` (``what`` names
+        the request) instead of `ConnectionClosed`.
+        """
         if self._state is not ConnState.IDLE:
             raise LocalProtocolError(f"connection to {self.addr} is {self._state.value}")
         self._state = ConnState.BUSY
         self._left = 0
         self._reply_bytes = 0
+        try:
+            await self._send_request(request, payload)
+        except ConnectionClosed as exc:
+            status = await self._status_sent_early() if request.payload_size else 0
+            if status:
+                raise server_error(
+                    status, what or f"request {request.cmd} to {self.role} {self.addr}"
+                ) from exc
+            raise
+
+    async def _status_sent_early(self) -> int:
+        """The status of a reply header that came before the server closed, else 0."""
+        self.mark_broken("the server closed while the request was being sent")
+        try:
+            header = await self._read_header()
+        except ProtocolError:
+            return 0
+        return header.status
+
+    async def _send_request(self, request: Request, payload: Payload | None) -> None:
         head = request.encode()
         size = request.payload_size
         if payload is None:
@@ -294,6 +322,9 @@ class Connection:
         """Read the reply header; a header-only reply completes the exchange."""
         if self._state is not ConnState.BUSY:
             raise LocalProtocolError(f"no request under way on {self.addr}")
+        return await self._read_header()
+
+    async def _read_header(self) -> Header:
         while self._tail - self._head < HEADER_SIZE:
             if self._head:
                 pending = self._tail - self._head
@@ -447,7 +478,7 @@ class Connection:
         max_size: int = MAX_REPLY_SIZE,
     ) -> bytes:
         """Send a request and return its whole reply body (raising for a bad status)."""
-        await self.send_request(request, payload)
+        await self.send_request(request, payload, what=what)
         header = await self.receive_header()
         self.expect_status(header, what)
         return await self.receive_body(max_size)
