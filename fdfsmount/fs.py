@@ -129,7 +129,9 @@ def fuse_op(
 def _describe(args: Sequence[object]) -> str:
     shown = []
     for arg in args:
-        if isinstance(arg, bytes):
+        if isinstance(arg, bytes) and len(arg) > 255:  # write and setxattr data
+            shown.append(f"<{len(arg)} bytes>")
+        elif isinstance(arg, bytes):
             shown.append(repr(os.fsdecode(arg)))
         elif isinstance(arg, int | str | float):
             shown.append(str(arg))

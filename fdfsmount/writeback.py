@@ -322,6 +322,8 @@ class AppenderWriter:
     # -- reading -------------------------------------------------------------
 
     async def read(self, offset: int, size: int) -> bytes:
+        if self.stale:
+            await self._refresh()
         end = min(offset + size, self.size)
         if offset >= end:
             return b""

@@ -146,7 +146,9 @@ class WritePath:
     def local_stat(self, node: Node) -> FileStat | None:
         """Attributes of a file being written here (None: ask the usual way)."""
         writer = self.writer_of(node.file_id)
-        return writer.stat() if writer is not None else None
+        if writer is None or (isinstance(writer, AppenderWriter) and writer.stale):
+            return None  # after a failed write-back only the storage knows the size
+        return writer.stat()
 
     async def read(self, file_id: FileId, offset: int, size: int) -> bytes | None:
         """This host's view of a file being written here; None when it is not."""
