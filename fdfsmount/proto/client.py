@@ -46,14 +46,14 @@ from . import storage as st
 from . import tracker as tr
 from .binlog import BinlogRecord, BinlogStreamDecoder
 from .clientconf import parse_server_addr, read_client_conf
-from .connection import CHUNK_SIZE, MAX_REPLY_SIZE, Connection, Payload, Role
+from .connection import MAX_REPLY_SIZE, Connection, Payload, Role
 from .constants import QUERY_FINFO_KEEP_SILENCE, QUERY_FINFO_NO_CRC32, Cmd, StorageStatus
+from .download import TRANSPORT_ERRORS, ChunkIterator, RangeReader, Replicas
 from .errors import (
     ConnectError,
     FdfsError,
     FileNotFound,
     InvalidFileId,
-    LocalProtocolError,
     NoStorage,
     ProtocolError,
     ServerError,
@@ -71,12 +71,9 @@ from .wire import Header
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 #: Seconds a server that failed is tried after the others.
 FAILURE_MEMORY = 30.0
-#: Largest single receive when collecting a reply as bytes.
-_RECV_SIZE = 4 << 20
 _DOWNLOAD_BUFFER = 1 << 20
 _BINLOG_READ_SIZE = 64 * 1024
 #: Requests that may be sent again when a pooled connection turns out dead.
@@ -98,8 +95,6 @@ _IDEMPOTENT = frozenset(
         Cmd.QUERY_STORE_WITH_GROUP_ALL,
     }
 )
-#: Failures after which another server is worth trying.
-_TRANSPORT_ERRORS = (ConnectError, Timeout, ProtocolError)
 #: The storage writes metadata of file X into a file named X + this suffix.
 _META_FILE_SUFFIX = "-m"
 
@@ -264,7 +259,7 @@ class Client:
 
     def _count_failure(self, op: str, addr: ServerAddr, exc: BaseException) -> None:
         self.stats.count_error(op)
-        if isinstance(exc, _TRANSPORT_ERRORS):
+        if isinstance(exc, TRANSPORT_ERRORS):
             self._note_failure(addr)
 
     async def _exchange(
@@ -307,7 +302,7 @@ class Client:
             what = f"{op}{' ' + subject if subject else ''} on tracker {addr}"
             try:
                 return await self._exchange(addr, "tracker", request, decode, what=what)
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 failures.append(exc)
                 if len(failures) < len(self.trackers):
                     log.warning("%s; trying the next tracker", exc)
@@ -385,13 +380,13 @@ class Client:
         fetch_all: bool = False,
     ) -> T:
         """Run ``attempt`` on the file's replicas until one succeeds."""
-        replicas = _Replicas(self, fid, servers, fetch_all=fetch_all)
+        replicas = Replicas(self, fid, servers, fetch_all=fetch_all)
         while (addr := await replicas.next()) is not None:
             try:
                 return await attempt(addr)
             except FileNotFound:
                 replicas.not_found.append(addr)
-            except _TRANSPORT_ERRORS as exc:
+            except TRANSPORT_ERRORS as exc:
                 replicas.failed(exc)
         raise replicas.final_error(op)
 
@@ -501,8 +496,8 @@ class Client:
         servers: Sequence[ServerAddr] | None = None,
         fetch_all: bool = False,
         past_end_ok: bool = False,
-    ) -> _RangeReader:
-        return _RangeReader(
+    ) -> RangeReader:
+        return RangeReader(
             self,
             _file_id(file_id),
             offset,
@@ -591,7 +586,7 @@ class Client:
         """
         async with self._reader(file_id, offset, length) as reader:
             await reader.start()
-            yield _ChunkIterator(reader)
+            yield ChunkIterator(reader)
 
     async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]:
         """Every storage server able to serve the file (QUERY_FETCH_ALL)."""
@@ -826,286 +821,6 @@ class _Watchdog:
             self._conn.mark_broken("timed out")
             raise Timeout(f"{self._what}: no answer within {self._timeout:g}s")
         return swallowed
-
-
-class _Replicas:
-    """The storage servers to try for reading one file; asks the tracker lazily."""
-
-    def __init__(
-        self,
-        client: Client,
-        fid: FileId,
-        servers: Sequence[ServerAddr] | None,
-        *,
-        fetch_all: bool,
-    ) -> None:
-        self._client = client
-        self.fid = fid
-        self._queue: list[ServerAddr] = list(servers) if servers is not None else []
-        self._given = servers is not None
-        self._fetch_all = fetch_all
-        self._asked_one = False
-        self._asked_all = False
-        self.tried: list[ServerAddr] = []
-        self.not_found: list[ServerAddr] = []
-        self.failures: list[FdfsError] = []
-
-    async def next(self) -> ServerAddr | None:
-        while True:
-            while self._queue:
-                addr = self._queue.pop(0)
-                if addr not in self.tried:
-                    self.tried.append(addr)
-                    return addr
-            if self._given or self._asked_all:
-                return None
-            if not self._fetch_all and not self._asked_one:
-                self._asked_one = True
-                target = await self._client._query_file(Cmd.QUERY_FETCH_ONE, self.fid)
-                servers = list(target.servers)
-            else:
-                self._asked_all = True
-                try:
-                    servers = await self._client.fetch_servers(self.fid)
-                except FdfsError as exc:
-                    if not self.tried:
-                        raise
-                    log.debug("QUERY_FETCH_ALL for %s failed: %s", self.fid, exc)
-                    return None
-            self._queue = self._client._healthy_first([s for s in servers if s not in self.tried])
-
-    def failed(self, exc: FdfsError) -> None:
-        self.failures.append(exc)
-        log.warning("%s; trying other replicas", exc)
-
-    def final_error(self, op: str) -> FdfsError:
-        if self.failures:
-            last = self.failures[-1]
-            if len(self.tried) == 1:
-                return last
-            detail = "; ".join(str(e) for e in self.failures)
-            if self.not_found:
-                detail += f"; no such file on {', '.join(map(str, self.not_found))}"
-            error = type(last)(f"{op} {self.fid}: no replica could serve it: {detail}")
-            error.__cause__ = last
-            return error
-        where = ", ".join(map(str, self.not_found)) or "any storage"
-        return FileNotFound(f"{op} {self.fid}: no such file on {where}")
-
-
-class _RangeReader:
-    """One byte range of a file, read from its replicas.
-
-    A replica that fails before the range is complete is replaced by the next
-    one, which continues from where the first stopped.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        fid: FileId,
-        offset: int,
-        length: int | None,
-        *,
-        servers: Sequence[ServerAddr] | None,
-        fetch_all: bool,
-        past_end_ok: bool,
-    ) -> None:
-        if offset < 0 or (length is not None and length < 0):
-            raise LocalProtocolError(f"bad range: offset {offset}, length {length}")
-        self._client = client
-        self.fid = fid
-        self.position = offset
-        self._length = length  # as asked; None: to the end of the file
-        self._expected: int | None = None  # reply length, when the file ID tells the size
-        self._past_end_ok = past_end_ok
-        self._replicas = _Replicas(client, fid, servers, fetch_all=fetch_all)
-        self.total: int | None = None  # bytes this range holds, once known
-        self.delivered = 0
-        self._conn: Connection | None = None
-        self._addr: ServerAddr | None = None
-        self._started_at = 0.0
-
-    async def __aenter__(self) -> _RangeReader:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._release()
-
-    def _what(self, addr: ServerAddr) -> str:
-        return f"download_file {self.fid} on storage {addr}"
-
-    async def start(self) -> int:
-        """Find a replica that serves the range; returns the number of bytes it holds."""
-        if self.total is not None:
-            return self.total
-        try:
-            size = decode_file_id(self.fid).size
-        except InvalidFileId:
-            size = None
-        if size is not None:
-            if self._at_or_past_end(size):
-                return self.total or 0
-            available = size - self.position
-            self._expected = available if self._length is None else min(self._length, available)
-        if self._length == 0:
-            self.total = 0
-            return 0
-        await self._open_next()
-        return self.total or 0
-
-    def _at_or_past_end(self, size: int) -> bool:
-        """True (range empty) at the end; EINVAL past it unless reading like read(2)."""
-        if self.position < size:
-            return False
-        if self.position > size and not self._past_end_ok:
-            raise ServerError(
-                errno.EINVAL,
-                f"download_file {self.fid}: offset {self.position} is past the end "
-                f"of the file ({size} bytes)",
-            )
-        self.total = 0
-        return True
-
-    def _request_length(self) -> int:
-        if self.total is not None:
-            return self.total - self.delivered
-        # As asked (0 = to the end), like the C client, even when the size is known.
-        return self._length or 0
-
-    async def _open_next(self) -> None:
-        client = self._client
-        while (addr := await self._replicas.next()) is not None:
-            length = self._request_length()
-            request = st.download_request(
-                self.fid.group, self.fid.remote_name, self.position, length
-            )
-            what = self._what(addr)
-            self._started_at = trio.current_time()
-            try:
-                conn, header, _ = await client._open_reply(addr, "storage", request, what)
-            except FileNotFound:
-                self._replicas.not_found.append(addr)
-                continue
-            except ServerError as exc:
-                if exc.errno == errno.EINVAL and not self.delivered:
-                    size = await self._size_after_einval(addr)
-                    if size is not None and self._at_or_past_end(size):
-                        return
-                raise
-            except _TRANSPORT_ERRORS as exc:
-                self._replicas.failed(exc)
-                continue
-            expected = length if self.total is not None else self._expected
-            if (expected is not None and header.length != expected) or (
-                length and header.length > length
-            ):
-                conn.mark_broken("unexpected download length")
-                await client._pool.release(conn)
-                error = ProtocolError(
-                    f"{what}: reply of {header.length} bytes, expected "
-                    f"{expected if expected is not None else f'at most {length}'}"
-                )
-                client._count_failure("download_file", addr, error)
-                self._replicas.failed(error)
-                continue
-            if self.total is None:
-                self.total = header.length
-            self._conn, self._addr = conn, addr
-            await self._finish_if_done()
-            return
-        raise self._replicas.final_error("download_file")
-
-    async def _size_after_einval(self, addr: ServerAddr) -> int | None:
-        try:
-            return await self._client._file_size_on(addr, self.fid)
-        except FdfsError:
-            return None
-
-    async def readinto(self, view: memoryview) -> int:
-        """Read the next bytes of the range into ``view``; 0 once it is complete."""
-
-        async def receive(conn: Connection) -> int:
-            return await conn.receive_into(view)
-
-        return await self._pull(receive, int) or 0
-
-    async def read_chunk(self, max_size: int) -> bytes:
-        """The next bytes of the range (at most ``max_size``); b"" once it is complete."""
-
-        async def receive(conn: Connection) -> bytes:
-            return await conn.receive_chunk(max_size)
-
-        return await self._pull(receive, len) or b""
-
-    async def _pull(
-        self, receive: Callable[[Connection], Awaitable[R]], size: Callable[[R], int]
-    ) -> R | None:
-        """Receive from the current replica, switching replicas on failure; None at the end."""
-        if self.total is None:
-            await self.start()
-        while self._conn is not None:
-            conn, addr = self._conn, self._addr
-            assert addr is not None
-            try:
-                if conn.body_buffered:
-                    result = await receive(conn)  # no waiting: no deadline needed
-                else:
-                    with self._client._watch(conn, self._what(addr)):
-                        result = await receive(conn)
-            except _TRANSPORT_ERRORS as exc:
-                self._client._count_failure("download_file", addr, exc)
-                await self._release()
-                self._replicas.failed(exc)
-                await self._open_next()
-                continue
-            n = size(result)
-            self.position += n
-            self.delivered += n
-            await self._finish_if_done()
-            return result
-        return None
-
-    async def read_all(self) -> bytes:
-        """The whole range as bytes, read in pieces straight from the socket."""
-        total = await self.start()
-        pieces = []
-        got = 0
-        while got < total:
-            piece = await self.read_chunk(min(total - got, _RECV_SIZE))
-            if not piece:
-                raise ProtocolError(f"download_file {self.fid}: reply ended early")
-            pieces.append(piece)
-            got += len(piece)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    async def _finish_if_done(self) -> None:
-        conn = self._conn
-        if conn is not None and conn.body_remaining == 0 and self._addr is not None:
-            self._client.stats.observe_latency(
-                str(self._addr), trio.current_time() - self._started_at
-            )
-            await self._release()
-
-    async def _release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._client._pool.release(conn)
-
-
-class _ChunkIterator:
-    def __init__(self, reader: _RangeReader, chunk_size: int = CHUNK_SIZE) -> None:
-        self._reader = reader
-        self._buf = bytearray(chunk_size)
-
-    def __aiter__(self) -> _ChunkIterator:
-        return self
-
-    async def __anext__(self) -> bytes:
-        n = await self._reader.readinto(memoryview(self._buf))
-        if not n:
-            raise StopAsyncIteration
-        return bytes(self._buf[:n])
 
 
 class _BinlogIterator:

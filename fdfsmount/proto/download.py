@@ -1,0 +1,336 @@
+"""Reading a file's bytes from its replicas: the client's fallback and resume logic.
+
+# Strategy
+`Replicas` yields the storage servers to try for one file: the given ones,
+or the tracker's pick (QUERY_FETCH_ONE) and then, if that fails, the rest
+(QUERY_FETCH_ALL), recently failed servers last. It records why each one
+failed so the final error says whether the file is missing everywhere (every
+replica said ENOENT) or some replica could not be asked (the transport error
+wins: a missing file cannot be concluded).
+
+`RangeReader` reads one byte range. When a replica fails part way, the next
+one is asked for the rest only, and its reply must hold exactly the bytes
+still missing. Reads at or past the end are settled without the server where
+the file ID tells the size (normal files), else by asking the size after the
+server's EINVAL (real servers refuse any offset >= size, even 0 of an empty
+file).
+
+This module is part of `fdfsmount.proto.client` and uses its plumbing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import trio
+
+from . import storage as st
+from .connection import CHUNK_SIZE, Connection
+from .constants import Cmd
+from .errors import (
+    ConnectError,
+    FdfsError,
+    FileNotFound,
+    InvalidFileId,
+    LocalProtocolError,
+    ProtocolError,
+    ServerError,
+    Timeout,
+)
+from .fileid import FileId, decode_file_id
+from .message import ServerAddr
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+#: Failures after which another server is worth trying.
+TRANSPORT_ERRORS = (ConnectError, Timeout, ProtocolError)
+#: Largest single receive when collecting a reply as bytes.
+RECV_SIZE = 4 << 20
+
+
+class Replicas:
+    """The storage servers to try for reading one file; asks the tracker lazily."""
+
+    def __init__(
+        self,
+        client: Client,
+        fid: FileId,
+        servers: Sequence[ServerAddr] | None,
+        *,
+        fetch_all: bool,
+    ) -> None:
+        self._client = client
+        self.fid = fid
+        self._queue: list[ServerAddr] = list(servers) if servers is not None else []
+        self._given = servers is not None
+        self._fetch_all = fetch_all
+        self._asked_one = False
+        self._asked_all = False
+        self.tried: list[ServerAddr] = []
+        self.not_found: list[ServerAddr] = []
+        self.failures: list[FdfsError] = []
+
+    async def next(self) -> ServerAddr | None:
+        while True:
+            while self._queue:
+                addr = self._queue.pop(0)
+                if addr not in self.tried:
+                    self.tried.append(addr)
+                    return addr
+            if self._given or self._asked_all:
+                return None
+            if not self._fetch_all and not self._asked_one:
+                self._asked_one = True
+                target = await self._client._query_file(Cmd.QUERY_FETCH_ONE, self.fid)
+                servers = list(target.servers)
+            else:
+                self._asked_all = True
+                try:
+                    servers = await self._client.fetch_servers(self.fid)
+                except FdfsError as exc:
+                    if not self.tried:
+                        raise
+                    log.debug("QUERY_FETCH_ALL for %s failed: %s", self.fid, exc)
+                    return None
+            self._queue = self._client._healthy_first([s for s in servers if s not in self.tried])
+
+    def failed(self, exc: FdfsError) -> None:
+        self.failures.append(exc)
+        log.warning("%s; trying other replicas", exc)
+
+    def final_error(self, op: str) -> FdfsError:
+        if self.failures:
+            last = self.failures[-1]
+            if len(self.tried) == 1:
+                return last
+            detail = "; ".join(str(e) for e in self.failures)
+            if self.not_found:
+                detail += f"; no such file on {', '.join(map(str, self.not_found))}"
+            error = type(last)(f"{op} {self.fid}: no replica could serve it: {detail}")
+            error.__cause__ = last
+            return error
+        where = ", ".join(map(str, self.not_found)) or "any storage"
+        return FileNotFound(f"{op} {self.fid}: no such file on {where}")
+
+
+class RangeReader:
+    """One byte range of a file, read from its replicas.
+
+    A replica that fails before the range is complete is replaced by the next
+    one, which continues from where the first stopped.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        fid: FileId,
+        offset: int,
+        length: int | None,
+        *,
+        servers: Sequence[ServerAddr] | None,
+        fetch_all: bool,
+        past_end_ok: bool,
+    ) -> None:
+        if offset < 0 or (length is not None and length < 0):
+            raise LocalProtocolError(f"bad range: offset {offset}, length {length}")
+        self._client = client
+        self.fid = fid
+        self.position = offset
+        self._length = length  # as asked; None: to the end of the file
+        self._expected: int | None = None  # reply length, when the file ID tells the size
+        self._past_end_ok = past_end_ok
+        self._replicas = Replicas(client, fid, servers, fetch_all=fetch_all)
+        self.total: int | None = None  # bytes this range holds, once known
+        self.delivered = 0
+        self._conn: Connection | None = None
+        self._addr: ServerAddr | None = None
+        self._started_at = 0.0
+
+    async def __aenter__(self) -> RangeReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._release()
+
+    def _what(self, addr: ServerAddr) -> str:
+        return f"download_file {self.fid} on storage {addr}"
+
+    async def start(self) -> int:
+        """Find a replica that serves the range; returns the number of bytes it holds."""
+        if self.total is not None:
+            return self.total
+        try:
+            size = decode_file_id(self.fid).size
+        except InvalidFileId:
+            size = None
+        if size is not None:
+            if self._at_or_past_end(size):
+                return self.total or 0
+            available = size - self.position
+            self._expected = available if self._length is None else min(self._length, available)
+        if self._length == 0:
+            self.total = 0
+            return 0
+        await self._open_next()
+        return self.total or 0
+
+    def _at_or_past_end(self, size: int) -> bool:
+        """True (range empty) at the end; EINVAL past it unless reading like read(2)."""
+        if self.position < size:
+            return False
+        if self.position > size and not self._past_end_ok:
+            raise ServerError(
+                errno.EINVAL,
+                f"download_file {self.fid}: offset {self.position} is past the end "
+                f"of the file ({size} bytes)",
+            )
+        self.total = 0
+        return True
+
+    def _request_length(self) -> int:
+        if self.total is not None:
+            return self.total - self.delivered
+        # As asked (0 = to the end), like the C client, even when the size is known.
+        return self._length or 0
+
+    async def _open_next(self) -> None:
+        client = self._client
+        while (addr := await self._replicas.next()) is not None:
+            length = self._request_length()
+            request = st.download_request(
+                self.fid.group, self.fid.remote_name, self.position, length
+            )
+            what = self._what(addr)
+            self._started_at = trio.current_time()
+            try:
+                conn, header, _ = await client._open_reply(addr, "storage", request, what)
+            except FileNotFound:
+                self._replicas.not_found.append(addr)
+                continue
+            except ServerError as exc:
+                if exc.errno == errno.EINVAL and not self.delivered:
+                    size = await self._size_after_einval(addr)
+                    if size is not None and self._at_or_past_end(size):
+                        return
+                raise
+            except TRANSPORT_ERRORS as exc:
+                self._replicas.failed(exc)
+                continue
+            expected = length if self.total is not None else self._expected
+            if (expected is not None and header.length != expected) or (
+                length and header.length > length
+            ):
+                conn.mark_broken("unexpected download length")
+                await client._pool.release(conn)
+                error = ProtocolError(
+                    f"{what}: reply of {header.length} bytes, expected "
+                    f"{expected if expected is not None else f'at most {length}'}"
+                )
+                client._count_failure("download_file", addr, error)
+                self._replicas.failed(error)
+                continue
+            if self.total is None:
+                self.total = header.length
+            self._conn, self._addr = conn, addr
+            await self._finish_if_done()
+            return
+        raise self._replicas.final_error("download_file")
+
+    async def _size_after_einval(self, addr: ServerAddr) -> int | None:
+        try:
+            return await self._client._file_size_on(addr, self.fid)
+        except FdfsError:
+            return None
+
+    async def readinto(self, view: memoryview) -> int:
+        """Read the next bytes of the range into ``view``; 0 once it is complete."""
+
+        async def receive(conn: Connection) -> int:
+            return await conn.receive_into(view)
+
+        return await self._pull(receive, int) or 0
+
+    async def read_chunk(self, max_size: int) -> bytes:
+        """The next bytes of the range (at most ``max_size``); b"" once it is complete."""
+
+        async def receive(conn: Connection) -> bytes:
+            return await conn.receive_chunk(max_size)
+
+        return await self._pull(receive, len) or b""
+
+    async def _pull(
+        self, receive: Callable[[Connection], Awaitable[R]], size: Callable[[R], int]
+    ) -> R | None:
+        """Receive from the current replica, switching replicas on failure; None at the end."""
+        if self.total is None:
+            await self.start()
+        while self._conn is not None:
+            conn, addr = self._conn, self._addr
+            assert addr is not None
+            try:
+                if conn.body_buffered:
+                    result = await receive(conn)  # no waiting: no deadline needed
+                else:
+                    with self._client._watch(conn, self._what(addr)):
+                        result = await receive(conn)
+            except TRANSPORT_ERRORS as exc:
+                self._client._count_failure("download_file", addr, exc)
+                await self._release()
+                self._replicas.failed(exc)
+                await self._open_next()
+                continue
+            n = size(result)
+            self.position += n
+            self.delivered += n
+            await self._finish_if_done()
+            return result
+        return None
+
+    async def read_all(self) -> bytes:
+        """The whole range as bytes, read in pieces straight from the socket."""
+        total = await self.start()
+        pieces = []
+        got = 0
+        while got < total:
+            piece = await self.read_chunk(min(total - got, RECV_SIZE))
+            if not piece:
+                raise ProtocolError(f"download_file {self.fid}: reply ended early")
+            pieces.append(piece)
+            got += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _finish_if_done(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.body_remaining == 0 and self._addr is not None:
+            self._client.stats.observe_latency(
+                str(self._addr), trio.current_time() - self._started_at
+            )
+            await self._release()
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._client._pool.release(conn)
+
+
+class ChunkIterator:
+    def __init__(self, reader: RangeReader, chunk_size: int = CHUNK_SIZE) -> None:
+        self._reader = reader
+        self._buf = bytearray(chunk_size)
+
+    def __aiter__(self) -> ChunkIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        n = await self._reader.readinto(memoryview(self._buf))
+        if not n:
+            raise StopAsyncIteration
+        return bytes(self._buf[:n])
