@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trio
+from mounthelp import client_run, run, source_node, wait_replicated
 
 from fdfsmount.mountproc import MountProcess, fuse_available, is_mounted, mounted
-from fdfsmount.proto import FileId, ServerAddr
+from fdfsmount.proto import FileId
 from fdfsmount.proto.client import Client
-from harness.cluster import Cluster, Node
+from harness.cluster import Cluster
 from harness.pytest_plugin import ClusterFactory
 
 pytestmark = [
@@ -47,23 +47,6 @@ class Files:
     big_path: Path
     big_sha256: str
     leaf: list[FileId]  # several files in one leaf directory (group1)
-
-
-def run(*args: str | os.PathLike[str], timeout: float = 120, **kw: object) -> str:
-    done = subprocess.run(
-        [os.fspath(a) for a in args], capture_output=True, timeout=timeout, check=True, **kw
-    )  # type: ignore[call-overload]
-    return done.stdout.decode(errors="replace")
-
-
-def client_run(cluster: Cluster, work):  # type: ignore[no-untyped-def]
-    """Run `work(client)` to completion from sync code."""
-
-    async def main():  # type: ignore[no-untyped-def]
-        async with Client(cluster.trackers) as client:
-            return await work(client)
-
-    return trio.run(main)
 
 
 @pytest.fixture(scope="module")
@@ -247,30 +230,6 @@ def test_statfs_reports_cluster_space(mnt: Path) -> None:
 # ---------------------------------------------------------------- replicas going away
 
 
-def _wait_replicated(cluster: Cluster, fid: FileId, size: int) -> None:
-    async def poll(client: Client) -> None:
-        with trio.fail_after(30):
-            for node in cluster.storages_of(fid.group):
-                addr = ServerAddr(node.host, node.port)
-                while True:
-                    try:
-                        got = await client.read_range(fid, size - 1, 1, servers=[addr])
-                    except Exception:
-                        got = b""
-                    if got:
-                        break
-                    await trio.sleep(0.1)
-
-    client_run(cluster, poll)
-
-
-def _source_node(cluster: Cluster, fid: FileId) -> Node:
-    from fdfsmount.proto import decode_file_id
-
-    source = decode_file_id(fid).source
-    return next(n for n in cluster.storages_of(fid.group) if source in (n.storage_id, n.host))
-
-
 def test_reads_survive_one_stopped_replica(
     tmp_path: Path, fdfs_cluster_factory: ClusterFactory
 ) -> None:
@@ -280,9 +239,9 @@ def test_reads_survive_one_stopped_replica(
     cluster = fdfs_cluster_factory(groups={"group1": 2})
     fids = client_run(cluster, lambda c: _upload_many(c, [data, data[: 3 * MIB], b"small file\n"]))
     for fid in fids:
-        _wait_replicated(cluster, fid, len(data) if fid == fids[0] else 1)
+        wait_replicated(cluster, fid, len(data) if fid == fids[0] else 1)
     with mounted(cluster.trackers, tmp_path / "mnt", OPTIONS) as proc:
-        source = _source_node(cluster, fids[0])
+        source = source_node(cluster, fids[0])
         cluster.stop(source)
         try:
             run("cmp", path_of(proc.mountpoint, fids[0]), src, timeout=120)
@@ -301,7 +260,7 @@ def test_eio_within_the_timeout_when_every_replica_is_stopped(
 ) -> None:
     cluster = fdfs_cluster_factory(groups={"group1": 2})
     (fid,) = client_run(cluster, lambda c: _upload_many(c, [b"unreachable" * 100]))
-    _wait_replicated(cluster, fid, 1100)
+    wait_replicated(cluster, fid, 1100)
     with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=3"]) as proc:
         target = path_of(proc.mountpoint, fid)
         assert target.stat().st_size == 1100  # from the ID: no server needed

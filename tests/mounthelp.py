@@ -1,0 +1,106 @@
+"""Helpers for tests with a real mount: running programs, and looking at each storage directly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from fdfsmount.proto import FileId, FileNotFound, ServerAddr, decode_file_id
+from fdfsmount.proto.client import Client
+from harness.cluster import Cluster, Node
+
+T = TypeVar("T")
+REPLICATION_WAIT = 30.0
+
+
+def run(*args: str | os.PathLike[str], timeout: float = 120, **kw: object) -> str:
+    done = subprocess.run(
+        [os.fspath(a) for a in args], capture_output=True, timeout=timeout, check=True, **kw
+    )  # type: ignore[call-overload]
+    return done.stdout.decode(errors="replace")
+
+
+def client_run(cluster: Cluster, work: Callable[[Client], Awaitable[T]]) -> T:
+    """Run `work(client)` to completion from sync code."""
+
+    async def main() -> T:
+        async with Client(cluster.trackers) as client:
+            return await work(client)
+
+    return trio.run(main)
+
+
+def addr_of(node: Node) -> ServerAddr:
+    return ServerAddr(node.host, node.port)
+
+
+def source_node(cluster: Cluster, fid: FileId) -> Node:
+    source = decode_file_id(fid).source
+    return next(n for n in cluster.storages_of(fid.group) if source in (n.storage_id, n.host))
+
+
+def wait_replicated(cluster: Cluster, fid: FileId, size: int) -> None:
+    """Until every storage of the group has at least `size` bytes of `fid`."""
+
+    async def poll(client: Client) -> None:
+        with trio.fail_after(REPLICATION_WAIT):
+            for node in cluster.storages_of(fid.group):
+                while True:
+                    try:
+                        got = await client.read_range(fid, size - 1, 1, servers=[addr_of(node)])
+                    except Exception:
+                        got = b""
+                    if got:
+                        break
+                    await trio.sleep(0.1)
+
+    client_run(cluster, poll)
+
+
+async def content_on(client: Client, node: Node, fid: FileId) -> bytes | None:
+    """The file's bytes as one storage has them (None: it has no such file)."""
+    try:
+        size = (await client.info(fid, calc_crc32=False, servers=[addr_of(node)])).size
+        return await client.read_range(fid, 0, size, servers=[addr_of(node)])
+    except FileNotFound:
+        return None
+
+
+async def metadata_on(client: Client, node: Node, fid: FileId) -> dict[str, str] | None:
+    try:
+        return await client.get_metadata(fid, servers=[addr_of(node)])
+    except FileNotFound:
+        return None
+
+
+def check_everywhere(
+    cluster: Cluster,
+    fid: FileId,
+    content: bytes | None,
+    meta: dict[str, str] | None = None,
+) -> None:
+    """`fid` holds `content` (None: deleted) -- and `meta`, if given -- on its source
+    storage at once, and on every other storage of the group once replicated."""
+
+    async def check(client: Client) -> None:
+        source = source_node(cluster, fid)
+        assert await content_on(client, source, fid) == content, f"{fid} on source {source.name}"
+        if meta is not None:
+            assert await metadata_on(client, source, fid) == meta
+        for node in cluster.storages_of(fid.group):
+            if node is source:
+                continue
+            with trio.move_on_after(REPLICATION_WAIT):
+                while await content_on(client, node, fid) != content or (
+                    meta is not None and await metadata_on(client, node, fid) != meta
+                ):
+                    await trio.sleep(0.1)
+            assert await content_on(client, node, fid) == content, f"{fid} on {node.name}"
+            if meta is not None:
+                assert await metadata_on(client, node, fid) == meta, f"{fid} on {node.name}"
+
+    client_run(cluster, check)
