@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 PROG = "fdfsmount"
 
 DESCRIPTION = """\
-Mount a FastDFS cluster as a read-only directory tree.
+Mount a FastDFS cluster as a directory tree.
 
   /MOUNTPOINT/<group>/M<xx>/<HH>/<HH>/<name>  is the file with ID  <group>/M<xx>/<HH>/<HH>/<name>
 
@@ -35,6 +35,12 @@ the files the storages report (see -o nolist). Normal files are 0444, appender
 files 0644, directories 0755. FastDFS metadata appears as extended attributes
 user.<key>, plus read-only user.fdfs.file_id, user.fdfs.type, user.fdfs.crc32 and
 user.fdfs.source (try: getfattr -d FILE).
+
+Appender files take ordinary writes (append, overwrite, truncate). A file created
+in /MOUNTPOINT/<group>/ is a new appender file there, shown under the name given
+(an alias kept in the cache directory) and under its file ID; a name next to a
+master file of the form <master name without ext><prefix>.<ext> is a slave file.
+rm deletes, mv renames aliases, setfattr edits metadata.
 
 Without -f the command returns once the mount is live and the file system keeps
 running in the background; unmount with `fusermount3 -u MOUNTPOINT` (or `umount`),
@@ -62,6 +68,10 @@ mount options (-o name[=value],...; may be repeated):
   sparse               hide Mxx/HH directories the listing shows to be empty
   verify_exists        confirm with the storage that unlisted normal files exist on lookup
   timeout=SECS         deadline of every file operation; EIO after it (default: 30)
+  write_buffer=SIZE    writes to one file are sent in requests of up to this (default: 8M)
+  write_idle=SECS      buffered writes are sent after this long without a new one (default: 1)
+  cache_dir=DIR        where the names created here are kept
+                       (default: $XDG_CACHE_HOME/fdfsmount, /var/cache/fdfsmount for root)
   log_file=FILE        log here (also logfile=; default: stderr with -f, syslog otherwise)
   debug                log every file system request and every server request
   metrics=HOST:PORT    serve Prometheus metrics at http://HOST:PORT/metrics (default: none)

@@ -73,6 +73,19 @@ def test_every_documented_option() -> None:
     assert {"ro", "allow_other", "default_permissions", "subtype=fdfsmount"} <= opts.fuse_options
 
 
+def test_write_side_options() -> None:
+    opts = build_options("h:1", "/mnt", ["write_buffer=4M,write_idle=250ms,cache_dir=rel/cache"])
+    assert (opts.write_buffer, opts.write_idle) == (4 * MIB, 0.25)
+    # Absolute: the daemon changes to / before it opens the cache directory.
+    assert opts.cache_dir == os.path.abspath("rel/cache")
+    defaults = build_options("h:1", "/mnt", [])
+    assert (defaults.write_buffer, defaults.write_idle, defaults.cache_dir) == (8 * MIB, 1.0, None)
+    for item, message in [("write_buffer=1K", "write_buffer"), ("write_idle=0", "write_idle"),
+                          ("cache_dir", "needs a value")]:  # fmt: skip
+        with pytest.raises(OptionError, match=message):
+            build_options("h:1", "/mnt", [item])
+
+
 def test_defaults_are_the_mounting_user() -> None:
     opts = build_options("h:1", "/mnt", [])
     assert (opts.uid, opts.gid) == (os.getuid(), os.getgid())
