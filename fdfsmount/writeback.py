@@ -161,12 +161,17 @@ class AppenderWriter:
 
     async def write(self, handle: WriteHandle, offset: int, data: bytes) -> int:
         self._check(handle, report=False)
+        if not data:
+            return 0
+        # The storage is behind: wait for it before taking the data, so that a write
+        # that runs out of time has not been taken.
+        while len(self.queue) >= MAX_QUEUED:
+            await self._wait_changed()
+            self._check(handle, report=False)
         if self.stale:
             await self._refresh()
         if handle.append:
             offset = self.size
-        if not data:
-            return 0
         self._place(offset, data)
         self.size = max(self.size, offset + len(data))
         self.mtime = time.time()
@@ -175,8 +180,6 @@ class AppenderWriter:
         self._stats.bytes_written += len(data)
         if self.current is not None and len(self.current.data) >= self.flush_size:
             self._seal()
-        while len(self.queue) >= MAX_QUEUED:  # the storage is behind: wait for it
-            await self._wait_changed()
         return len(data)
 
     def _place(self, offset: int, data: bytes) -> None:

@@ -261,7 +261,10 @@ class WritePath:
         try:
             await writer.sync(None)  # flush did this already, unless the kernel skipped it
         except Exception as exc:
-            log.error("%s lost at close: %s", writer.file_id, exc)
+            if isinstance(writer, SlaveSpool) and writer.handles <= 1:
+                log.error("%s: not uploaded, its data is lost: %s", writer.file_id, exc)
+                writer.discard()
+            # An appender file's bytes still going out are waited for by the idle task.
         finally:
             writer.handles -= 1
             if writer.handles <= 0 and not writer.pending:
@@ -327,6 +330,8 @@ class WritePath:
             now = trio.current_time()
             for writer in list(self._writers.values()):
                 writer.flush_if_idle(now, self.idle)
+                if writer.handles <= 0 and not writer.pending:
+                    self._retire(writer)  # closed while its last bytes were still going out
 
     # -- creating ----------------------------------------------------------
 
