@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -27,7 +28,14 @@ from .metrics import MetricsServer, MountCollector, Snapshot, take_snapshot
 from .mount import MountError, MountParts, serve
 from .options import MountOptions
 from .sdnotify import notify, when_mount_answers
-from .status import StatePaths, remove_state, runtime_dir, serve_status, write_state
+from .status import (
+    StatePaths,
+    remove_state,
+    runtime_dir,
+    serve_status,
+    sweep_stale,
+    write_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ class ManagedMount:
             "metrics": None,
         }
         self.not_answering: str | None = None
+        self.interrupted = ""  # the signal that ended the start, if one did
         self._token = trio.lowlevel.current_trio_token()
 
     def snapshot(self) -> Snapshot:
@@ -75,6 +84,30 @@ class ManagedMount:
         self.not_answering = reason
         with contextlib.suppress(trio.RunFinishedError):
             trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
+
+
+async def _signals_outside_the_mount(
+    managed: ManagedMount,
+    startup: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """SIGTERM/SIGINT/SIGHUP while `mount.serve` does not listen for them itself.
+
+    Before the mount is up, a signal gives up the start. Once `serve` is done
+    with its own receiver (it is unmounting), the default action would kill
+    the process halfway through its cleanup: the signal is only noted.
+    """
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if managed.parts is None:
+                log.info("%s received before the mount was up: giving up", name)
+                managed.interrupted = name
+                startup.cancel()
+            else:
+                log.info("%s received: already unmounting", name)
 
 
 async def _status_listener(path: Path) -> trio.SocketListener | None:
@@ -111,12 +144,18 @@ async def run(opts: MountOptions, on_live: Callable[[], None] | None = None) -> 
             token = trio.lowlevel.current_trio_token()
             metrics = MetricsServer(opts.metrics, MountCollector(managed.snapshot, token))
             managed.info["metrics"] = metrics.url
+        sweep_stale(managed.paths.state.parent)
         listener = await _status_listener(managed.paths.socket)
         async with trio.open_nursery() as nursery:
+            startup = trio.CancelScope()
+            await nursery.start(_signals_outside_the_mount, managed, startup)
             if listener is not None:
                 nursery.start_soon(serve_status, listener, managed.snapshot)
             try:
-                await serve(opts, on_ready=managed.on_ready)
+                with startup:
+                    await serve(opts, on_ready=managed.on_ready)
+                if startup.cancelled_caught:
+                    failure = MountError(f"interrupted by {managed.interrupted}")
             except MountError as exc:
                 failure = exc  # raised below: inside the nursery it would come out in a group
             finally:

@@ -120,6 +120,29 @@ def remove_state(paths: StatePaths, pid: int) -> None:
             path.unlink()
 
 
+def sweep_stale(base: Path) -> int:
+    """Remove the entries of daemons that died without cleaning up (SIGKILL); how many."""
+    removed = 0
+    try:
+        states = list(base.glob("*.json"))
+    except OSError:
+        return 0
+    for state in states:
+        try:
+            info = json.loads(state.read_text())
+            pid = info["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(pid, int) or _pid_alive(pid):
+            continue
+        for path in (state, Path(info.get("socket") or state.with_suffix(".sock"))):
+            if path.parent == base:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        removed += 1
+    return removed
+
+
 async def serve_status(
     listener: trio.SocketListener, snapshot: Callable[[], dict[str, Any]]
 ) -> None:

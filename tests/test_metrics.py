@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fdfsmount.logsetup import EXEMPT, JournalFormatter, LogControl, RateLimitFilter
 from fdfsmount.mountproc import fuse_available, mounted
 from fdfsmount.proto.client import Client
+from fdfsmount.status import escape_path
 from harness.cluster import Cluster
 
 MIB = 1024 * 1024
@@ -203,7 +204,11 @@ def test_metrics_move_by_what_was_read(fdfs_cluster: Cluster, tmp_path: Path) ->
 
 @pytest.mark.mount
 @needs_fuse
-def test_status_without_metrics_and_of_a_dead_daemon(fdfs_cluster: Cluster, tmp_path: Path) -> None:
+def test_status_without_metrics_and_of_a_dead_daemon(
+    fdfs_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The killed daemon cannot remove its state file: keep it out of /run.
+    monkeypatch.setenv("FDFSMOUNT_RUNTIME_DIR", os.fspath(tmp_path / "run"))
     with mounted(fdfs_cluster.trackers, tmp_path / "mnt", ["timeout=5"]) as proc:
         done = fdfsmount("status", os.fspath(proc.mountpoint))
         assert done.returncode == 0, done.stderr
@@ -212,6 +217,7 @@ def test_status_without_metrics_and_of_a_dead_daemon(fdfs_cluster: Cluster, tmp_
         proc.process.wait(30)
         dead = fdfsmount("status", os.fspath(proc.mountpoint))
         assert dead.returncode == 1 and "fusermount3 -u -z" in dead.stderr, dead.stderr
+    assert (tmp_path / "run" / f"{escape_path(os.fspath(proc.mountpoint))}.json").exists()
 
 
 def test_status_says_what_is_not_an_fdfsmount_mount(tmp_path: Path) -> None:
