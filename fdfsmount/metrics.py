@@ -157,6 +157,25 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         counters["pending_write_files"],
     )
     yield _gauge("fdfsmount_inodes", "Inodes the kernel knows of", counters["inodes"])
+    if "write_requests" in counters:  # the write side's own numbers
+        yield _counter(
+            "fdfsmount_write_requests",
+            "Appends, modifies, truncates and uploads sent by write-back",
+            counters["write_requests"],
+        )
+        yield _counter(
+            "fdfsmount_write_sent_bytes",
+            "Bytes write-back sent to storages",
+            counters.get("write_bytes_sent", 0),
+        )
+        yield _counter(
+            "fdfsmount_write_failures",
+            "Write-back requests that failed",
+            counters.get("write_failures", 0),
+        )
+        yield _gauge(
+            "fdfsmount_write_files", "Files being written here", counters.get("write_files", 0)
+        )
     client = snap.get("client")
     if client is None:
         return

@@ -356,8 +356,12 @@ def format_status(snap: dict[str, Any]) -> str:
         f"max {human_size(snap.get('readahead_max', 0))}); "
         f"{counters['pending_write_files']} with unsent writes",
         f"  read        {human_size(counters['fuse_bytes_read'])} "
-        f"in {fuse.get('requests', {}).get('read', 0)} reads; "
-        f"written {human_size(counters['fuse_bytes_written'])}",
+        f"in {fuse.get('requests', {}).get('read', 0)} reads",
+        f"  written     {human_size(counters['fuse_bytes_written'])} "
+        f"in {fuse.get('requests', {}).get('write', 0)} writes; "
+        f"sent {human_size(counters.get('write_bytes_sent', 0))} "
+        f"in {counters.get('write_requests', 0)} requests "
+        f"({counters.get('write_failures', 0)} failed)",
         f"  downloaded  {human_size(counters['read_bytes_downloaded'])} "
         f"in {counters['read_downloads']} downloads, "
         f"{counters['read_prefetch_chunks']} readahead chunks "

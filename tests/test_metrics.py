@@ -239,3 +239,28 @@ def test_a_busy_metrics_port_is_a_one_line_error(tmp_path: Path) -> None:
         )
     assert done.returncode == 1 and "cannot listen there" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.mount
+@needs_fuse
+def test_metrics_move_by_what_was_written(fdfs_cluster: Cluster, tmp_path: Path) -> None:
+    port = free_port()
+    options = ["timeout=10", f"metrics=127.0.0.1:{port}"]
+    payload = os.urandom(300_000)
+    with mounted(fdfs_cluster.trackers, tmp_path / "mnt", options) as proc:
+        before = scrape(port)
+        with open(proc.mountpoint / "group1" / f"metrics-{os.getpid()}.log", "wb") as f:
+            f.write(payload[:100_000])
+            f.flush()
+            f.write(payload[100_000:])
+        after = scrape(port)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("fdfsmount_written_bytes_total") == len(payload)
+    assert delta("fdfsmount_write_sent_bytes_total") == len(payload)  # close() sent it all
+    assert delta("fdfsmount_fuse_requests_total", op="create") == 1
+    assert delta("fdfsmount_fuse_requests_total", op="write") >= 2
+    assert delta("fdfsmount_write_requests_total") >= 1
+    assert value(after, "fdfsmount_pending_write_files") == 0
