@@ -245,15 +245,18 @@ def test_a_busy_metrics_port_is_a_one_line_error(tmp_path: Path) -> None:
 @needs_fuse
 def test_metrics_move_by_what_was_written(fdfs_cluster: Cluster, tmp_path: Path) -> None:
     port = free_port()
-    options = ["timeout=10", f"metrics=127.0.0.1:{port}"]
+    # Its own alias catalog: the name created here stays out of other tests' mounts.
+    options = ["timeout=10", f"metrics=127.0.0.1:{port}", f"cache_dir={tmp_path / 'cache'}"]
     payload = os.urandom(300_000)
     with mounted(fdfs_cluster.trackers, tmp_path / "mnt", options) as proc:
         before = scrape(port)
-        with open(proc.mountpoint / "group1" / f"metrics-{os.getpid()}.log", "wb") as f:
+        alias = proc.mountpoint / "group1" / f"metrics-{os.getpid()}.log"
+        with open(alias, "wb") as f:
             f.write(payload[:100_000])
             f.flush()
             f.write(payload[100_000:])
         after = scrape(port)
+        alias.unlink()  # deletes the file on the storage too
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)

@@ -303,7 +303,8 @@ def test_sigterm_flushes_pending_writes(
         pytest.skip("needs /dev/fuse and fusermount3")
     mountpoint = tmp_path / "mnt"
     # Writes stay buffered for a minute unless something flushes them.
-    options = ["timeout=10", "write_idle=60"]
+    # Its own alias catalog: the name created here stays out of other tests' mounts.
+    options = ["timeout=10", "write_idle=60", f"cache_dir={tmp_path / 'cache'}"]
     proc = start_daemon(fdfs_cluster, mountpoint, notify_socket.path, options)
     payload = os.urandom(200_000)
     try:
@@ -327,10 +328,12 @@ def test_sigterm_flushes_pending_writes(
     finally:
         unmount(proc)
 
-    async def download(client: Client) -> bytes:
-        return await client.download(file_id)
+    async def download_and_delete(client: Client) -> bytes:
+        data = await client.download(file_id)
+        await client.delete(file_id)
+        return data
 
-    assert _client_run(fdfs_cluster, download) == payload
+    assert _client_run(fdfs_cluster, download_and_delete) == payload
 
 
 def test_readiness_waits_for_a_different_file_system(tmp_path: Path) -> None:
