@@ -326,7 +326,7 @@ class WritePath:
 
     async def _flush_idle(self) -> None:
         while True:
-            await trio.sleep(max(0.05, self.idle / 2))
+            await trio.sleep(min(1.0, max(0.05, self.idle / 2)))
             now = trio.current_time()
             for writer in list(self._writers.values()):
                 writer.flush_if_idle(now, self.idle)
