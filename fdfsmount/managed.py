@@ -52,7 +52,7 @@ class ManagedMount:
         self.info: dict[str, Any] = {
             "pid": self.pid,
             "mountpoint": opts.mountpoint,
-            "source": opts.source,
+            "source": opts.source.replace("\\,", ","),  # as given, without libfuse's escaping
             "started": time.time(),
             "socket": os.fspath(self.paths.socket),
             "metrics": None,
@@ -76,7 +76,7 @@ class ManagedMount:
 
     def _answered(self) -> None:  # in the readiness thread
         log.debug("the mount at %s answers", self.opts.mountpoint)
-        notify(f"READY=1\nSTATUS=Mounted {self.opts.source} at {self.opts.mountpoint}")
+        notify(f"READY=1\nSTATUS=Mounted {self.info['source']} at {self.opts.mountpoint}")
         if self.on_live is not None:
             self.on_live()
 

@@ -195,6 +195,7 @@ def test_metrics_move_by_what_was_read(fdfs_cluster: Cluster, tmp_path: Path) ->
         assert done.returncode == 0, done.stderr
         snap = json.loads(done.stdout)
         assert snap["pid"] == proc.pid and snap["metrics"] == f"http://127.0.0.1:{port}/metrics"
+        assert snap["source"] == ",".join(fdfs_cluster.trackers)
         assert snap["counters"]["fuse_bytes_read"] == value(after, "fdfsmount_read_bytes_total")
         human = fdfsmount("status", os.fspath(proc.mountpoint))
         assert human.returncode == 0, human.stderr
