@@ -83,8 +83,11 @@ def check_everywhere(
     content: bytes | None,
     meta: dict[str, str] | None = None,
 ) -> None:
-    """`fid` holds `content` (None: deleted) -- and `meta`, if given -- on its source
-    storage at once, and on every other storage of the group once replicated."""
+    """`fid` holds `content` and `meta` (default: no metadata) on its source storage at
+    once, and on every other storage of the group once replicated; `content` None: the
+    file is gone from all of them."""
+    if meta is None and content is not None:
+        meta = {}
 
     async def check(client: Client) -> None:
         source = source_node(cluster, fid)
