@@ -17,7 +17,7 @@ import trio
 from opshelp import CTX, MIB, Env, expect_errno, listdir, make_env, read_all, walk
 
 from fdfsmount.catalog import AliasCatalog
-from fdfsmount.proto import FileId, parse_file_id
+from fdfsmount.proto import FdfsError, FileId, parse_file_id
 from fdfsmount.proto.client import Client
 from fdfsmount.proto.fileid import slave_remote_name
 from harness.cluster import Cluster
@@ -509,11 +509,21 @@ async def test_a_stopped_storage_fails_fsync_in_time_and_loses_nothing_acknowled
         # Reported once; then the file is usable again, at the size the storage has
         # (the request that timed out may still have been carried out).
         await env.ops.fsync(fh, False)
-        with trio.fail_after(30):
-            data = await env.client.download(fid)
+        with trio.fail_after(30):  # until the tracker lists the storage as active again
+            while not await _answers(env.client, fid):
+                await trio.sleep(0.2)
+        data = await env.client.download(fid)
         assert data.startswith(b"acknowledged\n")
         size = (await env.ops.getattr(ino, CTX)).st_size
         await env.ops.write(fh, size, b"after\n")
         await env.ops.release(fh)
         data = await env.client.download(fid)
         assert data.startswith(b"acknowledged\n") and b"after\n" in data
+
+
+async def _answers(client: Client, fid: FileId) -> bool:
+    try:
+        await client.info(fid)
+    except FdfsError:
+        return False
+    return True
