@@ -126,6 +126,13 @@ Try, in another terminal:
   getfattr -d {at(samples.log)}            # FastDFS metadata as user.* xattrs
   stat {at(samples.log)}
 
+Write through the mount (new files in /<group>/ are appender files):
+  echo hello > {q(str(mountpoint / "group1/hello.txt"))}
+  echo again >> {q(str(mountpoint / "group1/hello.txt"))}
+  getfattr -n user.fdfs.file_id {q(str(mountpoint / "group1/hello.txt"))}
+  setfattr -n user.owner -v me {at(samples.log)}
+  truncate -s 4 {at(samples.log)}
+
 Upload more and see it appear (listing refreshes every 5 s):
   fdfs --conf {q(str(conf))} upload /etc/hostname
   fdfs --conf {q(str(conf))} append {samples.log} /etc/hostname
@@ -153,7 +160,9 @@ def run_demo(mountpoint: Path) -> int:
         with Cluster(groups={"group1": 2, "group2": 1}) as cluster:
             samples = trio.run(upload_samples, cluster.trackers)
             log_path = mountpoint.parent / "fdfsmount.log"
-            with mounted(cluster.trackers, mountpoint, MOUNT_OPTIONS, log_path=log_path):
+            # Names created in the demo go with the demo's cluster, not to ~/.cache.
+            options = [*MOUNT_OPTIONS, f"cache_dir={cluster.base_dir}/fdfsmount-cache"]
+            with mounted(cluster.trackers, mountpoint, options, log_path=log_path):
                 print(explain(mountpoint, samples, cluster.trackers, cluster.client_conf))
                 print(f"(mount log: {log_path})", flush=True)
                 while True:
