@@ -140,6 +140,19 @@ def sweep_stale(base: Path) -> int:
                 with contextlib.suppress(OSError):
                     path.unlink()
         removed += 1
+    # Sockets of daemons killed before they wrote a state file: nobody accepts on them.
+    for sock_path in base.glob("*.sock"):
+        if sock_path.with_suffix(".json").exists():
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(os.fspath(sock_path))
+            except ConnectionRefusedError:
+                with contextlib.suppress(OSError):
+                    sock_path.unlink()
+                removed += 1
+            except OSError:
+                pass
     return removed
 
 

@@ -268,3 +268,24 @@ def test_metrics_move_by_what_was_written(fdfs_cluster: Cluster, tmp_path: Path)
     assert delta("fdfsmount_fuse_requests_total", op="write") >= 2
     assert delta("fdfsmount_write_requests_total") >= 1
     assert value(after, "fdfsmount_pending_write_files") == 0
+
+
+def test_entries_of_dead_daemons_are_swept(tmp_path: Path) -> None:
+    from fdfsmount.status import StatePaths, sweep_stale, write_state
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = StatePaths.for_mount("/mnt/old", tmp_path)
+    write_state(stale, {"pid": gone.pid, "socket": os.fspath(stale.socket)})
+    stale.socket.touch()
+    live = StatePaths.for_mount("/mnt/live", tmp_path)
+    write_state(live, {"pid": os.getpid(), "socket": os.fspath(live.socket)})
+    orphan = tmp_path / "killed-before-mounting.sock"
+    with socket.socket(socket.AF_UNIX) as closed:
+        closed.bind(os.fspath(orphan))  # bound, never listening: connections are refused
+    starting = tmp_path / "still-starting.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(os.fspath(starting))
+        listening.listen()
+        assert sweep_stale(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt-live.json", "still-starting.sock"]
