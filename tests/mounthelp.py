@@ -102,7 +102,8 @@ def check_everywhere(
                     meta is not None and await metadata_on(client, node, fid) != meta
                 ):
                     await trio.sleep(0.1)
-            assert await content_on(client, node, fid) == content, f"{fid} on {node.name}"
+            got = await content_on(client, node, fid)
+            assert got == content, f"{fid} on {node.name}: {got!r}"
             if meta is not None:
                 assert await metadata_on(client, node, fid) == meta, f"{fid} on {node.name}"
 
