@@ -264,6 +264,7 @@ class WritePath:
             if isinstance(writer, SlaveSpool) and writer.handles <= 1:
                 log.error("%s: not uploaded, its data is lost: %s", writer.file_id, exc)
                 writer.discard()
+                self.listing.forget_file(writer.file_id)
             # An appender file's bytes still going out are waited for by the idle task.
         finally:
             writer.handles -= 1
