@@ -107,6 +107,8 @@ def explain(mountpoint: Path, samples: Samples, trackers: Sequence[str], conf: P
         return q(str(mountpoint / str(fid)))
 
     leaf = mountpoint / str(samples.text).rsplit("/", 1)[0]
+    # The venv's bin is rarely on PATH when the demo runs through scripts/demo.sh.
+    fdfs = q(str(Path(sys.executable).with_name("fdfs")))
     return f"""
 FastDFS cluster (builtin servers): tracker {", ".join(trackers)}
   group1: 2 storage servers (replicas), group2: 1 storage server
@@ -134,8 +136,8 @@ Write through the mount (new files in /<group>/ are appender files):
   truncate -s 4 {at(samples.log)}
 
 Upload more and see it appear (listing refreshes every 5 s):
-  fdfs --conf {q(str(conf))} upload /etc/hostname
-  fdfs --conf {q(str(conf))} append {samples.log} /etc/hostname
+  {fdfs} --conf {q(str(conf))} upload /etc/hostname
+  {fdfs} --conf {q(str(conf))} append {samples.log} /etc/hostname
 
 Press Ctrl-C to unmount and stop the cluster.
 """
