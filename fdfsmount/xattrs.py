@@ -90,7 +90,14 @@ class Xattrs:
     async def list(self, node: Node) -> list[bytes]:
         if node.file_id is None:
             return []
-        names = [encode_name(FDFS_PREFIX + n) for n in FDFS_NAMES]
+        # Only names getxattr answers: a file with no known crc32 (an appender file
+        # being written here) has no user.fdfs.crc32, and `getfattr -d` must not fail on it.
+        fstat = await self._file_stat(node)
+        names = [
+            encode_name(FDFS_PREFIX + n)
+            for n in FDFS_NAMES
+            if n != "crc32" or fstat.crc32 is not None
+        ]
         meta = await self.metadata(node.file_id)
         names.extend(
             encode_name(USER_PREFIX + key)

@@ -416,6 +416,19 @@ async def test_setxattr_merges_and_removexattr_rewrites_the_rest(env: Env) -> No
     await expect_errno(errno.EPERM, env.ops.setxattr(d.st_ino, b"user.a", b"1", CTX))
 
 
+async def test_every_listed_xattr_of_a_file_being_written_has_a_value(env: Env) -> None:
+    """`getfattr -d` lists, then reads every name: a listed name without a value fails it."""
+    fh, ino, _ = await create(env, "listed.log")
+    await env.ops.write(fh, 0, b"pending bytes")
+    try:
+        names = await env.ops.listxattr(ino, CTX)
+        assert b"user.fdfs.file_id" in names and b"user.fdfs.type" in names
+        for name in names:
+            assert await env.ops.getxattr(ino, name, CTX)
+    finally:
+        await env.ops.release(fh)
+
+
 # ---------------------------------------------------------------- refusals
 
 
