@@ -316,7 +316,7 @@ async def test_statfs_sums_the_groups(env: Env) -> None:
 
 async def test_xattrs_from_metadata_and_the_file_id(env: Env) -> None:
     fid = await env.client.upload(
-        b"meta", ext="log", appender=True, meta={"author": "ana", "size": "big"}
+        b"meta", ext="log", appender=True, meta={"author": "ana", "size": "big"}, group="group2"
     )
     ino = (await walk(env.ops, str(fid))).st_ino
     names = await env.ops.listxattr(ino, CTX)
