@@ -7,6 +7,8 @@ import errno
 import os
 import random
 import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pyfuse3
 import pytest
@@ -25,6 +27,8 @@ from opshelp import (
     walk,
 )
 
+from fdfsmount import listing as listing_mod
+from fdfsmount.listing import Listing
 from fdfsmount.namespace import Kind
 from fdfsmount.proto import FileId
 from harness.cluster import Cluster
@@ -168,6 +172,60 @@ async def test_listing_is_cached_and_refreshed_in_the_background(
                 await trio.sleep(0.2)
 
 
+async def test_a_slow_listing_holds_up_no_other_operation(
+    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async for env in make_env(cluster, nursery, list_ttl=0.5):
+        await _check_a_stalled_listing(env, monkeypatch)
+
+
+async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    fid = await env.client.upload(b"not waiting", ext="txt", group="group1")
+    hi, lo = fid.subdirs
+    leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
+    release = trio.Event()
+    passes = 0
+    real_list_files = env.client.list_files
+
+    @asynccontextmanager
+    async def stalled_list_files(group: str) -> AsyncIterator[AsyncIterator[FileId]]:
+        nonlocal passes
+        passes += 1
+        await release.wait()  # a storage streaming a huge group, slowly
+        async with real_list_files(group) as files:
+            yield files
+
+    monkeypatch.setattr(env.client, "list_files", stalled_list_files)
+    listed: list[str] = []
+
+    async def list_leaf() -> None:
+        listed.extend(await listdir(env.ops, leaf.st_ino, monkeypatch))
+
+    async with trio.open_nursery() as waiting:
+        waiting.start_soon(list_leaf)  # the first listing of the group: it waits
+        with trio.fail_after(3):
+            while passes == 0:
+                await trio.sleep(0.01)
+            # Meanwhile everything else answers at once.
+            attr = await walk(env.ops, str(fid))
+            assert await read_all(env.ops, attr.st_ino) == b"not waiting"
+            assert await env.ops.getxattr(attr.st_ino, b"user.fdfs.type", CTX) == b"normal"
+            await env.ops.statfs(CTX)
+            assert stat.S_ISDIR((await walk(env.ops, "group2/M00/00/00")).st_mode)
+        assert not listed
+        release.set()
+    assert fid.name in listed
+    # A stale listing is served at once while its refresh is held up.
+    release = trio.Event()
+    await trio.sleep(0.6)
+    with trio.fail_after(3):
+        assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+        while passes < 2:
+            await trio.sleep(0.01)
+        assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+    release.set()
+
+
 async def test_nolist_shows_only_names_used_here(
     cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,6 +240,21 @@ async def test_nolist_shows_only_names_used_here(
         await walk(env.ops, str(a))
         names = await listdir(env.ops, leaf.st_ino, monkeypatch)
         assert a.name in names and b.name not in names
+
+
+def test_deletions_are_not_remembered_forever(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deleted file is hidden from the listing until the next pass; without passes
+    (nolist, or nobody listing) that memory must stay bounded."""
+    monkeypatch.setattr(listing_mod, "KNOWN_NAMES_LIMIT", 100)
+    off = Listing(None, enabled=False, ttl=1, first_wait=1, clock=lambda: 0.0)  # type: ignore[arg-type]
+    on = Listing(None, enabled=True, ttl=1, first_wait=1, clock=lambda: 0.0)  # type: ignore[arg-type]
+    for i in range(1000):
+        fid = fake_id(size=i)
+        for listing in (off, on):
+            listing.note_file(fid)
+            listing.forget_file(fid)
+            assert not listing.has_file(fid)
+    assert len(off._removed) == 0 and len(on._removed) == 100
 
 
 async def test_sparse_hides_empty_subdirectories(
