@@ -103,7 +103,11 @@ class Listing:
         key = str(file_id)
         self._known.pop(key, None)
         self._unknow(key)
+        if not self.enabled:
+            return  # no index to hide it from; nothing would ever prune the entry
         self._removed[key] = self._clock()
+        while len(self._removed) > KNOWN_NAMES_LIMIT:  # no pass for a long time
+            del self._removed[next(iter(self._removed))]
 
     def _unknow(self, key: str) -> None:
         group, remote = key.split("/", 1)
