@@ -227,6 +227,17 @@ def test_statfs_reports_cluster_space(mnt: Path) -> None:
     assert st.f_bsize == 4096 and st.f_blocks > 0 and st.f_bavail <= st.f_blocks
 
 
+def test_debug_traces_every_request(cluster: Cluster, files: Files, tmp_path: Path) -> None:
+    with mounted(cluster.trackers, tmp_path / "mnt", [*OPTIONS, "debug"]) as proc:
+        assert path_of(proc.mountpoint, files.text).read_bytes() == files.text_data
+        log = proc.log()
+    # Every FUSE request on its way in, and every server request on its way out.
+    for op in ("lookup", "getattr", "open", "read", "release"):
+        assert re.search(rf" DEBUG fdfsmount\.fs: {op} ", log), (op, log)
+    assert re.search(rf" DEBUG fdfsmount\.proto\.\w+: download_file {files.text}\b", log), log
+    assert "Traceback" not in log
+
+
 # ---------------------------------------------------------------- replicas going away
 
 
@@ -272,11 +283,23 @@ def test_eio_within_the_timeout_when_every_replica_is_stopped(
             with pytest.raises(OSError) as info:
                 target.read_bytes()
             assert info.value.errno == errno.EIO
-            assert time.monotonic() - started < 60  # bounded: no hang
+            # Within the timeout (3 s), plus the kernel's one retry, which fails at once.
+            assert time.monotonic() - started < 8
         finally:
             for node in nodes:
                 cluster.cont(node)
-        assert "failed" in proc.log()
+        # One line names the operation, the file ID and a server that did not answer.
+        failed = [line for line in proc.log().splitlines() if f"read {fid} failed" in line]
+        assert failed and any(f"{n.host}:{n.port}" in failed[0] for n in nodes), proc.log()
+        # The mount is usable again once the storages are (after a short back-off).
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert target.read_bytes() == b"unreachable" * 100
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
 
 
 # ---------------------------------------------------------------- lifecycle
