@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -348,6 +349,41 @@ def test_daemon_mode_returns_once_mounted(cluster: Cluster, tmp_path: Path) -> N
             time.sleep(0.05)
         assert not is_mounted(mountpoint)
     finally:
+        if is_mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+
+
+def test_demo_mounts_samples_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "demo" / "mnt"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "fdfsmount.demo", "--mountpoint", str(mountpoint)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        shown = ""
+        deadline = time.monotonic() + 90
+        while "Press Ctrl-C" not in shown:
+            line = demo.stdout.readline().decode()
+            assert line and time.monotonic() < deadline, shown
+            shown += line
+        tracker = re.search(r"tracker (\S+:\d+)", shown)[1]  # type: ignore[index]
+        text_id = re.search(r"text +(\S+)", shown)[1]  # type: ignore[index]
+        log_id = re.search(r"appender +(\S+)", shown)[1]  # type: ignore[index]
+        assert {"group1", "group2"} <= set(os.listdir(mountpoint))
+        assert (mountpoint / text_id).read_bytes().startswith(b"Hello from FastDFS!")
+        assert os.getxattr(mountpoint / log_id, "user.owner") == b"demo"
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 0
+        assert not is_mounted(mountpoint)
+        host, port = tracker.rsplit(":", 1)
+        with pytest.raises(OSError):  # the cluster is stopped too
+            socket.create_connection((host, int(port)), timeout=2).close()
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGTERM)
+            demo.wait(60)
         if is_mounted(mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
