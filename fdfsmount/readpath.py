@@ -410,12 +410,18 @@ class ReadPath:
                 self.stats.bytes_downloaded += len(data)
             blocks = self._split(f, first, stop, data)
         finally:
-            for key, pending in mine.items():
-                if self._pending.get(key) is pending:
-                    del self._pending[key]
-                pending.data = blocks.get(key[1])
-                pending.done.set()
+            self._settle(mine, blocks)
         return blocks
+
+    def _settle(
+        self, pending_blocks: dict[tuple[FileKey, int], _Pending], blocks: dict[int, Block]
+    ) -> None:
+        """Hand the downloaded `blocks` (none, on failure) to whoever waits for them."""
+        for key, pending in pending_blocks.items():
+            if self._pending.get(key) is pending:
+                del self._pending[key]
+            pending.data = blocks.get(key[1])
+            pending.done.set()
 
     def _split(self, f: OpenFile, first: int, stop: int, data: bytes) -> dict[int, Block]:
         """Cut `data` (blocks first.. of the file) into blocks, without copying."""
@@ -485,11 +491,7 @@ class ReadPath:
             self.stats.prefetch_failures += 1
             log.exception("readahead of %s blocks %d..%d failed", f.file_id, first, stop)
         finally:
-            for key, pending in claimed.items():
-                if self._pending.get(key) is pending:
-                    del self._pending[key]
-                pending.data = blocks.get(key[1])
-                pending.done.set()
+            self._settle(claimed, blocks)
 
 
 def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
