@@ -34,6 +34,16 @@ def client_run(cluster: Cluster, work: Callable[[Client], Awaitable[T]]) -> T:
     return trio.run(main)
 
 
+def upload_bytes(cluster: Cluster, data: bytes, group: str = "group1") -> FileId:
+    """Upload `data` as a normal file (from sync code)."""
+
+    async def upload(client: Client) -> FileId:
+        with trio.fail_after(60):
+            return await client.upload(data, ext="bin", group=group)
+
+    return client_run(cluster, upload)
+
+
 def addr_of(node: Node) -> ServerAddr:
     return ServerAddr(node.host, node.port)
 

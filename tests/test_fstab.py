@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
+from mounthelp import upload_bytes
 
 from fdfsmount.helper import DEFAULT_PREFIX, installed_script, is_ours
 from fdfsmount.mount_cli import parse_command_line
 from fdfsmount.mountproc import fuse_available, is_mounted
-from fdfsmount.proto.client import Client
 from fdfsmount.status import find_mount, locate
 from harness.cluster import Cluster
 
@@ -128,15 +127,6 @@ def helper_where_mount_finds_it() -> Iterator[None]:
                 fdfsmount("install-helper", "--remove")
 
 
-def _upload(cluster: Cluster, data: bytes) -> str:
-    async def main() -> str:
-        async with Client(cluster.trackers) as client:
-            with trio.fail_after(60):
-                return str(await client.upload(data, ext="bin", group="group1"))
-
-    return trio.run(main)
-
-
 @pytest.mark.mount
 @pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 @pytest.mark.skipif(os.geteuid() != 0, reason="mount(8) of a non-fstab FUSE mount needs root")
@@ -145,7 +135,7 @@ def _upload(cluster: Cluster, data: bytes) -> str:
 )
 def test_mount_t_fuse_fdfsmount_then_umount(fdfs_cluster: Cluster, tmp_path: Path) -> None:
     payload = os.urandom(300_000)
-    file_id = _upload(fdfs_cluster, payload)
+    file_id = str(upload_bytes(fdfs_cluster, payload))
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     log = tmp_path / "daemon.log"

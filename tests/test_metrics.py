@@ -14,12 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import trio
+from mounthelp import upload_bytes
 from prometheus_client.parser import text_string_to_metric_families
 
 from fdfsmount.logsetup import EXEMPT, JournalFormatter, LogControl, RateLimitFilter
 from fdfsmount.mountproc import fuse_available, mounted
-from fdfsmount.proto.client import Client
 from fdfsmount.status import escape_path
 from harness.cluster import Cluster
 
@@ -130,15 +129,6 @@ def fdfsmount(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _upload(cluster: Cluster, data: bytes) -> str:
-    async def main() -> str:
-        async with Client(cluster.trackers) as client:
-            with trio.fail_after(60):
-                return str(await client.upload(data, ext="bin", group="group1"))
-
-    return trio.run(main)
-
-
 needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
 
 
@@ -147,7 +137,7 @@ needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse an
 def test_metrics_move_by_what_was_read(fdfs_cluster: Cluster, tmp_path: Path) -> None:
     size = 5 * MIB + 12345
     payload = os.urandom(size)
-    file_id = _upload(fdfs_cluster, payload)
+    file_id = str(upload_bytes(fdfs_cluster, payload))
     port = free_port()
     options = ["timeout=10", f"metrics=127.0.0.1:{port}"]
     with mounted(fdfs_cluster.trackers, tmp_path / "mnt", options) as proc:
