@@ -112,7 +112,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "source", metavar="SOURCE", help="tracker list host:port[,...], or a name with -o conf="
     )
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
+    p.add_argument(
+        "mountpoint",
+        metavar="MOUNTPOINT",
+        help="an existing directory (a non-empty one is hidden while mounted)",
+    )
     p.add_argument(
         "-o", dest="options", action="append", default=[], metavar="OPTS",
         help="comma-separated mount options (see below)",
