@@ -568,6 +568,9 @@ def test_cli_help_teaches() -> None:
     [
         (["up", "--groups", "group1:x"], "bad storage count"),
         (["up", "--trackers", "0"], "at least 1"),
+        (["up", "--trackers", "9"], "between 1 and 8 trackers"),
+        (["up", "--timeout", "-1"], "positive number of seconds"),
+        (["up", "--subdirs", "300"], "within 1..256"),
         (["up", "--backend", "nfs"], "invalid choice"),
         (["down"], "invalid choice"),
     ],
