@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 import pytest
 from scripted_peer import Hang, Reply, ScriptedNetwork, ScriptedServer, load_golden, reply
 
+import fdfsmount.cli
 from fdfsmount.cli import fdfs
 from fdfsmount.cli.fdfs import main, size_arg
 from fdfsmount.cli.progress import ProgressBar, human_size
@@ -233,6 +237,10 @@ def test_silent_tracker_times_out(
         (["meta", "set", HELLO, "novalue"], "is not NAME=VALUE"),
         (["upload", "x", "--prefix", "_s"], "--slave-of and --prefix go together"),
         (["--tracker", "host:notaport", "groups"], "bad port"),
+        (["--tracker", "host:", "groups"], "a port must follow ':'"),
+        (["--timeout", "-3", "groups"], "not a positive number of seconds"),
+        (["meta"], "required: get|set"),
+        (["--conf", "missing.conf", "groups"], "missing.conf: No such file"),
         (["frobnicate"], "invalid choice"),
         (["groups"], "no tracker given"),
     ],
@@ -245,7 +253,55 @@ def test_usage_errors_exit_2(
         argv = ["--tracker", TRACKER, *argv]
     code, out, err = run(capsys, None, *argv)
     assert code == 2 and out == ""
-    assert fragment in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert fragment in err and "--help" in err and "Traceback" not in err
+
+
+def test_ctrl_c_while_loading_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console script imports the command late: ^C during the import is no traceback."""
+
+    class InterruptedImport:
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "fdfsmount.cli.fdfs":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "fdfsmount.cli.fdfs")
+    monkeypatch.delattr(fdfsmount.cli, "fdfs")
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    assert fdfsmount.cli.main() == 130
+    assert capsys.readouterr().err == "fdfs: interrupted\n"
+
+
+def test_ctrl_c_during_a_request_is_one_line(tmp_path: Path) -> None:
+    """SIGINT while the (silent) tracker is being waited for: exit 130, one line, no traceback."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        command = [
+            sys.executable,
+            "-c",
+            "import sys, fdfsmount.cli; sys.exit(fdfsmount.cli.main())",
+        ]
+        child = subprocess.Popen(
+            [*command, "--tracker", address, "groups"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # Background jobs of a shell may inherit SIGINT ignored; a terminal's ^C is not.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            silent.settimeout(60)
+            accepted, _ = silent.accept()  # the request is under way
+            with accepted:
+                child.send_signal(signal.SIGINT)
+                out, err = child.communicate(timeout=60)
+        finally:
+            child.kill()
+            child.wait()
+    assert (child.returncode, out, err) == (130, b"", b"fdfs: interrupted\n")
 
 
 def test_local_file_errors(capsys: pytest.CaptureFixture[str], net: ScriptedNetwork) -> None:

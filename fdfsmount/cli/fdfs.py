@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 import trio
 
@@ -158,8 +158,15 @@ def _add_common(parser: argparse.ArgumentParser, *, in_subcommand: bool) -> None
     )
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """A usage mistake is one line naming the command, not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -340,8 +347,7 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
         client = client_from_args(args, connect)
         return trio.run(run_command, client, args)
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -38,6 +38,8 @@ def parse_server_addr(
             port_text = rest[1:]
         elif text.count(":") == 1:
             host, port_text = text.split(":")
+            if not port_text:
+                raise ValueError(f"bad server address {value!r} (a port must follow ':')")
         else:
             host = text  # a bare host name or an unbracketed IPv6 address
         if port_text:
