@@ -153,6 +153,10 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     #: How long one process may take to say it is ready.
     process_startup_timeout: ClassVar[float] = 30.0
+    #: The trackers' fixed reserve: `Cluster.unfill_disk` waits for more free MB
+    #: than this (the builtin tracker reserves 1% of the disk, which any disk in
+    #: use exceeds once unfilled).
+    reserved_mb: ClassVar[int] = 0
 
     def check_available(self) -> None:  # noqa: B027 - optional hook
         """Raise `BackendUnavailable` if this backend cannot run here."""
@@ -163,6 +167,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def launch(self, cluster: Cluster, node: Node) -> Launch:
         """The command (and readiness test) that runs ``node``."""
+
+    def release(self, cluster: Cluster) -> None:  # noqa: B027 - optional hook
+        """Undo what `prepare` set up besides files (mounts), once the processes are gone.
+
+        Called on every teardown, also after a failed or partial `prepare`.
+        """
 
     def fill_disk(self, cluster: Cluster, node: Node) -> None:
         raise Unsupported(f"the {self.name} backend cannot fill a disk")
@@ -207,6 +217,7 @@ class BuiltinBackend(Backend):
         return Launch(argv, ready_line=r"^READY (\d+)\s*$", env=env)
 
     def fill_disk(self, cluster: Cluster, node: Node) -> None:
+        # The storage then reports 0 MB free; its real free space is not touched.
         (node.base_dir / self.DISK_FULL_FLAG).write_text("full\n")
 
     def unfill_disk(self, cluster: Cluster, node: Node) -> None:
@@ -315,6 +326,9 @@ class Cluster:
     ``base_dir`` keeps everything in a given directory (left in place at
     close); by default a temporary directory is created and removed.
     ``backend`` is ``"builtin"``, ``"native"`` or a `Backend` instance.
+    ``disk_mb`` (native backend, needs root) puts every store path on a tmpfs
+    of that many MB, so that `fill_disk` can really fill it; the builtin
+    backend fakes a full disk and ignores it.
     """
 
     def __init__(
@@ -332,6 +346,7 @@ class Cluster:
         store_lookup: Literal["round_robin", "load_balance"] = "round_robin",
         heartbeat_interval: float = 1.0,
         offline_after: float | None = 3.0,
+        disk_mb: int | None = None,
         ready_timeout: float = 60.0,
         terminate_timeout: float = 10.0,
     ) -> None:
@@ -353,6 +368,8 @@ class Cluster:
             raise ValueError("storages can share an IP only in storage-id mode")
         if not 1 <= store_paths <= 256 or not 1 <= subdirs <= 256:
             raise ValueError("store_paths and subdirs must be within 1..256")
+        if disk_mb is not None and not 4 <= disk_mb <= 4096:
+            raise ValueError("disk_mb must be within 4..4096")
         self.groups = groups
         self.tracker_count = trackers
         self.backend = make_backend(backend) if isinstance(backend, str) else backend
@@ -365,6 +382,7 @@ class Cluster:
         self.store_lookup = store_lookup
         self.heartbeat_interval = heartbeat_interval
         self.offline_after = offline_after
+        self.disk_mb = disk_mb
         self.ready_timeout = ready_timeout
         self.terminate_timeout = terminate_timeout
         self._requested_dir = Path(base_dir).resolve() if base_dir is not None else None
@@ -450,6 +468,7 @@ class Cluster:
                         raise
                     log.info("a port was taken meanwhile; starting again on new ports")
                     self._terminate(self.nodes)
+                    self.backend.release(self)
                     self._wipe_node_dirs()
             self.wait_active(poll_hook=poll_hook)
         except BaseException:
@@ -609,6 +628,10 @@ class Cluster:
                 # Anything that escaped its process group still names a path in our
                 # directory (the separator keeps /tmp/x from matching /tmp/x2).
                 kill_processes_mentioning(f"{self.base_dir}{os.sep}")
+            try:
+                self.backend.release(self)
+            except Exception:
+                log.exception("releasing the backend's resources failed")
             if self._created_dir:
                 self._remove_base_dir()
             self._closed = True
@@ -864,17 +887,71 @@ class Cluster:
     async def restart_async(self, node: Node | str, *, wait: bool = True) -> None:
         await self._in_thread(lambda check: self.restart(node, wait=wait, poll_hook=check))
 
-    def fill_disk(self, node: Node | str) -> None:
-        """Make a storage report no free space: uploads to it fail with ENOSPC."""
+    def fill_disk(
+        self, node: Node | str, *, timeout: float | None = None, poll_hook: PollHook | None = None
+    ) -> None:
+        """Make a storage's disk full (trackers refuse uploads to a group with no room: ENOSPC).
+
+        Returns once every tracker reports the storage with 0 MB free (a
+        storage reports its disk every heartbeat interval). The native backend
+        needs ``disk_mb``; it raises `Unsupported` otherwise.
+        """
         node = self._resolve(node)
         if node.role != "storage":
             raise ClusterError(f"{node.name} is not a storage")
         log.info("filling the disk of %s", node.name)
         self.backend.fill_disk(self, node)
+        self.wait_free_mb(node, lambda mb: mb == 0, "full", timeout, poll_hook)
 
-    def unfill_disk(self, node: Node | str) -> None:
+    def unfill_disk(
+        self, node: Node | str, *, timeout: float | None = None, poll_hook: PollHook | None = None
+    ) -> None:
+        """Undo `fill_disk`; returns once every tracker sees free space above the reserve."""
         node = self._resolve(node)
         if node.role != "storage":
             raise ClusterError(f"{node.name} is not a storage")
         log.info("freeing the disk of %s", node.name)
         self.backend.unfill_disk(self, node)
+        reserved = self.backend.reserved_mb
+        self.wait_free_mb(node, lambda mb: mb > reserved, "free again", timeout, poll_hook)
+
+    def wait_free_mb(
+        self,
+        node: Node,
+        accept: Callable[[int], bool],
+        what: str,
+        timeout: float | None = None,
+        poll_hook: PollHook | None = None,
+    ) -> None:
+        """Wait until every tracker lists ``node`` with a free space satisfying ``accept``."""
+        assert node.group is not None
+        timeout = self.ready_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            if poll_hook is not None:
+                poll_hook()
+            self._check_alive()
+            views = self._tracker_views(self.tracker_nodes, {node.group})
+            seen: list[str] = []
+            for tracker in self.tracker_nodes:
+                view = views[tracker.address]
+                stats = [] if isinstance(view, str) else view.get(node.group, [])
+                free = [s.free_mb for s in stats if self._is_record_of(s, node)]
+                if not free or not accept(free[0]):
+                    seen.append(f"{tracker.name}: {free[0] if free else 'unlisted'} MB free")
+            if not seen:
+                return
+            if time.monotonic() >= deadline:
+                raise NotReady(
+                    f"{node.name} not {what} after {timeout:g}s ({', '.join(seen)})"
+                    + self._log_tails([node])
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    async def fill_disk_async(self, node: Node | str, *, timeout: float | None = None) -> None:
+        await self._in_thread(lambda check: self.fill_disk(node, timeout=timeout, poll_hook=check))
+
+    async def unfill_disk_async(self, node: Node | str, *, timeout: float | None = None) -> None:
+        await self._in_thread(
+            lambda check: self.unfill_disk(node, timeout=timeout, poll_hook=check)
+        )

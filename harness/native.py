@@ -15,17 +15,27 @@ the tracker sees the address it is configured with.
 Upstream trackers and storages exchange heartbeats no faster than once a
 second, and a second storage of a group passes WAIT_SYNC, SYNCING and ONLINE
 before it is ACTIVE, so a native cluster takes a few seconds to come up.
-``fill_disk`` is not available: upstream measures free space with statvfs on
-the store path, which cannot be faked without mounting a small filesystem.
+Upstream measures free space with statvfs on each store path, so a full disk
+cannot be faked with a flag file. ``Cluster(..., disk_mb=N)`` gives every store
+path of every storage its own tmpfs of N MB (this needs root, or
+CAP_SYS_ADMIN); ``fill_disk`` then writes a filler file into each store path
+until ENOSPC and ``unfill_disk`` deletes it. Without ``disk_mb`` both raise
+`Unsupported`. Each mount is recorded before it is made and undone by
+``release`` (``umount``, else ``umount -l``) once the processes are gone, also
+when start-up or a test failed. A tmpfs counts file pages only, not the
+``subdirs``² directories a fresh storage creates, so a few MB are enough.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import re
 import shutil
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +45,15 @@ log = logging.getLogger(__name__)
 
 TRACKER_BINARY = "fdfs_trackerd"
 STORAGE_BINARY = "fdfs_storaged"
+#: The trackers' ``reserved_storage_space``: a group with no more free MB than
+#: this takes no uploads (test machines may have little free disk; upstream's
+#: default of 20% would refuse uploads).
+RESERVED_MB = 1
+#: Written into each store path by ``fill_disk`` (outside ``data/``, which
+#: the storage owns).
+FILLER_NAME = "harness-disk-filler"
+_FILL_CHUNK = 1 << 20
+_FILL_MIN_CHUNK = 4096
 
 
 def find_binary(name: str) -> Path | None:
@@ -85,6 +104,11 @@ class NativeBackend(Backend):
     name = "native"
     # A fresh storage creates subdir_count_per_path**2 directories before it listens.
     process_startup_timeout = 60.0
+    reserved_mb = RESERVED_MB
+
+    def __init__(self) -> None:
+        #: tmpfs mount points made (or being made); `release` undoes them.
+        self._mounts: list[Path] = []
 
     def check_available(self) -> None:
         if not native_available():
@@ -95,6 +119,10 @@ class NativeBackend(Backend):
         return node.base_dir / ("tracker.conf" if node.role == "tracker" else "storage.conf")
 
     def prepare(self, cluster: Cluster) -> None:
+        if cluster.disk_mb is not None:
+            for node in cluster.storages:
+                for i in range(cluster.store_paths):
+                    self._mount_tmpfs(self.store_path(node, i), cluster.disk_mb)
         for node in cluster.tracker_nodes:
             self.conf_path(node).write_text(self._tracker_conf(cluster, node))
         for node in cluster.storages:
@@ -119,8 +147,7 @@ class NativeBackend(Backend):
                 "store_server": 0,
                 "store_path": 0,
                 "download_server": 0,
-                # Test machines may have little free disk; upstream's 20% would refuse uploads.
-                "reserved_storage_space": "1M",
+                "reserved_storage_space": f"{RESERVED_MB}M",
                 "log_level": "info",
                 "run_by_group": "",
                 "run_by_user": "",
@@ -210,10 +237,98 @@ class NativeBackend(Backend):
             extra_logs=[node.base_dir / "logs" / log_name],
         )
 
-    def fill_disk(self, cluster: Cluster, node: Node) -> None:
-        raise Unsupported(
-            "native backend: fill_disk is not supported (upstream measures free space"
-            " with statvfs on the store path)"
-        )
+    # ------------------------------------------------------------- small disks
 
-    unfill_disk = fill_disk
+    def _mount_tmpfs(self, path: Path, size_mb: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._mounts.append(path)  # before mounting: a half-done mount is undone too
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            reason = result.stderr.strip() or f"mount exited with status {result.returncode}"
+            raise Unsupported(
+                f"native backend: disk_mb needs a tmpfs on each store path, and mounting"
+                f" one on {path} failed ({reason}); run as root (CAP_SYS_ADMIN) or leave"
+                f" disk_mb unset (then fill_disk is unavailable)"
+            )
+        log.info("mounted a %d MB tmpfs on %s", size_mb, path)
+
+    def release(self, cluster: Cluster) -> None:
+        """Unmount every tmpfs of ``cluster`` (its processes are gone by now)."""
+        mine = [p for p in self._mounts if p.is_relative_to(cluster.base_dir)]
+        for path in reversed(mine):
+            _unmount(path)
+            self._mounts.remove(path)
+
+    def _filler_paths(self, cluster: Cluster, node: Node) -> list[Path]:
+        if cluster.disk_mb is None:
+            raise Unsupported(
+                "native backend: fill_disk needs Cluster(disk_mb=...): upstream measures"
+                " free space with statvfs on the store path, so each store path must be"
+                " a small tmpfs of its own"
+            )
+        return [self.store_path(node, i) / FILLER_NAME for i in range(cluster.store_paths)]
+
+    def fill_disk(self, cluster: Cluster, node: Node) -> None:
+        for path in self._filler_paths(cluster, node):
+            _fill(path)
+
+    def unfill_disk(self, cluster: Cluster, node: Node) -> None:
+        for path in self._filler_paths(cluster, node):
+            path.unlink(missing_ok=True)
+
+
+def _fill(path: Path) -> None:
+    """Append zeros to ``path`` until its filesystem has not one page left."""
+    zeros = bytes(_FILL_CHUNK)
+    chunk = _FILL_CHUNK
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        while True:
+            try:
+                os.write(fd, zeros[:chunk])
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if chunk == _FILL_MIN_CHUNK:
+                    return
+                chunk = _FILL_MIN_CHUNK
+    finally:
+        os.close(fd)
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return chr(int(match[1], 8))
+
+
+def _is_mount_point(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            # /proc/mounts escapes blanks in paths as octal (\040).
+            if len(fields) > 1 and _OCTAL_ESCAPE.sub(_unescape, fields[1]) == target:
+                return True
+    return False
+
+
+def _unmount(path: Path) -> None:
+    """``umount`` (every layer, should the path be mounted twice), else ``umount -l``."""
+    for _ in range(8):
+        if not _is_mount_point(path):
+            return
+        result = subprocess.run(["umount", str(path)], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            log.warning("umount %s: %s; detaching it lazily", path, result.stderr.strip())
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+    if _is_mount_point(path):
+        log.error("could not unmount %s", path)
+    else:
+        log.info("unmounted %s", path)
