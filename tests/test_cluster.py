@@ -8,6 +8,8 @@ Native clusters use 16 subdirs per store path: upstream creates all of them
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -26,7 +28,9 @@ from typing import Any
 import pytest
 import trio
 
+from fdfsmount.proto.client import Client
 from fdfsmount.proto.constants import StorageStatus
+from fdfsmount.proto.errors import ServerError
 from harness.cluster import (
     BuiltinBackend,
     Cluster,
@@ -428,29 +432,114 @@ async def test_restart_keeps_the_data_dir(backend: str) -> None:
                 assert await client.download(file_id) == b"survives a restart"
 
 
+def mounts_under(path: Path) -> list[str]:
+    """Mount points below ``path`` in /proc/mounts (blanks there are escaped; ours have none)."""
+    prefix = f"{path}{os.sep}"
+    with open("/proc/mounts") as mounts:
+        return [fields[1] for line in mounts if (fields := line.split())[1].startswith(prefix)]
+
+
+@contextlib.contextmanager
+def started_or_skipped(cluster: Cluster) -> Iterator[Cluster]:
+    """``with cluster``, but skip the test where its tmpfs disks cannot be mounted."""
+    try:
+        cluster.start()
+    except Unsupported as exc:
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 def test_fill_disk(backend: str) -> None:
-    with Cluster(**cluster_kwargs(backend, groups={"group1": 1})) as c:
+    kwargs = cluster_kwargs(backend, groups={"group1": 1})
+    if backend == "native":
+        kwargs["disk_mb"] = 16
+    with started_or_skipped(Cluster(**kwargs)) as c:
         node = c.storages[0]
-        if backend == "native":
-            with pytest.raises(Unsupported):
-                c.fill_disk(node)
-            return
 
         def free_mb() -> int:
             (stat,) = tracker_storages(c.trackers[0], "group1")
             return stat.free_mb
 
-        def wait_for(predicate: Any) -> None:
-            deadline = time.monotonic() + 15
-            while not predicate():
-                assert time.monotonic() < deadline, "tracker never saw the change"
-                time.sleep(0.1)
-
-        wait_for(lambda: free_mb() > 0)
-        c.fill_disk(node)
-        wait_for(lambda: free_mb() == 0)
+        assert free_mb() > 0
+        c.fill_disk(node)  # returns once the tracker has seen it
+        assert free_mb() == 0
         c.unfill_disk(node)
-        wait_for(lambda: free_mb() > 0)
+        assert free_mb() > 0
+
+
+@pytest.mark.native
+@pytest.mark.slow
+async def test_native_full_disk_refuses_uploads_until_freed() -> None:
+    """A really full store path (a tmpfs): upstream's tracker answers ENOSPC for the group."""
+    cluster = Cluster(groups={"group1": 1, "group2": 1}, backend="native", disk_mb=16)
+    with trio.fail_after(120):
+        with started_or_skipped(cluster) as c:
+            footprint = Footprint.of(c)
+            node = c.storages_of("group1")[0]
+            mounts = mounts_under(c.base_dir)
+            assert mounts == [str(n.base_dir / "store0") for n in c.storages]
+            async with Client(c.trackers) as client:
+                before = await client.upload(b"before", ext="txt", group="group1")
+                await c.fill_disk_async(node)
+                with pytest.raises(ServerError) as refused:
+                    await client.upload(b"refused", ext="txt", group="group1")
+                assert refused.value.errno == errno.ENOSPC
+                # Without a group the tracker picks one that has room.
+                elsewhere = await client.upload(b"elsewhere", ext="txt")
+                assert elsewhere.group == "group2"
+                await c.unfill_disk_async(node)
+                after = await client.upload(b"after", ext="txt", group="group1")
+                assert await client.download(before) == b"before"
+                assert await client.download(after) == b"after"
+    footprint.assert_gone()
+    assert mounts_under(footprint.base_dir) == []
+
+
+@pytest.mark.native
+@pytest.mark.slow
+def test_native_small_disks_are_unmounted_when_the_body_raises() -> None:
+    footprint = None
+    cluster = Cluster(groups={"group1": 1}, backend="native", subdirs=16, disk_mb=8)
+    with (
+        pytest.raises(RuntimeError, match="test body failed"),
+        started_or_skipped(cluster) as c,
+    ):
+        footprint = Footprint.of(c)
+        assert len(mounts_under(c.base_dir)) == 1
+        c.fill_disk(c.storages[0])
+        raise RuntimeError("test body failed")
+    assert footprint is not None
+    footprint.assert_gone()
+    assert mounts_under(footprint.base_dir) == []
+
+
+@pytest.mark.native
+@pytest.mark.slow
+def test_native_fill_disk_needs_disk_mb() -> None:
+    with Cluster(groups={"group1": 1}, backend="native", subdirs=16) as c:
+        assert mounts_under(c.base_dir) == []
+        with pytest.raises(Unsupported, match=r"disk_mb"):
+            c.fill_disk(c.storages[0])
+
+
+@pytest.mark.native
+def test_native_disk_mb_without_mount_permission_is_unsupported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where mounting is refused, start says why and leaves nothing behind."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mount").write_text("#!/bin/sh\necho 'mount: permission denied' >&2\nexit 32\n")
+    (fake / "mount").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    base = tmp_path / "cluster"
+    with pytest.raises(Unsupported, match=r"disk_mb needs a tmpfs.*permission denied"):
+        Cluster(groups={"group1": 1}, backend="native", base_dir=base, disk_mb=8).start()
+    assert mounts_under(base) == []
+    assert processes_mentioning(str(base)) == []
 
 
 def test_fault_controls_take_node_names(cluster: Cluster) -> None:
