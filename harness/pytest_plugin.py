@@ -8,6 +8,12 @@ Fixtures:
     use ``fdfs_cluster_factory`` for fault tests.
 ``fdfs_client`` (function, trio)
     An ``fdfsmount.proto.client.Client`` connected to ``fdfs_cluster``.
+``fdfs_mount`` (function)
+    An fdfsmount (``fdfsmount.mountproc.MountProcess``; the tree is at its
+    ``.mountpoint``) over ``fdfs_cluster``, run ``-f`` in a child process
+    and always unmounted afterwards, pass or fail. Options for a test go
+    through ``@pytest.mark.fdfs_mount_options("nolist", "timeout=5")``.
+    Skipped where FUSE is not available.
 ``fdfs_cluster_factory`` (function)
     ``fdfs_cluster_factory(groups={"g": 3}, ...)`` starts a cluster (keyword
     arguments of `Cluster`); ``await fdfs_cluster_factory.start_async(...)``
@@ -31,6 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 if TYPE_CHECKING:
+    from fdfsmount.mountproc import MountProcess
     from fdfsmount.proto.client import Client
 
     from .cluster import Cluster
@@ -98,6 +105,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "native: needs upstream FastDFS servers (fdfs_trackerd, fdfs_storaged)"
     )
+    config.addinivalue_line(
+        "markers", "fdfs_mount_options(*options): mount options of the fdfs_mount fixture"
+    )
     if config.getoption("--fdfs-backend") == "native":
         from .native import native_available, unavailable_reason
 
@@ -163,6 +173,22 @@ def fdfs_cluster_factory(request: pytest.FixtureRequest) -> Iterator[ClusterFact
         yield factory
     finally:
         factory.close_all()
+
+
+@pytest.fixture
+def fdfs_mount(
+    fdfs_cluster: Cluster, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MountProcess]:
+    """fdfsmount over the session's cluster in a child process; unmounted however the test ends."""
+    from fdfsmount.mountproc import fuse_available, mounted
+
+    if not fuse_available():
+        pytest.skip("FUSE is not available (/dev/fuse and fusermount3)")
+    marker = request.node.get_closest_marker("fdfs_mount_options")
+    options = [str(o) for o in marker.args] if marker is not None else []
+    where = tmp_path_factory.mktemp("fdfs-mount")
+    with mounted(fdfs_cluster.trackers, where / "mnt", options) as mount:
+        yield mount
 
 
 async def fdfs_client(fdfs_cluster: Cluster) -> AsyncIterator[Client]:

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import trio
 
+from fdfsmount.mountproc import fuse_available, is_mounted
 from fdfsmount.proto.client import Client
 from fdfsmount.proto.constants import StorageStatus
 from fdfsmount.proto.errors import ServerError
@@ -335,6 +336,58 @@ def test_no_leak_after_a_failing_pytest_test(tmp_path: Path) -> None:
     assert len(footprints) == 2
     for footprint in footprints:
         footprint.assert_gone()
+
+
+@pytest.mark.mount
+def test_mount_fixture_shows_the_session_cluster(fdfs_mount: Any, fdfs_cluster: Cluster) -> None:
+    root = Path(fdfs_mount.mountpoint)
+    assert is_mounted(root)
+    assert sorted(os.listdir(root)) == sorted(fdfs_cluster.groups)
+
+    async def upload() -> str:
+        async with Client(fdfs_cluster.trackers) as client:
+            return str(await client.upload(b"through the fixture\n", ext="txt"))
+
+    fid = trio.run(upload)
+    assert (root / fid).read_bytes() == b"through the fixture\n"
+    os.unlink(root / fid)  # DELETE_FILE
+
+
+@pytest.mark.mount
+def test_mount_fixture_unmounts_after_a_failing_test(tmp_path: Path) -> None:
+    """Run a failing test with fdfs_mount in a child pytest: no mount, no daemon left."""
+    if not fuse_available():
+        pytest.skip("FUSE is not available")
+    (tmp_path / "test_inner.py").write_text(
+        textwrap.dedent(
+            """
+            import json, os
+            import pytest
+
+            @pytest.mark.fdfs_mount_options("nolist")
+            def test_fails(fdfs_mount):
+                with open(os.environ["FOOTPRINT_FILE"], "w") as out:
+                    json.dump([str(fdfs_mount.mountpoint), fdfs_mount.pid], out)
+                assert os.listdir(fdfs_mount.mountpoint)
+                raise AssertionError("deliberately failing test body")
+            """
+        )
+    )
+    footprint_file = tmp_path / "footprint.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=tmp_path,
+        env={**os.environ, "FOOTPRINT_FILE": str(footprint_file)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "deliberately failing test body" in result.stdout
+    mountpoint, pid = json.loads(footprint_file.read_text())
+    assert not is_mounted(mountpoint)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_no_leak_when_the_owner_gets_sigterm(tmp_path: Path) -> None:
