@@ -277,11 +277,16 @@ def announce_ready(port: int) -> None:
     sys.stdout.flush()
 
 
-async def run_until_signalled(main: Callable[[trio.Nursery], Awaitable[None]]) -> None:
-    """Run ``main`` (which starts background tasks) until SIGTERM or SIGINT."""
+def run_server(run: Callable[..., Awaitable[None]]) -> None:
+    """A server's whole life: ``run`` (a ``task_status`` task reporting its port),
+    the READY line once it listens, and a clean stop on SIGTERM or SIGINT."""
+    trio.run(_serve_until_signalled, run)
+
+
+async def _serve_until_signalled(run: Callable[..., Awaitable[None]]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            await main(nursery)
+            announce_ready(await nursery.start(run))
             async for signum in signals:
                 log.info("received signal %d, shutting down", signum)
                 nursery.cancel_scope.cancel()

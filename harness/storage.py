@@ -870,12 +870,7 @@ def parse_args(argv: list[str] | None = None) -> StorageConfig:
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     server = StorageServer(config)
-
-    async def start(nursery: trio.Nursery) -> None:
-        port = await nursery.start(server.run)
-        serverutil.announce_ready(port)
-
-    trio.run(serverutil.run_until_signalled, start)
+    serverutil.run_server(server.run)
 
 
 if __name__ == "__main__":

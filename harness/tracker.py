@@ -231,12 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         args.bind, args.port, args.base_dir, store_lookup=args.store_lookup,
         ip_size=args.ip_size, offline_after=args.offline_after,
     )  # fmt: skip
-
-    async def start(nursery: trio.Nursery) -> None:
-        port = await nursery.start(server.run)
-        serverutil.announce_ready(port)
-
-    trio.run(serverutil.run_until_signalled, start)
+    serverutil.run_server(server.run)
 
 
 if __name__ == "__main__":
