@@ -76,25 +76,13 @@ T = TypeVar("T")
 FAILURE_MEMORY = 30.0
 _DOWNLOAD_BUFFER = 1 << 20
 _BINLOG_READ_SIZE = 64 * 1024
-#: Requests that may be sent again when a pooled connection turns out dead.
-_IDEMPOTENT = frozenset(
-    {
-        Cmd.DOWNLOAD_FILE,
-        Cmd.GET_METADATA,
-        Cmd.QUERY_FILE_INFO,
-        Cmd.ACTIVE_TEST,
-        Cmd.SERVER_LIST_ONE_GROUP,
-        Cmd.SERVER_LIST_ALL_GROUPS,
-        Cmd.SERVER_LIST_STORAGE,
-        Cmd.QUERY_STORE_WITHOUT_GROUP_ONE,
-        Cmd.QUERY_FETCH_ONE,
-        Cmd.QUERY_UPDATE,
-        Cmd.QUERY_STORE_WITH_GROUP_ONE,
-        Cmd.QUERY_FETCH_ALL,
-        Cmd.QUERY_STORE_WITHOUT_GROUP_ALL,
-        Cmd.QUERY_STORE_WITH_GROUP_ALL,
-    }
-)
+#: Requests that may be sent again when a pooled connection turns out dead:
+#: every tracker query (none changes anything) and the storage's reads.
+_IDEMPOTENT = (tr.TRACKER_CLIENT_CMDS - {Cmd.QUIT}) | {
+    Cmd.DOWNLOAD_FILE,
+    Cmd.GET_METADATA,
+    Cmd.QUERY_FILE_INFO,
+}
 #: The storage writes metadata of file X into a file named X + this suffix.
 _META_FILE_SUFFIX = "-m"
 
