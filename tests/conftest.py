@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
@@ -24,3 +25,27 @@ async def env(cluster: Cluster, nursery: trio.Nursery) -> AsyncIterator[Env]:
     """`Operations` wired as the mount wires them, over their own client."""
     async for e in make_env(cluster, nursery):
         yield e
+
+
+#: Loggers of the project: an unexpected WARNING from them fails the test.
+_CHECKED_LOGGERS = ("fdfsmount", "harness")
+
+
+@pytest.fixture(autouse=True)
+def check_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test whose own code path logged a WARNING or worse it did not ask for.
+
+    Tests that provoke failures on purpose (dead replicas, refused writes,
+    malformed replies) say so with ``@pytest.mark.expect_log_warnings``.
+    """
+    yield
+    if request.node.get_closest_marker("expect_log_warnings"):
+        return
+    unexpected = [
+        r
+        for r in caplog.get_records("call")
+        if r.levelno >= logging.WARNING and r.name.startswith(_CHECKED_LOGGERS)
+    ]
+    if unexpected:
+        lines = "\n".join(f"  {r.levelname} {r.name}: {r.getMessage()}" for r in unexpected[:10])
+        pytest.fail(f"unexpected log warnings (mark the test expect_log_warnings):\n{lines}")

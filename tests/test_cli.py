@@ -97,6 +97,7 @@ def test_upload_prints_the_file_id(
     assert (code, out, err) == (0, HELLO + "\n", "")
 
 
+@pytest.mark.expect_log_warnings
 def test_options_after_the_subcommand_and_env_trackers(
     capsys: pytest.CaptureFixture[str],
     net: ScriptedNetwork,

@@ -167,6 +167,7 @@ async def test_upload_with_meta_then_slave(
     assert s1.connections == 1
 
 
+@pytest.mark.expect_log_warnings
 async def test_upload_fails_over_to_another_storage_of_the_group(
     client: Client, tracker: ScriptedServer, s0: ScriptedServer, s1: ScriptedServer
 ) -> None:
@@ -287,6 +288,7 @@ async def test_download_to_file_and_stream(
     assert b"".join(got) == BIG_BYTES and max(map(len, got)) <= 256 * 1024
 
 
+@pytest.mark.expect_log_warnings
 async def test_download_to_removes_a_partial_file(
     client: Client, tracker: ScriptedServer, s1: ScriptedServer, tmp_path: Path
 ) -> None:
@@ -315,6 +317,7 @@ async def test_abandoned_stream_is_not_reused(
 # ================================================================ replicas
 
 
+@pytest.mark.expect_log_warnings
 async def test_read_falls_back_to_a_replica_that_answers(
     client: Client,
     tracker: ScriptedServer,
@@ -332,6 +335,7 @@ async def test_read_falls_back_to_a_replica_that_answers(
     assert any("23001" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
+@pytest.mark.expect_log_warnings
 async def test_read_skips_a_replica_that_times_out(
     client: Client,
     tracker: ScriptedServer,
@@ -374,6 +378,7 @@ async def test_missing_everywhere_is_file_not_found(
     assert MISSING in str(info.value) and "23000" in str(info.value)
 
 
+@pytest.mark.expect_log_warnings
 async def test_midstream_failure_resumes_on_another_replica(
     client: Client, tracker: ScriptedServer, s0: ScriptedServer, s1: ScriptedServer
 ) -> None:
@@ -389,6 +394,7 @@ async def test_midstream_failure_resumes_on_another_replica(
 # ================================================================ trackers
 
 
+@pytest.mark.expect_log_warnings
 async def test_tracker_that_refuses_is_skipped(net: ScriptedNetwork) -> None:
     dead = net.add("127.0.0.2", 22122)
     dead.refuse = True
@@ -403,6 +409,7 @@ async def test_tracker_that_refuses_is_skipped(net: ScriptedNetwork) -> None:
     assert live.connections == 1
 
 
+@pytest.mark.expect_log_warnings
 async def test_tracker_that_hangs_times_out_then_the_next_answers(
     net: ScriptedNetwork, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -419,6 +426,7 @@ async def test_tracker_that_hangs_times_out_then_the_next_answers(
     assert client.stats.errors == {"server_list_all_groups": 1}
 
 
+@pytest.mark.expect_log_warnings
 async def test_all_trackers_down(net: ScriptedNetwork) -> None:
     async with Client(["127.0.0.2:22122", "127.0.0.3:22122"], connect=net.connect) as client:
         with trio.fail_after(DEADLINE), pytest.raises(ConnectError) as info:
@@ -883,6 +891,7 @@ async def _drain_binlog(client: Client) -> None:
             pass
 
 
+@pytest.mark.expect_log_warnings
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st_.data(), op=st_.sampled_from(sorted(_TRACKER_OPS) + sorted(_STORAGE_OPS)))
 def test_any_reply_gives_a_result_or_an_fdfs_error(data: st_.DataObject, op: str) -> None:

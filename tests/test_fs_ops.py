@@ -172,6 +172,7 @@ async def test_listing_is_cached_and_refreshed_in_the_background(
                 await trio.sleep(0.2)
 
 
+@pytest.mark.expect_log_warnings
 async def test_a_slow_listing_holds_up_no_other_operation(
     cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -447,6 +448,7 @@ async def test_read_only_mount_refuses_with_erofs(cluster: Cluster, nursery: tri
         await expect_errno(errno.EROFS, env.ops.create(g.st_ino, b"n", 0o644, os.O_WRONLY, CTX))
 
 
+@pytest.mark.expect_log_warnings
 async def test_eio_within_the_timeout_when_every_replica_is_stopped(
     nursery: trio.Nursery, fdfs_cluster_factory: ClusterFactory
 ) -> None:

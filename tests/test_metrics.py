@@ -73,6 +73,7 @@ def test_rate_limit_drops_exact_repeats_and_spares_debug_and_other_kinds() -> No
     assert "repeated 1 times" in limit.summaries(everything=True)[0].text
 
 
+@pytest.mark.expect_log_warnings
 def test_summaries_are_logged_through_the_handler(caplog: pytest.LogCaptureFixture) -> None:
     limit = RateLimitFilter(interval=60, burst=1)
     control = LogControl(limit)

@@ -89,6 +89,7 @@ def test_startup_timeout_kills_child(tmp_path: Path) -> None:
     assert_gone(child.pid)
 
 
+@pytest.mark.expect_log_warnings
 def test_sigterm_ignored_escalates_to_sigkill(tmp_path: Path) -> None:
     code = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"

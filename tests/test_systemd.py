@@ -174,6 +174,7 @@ def test_notify_to_a_path_and_to_the_abstract_namespace(tmp_path: Path) -> None:
         assert sock.recv(4096) == b"STOPPING=1"
 
 
+@pytest.mark.expect_log_warnings
 def test_notify_without_a_manager_does_nothing(tmp_path: Path) -> None:
     assert not notify("READY=1", environ={})
     # A manager that went away is logged, never raised.
@@ -336,6 +337,7 @@ def test_sigterm_flushes_pending_writes(
     assert _client_run(fdfs_cluster, download_and_delete) == payload
 
 
+@pytest.mark.expect_log_warnings
 def test_readiness_waits_for_a_different_file_system(tmp_path: Path) -> None:
     """A plain directory never counts as the mount answering; the failure is reported."""
     from fdfsmount.sdnotify import when_mount_answers

@@ -503,6 +503,7 @@ async def _upload_appender(cluster: Cluster) -> FileId:
 # ---------------------------------------------------------------- failures
 
 
+@pytest.mark.expect_log_warnings
 async def test_a_stopped_storage_fails_fsync_in_time_and_loses_nothing_acknowledged(
     nursery: trio.Nursery, fdfs_cluster_factory: ClusterFactory, tmp_path: object
 ) -> None:
