@@ -135,6 +135,15 @@ class MountOptions:
         return min(5.0, max(0.5, self.timeout / 4)), max(0.5, self.timeout * 0.4)
 
 
+def human_size(n: float) -> str:
+    """A byte count for people: ``1.5 MiB`` (the inverse, roughly, of `parse_size`)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def parse_size(text: str, what: str) -> int:
     """``65536``, ``64K``, ``64M``, ``1G``, ``1GiB`` -> bytes (binary units)."""
     m = _SIZE_RE.fullmatch(text.strip())

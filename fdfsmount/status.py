@@ -33,6 +33,8 @@ from typing import Any
 
 import trio
 
+from .options import human_size
+
 log = logging.getLogger(__name__)
 
 PROG = "fdfsmount status"
@@ -310,14 +312,6 @@ def ask(mountpoint: str) -> dict[str, Any]:
 
 
 # -- the human summary ---------------------------------------------------------
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_duration(seconds: float) -> str:

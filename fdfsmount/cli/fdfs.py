@@ -27,7 +27,8 @@ from fdfsmount.proto.clientconf import parse_server_addr
 from fdfsmount.proto.fileid import FileType, decode_file_id, parse_file_id, split_ext
 from fdfsmount.proto.pool import ConnectFn
 
-from .progress import PROGRESS_THRESHOLD, ProgressBar, human_size
+from ..options import human_size
+from .progress import PROGRESS_THRESHOLD, ProgressBar
 
 log = logging.getLogger(__name__)
 

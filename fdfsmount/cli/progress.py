@@ -6,17 +6,11 @@ import shutil
 import time
 from typing import TextIO
 
+from ..options import human_size
+
 #: Transfers smaller than this finish before a bar would be worth drawing.
 PROGRESS_THRESHOLD = 4 << 20
 _REDRAW_INTERVAL = 0.1
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 class ProgressBar:
