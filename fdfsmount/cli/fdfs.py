@@ -350,10 +350,10 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
     except UsageError as exc:
         print(f"{PROG}: error: {exc} (see '{PROG} --help')", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
     except BaseException as exc:  # the one place errors become exit codes
+        if _interrupted(exc):
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
         error = _single(exc)
         if isinstance(error, SystemExit):
             raise
@@ -365,6 +365,13 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
             log.error("unexpected error", exc_info=error)
         print(f"{PROG}: error: {describe_error(error)}", file=sys.stderr)
         return 1
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """A Ctrl-C, also when it surfaced inside a nursery's exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def _single(exc: BaseException) -> BaseException:
