@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for all storages to be ACTIVE (default: 60)",
     )
+    up.add_argument(
+        "--disk-mb",
+        type=_positive,
+        default=None,
+        metavar="MB",
+        help="native backend, as root: put each store path on a tmpfs of MB megabytes "
+        "(4..4096) so the cluster's fill_disk can really fill it",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     return parser
 
@@ -201,6 +209,7 @@ def run_up(args: argparse.Namespace) -> int:
                 store_paths=args.store_paths,
                 subdirs=args.subdirs,
                 ready_timeout=args.timeout,
+                disk_mb=args.disk_mb,
             )
         except ValueError as exc:
             log.error("error: %s", exc)

@@ -713,6 +713,7 @@ def test_cli_help_teaches() -> None:
         (["up", "--trackers", "9"], "between 1 and 8 trackers"),
         (["up", "--timeout", "-1"], "positive number of seconds"),
         (["up", "--subdirs", "300"], "within 1..256"),
+        (["up", "--disk-mb", "1"], "within 4..4096"),
         (["up", "--backend", "nfs"], "invalid choice"),
         (["down"], "invalid choice"),
     ],
