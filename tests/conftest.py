@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio
 from opshelp import Env, make_env
+from scripted_peer import ScriptedNetwork, ScriptedServer
 
 from harness.cluster import Cluster
 
@@ -49,3 +50,28 @@ def check_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture)
     if unexpected:
         lines = "\n".join(f"  {r.levelname} {r.name}: {r.getMessage()}" for r in unexpected[:10])
         pytest.fail(f"unexpected log warnings (mark the test expect_log_warnings):\n{lines}")
+
+
+# -- a scripted network of golden-replaying peers (client and CLI tests) -------
+
+
+@pytest.fixture
+def net() -> Iterator[ScriptedNetwork]:
+    network = ScriptedNetwork()
+    yield network
+    assert not network.unexpected(), "requests no golden record matched"
+
+
+@pytest.fixture
+def tracker(net: ScriptedNetwork) -> ScriptedServer:
+    return net.add("127.0.0.1", 22122)
+
+
+@pytest.fixture
+def s0(net: ScriptedNetwork) -> ScriptedServer:
+    return net.add("127.0.0.1", 23000)
+
+
+@pytest.fixture
+def s1(net: ScriptedNetwork) -> ScriptedServer:
+    return net.add("127.0.0.1", 23001)

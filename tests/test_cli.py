@@ -40,23 +40,6 @@ def no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture
-def net() -> Iterator[ScriptedNetwork]:
-    network = ScriptedNetwork()
-    yield network
-    assert not network.unexpected(), "requests no golden record matched"
-
-
-@pytest.fixture
-def tracker(net: ScriptedNetwork) -> ScriptedServer:
-    return net.add("127.0.0.1", 22122)
-
-
-@pytest.fixture
-def s1(net: ScriptedNetwork) -> ScriptedServer:
-    return net.add("127.0.0.1", 23001)
-
-
 def fetch_one(server: ServerAddr) -> Reply:
     from fdfsmount.proto import tracker as tr
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -68,28 +68,6 @@ BIG = "group1/M00/00/46/ooYBAGsC84qAUZ-KAAMgAL_w-v0642.bin"
 BIG_BYTES = bytes((7 * i + i // 256) % 256 for i in range(204800))
 MISSING = "group1/M00/00/46/oYYBAGsC84qASNMpAAAAFT6cIgk0171326"
 DEADLINE = 10
-
-
-@pytest.fixture
-def net() -> Iterator[ScriptedNetwork]:
-    network = ScriptedNetwork()
-    yield network
-    assert not network.unexpected(), "requests no golden record matched"
-
-
-@pytest.fixture
-def tracker(net: ScriptedNetwork) -> ScriptedServer:
-    return net.add("127.0.0.1", 22122)
-
-
-@pytest.fixture
-def s0(net: ScriptedNetwork) -> ScriptedServer:
-    return net.add("127.0.0.1", 23000)
-
-
-@pytest.fixture
-def s1(net: ScriptedNetwork) -> ScriptedServer:
-    return net.add("127.0.0.1", 23001)
 
 
 @pytest.fixture
