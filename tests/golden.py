@@ -1,4 +1,4 @@
-"""Loader for the FastDFS 6.16.1 golden transcripts in ``../shared/golden/``.
+"""Loader for the FastDFS 6.16.1 golden transcripts in ``tests/data/golden/`` (vendored byte captures).
 
 Each JSON line becomes a frozen `GoldenRecord`. A missing or empty golden
 directory is an error, not a reason to skip: the codec tests exist to replay
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden" / "fastdfs-6.16.1"
+GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden" / "fastdfs-6.16.1"
 STORAGE_ID_MODE = "storage-id-mode"
 IP_MODE = "ip-mode"
 MODES = (STORAGE_ID_MODE, IP_MODE)
@@ -52,7 +52,7 @@ def _load_file(mode: str) -> tuple[GoldenRecord, ...]:
     path = GOLDEN_DIR / f"{mode}.jsonl"
     if not path.is_file():
         raise GoldenDataMissing(
-            f"golden transcript {path} is missing: check out ../shared beside the repository"
+            f"golden transcript {path} is missing: the repository checkout is incomplete"
         )
     records = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):

@@ -28,7 +28,7 @@ import trio.testing
 
 from fdfsmount.proto import ServerAddr
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden" / "fastdfs-6.16.1"
+GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden" / "fastdfs-6.16.1"
 _HEADER = struct.Struct(">QBB")
 
 

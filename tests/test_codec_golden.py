@@ -53,7 +53,7 @@ from fdfsmount.proto.metadata import encode_metadata
 from fdfsmount.proto.records import STAT_COUNTER_NAMES, GroupStat, StorageStat
 from fdfsmount.proto.wire import decode_header
 
-# Loading happens at collection: a missing ../shared/golden fails the run.
+# Loading happens at collection: a missing tests/data/golden fails the run.
 RECORDS = golden.all_records()
 
 
