@@ -384,5 +384,5 @@ async def _shutdown(opts: MountOptions, parts: MountParts, nursery: trio.Nursery
         nursery.cancel_scope.cancel()
         parts.writer.kernel.attached = False
         pyfuse3.close(unmount=True)
-        parts.writer.catalog.close()
+        await trio.to_thread.run_sync(parts.writer.catalog.close)
         log.info("unmounted %s", opts.mountpoint)
