@@ -26,7 +26,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import trio
 
 from .options import human_size
+from .proto.stats import LATENCY_BOUNDS, LatencyHistogram
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,25 @@ def _top(counts: dict[str, int], limit: int = 8) -> str:
     return shown
 
 
+def _merge(histograms: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One histogram summing several (the operations of one server)."""
+    merged: dict[str, Any] = {"buckets": [0] * (len(LATENCY_BOUNDS) + 1), "sum": 0.0, "count": 0}
+    for hist in histograms:
+        merged["buckets"] = [a + b for a, b in zip(merged["buckets"], hist["buckets"], strict=True)]
+        merged["sum"] += hist["sum"]
+        merged["count"] += hist["count"]
+    return merged
+
+
+def _ms(bound: float | None) -> str:
+    """A quantile read off a histogram: the bucket bound it is under."""
+    if bound is None:
+        return "-"
+    if bound == float("inf"):
+        return f"> {LATENCY_BOUNDS[-1]:g} s"
+    return f"<= {bound * 1000:g} ms"
+
+
 def format_status(snap: dict[str, Any]) -> str:
     """A few readable lines about a mount, from a snapshot."""
     lines = [
@@ -385,9 +405,15 @@ def format_status(snap: dict[str, Any]) -> str:
             f"  protocol    {_top(client['requests'])}",
             f"  proto errs  {_top(client['errors'])}",
         ]
+        histograms = client.get("latency_histograms", {})
         for server, (count, total) in sorted(client["latency"].items()):
             average = 1000 * total / count if count else 0.0
-            lines.append(f"  server      {server}: {count} requests, average {average:.1f} ms")
+            merged = _merge(histograms.get(server, {}).values())
+            lines.append(
+                f"  server      {server}: {count} requests, average {average:.1f} ms, "
+                f"p50 {_ms(LatencyHistogram.quantile(merged, 0.5))}, "
+                f"p99 {_ms(LatencyHistogram.quantile(merged, 0.99))}"
+            )
     return "\n".join(lines)
 
 

@@ -274,7 +274,9 @@ class Client:
             raise ProtocolError(f"{what}: {exc}") from exc
         finally:
             await self._pool.release(conn)
-        self.stats.observe_latency(str(addr), trio.current_time() - started)
+        self.stats.observe_latency(
+            str(addr), trio.current_time() - started, op_name(request.cmd)
+        )
         self._failed_at.pop(addr, None)
         return result
 

@@ -311,7 +311,7 @@ class RangeReader:
         conn = self._conn
         if conn is not None and conn.body_remaining == 0 and self._addr is not None:
             self._client.stats.observe_latency(
-                str(self._addr), trio.current_time() - self._started_at
+                str(self._addr), trio.current_time() - self._started_at, "download_file"
             )
             await self._release()
 
