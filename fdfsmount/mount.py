@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import cast
@@ -93,9 +93,9 @@ def build_operations(
     groups: list[GroupStat] | None = None,
 ) -> MountParts:
     """Wire the caches and the `Operations` around `client`; background work goes to `nursery`."""
-    directory = GroupDirectory(client.list_groups)
+    directory = GroupDirectory(_listed_groups(client, opts.groups))
     if groups is not None:
-        directory.seed(groups)
+        directory.seed(g for g in groups if not opts.groups or g.group_name in opts.groups)
     table = InodeTable(directory)
     stats = FileStats(lambda fid: client.info(fid), verify_exists=opts.verify_exists)
     attrs = AttrFactory(
@@ -165,6 +165,19 @@ def build_operations(
         writer=writer,
     )
     return MountParts(ops, table, directory, listing, readpath, cache, writer, client)
+
+
+def _listed_groups(
+    client: ReadClient, only: tuple[str, ...]
+) -> Callable[[], Awaitable[list[GroupStat]]]:
+    """The tracker's group list, cut down to `only` (``-o groups=``) when given."""
+    if not only:
+        return client.list_groups
+
+    async def list_some() -> list[GroupStat]:
+        return [g for g in await client.list_groups() if g.group_name in only]
+
+    return list_some
 
 
 def check_mountpoint(path: str) -> None:
@@ -250,6 +263,10 @@ async def check_cluster(client: ReadClient, opts: MountOptions) -> list[GroupSta
         raise MountError(f"cannot reach the FastDFS cluster at {where}: {exc}") from None
     if not groups:
         log.warning("the tracker at %s knows no groups yet; the mount starts empty", where)
+    missing = [name for name in opts.groups if name not in {g.group_name for g in groups}]
+    if missing and groups:
+        log.warning("groups=: the cluster at %s has no group %s (yet); it has %s",
+                    where, ", ".join(missing), ", ".join(g.group_name for g in groups))  # fmt: skip
     return groups
 
 

@@ -55,6 +55,7 @@ SOURCE:
 mount options (-o name[=value],...; may be repeated):
   conf=FILE            FastDFS client.conf (tracker_server, connect_timeout, network_timeout)
   ro                   refuse every change with EROFS
+  groups=G1[,G2...]    mount only these groups (the others are not listed: ENOENT)
   allow_other          let other users see the mount (needs user_allow_other in /etc/fuse.conf)
   default_permissions  let the kernel check file modes
   uid=N, gid=N         owner of every file and directory (default: the mounting user)
