@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import trio
 
@@ -93,7 +94,8 @@ other commands:
                                                fstab and .mount units (mount(8) runs
                                                helpers without the caller's PATH)
 
-exit status: 0 once mounted (or, with -f, after a clean unmount); 1 on any error.
+exit status: 0 once mounted (or, with -f, after a clean unmount); 1 on any error,
+a usage error included.
 """
 
 #: Exit codes of the daemon child, read by the waiting parent only as a fallback.
@@ -101,8 +103,16 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 
 
+class UsageParser(argparse.ArgumentParser):
+    """A usage mistake is one line and exit status 1, as `--help` documents (and mount(8)
+    expects of a helper: 1 is "incorrect invocation")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_FAIL, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = UsageParser(
         prog=PROG,
         usage="%(prog)s SOURCE MOUNTPOINT [-o opt[,opt...]] [-f]\n"
         "       %(prog)s status MOUNTPOINT | install-helper [--prefix DIR]",

@@ -418,7 +418,9 @@ def format_status(snap: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .mount_cli import UsageParser
+
+    p = UsageParser(
         prog=PROG,
         description="Show the live counters of a running fdfsmount mount.",
         epilog="exit status: 0 with a report; 1 when MOUNTPOINT is not a live fdfsmount mount",

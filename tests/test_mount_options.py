@@ -146,3 +146,20 @@ def test_command_line_in_mount8_order() -> None:
     assert opts.read_only and opts.no_list and opts.foreground
     opts = parse_command_line(["-o", "debug", "h:1", "/mnt", "-n", "-s"])
     assert opts.debug and not opts.foreground
+
+
+def test_usage_errors_exit_1_as_help_says(tmp_path: os.PathLike[str]) -> None:
+    """`fdfsmount --help` documents exit status 1 for every error; a usage error is one too."""
+    import subprocess
+    import sys
+
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fdfsmount", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "1 on any error" in help_text
+    for argv in (["--bogus", "127.0.0.1:22122", os.fspath(tmp_path)], [], ["status"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "fdfsmount", *argv], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1, (argv, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "--help" in done.stderr, done.stderr

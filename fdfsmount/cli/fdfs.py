@@ -24,6 +24,7 @@ import trio
 from fdfsmount.proto import FdfsError, FileId, InvalidFileId, ServerAddr, StorageStatus
 from fdfsmount.proto.client import Client
 from fdfsmount.proto.clientconf import parse_server_addr
+from fdfsmount.proto.errors import ConnectError, ConnectionClosed, NoStorage, Timeout
 from fdfsmount.proto.fileid import FileType, decode_file_id, parse_file_id, split_ext
 from fdfsmount.proto.pool import ConnectFn
 
@@ -39,10 +40,11 @@ _CHUNK = 1 << 20
 DESCRIPTION = """\
 Upload, download and inspect files in a FastDFS cluster.
 
-Trackers come from --tracker HOST:PORT (repeatable), from --conf FILE (a FastDFS
-client.conf: tracker_server, connect_timeout, network_timeout), from the
-FDFS_TRACKERS environment variable (comma-separated HOST:PORT list), or else
-from /etc/fdfs/client.conf. Options may come before or after the subcommand.
+Trackers come from the first of: --tracker HOST:PORT (repeatable), --conf FILE
+(a FastDFS client.conf: tracker_server, connect_timeout, network_timeout), the
+FDFS_TRACKERS environment variable (comma-separated HOST:PORT list), and
+/etc/fdfs/client.conf. An error reaching a server names the trackers and where
+they came from. Options may come before or after the subcommand.
 """
 
 EPILOG = """\
@@ -61,7 +63,7 @@ examples:
   fdfs --conf /etc/fdfs/client.conf ls group1 | wc -l
 
 exit status: 0 success; 1 error (for exists: the file does not exist);
-2 usage error.
+2 usage error (a bad option or argument, no tracker given); 130 interrupted.
 """
 
 
@@ -292,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def client_from_args(args: argparse.Namespace, connect: ConnectFn | None = None) -> Client:
+    """The client the options ask for; `args.tracker_source` says where its trackers came from."""
     overrides: dict[str, Any] = {}
     if connect is not None:
         overrides["connect"] = connect
@@ -300,7 +303,10 @@ def client_from_args(args: argparse.Namespace, connect: ConnectFn | None = None)
             overrides["trackers"] = [parse_server_addr(t) for t in args.tracker]
         except ValueError as exc:
             raise UsageError(f"--tracker: {exc}") from None
+        args.tracker_source = "--tracker"
     conf = args.conf
+    if conf is not None:
+        args.tracker_source = args.tracker_source if args.tracker else f"--conf {conf}"
     if conf is None and "trackers" not in overrides:
         env = os.environ.get("FDFS_TRACKERS", "").strip()
         if env:
@@ -308,8 +314,12 @@ def client_from_args(args: argparse.Namespace, connect: ConnectFn | None = None)
                 overrides["trackers"] = [parse_server_addr(t) for t in env.split(",") if t.strip()]
             except ValueError as exc:
                 raise UsageError(f"FDFS_TRACKERS: {exc}") from None
+            args.tracker_source = "FDFS_TRACKERS"
         elif os.path.exists(DEFAULT_CONF):
             conf = DEFAULT_CONF
+            args.tracker_source = (
+                f"{DEFAULT_CONF}, read because no --tracker, --conf or FDFS_TRACKERS was given"
+            )
         else:
             raise UsageError(
                 "no tracker given: use --tracker HOST:PORT, --conf client.conf "
@@ -344,6 +354,7 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
         format=f"{PROG}: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    client: Client | None = None
     try:
         client = client_from_args(args, connect)
         return trio.run(run_command, client, args)
@@ -363,8 +374,20 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
             return 1
         if args.debug or not isinstance(error, FdfsError | OSError | ValueError):
             log.error("unexpected error", exc_info=error)
-        print(f"{PROG}: error: {describe_error(error)}", file=sys.stderr)
+        message = describe_error(error)
+        if _is_connection_error(error) and client is not None:
+            trackers = ",".join(str(t) for t in client.trackers)
+            source = getattr(args, "tracker_source", "")
+            message += f" [trackers {trackers} from {source}]" if source else ""
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Could not reach, or lost, a server: the tracker list may be the culprit."""
+    if isinstance(exc, ConnectError | Timeout | ConnectionClosed | NoStorage):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, FdfsError) and exc.filename is None
 
 
 def _interrupted(exc: BaseException) -> bool:
