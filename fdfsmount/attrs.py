@@ -112,6 +112,12 @@ class InfoCache:
     def invalidate(self, file_id: FileId) -> None:
         self._entries.pop(str(file_id), None)
 
+    def clear(self) -> int:
+        """Forget everything; how many entries were dropped."""
+        dropped = len(self._entries)
+        self._entries.clear()
+        return dropped
+
 
 class FileStats:
     """`FileStat` of a file node, from its ID or from a cached QUERY_FILE_INFO."""
@@ -169,6 +175,9 @@ class FileStats:
 
     def invalidate(self, file_id: FileId) -> None:
         self.info.invalidate(file_id)
+
+    def clear(self) -> int:
+        return self.info.clear()
 
 
 class AttrFactory:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -168,6 +168,27 @@ class Listing:
         if state.error is not None:
             raise state.error
         return state.building
+
+    async def refresh(self, groups: Iterable[str]) -> dict[str, int | str]:
+        """List `groups` again now (not waiting for `ttl`) and wait for the passes:
+        files found per group, or the error that stopped its pass."""
+        if not self.enabled:
+            return {}
+        waits: dict[str, tuple[_GroupState, trio.Event]] = {}
+        for group in groups:
+            state = self._groups.setdefault(group, _GroupState())
+            if state.refreshing is None:
+                self._start_refresh(group, state)
+            assert state.refreshing is not None
+            waits[group] = (state, state.refreshing)
+        out: dict[str, int | str] = {}
+        for group, (state, done) in waits.items():
+            await done.wait()
+            if state.error is not None:  # cleared by a pass that completes
+                out[group] = str(state.error) or type(state.error).__name__
+            else:
+                out[group] = state.index.files if state.index is not None else 0
+        return out
 
     def _start_refresh(self, group: str, state: _GroupState) -> None:
         state.refreshing = trio.Event()

@@ -26,6 +26,7 @@ from .catalog import AliasCatalog
 from .clientapi import ReadClient, WriteClient
 from .fs import Operations
 from .listing import Listing
+from .logsetup import reopen_log_files
 from .namespace import GroupDirectory, InodeTable, Node
 from .options import MountOptions
 from .proto import FileId, GroupStat, decode_file_id
@@ -58,6 +59,38 @@ class MountParts:
     cache: BlockCache
     writer: WritePath
     client: ReadClient
+
+    async def refresh(self, group: str | None = None) -> str:
+        """Ask the tracker for the groups and list `group` (default: every group) again now;
+        one line saying what was found. `MountError` for a group that is not mounted."""
+        groups = await self.groups.all(max_age=0)
+        if group is not None and group not in groups:
+            raise MountError(
+                f"no group {group} in this mount (it has {', '.join(sorted(groups)) or 'none'})"
+            )
+        names = [group] if group is not None else sorted(groups)
+        if not self.listing.enabled:
+            return f"groups refreshed ({len(groups)}); listing is off (nolist)"
+        found = await self.listing.refresh(names)
+        shown = ", ".join(
+            f"{name} {n} files" if isinstance(n, int) else f"{name} failed: {n}"
+            for name, n in found.items()
+        )
+        log.info("listing refreshed: %s", shown or "no groups")
+        return f"refreshed {shown or 'no groups'}"
+
+    def drop_caches(self) -> str:
+        """Forget cached blocks, file attributes and metadata (not unsent writes)."""
+        blocks, size = len(self.cache), self.cache.size
+        self.cache.clear()
+        infos = self.ops.stats.clear()
+        metadata = self.ops.xattrs.clear()
+        log.info("caches dropped: %d blocks (%d bytes), %d file infos, %d metadata",
+                 blocks, size, infos, metadata)  # fmt: skip
+        return (
+            f"dropped {blocks} cached blocks ({size} bytes), {infos} file attributes, "
+            f"{metadata} metadata entries"
+        )
 
     def counters(self) -> dict[str, int]:
         """Live counters of the mount (for status reports and metrics exporters)."""
@@ -320,8 +353,27 @@ async def tune_kernel_readahead(opts: MountOptions) -> None:
         log.debug("kernel readahead of %s set to %d KiB", opts.mountpoint, kib)
 
 
-async def _unmount_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """End the FUSE loop on SIGTERM/SIGINT/SIGHUP; `serve` then flushes and unmounts.
+async def _hang_up(parts: MountParts) -> None:
+    """SIGHUP: reopen the log file (logrotate) and list every group again."""
+    try:
+        reopened = reopen_log_files()
+    except OSError as exc:
+        log.error("SIGHUP: cannot reopen the log file: %s", exc)
+    else:
+        log.info("SIGHUP received: %d log files reopened, refreshing the listings", reopened)
+    try:
+        await parts.refresh()
+    except (FdfsError, MountError) as exc:
+        log.warning("SIGHUP: refreshing the listings failed: %s", exc)
+
+
+async def _unmount_on_signal(
+    parts: MountParts,
+    nursery: trio.Nursery,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """End the FUSE loop on SIGTERM/SIGINT; `serve` then flushes and unmounts.
+    SIGHUP reopens the log file and refreshes the listings (`_hang_up`).
 
     Keeps receiving afterwards, so a second signal cannot kill the process
     halfway through the unmount."""
@@ -332,6 +384,9 @@ async def _unmount_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STAT
             name = signal.Signals(signum).name
             if terminated:
                 log.info("%s received: already unmounting", name)
+                continue
+            if signum == signal.SIGHUP:
+                nursery.start_soon(_hang_up, parts)
                 continue
             log.info("%s received: unmounting", name)
             terminated = True
@@ -376,7 +431,7 @@ async def _serve_with(
                 parts.writer.kernel.attached = True
                 nursery.start_soon(tune_kernel_readahead, opts)
                 # Only now: pyfuse3.terminate() needs the session init() made.
-                await nursery.start(_unmount_on_signal)
+                await nursery.start(_unmount_on_signal, parts, nursery)
                 log.info("mounted %s at %s (%d groups)", opts.source, opts.mountpoint, len(groups))
                 if on_ready is not None:
                     on_ready(parts)

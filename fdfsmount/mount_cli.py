@@ -45,7 +45,7 @@ rm deletes, mv renames aliases, setfattr edits metadata.
 
 Without -f the command returns once the mount is live and the file system keeps
 running in the background; unmount with `fusermount3 -u MOUNTPOINT` (or `umount`),
-or send the process SIGTERM.
+or send the process SIGTERM. SIGHUP reopens the log file and refreshes the listings.
 """
 
 EPILOG = """\
@@ -90,6 +90,8 @@ examples:
 
 other commands:
   fdfsmount status MOUNTPOINT [--json]         live counters of a running mount
+  fdfsmount ctl MOUNTPOINT refresh [GROUP]     list the groups again now
+  fdfsmount ctl MOUNTPOINT drop-caches         forget cached blocks and attributes
   fdfsmount install-helper [--prefix DIR]      link fdfsmount into /usr/local/bin for
                                                fstab and .mount units (mount(8) runs
                                                helpers without the caller's PATH)
@@ -115,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
     p = UsageParser(
         prog=PROG,
         usage="%(prog)s SOURCE MOUNTPOINT [-o opt[,opt...]] [-f]\n"
-        "       %(prog)s status MOUNTPOINT | install-helper [--prefix DIR]",
+        "       %(prog)s status MOUNTPOINT | ctl MOUNTPOINT ACTION | install-helper",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -180,7 +182,7 @@ def run_mount(opts: MountOptions, on_live: Callable[[], None] | None) -> str | N
     return None
 
 
-SUBCOMMANDS = ("status", "install-helper")
+SUBCOMMANDS = ("status", "ctl", "install-helper")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .status import status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "ctl":
+        from .status import ctl_main
+
+        return ctl_main(argv[1:])
     if argv and argv[0] == "install-helper":
         from .helper import helper_main
 
