@@ -30,8 +30,8 @@ import trio
 from .metrics import MetricsServer, MountCollector, Snapshot, take_snapshot
 from .mount import MountError, MountParts, serve
 from .options import MountOptions
-from .sdnotify import notify, watchdog_interval, when_mount_answers
 from .proto.errors import FdfsError
+from .sdnotify import notify, watchdog_interval, when_mount_answers
 from .status import (
     Action,
     ControlError,

@@ -162,7 +162,13 @@ def _add_common(parser: argparse.ArgumentParser, *, in_subcommand: bool) -> None
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """A usage mistake is one line naming the command, not argparse's usage block."""
+    """A usage mistake is one line naming the command, not argparse's usage block.
+
+    `commands` holds the subcommands' parsers by name (the man page shows each)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -187,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_common(sub, in_subcommand=True)
+        parser.commands[name] = sub
         return sub
 
     p = command(
@@ -263,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     meta = p.add_subparsers(dest="meta_command", metavar="get|set", required=True)
     mp = meta.add_parser("get", help="print NAME=VALUE lines", description="print NAME=VALUE lines")
     _add_common(mp, in_subcommand=True)
+    parser.commands["meta get"] = mp
     mp.add_argument("file_id", metavar="ID", type=file_id_arg)
     mp.add_argument("--json", action="store_true", help="print one JSON object")
     mp = meta.add_parser(
@@ -271,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="merge NAME=VALUE pairs into the metadata (--overwrite replaces it all)",
     )
     _add_common(mp, in_subcommand=True)
+    parser.commands["meta set"] = mp
     mp.add_argument("file_id", metavar="ID", type=file_id_arg)
     mp.add_argument("pairs", metavar="NAME=VALUE", type=pair_arg, nargs="+")
     mp.add_argument("--overwrite", action="store_true", help="drop names not given")
