@@ -99,7 +99,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 def metric_families(snap: Snapshot) -> Iterator[Metric]:
-    """Prometheus metric families for a snapshot (names as in the README's table)."""
+    """Prometheus metric families for a snapshot (names as in docs/operations.md)."""
     info = InfoMetricFamily("fdfsmount", "The mount: version, source and mount point")
     info.add_metric(
         [],

@@ -198,7 +198,16 @@ install_all() {
         "$python" -m venv -- "$PREFIX"
     fi
     say "installing fdfsmount from $REPO_ROOT into $PREFIX"
-    "$PREFIX/bin/python" -m pip install --disable-pip-version-check -q "$REPO_ROOT"
+    # Built from a copy: setuptools leaves build/ and *.egg-info in the tree it builds in.
+    local source
+    source="$(mktemp -d)"
+    tar -C "$REPO_ROOT" --exclude=./.venv --exclude=./.git --exclude=./build \
+        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$source" -xf -
+    if ! "$PREFIX/bin/python" -m pip install --disable-pip-version-check -q "$source"; then
+        rm -rf -- "$source"
+        die "pip could not install fdfsmount into $PREFIX"
+    fi
+    rm -rf -- "$source"
 
     link "$PREFIX/bin/fdfsmount" "$BINDIR/fdfsmount"
     link "$PREFIX/bin/fdfs" "$BINDIR/fdfs"

@@ -55,6 +55,7 @@ def test_install_into_a_temporary_prefix_and_uninstall_leaves_nothing(tmp_path: 
     (root / "usr").mkdir()  # one destination's parent exists already, the rest do not
     before = tree(root)
     real_before = real_state()
+    build_dirs = [(REPO / "build").exists(), (REPO / "fdfsmount.egg-info").exists()]
     try:
         done = run_install(root)
         assert done.returncode == 0, done.stderr
@@ -115,6 +116,8 @@ def test_install_into_a_temporary_prefix_and_uninstall_leaves_nothing(tmp_path: 
                  "--no-reload"], capture_output=True, timeout=120,
             )  # fmt: skip
     assert real_state() == real_before
+    # Built from a copy: the checkout gets no build/ or egg-info from the install.
+    assert [(REPO / "build").exists(), (REPO / "fdfsmount.egg-info").exists()] == build_dirs
 
 
 def test_usage_errors() -> None:
