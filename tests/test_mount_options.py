@@ -157,7 +157,10 @@ def test_usage_errors_exit_1_as_help_says(tmp_path: os.PathLike[str]) -> None:
         [sys.executable, "-m", "fdfsmount", "--help"], capture_output=True, text=True, timeout=60
     ).stdout
     assert "1 on any error" in help_text
-    for argv in (["--bogus", "127.0.0.1:22122", os.fspath(tmp_path)], [], ["status"]):
+    for argv in (
+        ["--bogus", "127.0.0.1:22122", os.fspath(tmp_path)], [], ["status"], ["ctl", "/mnt"],
+        ["install-helper", "--bogus"],
+    ):
         done = subprocess.run(
             [sys.executable, "-m", "fdfsmount", *argv], capture_output=True, text=True, timeout=60
         )
