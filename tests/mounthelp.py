@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import trio
+from waiting import eventually
 
 from fdfsmount.proto import FileId, FileNotFound, ServerAddr, decode_file_id
 from fdfsmount.proto.client import Client
@@ -107,11 +109,14 @@ def check_everywhere(
         for node in cluster.storages_of(fid.group):
             if node is source:
                 continue
-            with trio.move_on_after(REPLICATION_WAIT):
-                while await content_on(client, node, fid) != content or (
-                    meta is not None and await metadata_on(client, node, fid) != meta
-                ):
-                    await trio.sleep(0.1)
+
+            async def replicated(node: Node = node) -> bool:
+                return await content_on(client, node, fid) == content and (
+                    meta is None or await metadata_on(client, node, fid) == meta
+                )
+
+            with contextlib.suppress(AssertionError):  # the asserts below say what differs
+                await eventually(replicated, timeout=REPLICATION_WAIT, interval=0.1)
             got = await content_on(client, node, fid)
             assert got == content, f"{fid} on {node.name}: {got!r}"
             if meta is not None:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from waiting import eventually
 
 from fdfsmount.proto import FileId, FileNotFound, FileType, ServerAddr, decode_file_id
 from fdfsmount.proto.client import Client
@@ -60,9 +61,12 @@ async def wait_tracker_knows_replicas(cluster: Cluster, client: Client, fid: Fil
     """
     if cluster.backend_name != "builtin":
         return
-    with trio.fail_after(REPLICATION_WAIT):
-        while len(await client.fetch_servers(fid)) < len(cluster.storages_of(fid.group)):
-            await trio.sleep(0.1)
+    replicas = len(cluster.storages_of(fid.group))
+
+    async def all_named() -> bool:
+        return len(await client.fetch_servers(fid)) >= replicas
+
+    await eventually(all_named, timeout=REPLICATION_WAIT, interval=0.1, what=f"{fid} everywhere")
 
 
 async def stream_of(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -148,9 +152,12 @@ async def test_uploads_reads_and_metadata_on_every_replica(
             await client.delete(f)
         with pytest.raises(FileNotFound):
             await client.delete(fid)  # the source has it no more
-        with trio.fail_after(REPLICATION_WAIT):
-            while await client.exists(fid):  # nor, a moment later, any replica
-                await trio.sleep(0.1)
+
+        async def gone() -> bool:
+            return not await client.exists(fid)
+
+        # nor, a moment later, any replica
+        await eventually(gone, timeout=REPLICATION_WAIT, interval=0.1, what=f"{fid} deleted")
         with pytest.raises(FileNotFound):
             await client.download(fid)
 

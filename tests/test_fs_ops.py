@@ -9,6 +9,7 @@ import random
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pyfuse3
 import pytest
@@ -26,6 +27,7 @@ from opshelp import (
     requests,
     walk,
 )
+from waiting import eventually
 
 from fdfsmount import listing as listing_mod
 from fdfsmount.listing import Listing
@@ -130,10 +132,12 @@ async def listed_within(
     once a second, and the listing refreshes after its TTL)."""
     hi, lo = fid.subdirs
     leaf = await walk(env.ops, f"{fid.group}/M00/{hi:02X}/{lo:02X}")
-    with trio.fail_after(seconds):
-        while fid.name not in (entries := await listdir(env.ops, leaf.st_ino, monkeypatch)):
-            await trio.sleep(0.2)
-    return entries
+
+    async def listed() -> dict[str, pyfuse3.EntryAttributes] | None:
+        entries = await listdir(env.ops, leaf.st_ino, monkeypatch)
+        return entries if fid.name in entries else None
+
+    return await eventually(listed, timeout=seconds, interval=0.2, what=f"{fid} listed")
 
 
 async def test_leaf_readdir_lists_uploaded_files(
@@ -158,18 +162,41 @@ async def test_leaf_readdir_lists_uploaded_files(
 async def test_listing_is_cached_and_refreshed_in_the_background(
     cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async for env in make_env(cluster, nursery, list_ttl=0.5):
+    async for env in make_env(cluster, nursery, list_ttl=3.0):
+        streams = 0
+        real_list_files = env.client.list_files
+
+        @asynccontextmanager
+        async def counted_list_files(
+            group: str, real: Any = real_list_files
+        ) -> AsyncIterator[AsyncIterator[FileId]]:
+            nonlocal streams
+            streams += 1
+            async with real(group) as files:
+                yield files
+
+        monkeypatch.setattr(env.client, "list_files", counted_list_files)
         first = await env.client.upload(b"one", ext="txt", group="group1")
         hi, lo = first.subdirs
         leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
         await listed_within(env, first, monkeypatch)
+        # Within the TTL, listings come from the cached index: no binlog stream.
+        streamed = streams
+        for _ in range(3):
+            assert first.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+        assert streams == streamed
         second = await env.client.upload(b"two", ext="txt", group="group1")
         if second.subdirs != first.subdirs:
             pytest.skip("the two uploads landed in different directories")
+
         # Stale after the TTL: served at once, refreshed meanwhile.
-        with trio.fail_after(15):
-            while second.name not in await listdir(env.ops, leaf.st_ino, monkeypatch):
-                await trio.sleep(0.2)
+        async def refreshed(
+            env: Env = env, leaf: pyfuse3.EntryAttributes = leaf, name: str = second.name
+        ) -> bool:
+            return name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+
+        await eventually(refreshed, timeout=15, interval=0.2, what="the refreshed listing")
+        assert streams > streamed
 
 
 @pytest.mark.expect_log_warnings
@@ -185,13 +212,12 @@ async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) ->
     hi, lo = fid.subdirs
     leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
     release = trio.Event()
-    passes = 0
     real_list_files = env.client.list_files
+    passes_started, pass_started = trio.open_memory_channel[None](10)
 
     @asynccontextmanager
     async def stalled_list_files(group: str) -> AsyncIterator[AsyncIterator[FileId]]:
-        nonlocal passes
-        passes += 1
+        passes_started.send_nowait(None)
         await release.wait()  # a storage streaming a huge group, slowly
         async with real_list_files(group) as files:
             yield files
@@ -204,26 +230,22 @@ async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) ->
 
     async with trio.open_nursery() as waiting:
         waiting.start_soon(list_leaf)  # the first listing of the group: it waits
-        with trio.fail_after(3):
-            while passes == 0:
-                await trio.sleep(0.01)
-            # Meanwhile everything else answers at once.
-            attr = await walk(env.ops, str(fid))
-            assert await read_all(env.ops, attr.st_ino) == b"not waiting"
-            assert await env.ops.getxattr(attr.st_ino, b"user.fdfs.type", CTX) == b"normal"
-            await env.ops.statfs(CTX)
-            assert stat.S_ISDIR((await walk(env.ops, "group2/M00/00/00")).st_mode)
+        await pass_started.receive()
+        # Meanwhile everything else answers, while the listing is still held up.
+        attr = await walk(env.ops, str(fid))
+        assert await read_all(env.ops, attr.st_ino) == b"not waiting"
+        assert await env.ops.getxattr(attr.st_ino, b"user.fdfs.type", CTX) == b"normal"
+        await env.ops.statfs(CTX)
+        assert stat.S_ISDIR((await walk(env.ops, "group2/M00/00/00")).st_mode)
         assert not listed
         release.set()
     assert fid.name in listed
     # A stale listing is served at once while its refresh is held up.
     release = trio.Event()
     await trio.sleep(0.6)
-    with trio.fail_after(3):
-        assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
-        while passes < 2:
-            await trio.sleep(0.01)
-        assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+    assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+    await pass_started.receive()  # the refresh has begun, and is held up
+    assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
     release.set()
 
 

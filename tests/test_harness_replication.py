@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from builtin_nodes import Addr, BuiltinNodes, StorageNode, StorageSpec, exchange
+from waiting import wait_until
 
 from fdfsmount.proto import storage as S
 from fdfsmount.proto import tracker as T
@@ -55,11 +55,7 @@ def fetch_all(nodes: BuiltinNodes, remote: str) -> list[Addr]:
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_until(check, timeout=timeout, what=what)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pyfuse3
 import pytest
 import trio
 from opshelp import CTX, MIB, Env, expect_errno, listdir, make_env, read_all, walk
+from waiting import eventually
 
 from fdfsmount.catalog import AliasCatalog
 from fdfsmount.proto import FdfsError, FileId, parse_file_id
@@ -244,13 +245,15 @@ async def test_buffers_are_sent_when_full_and_when_idle(
         block = os.urandom(16 * 1024)
         for i in range(16):  # 256 KiB: four full buffers
             await env.ops.write(fh, i * len(block), block)
-        with trio.fail_after(10):
-            while count().get("append_file", 0) < 3:
-                await trio.sleep(0.01)
+        await eventually(
+            lambda count=count: count().get("append_file", 0) >= 3, timeout=10, interval=0.01
+        )
         await env.ops.write(fh, 16 * len(block), b"tail")  # then nothing: sent when idle
-        with trio.fail_after(10):
-            while len(await stored(env, fid)) < 16 * len(block) + 4:
-                await trio.sleep(0.05)
+
+        async def all_sent(env: Env = env, fid: FileId = fid, size: int = 16 * len(block)) -> bool:
+            return len(await stored(env, fid)) >= size + 4
+
+        await eventually(all_sent, timeout=10)
         assert await stored(env, fid) == block * 16 + b"tail"
         await env.ops.release(fh)
 
@@ -523,9 +526,10 @@ async def test_a_stopped_storage_fails_fsync_in_time_and_loses_nothing_acknowled
         # Reported once; then the file is usable again, at the size the storage has
         # (the request that timed out may still have been carried out).
         await env.ops.fsync(fh, False)
-        with trio.fail_after(30):  # until the tracker lists the storage as active again
-            while not await _answers(env.client, fid):
-                await trio.sleep(0.2)
+        # until the tracker lists the storage as active again
+        await eventually(
+            lambda env=env, fid=fid: _answers(env.client, fid), timeout=30, interval=0.2
+        )
         data = await env.client.download(fid)
         assert data.startswith(b"acknowledged\n")
         size = (await env.ops.getattr(ino, CTX)).st_size
