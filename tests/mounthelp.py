@@ -23,7 +23,7 @@ def run(*args: str | os.PathLike[str], timeout: float = 120, **kw: object) -> st
     done = subprocess.run(
         [os.fspath(a) for a in args], capture_output=True, timeout=timeout, check=True, **kw
     )  # type: ignore[call-overload]
-    return done.stdout.decode(errors="replace")
+    return str(done.stdout.decode(errors="replace"))
 
 
 def client_run(cluster: Cluster, work: Callable[[Client], Awaitable[T]]) -> T:

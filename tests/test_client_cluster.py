@@ -233,9 +233,11 @@ async def test_reads_survive_the_death_of_the_source(fdfs_cluster_factory: Any) 
             fids = [await client.upload(DATA, ext="bin") for _ in range(4)]
             source = source_node(own, fids[0])
             for fid in fids:
-                await on_every_replica(
-                    own, fid, lambda a, f=fid: client.read_range(f, len(DATA) - 1, 1, servers=[a])
-                )
+
+                async def last_byte(addr: ServerAddr, fid: FileId = fid) -> bytes:
+                    return await client.read_range(fid, len(DATA) - 1, 1, servers=[addr])
+
+                await on_every_replica(own, fid, last_byte)
                 # Without the source, the tracker routes only to replicas it knows have caught up.
                 await wait_tracker_knows_replicas(own, client, fid)
             own.kill(source)

@@ -440,9 +440,10 @@ def test_kill_then_restart_a_storage(cluster: Cluster) -> None:
 def test_stop_and_cont_a_storage(cluster: Cluster) -> None:
     node = cluster.storages_of("group2")[0]
     assert node.pid is not None
+    pid: int = node.pid
     cluster.stop(node)
     try:
-        wait_until(lambda: process_state(node.pid) == "T", what="the storage to stop")
+        wait_until(lambda: process_state(pid) == "T", what="the storage to stop")
         # The tracker notices the silence after its offline timeout.
         cluster.wait_offline([node], timeout=30)
     finally:

@@ -9,6 +9,7 @@ import random
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pyfuse3
@@ -18,9 +19,11 @@ from opshelp import (
     CTX,
     MIB,
     ROOT,
+    ClusterView,
     Env,
     expect_errno,
     fake_id,
+    inprocess_cluster,
     listdir,
     make_env,
     read_all,
@@ -33,10 +36,15 @@ from fdfsmount import listing as listing_mod
 from fdfsmount.listing import Listing
 from fdfsmount.namespace import Kind
 from fdfsmount.proto import FileId
-from harness.cluster import Cluster
 from harness.pytest_plugin import ClusterFactory
 
 # ---------------------------------------------------------------- namespace
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> ClusterView:
+    """The builtin servers as tasks of this test (tests that stop storages use processes)."""
+    return await inprocess_cluster(nursery, tmp_path / "servers")
 
 
 async def test_root_lists_groups_and_levels_follow_group_stats(
@@ -85,7 +93,7 @@ async def test_unlisted_valid_normal_id_resolves_from_the_id_alone(env: Env) -> 
 
 
 async def test_verify_exists_asks_the_storage_on_lookup(
-    cluster: Cluster, nursery: trio.Nursery
+    cluster: ClusterView, nursery: trio.Nursery
 ) -> None:
     async for env in make_env(cluster, nursery, verify_exists=True):
         await expect_errno(errno.ENOENT, walk(env.ops, str(fake_id())))
@@ -137,11 +145,13 @@ async def listed_within(
         entries = await listdir(env.ops, leaf.st_ino, monkeypatch)
         return entries if fid.name in entries else None
 
-    return await eventually(listed, timeout=seconds, interval=0.2, what=f"{fid} listed")
+    entries = await eventually(listed, timeout=seconds, interval=0.2, what=f"{fid} listed")
+    assert entries is not None
+    return entries
 
 
 async def test_leaf_readdir_lists_uploaded_files(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=0.5):
         fids = [await env.client.upload(f"file {i}".encode(), ext="txt") for i in range(5)]
@@ -160,7 +170,7 @@ async def test_leaf_readdir_lists_uploaded_files(
 
 
 async def test_listing_is_cached_and_refreshed_in_the_background(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=3.0):
         streams = 0
@@ -201,7 +211,7 @@ async def test_listing_is_cached_and_refreshed_in_the_background(
 
 @pytest.mark.expect_log_warnings
 async def test_a_slow_listing_holds_up_no_other_operation(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=0.5):
         await _check_a_stalled_listing(env, monkeypatch)
@@ -250,7 +260,7 @@ async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) ->
 
 
 async def test_nolist_shows_only_names_used_here(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, no_list=True):
         a = await env.client.upload(b"a", ext="txt", group="group1")
@@ -281,7 +291,7 @@ def test_deletions_are_not_remembered_forever(monkeypatch: pytest.MonkeyPatch) -
 
 
 async def test_sparse_hides_empty_subdirectories(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, sparse=True, list_ttl=0.5):
         fid = await env.client.upload(b"x", ext="txt", group="group1")
@@ -334,7 +344,7 @@ async def test_slave_files_are_asked_once_and_immutable(env: Env) -> None:
     await env.ops.release(fi.fh)
 
 
-async def test_uid_gid_umask_options(cluster: Cluster, nursery: trio.Nursery) -> None:
+async def test_uid_gid_umask_options(cluster: ClusterView, nursery: trio.Nursery) -> None:
     async for env in make_env(cluster, nursery, uid=1234, gid=5678, umask=0o027):
         fid = await env.client.upload(b"x", ext="txt")
         f = await walk(env.ops, str(fid))
@@ -464,7 +474,9 @@ async def test_changes_are_refused(env: Env) -> None:
     await expect_errno(errno.EPERM, ops.setxattr(f.st_ino, b"user.fdfs.type", b"1", CTX))
 
 
-async def test_read_only_mount_refuses_with_erofs(cluster: Cluster, nursery: trio.Nursery) -> None:
+async def test_read_only_mount_refuses_with_erofs(
+    cluster: ClusterView, nursery: trio.Nursery
+) -> None:
     async for env in make_env(cluster, nursery, read_only=True):
         g = await walk(env.ops, "group1")
         await expect_errno(errno.EROFS, env.ops.create(g.st_ino, b"n", 0o644, os.O_WRONLY, CTX))

@@ -79,7 +79,10 @@ def test_new_files_replicate_and_fetch_routes_only_to_holders(pair: BuiltinNodes
         for addr in fetch_all(pair, remote):
             assert download(addr, remote) == data
     for remote, data in remotes:
-        eventually(lambda r=remote: len(fetch_all(pair, r)) == 2, what=f"{remote} on 2 servers")
+        def on_both(remote: str = remote) -> bool:
+            return len(fetch_all(pair, remote)) == 2
+
+        eventually(on_both, what=f"{remote} on 2 servers")
         for node in pair.storages:
             assert download(node.addr, remote) == data
 
@@ -212,8 +215,9 @@ def test_large_payloads_round_trip_and_replicate(pair: BuiltinNodes) -> None:
     assert (
         call(source.addr, S.modify_request(remote, 1000, len(modified)).encode() + modified)[0] == 0
     )
-    expected = bytearray(first + more)
-    expected[1000 : 1000 + len(modified)] = modified
+    changed = bytearray(first + more)
+    changed[1000 : 1000 + len(modified)] = modified
+    expected = bytes(changed)
     assert download(source.addr, remote) == expected
     eventually(lambda: download(replica.addr, remote) == expected, timeout=20, what="big file")
     info = S.decode_file_info_reply(

@@ -110,11 +110,12 @@ def test_grandchildren_die_with_the_group(tmp_path: Path) -> None:
     child = python_child(code, tmp_path)
     child.start()
     marker = child.argv[-1]
-    family = wait_until(
-        lambda: len(found := processes_mentioning(marker)) == 2 and found,
-        timeout=5,
-        what="the child and its grandchild",
-    )
+    def child_and_grandchild() -> list[int] | None:
+        found = processes_mentioning(marker)
+        return found if len(found) == 2 else None
+
+    family = wait_until(child_and_grandchild, timeout=5, what="the child and its grandchild")
+    assert family is not None
     child.terminate()
     for pid in family:
         assert_gone(pid)
@@ -124,8 +125,8 @@ def test_grandchildren_die_with_the_group(tmp_path: Path) -> None:
 def test_stop_cont_kill(tmp_path: Path) -> None:
     child = python_child(READY_THEN_SLEEP, tmp_path)
     with child:
-        pid = child.pid
-        assert pid is not None
+        assert child.pid is not None
+        pid: int = child.pid
         child.stop()
         wait_until(lambda: process_state(pid) == "T", what="the child to stop")
         child.cont()

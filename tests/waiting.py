@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import trio
 
@@ -32,13 +32,33 @@ def wait_until(
         time.sleep(interval)
 
 
+@overload
 async def eventually(
-    check: Callable[[], T | Awaitable[T]],
+    check: Callable[[], Awaitable[T]],
     *,
     timeout: float = 30.0,
     interval: float = 0.05,
     what: str = "",
-) -> T:
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "",
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], object],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "",
+) -> object:
     """Async: like `wait_until`; `check` may be a plain or an async function."""
     with trio.move_on_after(timeout):
         while True:
@@ -46,6 +66,6 @@ async def eventually(
             if inspect.isawaitable(result):
                 result = await result
             if result:
-                return result  # type: ignore[return-value]
+                return result
             await trio.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
