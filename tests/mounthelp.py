@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -115,8 +114,8 @@ def check_everywhere(
                     meta is None or await metadata_on(client, node, fid) == meta
                 )
 
-            with contextlib.suppress(AssertionError):  # the asserts below say what differs
-                await eventually(replicated, timeout=REPLICATION_WAIT, interval=0.1)
+            with trio.move_on_after(REPLICATION_WAIT):  # the asserts below say what differs
+                await eventually(replicated, interval=0.1)
             got = await content_on(client, node, fid)
             assert got == content, f"{fid} on {node.name}: {got!r}"
             if meta is not None:

@@ -315,7 +315,7 @@ def test_size_arg() -> None:
 def test_progress_bar_render() -> None:
     bar = ProgressBar(io.StringIO(), "download x", 10 << 20)
     bar.done = 5 << 20
-    line = bar.render(bar._started + 1, 80)
+    line = bar.render(bar.started + 1, 80)
     assert line.startswith("download x [") and " 50%" in line and "5.0 MiB / 10.0 MiB" in line
     assert len(line) <= 80
     assert human_size(1536) == "1.5 KiB"

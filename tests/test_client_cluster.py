@@ -66,7 +66,8 @@ async def wait_tracker_knows_replicas(cluster: Cluster, client: Client, fid: Fil
     async def all_named() -> bool:
         return len(await client.fetch_servers(fid)) >= replicas
 
-    await eventually(all_named, timeout=REPLICATION_WAIT, interval=0.1, what=f"{fid} everywhere")
+    with trio.fail_after(REPLICATION_WAIT):
+        await eventually(all_named, interval=0.1, what=f"{fid} everywhere")
 
 
 async def stream_of(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -136,7 +137,7 @@ async def test_uploads_reads_and_metadata_on_every_replica(
         # Other upload sources: a path, a binary file, an async stream (sized or not).
         (tmp_path / "src.txt").write_bytes(b"from a path")
         from_path = await client.upload(tmp_path / "src.txt", ext="txt", group="group2")
-        with open(tmp_path / "src.txt", "rb") as file:
+        with await trio.to_thread.run_sync(open, tmp_path / "src.txt", "rb") as file:
             from_file = await client.upload(file, size=11, group="group2")
         from_stream = await client.upload(stream_of(b"from ", b"a stream"), group="group2")
         sized = await client.upload(stream_of(b"ab", b"cd"), size=4, group="group2")
@@ -157,7 +158,8 @@ async def test_uploads_reads_and_metadata_on_every_replica(
             return not await client.exists(fid)
 
         # nor, a moment later, any replica
-        await eventually(gone, timeout=REPLICATION_WAIT, interval=0.1, what=f"{fid} deleted")
+        with trio.fail_after(REPLICATION_WAIT):
+            await eventually(gone, interval=0.1, what=f"{fid} deleted")
         with pytest.raises(FileNotFound):
             await client.download(fid)
 

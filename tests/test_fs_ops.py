@@ -145,7 +145,8 @@ async def listed_within(
         entries = await listdir(env.ops, leaf.st_ino, monkeypatch)
         return entries if fid.name in entries else None
 
-    entries = await eventually(listed, timeout=seconds, interval=0.2, what=f"{fid} listed")
+    with trio.fail_after(seconds):
+        entries = await eventually(listed, interval=0.2, what=f"{fid} listed")
     assert entries is not None
     return entries
 
@@ -205,7 +206,8 @@ async def test_listing_is_cached_and_refreshed_in_the_background(
         ) -> bool:
             return name in await listdir(env.ops, leaf.st_ino, monkeypatch)
 
-        await eventually(refreshed, timeout=15, interval=0.2, what="the refreshed listing")
+        with trio.fail_after(15):
+            await eventually(refreshed, interval=0.2, what="the refreshed listing")
         assert streams > streamed
 
 

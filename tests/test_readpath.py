@@ -273,7 +273,8 @@ async def test_failed_prefetch_lets_the_reader_try_itself(nursery: trio.Nursery)
     f = _open(rp, fid, len(data))
     assert await rp.read(f, 0, BLOCK) == data[:BLOCK]  # schedules readahead...
     client.fail = ServerError(errno.EIO, "disk error")  # ...which then fails
-    await eventually(lambda: rp.stats.prefetch_failures, timeout=5, interval=0.001)
+    with trio.fail_after(5):
+        await eventually(lambda: rp.stats.prefetch_failures, interval=0.001)
     client.fail = None
     assert await rp.read(f, BLOCK, BLOCK) == data[BLOCK : 2 * BLOCK]
 

@@ -261,16 +261,19 @@ async def test_buffers_are_sent_when_full_and_when_idle(
         block = os.urandom(16 * 1024)
         for i in range(16):  # 256 KiB: four full buffers
             await env.ops.write(fh, i * len(block), block)
+
         def three_appends(count: Counter = count) -> bool:
             return count().get("append_file", 0) >= 3
 
-        await eventually(three_appends, timeout=10, interval=0.01)
+        with trio.fail_after(10):
+            await eventually(three_appends, interval=0.01)
         await env.ops.write(fh, 16 * len(block), b"tail")  # then nothing: sent when idle
 
         async def all_sent(env: Env = env, fid: FileId = fid, size: int = 16 * len(block)) -> bool:
             return len(await stored(env, fid)) >= size + 4
 
-        await eventually(all_sent, timeout=10)
+        with trio.fail_after(10):
+            await eventually(all_sent)
         assert await stored(env, fid) == block * 16 + b"tail"
         await env.ops.release(fh)
 
@@ -543,11 +546,13 @@ async def test_a_stopped_storage_fails_fsync_in_time_and_loses_nothing_acknowled
         # Reported once; then the file is usable again, at the size the storage has
         # (the request that timed out may still have been carried out).
         await env.ops.fsync(fh, False)
+
         # until the tracker lists the storage as active again
         async def answers(env: Env = env, fid: FileId = fid) -> bool:
             return await _answers(env.client, fid)
 
-        await eventually(answers, timeout=30, interval=0.2)
+        with trio.fail_after(30):
+            await eventually(answers, interval=0.2)
         data = await env.client.download(fid)
         assert data.startswith(b"acknowledged\n")
         size = (await env.ops.getattr(ino, CTX)).st_size
