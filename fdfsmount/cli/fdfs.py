@@ -24,7 +24,7 @@ import trio
 from fdfsmount.proto import FdfsError, FileId, InvalidFileId, ServerAddr, StorageStatus
 from fdfsmount.proto.client import Client
 from fdfsmount.proto.clientconf import parse_server_addr
-from fdfsmount.proto.errors import ConnectError, ConnectionClosed, NoStorage, Timeout
+from fdfsmount.proto.errors import ConnectError, NoStorage, ProtocolError, Timeout
 from fdfsmount.proto.fileid import FileType, decode_file_id, parse_file_id, split_ext
 from fdfsmount.proto.pool import ConnectFn
 
@@ -393,8 +393,8 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    """Could not reach, or lost, a server: the tracker list may be the culprit."""
-    if isinstance(exc, ConnectError | Timeout | ConnectionClosed | NoStorage):
+    """Could not reach, lost or could not understand a server: the trackers may be wrong."""
+    if isinstance(exc, ConnectError | Timeout | ProtocolError | NoStorage):
         return True
     return isinstance(exc, OSError) and not isinstance(exc, FdfsError) and exc.filename is None
 
