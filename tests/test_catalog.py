@@ -35,7 +35,7 @@ async def test_changes_wait_for_a_locked_catalog_in_a_thread_not_in_the_loop(
         with trio.fail_after(10):
             catalog.add("group1", "second.log", OTHER)
             catalog.rename("group1", "first.log", "renamed.log")
-            await trio.sleep(0)  # the loop goes on while the writes wait
+            await trio.lowlevel.checkpoint()  # the loop goes on while the writes wait
         # Nothing was written yet: the changes are queued behind the lock...
         assert [r[0] for r in other_mount.execute("SELECT name FROM aliases")] == ["first.log"]
         other_mount.execute("COMMIT")
