@@ -337,16 +337,14 @@ async def tune_kernel_readahead(opts: MountOptions) -> None:
     device = mount_device(opts.mountpoint)
     if kib <= 0 or device is None:
         return
-    path = f"/sys/class/bdi/{device}/read_ahead_kb"
+    path = trio.Path(f"/sys/class/bdi/{device}/read_ahead_kb")
     # Watch for two seconds: the FUSE_INIT reply may reset it after a first write.
     for _ in range(10):
         await trio.sleep(0.2)
         try:
-            with open(path, encoding="ascii") as knob:
-                if int(knob.read()) == kib:
-                    continue
-            with open(path, "w", encoding="ascii") as knob:
-                knob.write(f"{kib}\n")
+            if int(await path.read_text(encoding="ascii")) == kib:
+                continue
+            await path.write_text(f"{kib}\n", encoding="ascii")
         except (OSError, ValueError) as exc:
             log.debug("kernel readahead left as is (%s: %s)", path, exc)
             return
