@@ -14,7 +14,8 @@
 #   - MANDIR/man8/fdfsmount.8 and MANDIR/man1/fdfs.1, rendered from the installed commands;
 #   - example units and fdfsmount.conf.example in PREFIX/share/doc/fdfsmount.
 # Every file placed outside PREFIX is listed in PREFIX/installed-files, and every
-# directory created outside PREFIX too: --uninstall removes exactly those, then PREFIX.
+# directory created outside PREFIX too: --uninstall stops and disables the service's
+# instances, then removes exactly those, then PREFIX.
 # Nothing goes to /etc/fdfsmount or /etc/fdfs: the mounts' settings are yours.
 set -euo pipefail
 
@@ -44,7 +45,8 @@ Install fdfsmount into a virtualenv and link it into the system.
   --python PYTHON  the Python (3.11 or newer) to build the virtualenv with
   --no-apt         do not install missing system packages
   --no-reload      do not run systemctl daemon-reload
-  --uninstall      remove what an install with the same --prefix put in place
+  --uninstall      stop and disable fdfsmount@ instances, then remove what an
+                   install with the same --prefix put in place
 
 exit status: 0 done; 1 failed (the message says why); 2 usage error
 EOF
@@ -85,8 +87,24 @@ reload_systemd() {
 
 # -- uninstall -----------------------------------------------------------------
 
+# Instances of the service (enabled with `systemctl enable fdfsmount@...`) go first:
+# stopped when this host's systemd runs them, their .wants links removed either way.
+disable_instances() {
+    local unit link
+    if [[ "$RELOAD" != 0 && -d /run/systemd/system && "$UNITDIR" == /etc/systemd/system ]] &&
+        command -v systemctl >/dev/null; then
+        for unit in $(systemctl list-units 'fdfsmount@*' --all --plain --no-legend 2>/dev/null | awk '{print $1}'); do
+            systemctl disable --now "$unit" || say "could not stop $unit"
+        done
+    fi
+    for link in "$UNITDIR"/*.wants/fdfsmount@*.service; do
+        if [[ -L "$link" ]]; then rm -f -- "$link"; fi
+    done
+}
+
 uninstall() {
     [[ -f "$RECORD" ]] || die "$PREFIX has no install record ($RECORD): nothing installed there"
+    disable_instances
     local kind path
     # Files first, then directories deepest first (the record lists them in creation order).
     while IFS=$'\t' read -r kind path; do

@@ -53,6 +53,8 @@ def test_install_into_a_temporary_prefix_and_uninstall_leaves_nothing(tmp_path: 
     root = tmp_path / "root"
     root.mkdir()
     (root / "usr").mkdir()  # one destination's parent exists already, the rest do not
+    wants = root / "etc" / "systemd" / "system" / "remote-fs.target.wants"
+    wants.mkdir(parents=True)  # as systemd keeps it
     before = tree(root)
     real_before = real_state()
     build_dirs = [(REPO / "build").exists(), (REPO / "fdfsmount.egg-info").exists()]
@@ -103,6 +105,8 @@ def test_install_into_a_temporary_prefix_and_uninstall_leaves_nothing(tmp_path: 
         assert refused.returncode == 1 and "not an fdfsmount install" in refused.stderr
         (tmp_path / "record").rename(prefix / "installed-files")
 
+        # An instance enabled meanwhile (as `systemctl enable` does) goes with the unit.
+        (wants / "fdfsmount@mnt-fdfs.service").symlink_to(unit)
         removed = run_install(root, "--uninstall")
         assert removed.returncode == 0, removed.stderr
         assert tree(root) == before
