@@ -50,6 +50,10 @@ OpsT = TypeVar("OpsT", bound="Operations")
 
 #: Handlers whose first argument is a file handle rather than an inode.
 _FH_OPS = frozenset({"read", "write", "flush", "fsync", "release", "readdir", "releasedir"})
+#: A lookup that failed (not ENOENT) fails again at once for this long. The kernel
+#: answers a failed check of a cached name with a fresh lookup of the same name:
+#: without this, one `stat` or `open` would wait for the cluster twice.
+LOOKUP_FAILURE_MEMORY = 1.0
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -178,6 +182,7 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._files: dict[int, OpenFile] = {}
         self._writes: dict[int, WriteHandle] = {}
+        self._failed_lookups: dict[tuple[int, str], tuple[int, float]] = {}
         self.op_stats = OpStats()
 
     # -- the error boundary ------------------------------------------------
@@ -240,7 +245,7 @@ class Operations(pyfuse3.Operations):
         local = self.writer.local_stat(node)
         if local is not None:
             return local
-        return await self.stats.get(node, fresh=fresh, listed=self.listing.has_file(node.file_id))
+        return await self.stats.get(node, fresh=fresh)
 
     async def _entry(self, node: Node, *, fresh: bool = False) -> pyfuse3.EntryAttributes:
         if node.kind is not Kind.FILE:
@@ -251,8 +256,25 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        key = (parent_inode, os.fsdecode(name))
+        failed = self._failed_lookups.get(key)
+        now = trio.current_time()
+        if failed is not None:
+            if now - failed[1] < LOOKUP_FAILURE_MEMORY:
+                raise pyfuse3.FUSEError(failed[0])
+            del self._failed_lookups[key]
+        try:
+            return await self._lookup(parent_inode, key[1])
+        except Exception as exc:
+            code = errno_for(exc)
+            if code not in (None, errno.ENOENT):
+                if len(self._failed_lookups) > 10_000:
+                    self._failed_lookups.clear()
+                self._failed_lookups[key] = (code, trio.current_time())
+            raise
+
+    async def _lookup(self, parent_inode: int, text: str) -> pyfuse3.EntryAttributes:
         parent = self.table.get(parent_inode)
-        text = os.fsdecode(name)
         if text == ".":
             child = parent
         elif text == "..":
@@ -397,8 +419,17 @@ class Operations(pyfuse3.Operations):
         local = await self.writer.read(f.file_id, off, size)
         if local is not None:
             return local
-        # A memoryview saves a copy; pyfuse3 accepts any contiguous buffer (its stub says bytes).
-        return cast(bytes, await self.readpath.read(f, off, size))
+        try:
+            # A memoryview saves a copy; pyfuse3 accepts any contiguous buffer (its stub
+            # says bytes).
+            return cast(bytes, await self.readpath.read(f, off, size))
+        except Exception as exc:
+            if not isinstance(_leaf(exc), FileNotFound):
+                raise
+            # Deleted since it was opened: the descriptor is stale (as NFS says it).
+            self.stats.note_missing(f.file_id)
+            log.info("read %s: deleted from the cluster since it was opened", f.file_id)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     @fuse_op
     async def flush(self, fh: FileHandleT) -> None:
