@@ -151,10 +151,10 @@ class Xattrs:
         text = decode_name(name)
         if is_fdfs_name(text) and node.file_id is not None:
             try:
-                current = await self._fdfs_value(node, text[len(FDFS_PREFIX) :])
+                shown: bytes | None = await self._fdfs_value(node, text[len(FDFS_PREFIX) :])
             except NoAttribute:
-                current = None
-            if current == value:
+                shown = None
+            if shown == value:
                 return  # what it is already: nothing to change
             raise Refused(errno.ENOTSUP, f"{text} of {node.file_id} is read-only")
         file_id, key = self._writable(node, name)
