@@ -41,9 +41,11 @@ def test_a_second_mount_refuses_and_leaves_the_live_one_alone(
 ) -> None:
     mnt = tmp_path / "mnt"
     with mounted(cluster.trackers, mnt, ["timeout=5"]) as first:
-        with pytest.raises(MountFailed, match="already mounted"):
-            with mounted(cluster.trackers, mnt, ["timeout=5"]):
-                pytest.fail("a second mount over a live one")
+        with (
+            pytest.raises(MountFailed, match="already mounted"),
+            mounted(cluster.trackers, mnt, ["timeout=5"]),
+        ):
+            pytest.fail("a second mount over a live one")
         assert is_mounted(mnt) and first.process.poll() is None
         assert "group1" in os.listdir(mnt)
 
@@ -65,15 +67,17 @@ def test_unmount_after_our_daemon_failed_leaves_a_live_mount(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     mnt = tmp_path / "mnt"
-    with mounted(cluster.trackers, mnt, ["timeout=5"]):
-        with mounted(cluster.trackers, tmp_path / "other", ["timeout=5"]) as other:
-            # Our daemon is gone; whatever is mounted at `mnt` is not ours to clear.
-            os.killpg(other.process.pid, signal.SIGKILL)
-            other.process.wait(10)
-            other.mountpoint = mnt
-            unmount(other)
-            assert mount_state(mnt) is MountState.LIVE
-            other.mountpoint = tmp_path / "other"
+    with (
+        mounted(cluster.trackers, mnt, ["timeout=5"]),
+        mounted(cluster.trackers, tmp_path / "other", ["timeout=5"]) as other,
+    ):
+        # Our daemon is gone; whatever is mounted at `mnt` is not ours to clear.
+        os.killpg(other.process.pid, signal.SIGKILL)
+        other.process.wait(10)
+        other.mountpoint = mnt
+        unmount(other)
+        assert mount_state(mnt) is MountState.LIVE
+        other.mountpoint = tmp_path / "other"
 
 
 def test_a_second_demo_picks_another_directory_or_refuses(
