@@ -83,6 +83,17 @@ def errno_for(exc: BaseException) -> int | None:
     return None
 
 
+def _harmless_chmod(wanted: int, shown: int) -> bool:
+    """A mode change with nothing to keep: the mode shown, or it less write bits.
+
+    The write bits say what FastDFS allows (appender files take writes), so a copy
+    of a read-only file (``cp -a``, ``mv``, ``rsync -a`` into a group make appender
+    files) asking for fewer of them loses nothing; more would promise writes.
+    """
+    wanted, shown = stat_mod.S_IMODE(wanted), stat_mod.S_IMODE(shown)
+    return wanted & ~0o222 == shown & ~0o222 and wanted & 0o222 & ~shown == 0
+
+
 @dataclass(slots=True)
 class OpStats:
     """What crossed the FUSE boundary: requests per operation, failures per
@@ -494,10 +505,13 @@ class Operations(pyfuse3.Operations):
         current = await self._entry(node)
         # FastDFS keeps no modes, owners or times: setting what is shown already is
         # harmless (cp -p, rsync), anything else is refused; times are ignored.
-        if fields.update_mode and stat_mod.S_IMODE(attr.st_mode) != stat_mod.S_IMODE(
-            current.st_mode
-        ):
-            self._refuse("chmod", node.key)
+        if fields.update_mode and not _harmless_chmod(attr.st_mode, current.st_mode):
+            if self.writer.writer_of(node.file_id) is None:
+                self._refuse("chmod", node.key)
+            # Open for writing here (rsync's temporary file, a copy cp -a is making): like
+            # the mode given to create, one that FastDFS cannot keep is not kept.
+            log.info("chmod %o of %s, being written here: not kept",
+                     stat_mod.S_IMODE(attr.st_mode), node.key)  # fmt: skip
         if (fields.update_uid and attr.st_uid != current.st_uid) or (
             fields.update_gid and attr.st_gid != current.st_gid
         ):

@@ -470,6 +470,14 @@ async def test_refusals(env: Env) -> None:
     same = attrs(st_mode=current.st_mode, st_uid=current.st_uid, st_gid=current.st_gid)
     both = fields(update_mode=True, update_uid=True, update_gid=True, update_mtime=True)
     assert (await ops.setattr(ino, same, both, None, CTX)).st_ino == ino
+    # cp -a / rsync -a of a read-only file into a group ask for 0444: fewer write bits
+    # lose nothing (the file keeps taking writes); more would promise what FastDFS lacks.
+    mode = fields(update_mode=True)
+    for perm in (0o444, 0o440 | (current.st_mode & 0o004), 0o644 & ~0o020):
+        wanted = attrs(st_mode=stat.S_IFREG | (current.st_mode & 0o555) | (perm & 0o222))
+        assert (await ops.setattr(ino, wanted, mode, None, CTX)).st_mode == current.st_mode
+    await expect_errno(errno.EPERM, ops.setattr(ino, attrs(st_mode=0o666), mode, None, CTX))
+    await expect_errno(errno.EPERM, ops.setattr(f.st_ino, attrs(st_mode=0o644), mode, None, CTX))
 
 
 async def test_read_only_mount_refuses_every_change_with_erofs(
