@@ -256,7 +256,13 @@ class Operations(pyfuse3.Operations):
         local = self.writer.local_stat(node)
         if local is not None:
             return local
-        return await self.stats.get(node, fresh=fresh)
+        try:
+            return await self.stats.get(node, fresh=fresh)
+        except FileNotFound:
+            # Gone from the cluster (deleted elsewhere, or never there): `ls` stops
+            # showing it too, until a later listing pass says otherwise.
+            self.listing.forget_file(node.file_id)
+            raise
 
     async def _entry(self, node: Node, *, fresh: bool = False) -> pyfuse3.EntryAttributes:
         if node.kind is not Kind.FILE:

@@ -120,11 +120,13 @@ async def test_verify_exists_is_the_default_now(cluster: Cluster, nursery: trio.
 
 
 async def test_a_file_deleted_elsewhere_is_enoent_within_exists_ttl(
-    cluster: Cluster, nursery: trio.Nursery
+    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, exists_ttl=0.2):
         fid = await env.client.upload(b"soon gone", ext="txt")
         attr = await walk(env.ops, str(fid))
+        leaf = await walk(env.ops, str(fid).rsplit("/", 1)[0])
+        assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
         assert await read_all(env.ops, attr.st_ino) == b"soon gone"
         await env.client.delete(fid)
         with trio.fail_after(10):
@@ -138,6 +140,8 @@ async def test_a_file_deleted_elsewhere_is_enoent_within_exists_ttl(
         # The kernel may still hold the inode: getattr and open say ENOENT too.
         await expect_errno(errno.ENOENT, env.ops.getattr(attr.st_ino, CTX))
         await expect_errno(errno.ENOENT, env.ops.open(attr.st_ino, os.O_RDONLY, CTX))
+        # ... and `ls` of its directory no longer shows it.
+        assert fid.name not in await listdir(env.ops, leaf.st_ino, monkeypatch)
 
 
 async def test_a_descriptor_open_on_a_deleted_file_gets_an_error_from_read(env: Env) -> None:
