@@ -530,6 +530,7 @@ GENERATED_OK = [
     _name(MASK | 16, suffix="12:.log"),  # rand() == RAND_MAX gives ':'
     _name(MASK | 16, source=bytes((127, 0, 0, 3))),  # an IPv4 source
     _name(5 << 32),  # 20 GiB, carried unmasked
+    _name(16),  # unmasked, as storages before 2.07 (2011) wrote every size
     _name(MASK | APPENDER_FLAG, suffix="099.log"),
     _name(MASK | TRUNK_FLAG | 300, trunk_info="AAAAAQAAAAAAAAEs", suffix="123.jpg"),
     _name(MASK | 16, suffix="123_big.jpg"),  # slave: prefix, its own ext
@@ -550,7 +551,6 @@ NOT_GENERATED = [
     _name(MASK | 16)[:-8] + "B" + "1234567",
     _name(MASK | 16, source=bytes(4)),  # no source
     _name(MASK | 16, ctime=0),  # no create time
-    _name(16),  # a small size without the random mask
     _name(MASK | 1 << 62 | 16),  # a bit no server sets
     _name(MASK | 1 << 55 | 16),
     _name(MASK | APPENDER_FLAG | TRUNK_FLAG, trunk_info="AAAAAQAAAAAAAAEs"),

@@ -18,7 +18,7 @@ following how upstream storages build it:
 - the size field of a file under 4 GiB is masked: bit 63 set, 23 random bits,
   bits 55..62 clear except the appender (58) or trunk (59) flag, never both;
   an appender's low 32 bits are 0. A file of 4 GiB or more carries its size
-  unmasked (bit 63 clear, no flags, above 2^32);
+  unmasked (bit 63 clear, no flags), as every file did before FastDFS 2.07;
 - a trunk name has 16 more base64 characters (its trunk id, offset and size);
 - then a 7-character suffix: 7 random digits, or ``6 - len(ext)`` digits,
   ``.`` and the extension (1..6 of ``[A-Za-z0-9_.-]``). Upstream draws a digit
@@ -206,8 +206,9 @@ def generated_name_problem(remote_name: str) -> str | None:
             return "it is marked both appender and trunk"
         if size_field & APPENDER_FLAG and size_field & 0xFFFFFFFF:
             return "it is an appender name with a size"
-    elif high == 0 or size_field >= APPENDER_FLAG:
-        return "its size field is not masked, yet not a size of 4 GiB or more"
+    elif size_field >= APPENDER_FLAG:
+        # Unmasked: 4 GiB or more today; any size from storages older than 2.07.
+        return "its size field has flags without the random mask"
     if is_trunk:
         info, rest = rest[:TRUNK_INFO_LEN], rest[TRUNK_INFO_LEN:]
         if len(info) < TRUNK_INFO_LEN or not _B64_RE.fullmatch(info):
