@@ -233,6 +233,8 @@ class FileStats:
         self._note_missing(file_id)
 
     def invalidate(self, file_id: FileId) -> None:
+        """Forget what is known of `file_id` (changed, created or deleted here): ask again."""
+        self._missing.pop(str(file_id), None)
         self.info.invalidate(file_id)
         self.confirmed.invalidate(file_id)
 

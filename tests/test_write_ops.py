@@ -274,6 +274,8 @@ async def test_create_next_to_a_master_uploads_a_slave_with_that_id(env: Env) ->
     hi, lo = master.subdirs
     leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
     name = slave_remote_name(master.remote_name, "_150x150", "jpg")[10:]
+    # As `cp` does: the name is looked up first, and is not there yet.
+    await expect_errno(errno.ENOENT, env.ops.lookup(leaf.st_ino, name.encode(), CTX))
     fi, attr = await env.ops.create(leaf.st_ino, name.encode(), 0o644, os.O_WRONLY, CTX)
     slave = parse_file_id(f"{master.group}/{master.remote_name[:10]}{name}")
     await env.ops.write(fi.fh, 0, b"thumb")
