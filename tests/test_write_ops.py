@@ -457,6 +457,10 @@ async def test_refusals(env: Env) -> None:
     await expect_errno(errno.EPERM, ops.link(f.st_ino, g.st_ino, b"hard", CTX))
     await expect_errno(errno.EPERM, ops.mknod(g.st_ino, b"n", stat.S_IFREG | 0o644, 0, CTX))
     fh, ino, _ = await create(env, "modes.log")
+    # While it is being written here (rsync's temporary file): any mode, not kept.
+    chmod = fields(update_mode=True)
+    kept = await ops.setattr(ino, attrs(st_mode=stat.S_IFREG | 0o600), chmod, None, CTX)
+    assert stat.S_IMODE(kept.st_mode) == 0o644
     await env.ops.release(fh)
     await expect_errno(
         errno.EPERM, ops.setattr(ino, attrs(st_mode=0o600), fields(update_mode=True), None, CTX)
