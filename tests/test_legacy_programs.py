@@ -14,13 +14,13 @@ import shutil
 import socket
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mounthelp import client_run
+from waiting import wait_until
 
 from fdfsmount.demo import sample_png
 from fdfsmount.mountproc import MountProcess, fuse_available, mounted
@@ -269,15 +269,16 @@ def test_nginx_404_for_a_file_deleted_through_the_client(
     for _ in range(3):
         assert nginx.request(flavour, "GET", str(fid))[::2] == (200, data)
     site.delete(fid)
-    deadline = time.monotonic() + DELETION_WAIT
-    while True:
+
+    def not_found() -> bool:
         status, _, body = nginx.request(flavour, "GET", str(fid))
         if status == 404:
-            break
+            return True
         # Until the deletion shows, the whole file or nothing: never a cut body.
         assert (status, body) == (200, data)
-        assert time.monotonic() < deadline, f"{fid} still served after deletion"
-        time.sleep(0.2)
+        return False
+
+    wait_until(not_found, timeout=DELETION_WAIT, interval=0.2, what=f"404 for deleted {fid}")
     assert nginx.request(flavour, "HEAD", str(fid))[0] == 404
     assert not site.path(fid).exists()
 
