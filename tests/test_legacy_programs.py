@@ -371,3 +371,20 @@ def test_a_deliberate_setfattr_of_a_file_fact_still_fails_clearly(site: Site) ->
     assert done.returncode != 0 and "Operation not supported" in done.stderr
     fact = quiet("getfattr", "--absolute-names", "--only-values", "-n", "user.fdfs.type", target)
     assert fact == "normal"
+
+
+def test_stat_open_and_ls_say_enoent_for_made_up_deleted_and_groupless_paths(
+    site: Site,
+) -> None:
+    deleted = site.upload(b"short-lived", "txt")
+    assert site.path(deleted).read_bytes() == b"short-lived"
+    site.delete(deleted)
+    paths = [site.path(made_up_id()), site.mnt / "nosuchgroup", site.path(made_up_id("nogroup"))]
+    wait_until(lambda: not site.path(deleted).exists(), timeout=DELETION_WAIT, what="deletion")
+    for path in [*paths, site.path(deleted)]:
+        with pytest.raises(FileNotFoundError):
+            os.stat(path)
+        with pytest.raises(FileNotFoundError):
+            open(path, "rb").close()
+        done = run("ls", "-l", path)
+        assert done.returncode == 2 and "No such file or directory" in done.stderr, path
