@@ -1,0 +1,252 @@
+"""The blocking client: many threads at once against a harness cluster, typed errors,
+lifecycle (no leaked thread), fork, and data sources read in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import multiprocessing
+import os
+import random
+import socket
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import pytest
+
+from fdfsmount.proto import FileId, FileNotFound, FileType, InvalidFileId, ServerError, Timeout
+from fdfsmount.proto.fileid import decode_file_id
+from fdfsmount.proto.sync import Client, ClientClosed, ClientConfig
+from harness.cluster import Cluster
+
+THREADS = 16
+
+
+def loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("fdfs-client-")]
+
+
+@pytest.fixture
+def client(cluster: Cluster) -> Iterator[Client]:
+    before = set(loop_threads())
+    with Client(cluster.trackers) as c:
+        yield c
+    assert set(loop_threads()) <= before, "the loop thread outlived close()"
+
+
+class PipeLike:
+    """A file object that only reads, like a WSGI request body (not seekable, no fileno)."""
+
+    def __init__(self, data: bytes, step: int = 10_000) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._step = step
+        self.reader_threads: set[str] = set()
+
+    def read(self, n: int = -1) -> bytes:
+        self.reader_threads.add(threading.current_thread().name)
+        n = self._step if n < 0 else min(n, self._step)
+        chunk = bytes(self._data[self._pos : self._pos + n])
+        self._pos += len(chunk)
+        return chunk
+
+
+def worker_cycle(client: Client, index: int, group: str) -> None:
+    """Every kind of operation, every byte checked; errors must be the typed ones."""
+    rng = random.Random(index)
+    data = rng.randbytes(rng.randrange(1, 300_000))
+    fid = client.upload(data, ext="bin", group=group, meta={"worker": str(index)})
+    info = decode_file_id(fid)
+    assert info.size == len(data) and info.crc32 == zlib.crc32(data)
+    assert client.download(fid) == data
+    assert client.read_range(fid, 7, 1000) == data[7:1007]
+    assert client.download_to_buffer(fid, 3, 10) == data[3:13]
+    assert b"".join(client.iter_download(fid)) == data
+    sink = io.BytesIO()
+    assert client.download_to(fid, sink) == len(data) and sink.getvalue() == data
+    # Replicas catch up asynchronously: read the metadata back from the source.
+    source = [client.update_server(fid)]
+    assert client.get_metadata(fid, servers=source) == {"worker": str(index)}
+    client.set_metadata(fid, {"color": "red"})
+    assert client.get_metadata(fid, servers=source) == {"worker": str(index), "color": "red"}
+    client.set_meta_data(fid, {"only": "this"})  # the classic default overwrites
+    assert client.get_metadata(fid, servers=source) == {"only": "this"}
+    with client.open(fid) as remote:
+        remote.seek(-5, os.SEEK_END)
+        assert remote.read() == data[-5:]
+
+    # The appender cycle, through the classic names.
+    app = client.upload_appender_by_buffer(b"head-", "log")
+    assert decode_file_id(app).file_type is FileType.APPENDER
+    client.append_by_buffer(f"{index}-tail".encode(), app)
+    client.modify_by_buffer(b"HEAD", app, 0)
+    # Changes reach the replicas later: read them back from the source.
+    app_source = [client.update_server(app)]
+
+    def appender_bytes() -> bytes:
+        return client.read_range(app, 0, 1 << 20, servers=app_source)
+
+    assert appender_bytes() == f"HEAD-{index}-tail".encode()
+    client.truncate_file(4, app)
+    assert appender_bytes() == b"HEAD"
+    tail = rng.randbytes(50_000)
+    stream = PipeLike(tail)
+    client.append(app, cast(BinaryIO, stream), size=len(tail))  # pumped from this thread
+    assert stream.reader_threads == {threading.current_thread().name}
+    assert appender_bytes() == b"HEAD" + tail
+
+    # A body of unknown size, read (and spooled) in this thread.
+    piped = client.upload(cast(BinaryIO, PipeLike(data)), ext="bin", group=group)
+    assert client.download(piped) == data
+
+    with pytest.raises(ServerError) as refused:
+        client.append(fid, b"x")  # not an appender file
+    assert refused.value.errno == errno.EINVAL
+
+    for gone in (fid, app, piped):
+        where = [client.update_server(gone)]
+        client.delete_file(gone)
+        with pytest.raises(FileNotFound):
+            client.info(gone, servers=where)
+        with pytest.raises(FileNotFound):
+            client.delete(gone)
+
+
+def test_sixteen_threads_share_one_client(client: Client) -> None:
+    barrier = threading.Barrier(THREADS)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            worker_cycle(client, index, "group1" if index % 2 else "group2")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    if errors:
+        raise errors[0]
+    assert len(loop_threads()) >= 1  # one loop thread served all sixteen
+
+
+def test_cluster_listing_and_classic_names(client: Client, cluster: Cluster) -> None:
+    groups = {g.group_name for g in client.list_all_groups()}
+    assert {"group1", "group2"} <= groups
+    assert client.list_one_group("group1").group_name == "group1"
+    servers = client.list_servers("group1")
+    assert len(servers) == len(cluster.storages_of("group1"))
+    assert client.list_servers("group1", servers[0].ip_addr)
+    fid = client.upload_by_buffer(b"listed", "txt")
+    try:
+        assert fid in client.list_files(fid.group)
+    finally:
+        client.delete_file(fid)
+
+
+def test_files_by_name_and_slaves(client: Client, tmp_path: Path) -> None:
+    local = tmp_path / "photo.jpg"
+    local.write_bytes(b"master bytes" * 1000)
+    master = client.upload_by_filename(str(local), {"kind": "master"})
+    assert master.remote_name.endswith(".jpg")
+    thumb = tmp_path / "thumb.jpg"
+    thumb.write_bytes(b"thumb")
+    slave = client.upload_slave_by_filename(str(thumb), master, "_small")
+    assert str(slave).endswith("_small.jpg")
+    out = tmp_path / "out.jpg"
+    assert client.download_to_file(str(out), master) == local.stat().st_size
+    assert out.read_bytes() == local.read_bytes()
+    assert client.download(slave) == b"thumb"
+    with pytest.raises(FileNotFound):
+        client.download_to_file(
+            str(tmp_path / "none"), FileId(master.group, slave.remote_name[:-4] + "x.jpg")
+        )
+    assert not (tmp_path / "none").exists()
+    for f in (slave, master):
+        client.delete(f)
+
+
+def test_typed_errors_without_a_server() -> None:
+    with Client(["127.0.0.1:1"], connect_timeout=1) as c:
+        with pytest.raises(InvalidFileId):
+            c.download("not-an-id")
+        with pytest.raises(TypeError):
+            c.upload("a str is ambiguous")  # type: ignore[arg-type]
+
+
+def test_call_timeout_on_a_silent_tracker() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        host, port = silent.getsockname()
+        with (
+            Client([f"{host}:{port}"], call_timeout=0.5) as c,
+            pytest.raises(Timeout, match="call_timeout"),
+        ):
+            c.list_groups()
+
+
+def test_close_stops_the_thread_and_refuses_calls(cluster: Cluster) -> None:
+    before = set(loop_threads())
+    c = Client.from_conf(cluster.client_conf)
+    assert c.list_groups()
+    assert len(set(loop_threads()) - before) == 1
+    c.close()
+    c.close()  # idempotent
+    assert set(loop_threads()) <= before
+    with pytest.raises(ClientClosed):
+        c.list_groups()
+
+
+def test_config_from_conf_and_overrides(cluster: Cluster) -> None:
+    config = ClientConfig.from_conf(cluster.client_conf, network_timeout=7)
+    assert [str(t) for t in config.trackers] == [
+        str(t) for t in ClientConfig(cluster.trackers).trackers
+    ]
+    assert config.network_timeout == 7 and config.connect_timeout == 5
+    with pytest.raises(ValueError):
+        ClientConfig(())
+
+
+def _child_uses_inherited(client: Client, conn: multiprocessing.connection.Connection) -> None:
+    try:
+        fid = client.upload(b"from the child")
+        conn.send((str(fid), client.download(fid)))
+        client.delete(fid)
+        client.close()
+    except BaseException as exc:
+        conn.send(("error", repr(exc).encode()))
+
+
+def test_fork_child_gets_a_fresh_loop(client: Client) -> None:
+    """A client created before fork (gunicorn --preload) works in the child and the parent."""
+    assert client.list_groups()  # the parent's pool holds connections now
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        proc = ctx.Process(target=_child_uses_inherited, args=(client, child_end))
+        proc.start()
+    try:
+        assert parent_end.poll(60)
+        fid, data = parent_end.recv()
+        assert data == b"from the child", data
+        proc.join(30)
+        assert proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert not client.exists(fid)
+    fid2 = client.upload(b"parent still fine")
+    assert client.download(fid2) == b"parent still fine"
+    client.delete(fid2)
