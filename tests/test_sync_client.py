@@ -13,13 +13,22 @@ import socket
 import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import pytest
 
-from fdfsmount.proto import FileId, FileNotFound, FileType, InvalidFileId, ServerError, Timeout
+from fdfsmount.proto import (
+    FdfsError,
+    FileId,
+    FileNotFound,
+    FileType,
+    InvalidFileId,
+    ServerError,
+    Timeout,
+)
 from fdfsmount.proto.fileid import decode_file_id
 from fdfsmount.proto.sync import Client, ClientClosed, ClientConfig
 from harness.cluster import Cluster
@@ -250,3 +259,44 @@ def test_fork_child_gets_a_fresh_loop(client: Client) -> None:
     fid2 = client.upload(b"parent still fine")
     assert client.download(fid2) == b"parent still fine"
     client.delete(fid2)
+
+
+def outcome(call: Callable[[], bytes]) -> bytes | tuple[type[BaseException], int | None]:
+    try:
+        return call()
+    except FdfsError as exc:
+        return type(exc), getattr(exc, "errno", None)
+
+
+def test_fast_reads_agree_with_the_loop_path(cluster: Cluster) -> None:
+    """Small reads done in the caller's thread answer exactly as the trio client does."""
+    with Client(cluster.trackers) as fast, Client(cluster.trackers, fast_reads=False) as slow:
+        data = os.urandom(5000)
+        fid = fast.upload(data, ext="bin", group="group2")
+        app = fast.upload(b"appender", appender=True, group="group2")
+        gone = fast.upload(b"gone", group="group2")
+        fast.delete(gone)
+        servers = fast.fetch_servers(fid)
+        cases: list[tuple[FileId, int, int | None]] = [
+            (fid, 0, None),
+            (fid, 0, 4096),
+            (fid, 4000, 4096),  # runs past the end: clipped
+            (fid, 4999, 1),
+            (fid, 5000, 10),  # at the end
+            (fid, 5001, 10),  # past the end
+            (app, 0, None),
+            (app, 3, 2),
+            (gone, 0, None),
+        ]
+        for file_id, offset, length in cases:
+            want = outcome(partial(slow.download, file_id, offset=offset, length=length))
+            got = outcome(partial(fast.download, file_id, offset=offset, length=length))
+            assert got == want, (file_id, offset, length)
+            if length is not None:
+                want = outcome(partial(slow.read_range, file_id, offset, length))
+                got = outcome(partial(fast.read_range, file_id, offset, length))
+                assert got == want, ("read_range", file_id, offset, length)
+        assert fast.read_range(fid, 10, 20, servers=servers) == data[10:30]
+        assert fast.download(fid) == data
+        fast.delete(fid)
+        fast.delete(app)

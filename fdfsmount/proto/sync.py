@@ -49,7 +49,8 @@ import trio
 from .client import Client as TrioClient
 from .clientconf import parse_server_addr, read_client_conf
 from .errors import FdfsError, Timeout
-from .fileid import FileId, decode_file_id, split_ext
+from .fastread import FastReads
+from .fileid import FileId, decode_file_id, parse_file_id, split_ext
 from .message import ServerAddr
 from .payload import Data
 from .records import GroupStat, StorageStat
@@ -88,6 +89,7 @@ class ClientConfig:
     call_timeout: float | None = None
     max_idle_per_server: int = 8
     idle_timeout: float = 60.0
+    fast_reads: bool = True  # small reads of normal files in the caller's thread
     extra: Mapping[str, Any] = field(default_factory=dict)  # passed to the trio Client
 
     def __post_init__(self) -> None:
@@ -296,6 +298,15 @@ class Client:
         self._client: TrioClient | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
+        self._fast: FastReads | None = None
+        if config.fast_reads:
+            timeouts = [config.network_timeout, config.call_timeout or config.network_timeout]
+            self._fast = FastReads(
+                [parse_server_addr(t) for t in config.trackers],
+                connect_timeout=min(config.connect_timeout, *timeouts),
+                network_timeout=min(timeouts),
+                max_idle_per_server=config.max_idle_per_server,
+            )
         self._start()
         _clients.add(self)
 
@@ -380,6 +391,8 @@ class Client:
                 return
             self._closed = True
             finalizer, self._finalizer = self._finalizer, None
+        if self._fast is not None:
+            self._fast.close()
         if finalizer is not None:
             finalizer()
 
@@ -527,6 +540,10 @@ class Client:
         self, file_id: FileId | str, *, offset: int = 0, length: int | None = None
     ) -> bytes:
         """The file's bytes (or ``length`` bytes from ``offset``; None = to the end)."""
+        if self._fast is not None:
+            data = self._fast.read(_parse(file_id), offset, length)
+            if data is not None:
+                return data
         return self._run(TrioClient.download, file_id, offset=offset, length=length)
 
     def read_range(
@@ -538,6 +555,10 @@ class Client:
         servers: Sequence[ServerAddr] | None = None,
     ) -> bytes:
         """Up to ``length`` bytes at ``offset``; b"" at or past the end of the file."""
+        if self._fast is not None and length > 0:
+            data = self._fast.read(_parse(file_id), offset, length, servers)
+            if data is not None:
+                return data
         return self._run(TrioClient.read_range, file_id, offset, length, servers=servers)
 
     def download_to(
@@ -846,6 +867,10 @@ class _ChannelChunks:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._receiver:
             yield chunk
+
+
+def _parse(file_id: FileId | str) -> FileId:
+    return file_id if isinstance(file_id, FileId) else parse_file_id(file_id)
 
 
 def _is_local_file(file: BinaryIO) -> bool:
