@@ -58,7 +58,7 @@ KEPT = "kept"
 _CHUNK = 1 << 20
 _SPOOL_MEMORY = 8 << 20
 
-Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
+Source = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +377,7 @@ def _opened(source: Source) -> Iterator[tuple[BinaryIO, _Digest]]:
         yield result, _Digest(size, crc, hasher.hexdigest())
 
 
-def _seekable(file: BinaryIO) -> bool:
+def _seekable(file: IO[bytes]) -> bool:
     try:
         return bool(file.seekable())
     except (AttributeError, ValueError):
