@@ -300,3 +300,28 @@ def test_fast_reads_agree_with_the_loop_path(cluster: Cluster) -> None:
         assert fast.download(fid) == data
         fast.delete(fid)
         fast.delete(app)
+
+
+def test_stopping_a_download_early_cancels_it(client: Client) -> None:
+    data = os.urandom(3 << 20)
+    fid = client.upload(data, group="group2")
+    chunks = client.iter_download(fid)
+    first = next(chunks)
+    assert data.startswith(first) and len(first) < len(data)
+    chunks.close()  # the transfer is cancelled on the loop; its connection is dropped
+    assert client.download(fid, offset=len(data) - 10) == data[-10:]
+    client.delete(fid)
+
+
+def test_blocking_call_from_the_loop_thread_is_refused(client: Client) -> None:
+    async def nested(_trio_client: object) -> object:
+        return client.list_groups()  # would wait for the loop it blocks
+
+    with pytest.raises(RuntimeError, match="own event loop thread"):
+        client.run_async(nested)
+    assert client.list_groups()  # the client is still fine
+
+
+def test_trackers_as_one_string() -> None:
+    config = ClientConfig("127.0.0.1:22122, 127.0.0.2")
+    assert [str(t) for t in config.trackers] == ["127.0.0.1:22122", "127.0.0.2:22122"]

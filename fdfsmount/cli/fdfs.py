@@ -60,6 +60,7 @@ examples:
   fdfs meta set ID author=alice; fdfs meta get ID
   fdfs exists ID && echo present
   fdfs --conf /etc/fdfs/client.conf ls group1 | wc -l
+  fdfs url --base-url http://img.example.com ID   # the nginx URL (signed: see url --help)
 
 exit status: 0 success; 1 error (for exists: the file does not exist);
 2 usage error.

@@ -38,7 +38,7 @@ import stat
 import tempfile
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from types import TracebackType
@@ -584,7 +584,7 @@ class Client:
 
     def iter_download(
         self, file_id: FileId | str, *, offset: int = 0, length: int | None = None
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """The file's bytes as chunks of at most 256 KiB, streamed over one request.
 
         Stopping early (``break``, closing the generator) cancels the transfer.
