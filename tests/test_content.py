@@ -184,8 +184,8 @@ def test_threads_put_the_same_bytes(store: ContentStore, client: Client) -> None
 def test_file_stored_by_others_is_found_by_its_bytes(client: Client) -> None:
     data = os.urandom(10_000)
     foreign = client.upload(data, ext="png", group=GROUP)  # no sha256 metadata
-    store = ContentStore(client, group=GROUP, fresh_grace=0.5, poll_interval=0.05)
-    time.sleep(0.6)  # older than fresh_grace: not a put in progress
+    # fresh_grace 0: any file without put metadata counts as settled at once.
+    store = ContentStore(client, group=GROUP, fresh_grace=0.0, poll_interval=0.05)
     found = store.put(data, "png")
     assert found.file_id == foreign and found.is_duplicate
     assert copies_of(client, data) == [foreign]
