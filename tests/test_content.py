@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from fdfsmount.content import Address, ContentStore
 from fdfsmount.proto import FileId, FileNotFound
@@ -184,6 +185,8 @@ def test_threads_put_the_same_bytes(store: ContentStore, client: Client) -> None
 def test_file_stored_by_others_is_found_by_its_bytes(client: Client) -> None:
     data = os.urandom(10_000)
     foreign = client.upload(data, ext="png", group=GROUP)  # no sha256 metadata
+    # Found once the group's listing shows it (upstream storages: within a second).
+    wait_until(lambda: foreign in client.list_files(GROUP), what=f"{foreign} listed")
     # fresh_grace 0: any file without put metadata counts as settled at once.
     store = ContentStore(client, group=GROUP, fresh_grace=0.0, poll_interval=0.05)
     found = store.put(data, "png")

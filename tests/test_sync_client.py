@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import pytest
+from waiting import wait_until
 
 from fdfsmount.proto import (
     FdfsError,
@@ -157,7 +158,8 @@ def test_cluster_listing_and_classic_names(client: Client, cluster: Cluster) -> 
     assert client.list_servers("group1", servers[0].ip_addr)
     fid = client.upload_by_buffer(b"listed", "txt")
     try:
-        assert fid in client.list_files(fid.group)
+        # Upstream storages write their binlog (what the listing reads) once a second.
+        wait_until(lambda: fid in client.list_files(fid.group), what=f"{fid} listed")
     finally:
         client.delete_file(fid)
 
