@@ -20,7 +20,7 @@ from fdfsmount.urls import url_for
 
 
 async def main(tracker: str, path: Path | None) -> int:
-    data = path.read_bytes() if path else b"hello from trio\n" * 1000
+    data = await trio.Path(path).read_bytes() if path else b"hello from trio\n" * 1000
     async with Client([tracker]) as client:
         with trio.fail_after(60):
             # Five uploads at once over one pool.

@@ -262,12 +262,25 @@ def _shutdown(loop: _LoopThread, client: TrioClient) -> None:
         loop.stop()
 
 
-_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+#: Each live client's "the parent's loop is gone" method, called in a forked child.
+_fork_hooks: list[weakref.WeakMethod[Callable[[], None]]] = []
+_fork_hooks_lock = threading.Lock()
+
+
+def _add_fork_hook(method: Callable[[], None]) -> None:
+    with _fork_hooks_lock:
+        _fork_hooks[:] = [h for h in _fork_hooks if h() is not None]
+        _fork_hooks.append(weakref.WeakMethod(method))
 
 
 def _after_fork_in_child() -> None:
-    for client in list(_clients):
-        client._forget_parent_loop()
+    global _fork_hooks_lock
+    _fork_hooks_lock = threading.Lock()  # another thread may have held it at fork time
+    hooks = [hook() for hook in _fork_hooks]
+    _fork_hooks[:] = [h for h, live in zip(_fork_hooks, hooks, strict=True) if live is not None]
+    for hook in hooks:
+        if hook is not None:
+            hook()
 
 
 if hasattr(os, "register_at_fork"):
@@ -308,7 +321,7 @@ class Client:
                 max_idle_per_server=config.max_idle_per_server,
             )
         self._start()
-        _clients.add(self)
+        _add_fork_hook(self._forget_parent_loop)
 
     @classmethod
     def from_conf(cls, path: str | os.PathLike[str], **overrides: Any) -> Client:
