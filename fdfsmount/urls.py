@@ -15,6 +15,7 @@ No I/O here: URL building is pure, so web apps can call it per request.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ def url_for(
         if server_ttl <= 0:
             raise ValueError(f"server_ttl must be positive, not {server_ttl}")
         issued = int(time.time() if now is None else now)
-        ts = issued if ttl is None else issued + int(ttl) - server_ttl
+        ts = issued if ttl is None else issued + math.ceil(ttl) - server_ttl
         ts = max(ts, 1)  # 0 would mean "never expires"
         params += [("token", anti_steal_token(token_subject(fid, token_over), secret, ts))]
         params += [("ts", str(ts))]

@@ -78,6 +78,8 @@ def test_ttl_moves_ts_within_the_servers_window() -> None:
     long_ts = int(query(long)["ts"])
     assert check_token(FID, query(long)["token"], long_ts, SECRET, server_ttl=900, now=now + 3600)
     assert not check_token(FID, "0" * 32, ts, SECRET, server_ttl=900, now=now)
+    half = url_for(FID, "http://h", secret=SECRET, ttl=0.5, server_ttl=900, now=now)
+    assert int(query(half)["ts"]) == now + 1 - 900  # a fraction rounds up, never to 0
     assert not check_token(FID, token, ts, "other", server_ttl=900, now=now)
 
 

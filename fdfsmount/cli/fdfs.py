@@ -314,7 +314,7 @@ def _add_url_command(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(p, in_subcommand=True)
-    p.add_argument("file_ids", metavar="ID", type=file_id_arg, nargs="+")
+    p.add_argument("file_ids", metavar="ID", type=file_id_arg, nargs="+", help="file IDs")
     p.add_argument(
         "--base-url",
         default=os.environ.get("FDFS_HTTP_BASE_URL"),
