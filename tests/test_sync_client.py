@@ -4,11 +4,13 @@ lifecycle (no leaked thread), fork, and data sources read in the caller's thread
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import multiprocessing
 import os
 import random
+import signal
 import socket
 import threading
 import warnings
@@ -327,3 +329,46 @@ def test_blocking_call_from_the_loop_thread_is_refused(client: Client) -> None:
 def test_trackers_as_one_string() -> None:
     config = ClientConfig("127.0.0.1:22122, 127.0.0.2")
     assert [str(t) for t in config.trackers] == ["127.0.0.1:22122", "127.0.0.2:22122"]
+
+
+class Interrupted(Exception):
+    """Raised by a signal handler in the main thread, as Ctrl-C would raise KeyboardInterrupt."""
+
+
+def test_an_interrupted_caller_cancels_its_call() -> None:
+    """A signal while the caller waits cancels the call on the loop: its connection is
+    closed instead of left waiting for a silent server."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    main = threading.get_ident()
+    saw_eof = threading.Event()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        host, port = silent.getsockname()
+
+        def serve() -> None:
+            conn, _ = silent.accept()
+            with conn:
+                conn.settimeout(30)
+                conn.recv(100)  # the request; never answered
+                signal.pthread_kill(main, signal.SIGALRM)
+                with contextlib.suppress(OSError):
+                    while conn.recv(100):
+                        pass
+                    saw_eof.set()
+
+        server = threading.Thread(target=serve)
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            # Without the cancel, the silent server would hold the call for 300 s.
+            with Client([f"{host}:{port}"], network_timeout=300) as c:
+                server.start()
+                with pytest.raises(Interrupted):
+                    c.list_groups()
+                server.join(30)
+                assert saw_eof.is_set()
+        finally:
+            signal.signal(signal.SIGALRM, previous)
