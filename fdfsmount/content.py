@@ -312,6 +312,9 @@ class ContentStore:
     def exists(self, address: Address | FileId | str | os.PathLike[str]) -> bool:
         return self.client.exists(self.file_id(address))
 
+    def __contains__(self, address: Address | FileId | str | os.PathLike[str]) -> bool:
+        return self.exists(address)
+
     def open(self, address: Address | FileId | str | os.PathLike[str]) -> io.BufferedReader:
         """A read-only, seekable binary file over the stored bytes."""
         return self.client.open(self.file_id(address))

@@ -203,6 +203,7 @@ def test_get_open_delete_and_url_by_address_or_path(store: ContentStore, tmp_pat
     assert by_path is not None and by_path.file_id == address.file_id
     assert by_path.size == len(data) and by_path.crc32 == zlib.crc32(data)
     assert store.get(address.id) is not None
+    assert address in store and address.id in store
     with store.open(address) as f:
         f.seek(1000)
         assert f.read(10) == data[1000:1010]
