@@ -235,3 +235,17 @@ def test_put_from_a_pipe_and_a_mid_file_position(store: ContentStore, tmp_path: 
         again = store.put(f, "bin")
     assert again.file_id == piped.file_id and again.is_duplicate
     store.delete(piped)
+
+
+def test_any_group_store_finds_copies_in_every_group(client: Client) -> None:
+    data = os.urandom(2048)
+    stored = client.upload(data, ext="bin", group="group2")
+    wait_until(lambda: stored in client.list_files("group2"), what=f"{stored} listed")
+    store = ContentStore(client, fresh_grace=0.0, poll_interval=0.05)  # no group: all
+    found = store.put(data, "bin")
+    assert found.file_id == stored and found.is_duplicate
+    fresh = os.urandom(2048)
+    first = store.put(fresh, "bin")
+    assert store.put(fresh, "bin").file_id == first.file_id
+    client.delete(stored)
+    store.delete(first)
