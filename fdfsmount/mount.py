@@ -123,6 +123,7 @@ def build_operations(
         nursery=nursery,
         # One owner of "which servers failed lately": the client's.
         health=getattr(client, "health", None),
+        replicas=getattr(client, "replicas", None),
         before_first_open=kernel_readahead.apply,
     )
     # The write side needs the whole client; read-only fakes in tests never write.
@@ -232,10 +233,20 @@ async def open_client(opts: MountOptions) -> AsyncIterator[ReadClient]:
     connect, network = client_timeouts(opts)
     try:
         if opts.trackers:
-            client = Client(list(opts.trackers), connect_timeout=connect, network_timeout=network)
+            client = Client(
+                list(opts.trackers),
+                connect_timeout=connect,
+                network_timeout=network,
+                replica_directory=True,
+            )
         else:
             assert opts.conf is not None
-            client = Client.from_conf(opts.conf, connect_timeout=connect, network_timeout=network)
+            client = Client.from_conf(
+                opts.conf,
+                connect_timeout=connect,
+                network_timeout=network,
+                replica_directory=True,
+            )
     except (OSError, ValueError) as exc:
         raise MountError(f"cannot use the tracker list: {exc}") from None
     async with client:

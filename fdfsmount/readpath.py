@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -46,9 +43,10 @@ import trio
 
 from .blockcache import Block, BlockCache, FileKey
 from .clientapi import ReadClient
-from .proto import FileId, FileIdInfo, FileType, ServerAddr, StorageStatus
+from .proto import FileId, FileIdInfo
 from .proto.errors import ConnectError, FdfsError, ProtocolError, Timeout
 from .proto.health import DOWN_MEMORY, ServerHealth
+from .proto.replicas import ReplicaDirectory
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +56,6 @@ SEQUENTIAL_SLACK = 1 * MIB  # the kernel may deliver neighbouring async reads ou
 MIN_CHUNK = 512 * 1024
 MAX_CHUNK = 8 * MIB
 MAX_PARALLEL_CHUNKS = 8  # prefetch downloads in flight, whole mount
-STORAGES_TTL = 30.0
-FRESH_FILE_AGE = 300  # seconds: younger files may not have reached every replica yet
 #: Normal files up to this size are fetched whole by their first read.
 WHOLE_FILE_LIMIT = 512 * 1024
 
@@ -143,83 +139,6 @@ class ReadStats:
     waited_on_prefetch: int = 0
 
 
-class ReplicaDirectory:
-    """Which storage servers can serve a file, best first, without asking per file.
-
-    The storages of a group are listed once per `STORAGES_TTL`; a file's source
-    server (named in its ID) goes first, then the group's other active storages.
-    ``rotate`` spreads the chunks of a large read over the replicas. Servers
-    that failed lately (timed out, refused, broke a reply: the client notes
-    each in the shared `ServerHealth`) go last, so a frozen replica costs one
-    timeout, not one per chunk.
-    """
-
-    def __init__(self, client: ReadClient, health: ServerHealth) -> None:
-        self._client = client
-        self.health = health
-        self._groups: dict[str, tuple[float, list[tuple[str, str, ServerAddr]]]] = {}
-        self._per_file: OrderedDict[str, list[ServerAddr]] = OrderedDict()
-        self._failed_at: dict[str, float] = {}
-
-    async def servers_for(
-        self, file_id: FileId, info: FileIdInfo, *, rotate: int = 0
-    ) -> list[ServerAddr] | None:
-        storages = await self._group_storages(file_id.group)
-        if storages:
-            source = [a for (sid, ip, a) in storages if _is_source(info, sid, ip)]
-            others = [a for (sid, ip, a) in storages if not _is_source(info, sid, ip)]
-            if source and (info.file_type is FileType.APPENDER or _is_fresh(info)):
-                rotate = 0  # replicas may lag behind the source
-            servers = source + others
-        else:
-            servers = await self._fetch_servers(file_id)
-        if not servers:
-            return None
-        turn = rotate % len(servers)
-        return self.health.order(servers[turn:] + servers[:turn])
-
-    async def _group_storages(self, group: str) -> list[tuple[str, str, ServerAddr]]:
-        now = trio.current_time()
-        cached = self._groups.get(group)
-        if cached is not None and now - cached[0] < STORAGES_TTL:
-            return cached[1]
-        if now - self._failed_at.get(group, -math.inf) < STORAGES_TTL:
-            return cached[1] if cached else []
-        try:
-            stats = await self._client.list_storages(group)
-        except FdfsError as exc:
-            log.info("list storages of %s failed (%s); asking the tracker per file", group, exc)
-            self._failed_at[group] = now
-            return cached[1] if cached else []
-        active = [
-            (s.storage_id, s.ip_addr, ServerAddr(s.ip_addr, s.storage_port))
-            for s in stats
-            if s.status == StorageStatus.ACTIVE and s.storage_port > 0
-        ]
-        self._groups[group] = (now, active)
-        return active
-
-    async def _fetch_servers(self, file_id: FileId) -> list[ServerAddr]:
-        key = str(file_id)
-        servers = self._per_file.get(key)
-        if servers is None:
-            servers = await self._client.fetch_servers(file_id)
-            self._per_file[key] = servers
-            if len(self._per_file) > 10_000:
-                self._per_file.popitem(last=False)
-        return servers
-
-
-def _is_source(info: FileIdInfo, storage_id: str, ip: str) -> bool:
-    if info.source_id is not None:
-        return storage_id == str(info.source_id)
-    return ip == info.source_ip
-
-
-def _is_fresh(info: FileIdInfo) -> bool:
-    return time.time() - info.create_time < FRESH_FILE_AGE
-
-
 class ReadPath:
     """Serves `read` for open files; prefetches in the mount's nursery."""
 
@@ -233,6 +152,7 @@ class ReadPath:
         nursery: trio.Nursery | None = None,
         health: ServerHealth | None = None,
         before_first_open: Callable[[], None] | None = None,
+        replicas: ReplicaDirectory | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -243,7 +163,8 @@ class ReadPath:
         self.nursery = nursery
         #: The client's server health (pass the client's own: one owner of "who failed").
         self.health = health if health is not None else ServerHealth()
-        self.replicas = ReplicaDirectory(client, self.health)
+        # Replica order: the client's directory when it has one (one owner), else our own.
+        self.replicas = replicas if replicas is not None else ReplicaDirectory(client, self.health)
         self.stats = ReadStats()
         self._pending: dict[tuple[FileKey, int], _Pending] = {}
         self._chunk_limiter = trio.CapacityLimiter(MAX_PARALLEL_CHUNKS)

@@ -53,6 +53,7 @@ from .message import Request, ServerAddr
 from .payload import Data, PreparedPayload, prepare_payload
 from .pool import ConnectFn, ConnectionPool
 from .records import GroupStat, StorageStat
+from .replicas import ReplicaDirectory
 from .stats import ClientStats
 from .storage import FileInfo
 
@@ -89,6 +90,7 @@ class Client:
         idle_timeout: float = 60.0,
         connect: ConnectFn | None = None,
         health: ServerHealth | None = None,
+        replica_directory: bool = False,
     ) -> None:
         if isinstance(trackers, str):
             trackers = [t for t in trackers.split(",") if t.strip()]
@@ -113,6 +115,10 @@ class Client:
             self._pool, network_timeout=network_timeout, health=self.health, stats=self.stats
         )
         self._tracker_turn = 0
+        #: With ``replica_directory``: reads go to the file's source first, then the
+        #: group's other active storages (listed once per 30 s), without a tracker
+        #: query per read; else the tracker picks per read, like the C client.
+        self.replicas = ReplicaDirectory(self, self.health) if replica_directory else None
 
     @classmethod
     def from_conf(cls, path: str | os.PathLike[str], **overrides: object) -> Client:
@@ -252,7 +258,9 @@ class Client:
         fetch_all: bool = False,
     ) -> T:
         """Run ``attempt`` on the file's replicas until one succeeds."""
-        replicas = Replicas(self, self.health, fid, servers, fetch_all=fetch_all)
+        replicas = Replicas(
+            self, self.health, fid, servers, fetch_all=fetch_all, directory=self.replicas
+        )
         while (addr := await replicas.next()) is not None:
             try:
                 return await attempt(addr)
@@ -378,6 +386,7 @@ class Client:
             servers=servers,
             fetch_all=fetch_all,
             past_end_ok=past_end_ok,
+            directory=self.replicas,
         )
 
     async def download(

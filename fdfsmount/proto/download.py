@@ -47,6 +47,7 @@ from .exchange import TRANSPORT_ERRORS, Exchanger
 from .fileid import FileId, decode_file_id
 from .health import ServerHealth
 from .message import ServerAddr
+from .replicas import ReplicaDirectory
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,11 @@ class Replicas:
         servers: Sequence[ServerAddr] | None,
         *,
         fetch_all: bool,
+        directory: ReplicaDirectory | None = None,
     ) -> None:
         self._locator = locator
         self._health = health
+        self._directory = directory
         self.fid = fid
         self._queue: list[ServerAddr] = list(servers) if servers is not None else []
         self._given = servers is not None
@@ -98,6 +101,15 @@ class Replicas:
                     return addr
             if self._given or self._asked_all:
                 return None
+            if self._directory is not None:
+                # The group's storages, source first: no tracker query per read.
+                self._asked_all = True
+                listed = await self._directory.servers_for(self.fid)
+                if listed:
+                    self._queue = [s for s in listed if s not in self.tried]
+                    continue
+                self._asked_all = False
+                self._directory = None
             if not self._fetch_all and not self._asked_one:
                 self._asked_one = True
                 servers = await self._locator.tracker_pick(self.fid)
@@ -149,6 +161,7 @@ class RangeReader:
         servers: Sequence[ServerAddr] | None,
         fetch_all: bool,
         past_end_ok: bool,
+        directory: ReplicaDirectory | None = None,
     ) -> None:
         if offset < 0 or (length is not None and length < 0):
             raise LocalProtocolError(f"bad range: offset {offset}, length {length}")
