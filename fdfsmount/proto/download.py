@@ -44,10 +44,10 @@ from .errors import (
     ServerError,
 )
 from .exchange import TRANSPORT_ERRORS, Exchanger
-from .fileid import FileId, decode_file_id
+from .fileid import FileId
 from .health import ServerHealth
 from .message import ServerAddr
-from .replicas import ReplicaDirectory
+from .replicas import ReplicaDirectory, decoded_file_id
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class RangeReader:
         if self.total is not None:
             return self.total
         try:
-            size = decode_file_id(self.fid).size
+            size = decoded_file_id(self.fid).size
         except InvalidFileId:
             size = None
         if size is not None:

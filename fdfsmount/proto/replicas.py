@@ -9,6 +9,7 @@ write paths take their replica order from here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 
 STORAGES_TTL = 30.0
 FRESH_FILE_AGE = 300  # seconds: younger files may not have reached every replica yet
+
+
+#: `decode_file_id`, remembered for recently used IDs (a read decodes its file's ID
+#: for the size and for the source; a small request should not pay that twice).
+decoded_file_id = functools.lru_cache(maxsize=8192)(decode_file_id)
 
 
 class StorageLister(Protocol):
@@ -64,7 +70,7 @@ class ReplicaDirectory:
         """The servers to read `file_id` from, best first (None: no idea, ask the tracker)."""
         if info is None:
             try:
-                info = decode_file_id(file_id)
+                info = decoded_file_id(file_id)
             except InvalidFileId:
                 return None
         storages = await self._group_storages(file_id.group)
