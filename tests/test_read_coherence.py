@@ -5,6 +5,8 @@ next open; the kernel's readahead window is in place before the first file is re
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,16 +39,25 @@ def test_same_size_rewrite_elsewhere_is_seen_at_the_next_open(
     fid = client_run(fdfs_cluster, create)
     with mounted(fdfs_cluster.trackers, tmp_path / "mnt", OPTIONS) as proc:
         path = proc.mountpoint / str(fid)
-        for round_ in range(3):
+        for round_ in range(4):
             before = path.read_bytes()
-            # Another client overwrites it in place: same size, most likely the same second.
+            # Overwritten in place elsewhere: same size, most likely the same second;
+            # by the client, then by `fdfs modify`, in turn.
             after = bytes([ord("B") + round_]) * len(first)
+            if round_ % 2:
+                fdfs = [str(Path(sys.executable).with_name("fdfs"))]
+                where = ["--tracker", fdfs_cluster.trackers[0]]
+                subprocess.run(
+                    [*fdfs, "modify", *where, str(fid), "0", "-"],
+                    input=after, check=True, timeout=60, capture_output=True,
+                )  # fmt: skip
+            else:
 
-            async def rewrite(client: Client, data: bytes = after) -> None:
-                with trio.fail_after(60):
-                    await client.modify(fid, 0, data)
+                async def rewrite(client: Client, data: bytes = after) -> None:
+                    with trio.fail_after(60):
+                        await client.modify(fid, 0, data)
 
-            client_run(fdfs_cluster, rewrite)
+                client_run(fdfs_cluster, rewrite)
             assert before != after
             assert path.read_bytes() == after, f"round {round_}: stale bytes after reopen"
 
