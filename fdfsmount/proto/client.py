@@ -100,7 +100,6 @@ class Client:
         if connect_timeout <= 0 or network_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.connect_timeout = connect_timeout
-        self.network_timeout = network_timeout
         self.stats = ClientStats()
         self._pool = ConnectionPool(
             connect_timeout=connect_timeout,
@@ -151,6 +150,15 @@ class Client:
     @property
     def pool(self) -> ConnectionPool:
         return self._pool
+
+    @property
+    def network_timeout(self) -> float:
+        """Seconds an exchange may go without progress (settable: the exchanger follows)."""
+        return self.exchanger.network_timeout
+
+    @network_timeout.setter
+    def network_timeout(self, seconds: float) -> None:
+        self.exchanger.network_timeout = seconds
 
     # ============================================================ plumbing
 
