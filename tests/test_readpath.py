@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import errno
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
@@ -12,10 +13,18 @@ import trio.testing
 from waiting import eventually
 
 from fdfsmount.blockcache import Block, BlockCache
-from fdfsmount.proto import FileId, ServerAddr, StorageStat, decode_file_id, parse_file_id
+from fdfsmount.proto import (
+    FileId,
+    GroupStat,
+    ServerAddr,
+    StorageStat,
+    decode_file_id,
+    parse_file_id,
+)
 from fdfsmount.proto.errors import FileNotFound, ServerError, Timeout
 from fdfsmount.proto.fileid import make_remote_name
 from fdfsmount.proto.health import ServerHealth
+from fdfsmount.proto.storage import FileInfo
 from fdfsmount.readpath import DOWN_MEMORY, MIB, WHOLE_FILE_LIMIT, OpenFile, Readahead, ReadPath
 
 BLOCK = 128 * 1024
@@ -194,6 +203,19 @@ class FakeClient:
     async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]:
         raise AssertionError("the group's storages should be enough")
 
+    # The rest of ReadClient: the read path never calls these.
+    async def info(self, file_id: FileId | str, *, calc_crc32: bool = True) -> FileInfo:
+        raise AssertionError("not used by the read path")
+
+    async def get_metadata(self, file_id: FileId | str) -> dict[str, str]:
+        raise AssertionError("not used by the read path")
+
+    async def list_groups(self) -> list[GroupStat]:
+        raise AssertionError("not used by the read path")
+
+    def list_files(self, group: str) -> AbstractAsyncContextManager[AsyncIterator[FileId]]:
+        raise AssertionError("not used by the read path")
+
 
 SOURCE = ServerAddr("127.0.0.10", 23000)
 REPLICA = ServerAddr("127.0.0.11", 23001)
@@ -263,7 +285,7 @@ async def test_concurrent_readers_share_one_download() -> None:
 
     async def reader() -> None:
         f = _open(rp, fid, len(data))
-        results.append(await rp.read(f, 200 * 1024, 4096))
+        results.append(bytes(await rp.read(f, 200 * 1024, 4096)))
 
     async with trio.open_nursery() as n:
         for _ in range(5):
