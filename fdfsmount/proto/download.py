@@ -172,7 +172,9 @@ class RangeReader:
         self._length = length  # as asked; None: to the end of the file
         self._expected: int | None = None  # reply length, when the file ID tells the size
         self._past_end_ok = past_end_ok
-        self._replicas = Replicas(locator, exchanger.health, fid, servers, fetch_all=fetch_all)
+        self._replicas = Replicas(
+            locator, exchanger.health, fid, servers, fetch_all=fetch_all, directory=directory
+        )
         self.total: int | None = None  # bytes this range holds, once known
         self.delivered = 0
         self._conn: Connection | None = None
