@@ -86,7 +86,7 @@ from .binlog import LISTED_OPS, Binlog, SyncMarks
 from .heartbeat import TrackerReporter
 from .peerproto import PeerAddr, PeerCmd
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
-from .serverutil import PeerClosed, RequestError, SocketReader, send_reply
+from .serverutil import FramedSocket, PeerClosed, RequestError, send_reply
 from .store import LOGIC_PATH_LEN, LocalFile, Store, crc32, file_crc32, is_appender_name
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class StorageConfig:
 @dataclass
 class Conn:
     sock: trio.socket.SocketType
-    reader: SocketReader
+    reader: FramedSocket
     client: str
     _payload_buffers: tuple[memoryview, memoryview] | None = None
 
@@ -274,7 +274,7 @@ class StorageServer:
             client = str(sock.getpeername()[0])
         except OSError:
             client = "?"
-        conn = Conn(sock, SocketReader(sock), client)
+        conn = Conn(sock, FramedSocket(sock), client)
         self.connections_current += 1
         self.connections_max = max(self.connections_max, self.connections_current)
         try:

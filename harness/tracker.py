@@ -43,7 +43,7 @@ from fdfsmount.proto.wire import Header, decode_text
 
 from . import serverutil
 from .peerproto import MAX_JSON_BODY, PeerCmd, decode_json, encode_json
-from .serverutil import SocketReader, send_reply
+from .serverutil import FramedSocket, send_reply
 from .tracker_state import Registry, StorageNode, TrackerError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class TrackerServer:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
-        reader = SocketReader(sock, 64 * 1024)
+        reader = FramedSocket(sock, 64 * 1024)
         link = object()
         storage: StorageNode | None = None
         try:
