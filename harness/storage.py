@@ -45,7 +45,6 @@ import trio
 from fdfsmount.proto.binlog import encode_binlog_trailer
 from fdfsmount.proto.constants import (
     BINLOG_STREAM_LENGTH,
-    EXT_NAME_LEN,
     QUERY_FINFO_NO_CRC32,
     STORE_PATH_ANY,
     Cmd,
@@ -353,8 +352,15 @@ class StorageServer:
             return await self._receive_pipelined(conn, fd, size, offset)
         crc = 0
         pos = offset
-        async for chunk in conn.reader.stream(size):
+        reader = conn.reader
+        remaining = size
+        while remaining:
+            chunk = reader.decoder.take_body(remaining)
+            if not chunk:
+                await reader.receive_body()
+                continue
             crc = write_chunk(fd, chunk, pos, crc)
+            remaining -= len(chunk)
             if pos is not None:
                 pos += len(chunk)
         return crc
@@ -402,12 +408,6 @@ class StorageServer:
             raise
         return temp, crc
 
-    def name_suffix(self, ext: str) -> str:
-        """The 7-char tail of a new name: random digits, then ``.ext`` if any."""
-        digits = EXT_NAME_LEN - len(ext) if ext else EXT_NAME_LEN + 1
-        tail = "".join(str(self.rng.randrange(10)) for _ in range(digits))
-        return f"{tail}.{ext}" if ext else tail
-
     async def cmd_upload(self, conn: Conn, header: Header) -> None:
         appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
         op = "upload"
@@ -443,12 +443,11 @@ class StorageServer:
             ts = self.binlog.next_source_timestamp()
             remote = make_remote_name(
                 source=self.source, create_time=ts, size=size, crc32=crc,
-                appender=appender, store_path_index=index, subdirs=self.store.next_subdirs(),
-                rng=self.rng,
+                ext=ext, appender=appender, store_path_index=index,
+                subdirs=self.store.next_subdirs(), rng=self.rng,
             )  # fmt: skip
-            remote = remote[: LOGIC_PATH_LEN + BASE64_LEN] + self.name_suffix(ext)
             local = self.store.resolve(remote)
-            if not local.path.exists():
+            if not os.path.exists(local.path):
                 self.store.place(temp, local)
                 self.binlog.append(ts, "C", remote)
                 return remote
