@@ -65,6 +65,7 @@ from fdfsmount.proto.metadata import (
     encode_stored_metadata,
     merge_metadata,
 )
+from fdfsmount.proto.peer import PeerAddr, PeerCmd
 from fdfsmount.proto.records import STAT_COUNTER_NAMES
 from fdfsmount.proto.storage import (
     APPEND_FIXED,
@@ -91,7 +92,6 @@ from fdfsmount.proto.wire import Header, decode_text, encode_header
 from . import serverutil
 from .binlog import LISTED_OPS, Binlog, SyncMarks
 from .heartbeat import TrackerReporter
-from .peerproto import PeerAddr, PeerCmd
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
 from .serverutil import FramedSocket, PeerClosed, RequestError, send_reply
 from .store import LOGIC_PATH_LEN, LocalFile, Store, crc32, file_crc32, is_appender_name

@@ -30,6 +30,7 @@ import trio
 from fdfsmount.proto.constants import Cmd
 from fdfsmount.proto.errors import ProtocolError
 from fdfsmount.proto.message import ServerAddr
+from fdfsmount.proto.peer import MAX_JSON_BODY, PeerCmd, decode_json, encode_json
 from fdfsmount.proto.storage import expect_empty
 from fdfsmount.proto.tracker import (
     FetchTarget,
@@ -46,7 +47,6 @@ from fdfsmount.proto.tracker import (
 from fdfsmount.proto.wire import Header
 
 from . import serverutil
-from .peerproto import MAX_JSON_BODY, PeerCmd, decode_json, encode_json
 from .serverutil import FramedSocket, send_reply
 from .tracker_state import Registry, StorageNode, TrackerError
 
