@@ -14,7 +14,7 @@ Client commands: 90, 91, 92, 101-107, 111 with upstream's layouts, and 82
 the connection open, unknown groups and storage ids ENOENT, as upstream.
 ``--ip-size 46`` mimics ``response_ip_addr_size = IPv6``: 45-byte IP fields
 in 101-107 replies, 46-byte ones in 92 records. Storages talk to the tracker
-with the harness's own join/heartbeat messages (`harness.peerproto`); routing
+with the harness's own join/heartbeat messages (`fdfsmount.proto.peer`); routing
 rules are in `harness.tracker_state`.
 """
 
