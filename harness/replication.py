@@ -161,6 +161,12 @@ class Replicator:
     def synced(self) -> dict[str, int]:
         return {peer_id: p.mark.synced_until for peer_id, p in self.pullers.items()}
 
+    def synced_offsets(self) -> dict[str, list[str | int]]:
+        """Per peer: the generation of its binlog and the offset applied up to."""
+        return {
+            peer_id: [p.mark.generation, p.mark.offset] for peer_id, p in self.pullers.items()
+        }
+
 
 class PeerPuller:
     def __init__(self, server: StorageServer, peer: PeerAddr) -> None:

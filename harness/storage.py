@@ -206,6 +206,8 @@ class StorageServer:
         self.locks = FileLocks()
         self.counters = Counters()
         self.peers: dict[str, PeerAddr] = {}
+        #: Source id -> changes of its files under way here while it is OFFLINE.
+        self.foreign_in_flight: dict[str, int] = {}
         self.start_time = int(time.time())
         self.connections_current = 0
         self.connections_max = 0
@@ -507,6 +509,39 @@ class StorageServer:
             raise RequestError(errno.EINVAL, f"{name} is not an appender file")
         return local, info
 
+    def source_of(self, name: str) -> str:
+        """The storage id (or IP) that created ``name``; "" if the name does not say."""
+        try:
+            info = decode_file_id(FileId(self.group, name))
+        except (InvalidFileId, ValueError):
+            return ""
+        return str(info.source_id) if info.source_id is not None else info.source_ip or ""
+
+    def check_writable(self, name: str) -> None:
+        """Refuse (EAGAIN) a change this storage may not take now (see `harness.heartbeat`)."""
+        source = self.source_of(name)
+        why = self.reporter.may_write(source or self.config.server_id)
+        if why is not None:
+            raise RequestError(errno.EAGAIN, f"not changing {name} now: {why}", close=False)
+
+    @asynccontextmanager
+    async def writing(self, name: str) -> AsyncIterator[None]:
+        """Hold ``name``'s lock for a change; count it while it changes a peer's file."""
+        source = self.source_of(name)
+        foreign = source not in ("", self.config.server_id)
+        async with self.locks.hold(name):
+            if foreign:
+                self.foreign_in_flight[source] = self.foreign_in_flight.get(source, 0) + 1
+            try:
+                yield
+            finally:
+                if foreign:
+                    left = self.foreign_in_flight[source] - 1
+                    if left:
+                        self.foreign_in_flight[source] = left
+                    else:
+                        del self.foreign_in_flight[source]
+
     async def read_appender_head(
         self, conn: Conn, header: Header, fixed: int
     ) -> tuple[FieldReader, int]:
@@ -526,9 +561,10 @@ class StorageServer:
         if size < 0 or size != header.length - APPEND_FIXED - name_len:
             raise RequestError(errno.EINVAL, "append size disagrees with the body length")
         name = decode_text(await conn.reader.read_exact(name_len))
-        async with self.locks.hold(name):
+        async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
+                self.check_writable(name)
                 if size and self.store.is_full():
                     raise RequestError(errno.ENOSPC, "disk full")
             except RequestError as exc:
@@ -548,6 +584,7 @@ class StorageServer:
                 self.binlog.record_source("A", name, f"{start} {size}")
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("append", True, size)
+        await self.reporter.announce(self.binlog.source_end)
         await send_reply(conn.sock)
 
     async def cmd_modify(self, conn: Conn, header: Header) -> None:
@@ -558,9 +595,10 @@ class StorageServer:
         if size < 0 or size != header.length - MODIFY_FIXED - name_len:
             raise RequestError(errno.EINVAL, "modify size disagrees with the body length")
         name = decode_text(await conn.reader.read_exact(name_len))
-        async with self.locks.hold(name):
+        async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
+                self.check_writable(name)
                 if offset > info.st_size:
                     raise RequestError(errno.EINVAL, f"offset {offset} > size {info.st_size}")
             except RequestError as exc:
@@ -575,6 +613,7 @@ class StorageServer:
                 self.binlog.record_source("M", name, f"{offset} {size}")
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("modify", True, size)
+        await self.reporter.announce(self.binlog.source_end)
         await send_reply(conn.sock)
 
     async def cmd_truncate(self, conn: Conn, header: Header) -> None:
@@ -588,9 +627,10 @@ class StorageServer:
         if new_size < 0:
             raise RequestError(errno.EINVAL, f"negative size {new_size}")
         name = decode_text(r.rest())
-        async with self.locks.hold(name):
+        async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
+                self.check_writable(name)
             except RequestError:
                 self.counters.op("truncate", False)
                 raise
@@ -599,6 +639,7 @@ class StorageServer:
                 self.binlog.record_source("T", name, str(new_size))
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("truncate", True)
+        await self.reporter.announce(self.binlog.source_end)
         await send_reply(conn.sock)
 
     async def cmd_regenerate(self, conn: Conn, header: Header) -> None:
