@@ -163,9 +163,7 @@ class Replicator:
 
     def synced_offsets(self) -> dict[str, list[str | int]]:
         """Per peer: the generation of its binlog and the offset applied up to."""
-        return {
-            peer_id: [p.mark.generation, p.mark.offset] for peer_id, p in self.pullers.items()
-        }
+        return {peer_id: [p.mark.generation, p.mark.offset] for peer_id, p in self.pullers.items()}
 
 
 class PeerPuller:

@@ -300,10 +300,10 @@ def test_no_stale_appender_read_while_the_source_is_down(pair: BuiltinNodes) -> 
     finally:
         replica.proc.cont()
     eventually(
-        lambda: {r.storage_id: r.status for r in pair.list_storages(GROUP)}[
-            source.spec.server_id
-        ]
-        == StorageStatus.OFFLINE,
+        lambda: (
+            {r.storage_id: r.status for r in pair.list_storages(GROUP)}[source.spec.server_id]
+            == StorageStatus.OFFLINE
+        ),
         what="tracker sees the source OFFLINE",
     )
     # Long enough for the replica to report (it beats every 0.5 s).
@@ -340,9 +340,7 @@ def test_changes_taken_while_the_source_was_down_survive_its_return(
     )
     source.proc.kill()
     while_down = os.urandom(4096)
-    taker = change_via_tracker(
-        pair, remote, S.append_request(remote, 4096).encode() + while_down
-    )
+    taker = change_via_tracker(pair, remote, S.append_request(remote, 4096).encode() + while_down)
     assert taker == replica.addr
     patch = os.urandom(100)
     change_via_tracker(pair, remote, S.modify_request(remote, 10, 100).encode() + patch)
@@ -360,9 +358,10 @@ def test_changes_taken_while_the_source_was_down_survive_its_return(
             time.sleep(0.05)
     finally:
         replica.proc.cont()
-    assert change_via_tracker(
-        pair, remote, S.append_request(remote, 4096).encode() + after
-    ) == source.addr
+    assert (
+        change_via_tracker(pair, remote, S.append_request(remote, 4096).encode() + after)
+        == source.addr
+    )
     expected = bytearray(base + while_down + after)
     expected[10:110] = patch
     for node in pair.storages:
