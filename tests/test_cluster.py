@@ -104,15 +104,19 @@ class Footprint:
 
 def wait_gone(footprint: Footprint, timeout: float = 30.0) -> None:
     """``assert_gone`` once it holds, within ``timeout`` (cleanup after a SIGKILL is async)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def gone() -> bool:
         try:
             footprint.assert_gone()
-            return
         except (AssertionError, pytest.fail.Exception):
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
+            return False
+        return True
+
+    try:
+        wait_until(gone, timeout=timeout, what="the cluster's footprint to vanish")
+    except AssertionError:
+        footprint.assert_gone()  # fails again, saying what is left
+        raise
 
 
 def all_statuses(cluster: Cluster) -> dict[str, list[int | None]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-import trio
 from replica_campaign import run_campaign
 
 from harness.cluster import Cluster
@@ -24,8 +23,8 @@ async def pair_cluster() -> AsyncIterator[Cluster]:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.deadline(600)
 async def test_acknowledged_changes_reach_every_replica(pair_cluster: Cluster, seed: int) -> None:
-    with trio.fail_after(600):
-        result = await run_campaign(pair_cluster, seed, ops=120)
+    result = await run_campaign(pair_cluster, seed, ops=120)
     assert result.faults, "the schedule must inject faults"
     assert result.lost == {}, result.summary()
