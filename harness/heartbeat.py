@@ -74,6 +74,7 @@ class TrackerReporter:
         self._acked = trio.Event()
         self._progress_gen = 0
         self._announce_target = 0
+        self._lease_wanted = False
 
     # ------------------------------------------------------------ fencing
 
@@ -93,6 +94,22 @@ class TrackerReporter:
             if source != own and view.statuses.get(source) != StorageStatus.OFFLINE:
                 return f"the file's source {source} is not OFFLINE"
         return None
+
+    async def confirm_may_write(self, source: str) -> str | None:
+        """`may_write`, after renewing a lapsed lease first (bounded by `ANNOUNCE_TIMEOUT`).
+
+        A storage that was frozen, or whose trackers were slow, asks at once
+        rather than refusing the writes that were waiting for it.
+        """
+        why = self.may_write(source)
+        if why is None or self._fresh_views():
+            return why
+        self._lease_wanted = True
+        self._wake_up()
+        with trio.move_on_after(ANNOUNCE_TIMEOUT):
+            while not self._fresh_views():
+                await self._acked.wait()
+        return self.may_write(source)
 
     def foreign_writes(self) -> list[str]:
         """Peers whose files we take writes for now (or still have such a write under way)."""
@@ -186,7 +203,7 @@ class TrackerReporter:
             sent_gen = gen
             if full:
                 next_full = now + interval
-            while view.acked_binlog >= self._announce_target:
+            while view.acked_binlog >= self._announce_target and not self._lease_wanted:
                 deadline = next_full
                 if self._progress_gen != sent_gen:
                     deadline = min(deadline, now + MIN_BEAT_GAP)
@@ -225,6 +242,7 @@ class TrackerReporter:
         view.statuses = {p.storage_id: p.status for p in peers}
         view.valid_until = sent_at + offline_after - LEASE_MARGIN
         view.responsive = True
+        self._lease_wanted = False
         if "binlog" in info:
             view.acked_binlog = max(view.acked_binlog, int(info["binlog"][1]))
         self._acked.set()

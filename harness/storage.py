@@ -517,10 +517,10 @@ class StorageServer:
             return ""
         return str(info.source_id) if info.source_id is not None else info.source_ip or ""
 
-    def check_writable(self, name: str) -> None:
+    async def check_writable(self, name: str) -> None:
         """Refuse (EAGAIN) a change this storage may not take now (see `harness.heartbeat`)."""
         source = self.source_of(name)
-        why = self.reporter.may_write(source or self.config.server_id)
+        why = await self.reporter.confirm_may_write(source or self.config.server_id)
         if why is not None:
             raise RequestError(errno.EAGAIN, f"not changing {name} now: {why}", close=False)
 
@@ -564,7 +564,7 @@ class StorageServer:
         async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                self.check_writable(name)
+                await self.check_writable(name)
                 if size and self.store.is_full():
                     raise RequestError(errno.ENOSPC, "disk full")
             except RequestError as exc:
@@ -598,7 +598,7 @@ class StorageServer:
         async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                self.check_writable(name)
+                await self.check_writable(name)
                 if offset > info.st_size:
                     raise RequestError(errno.EINVAL, f"offset {offset} > size {info.st_size}")
             except RequestError as exc:
@@ -630,7 +630,7 @@ class StorageServer:
         async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                self.check_writable(name)
+                await self.check_writable(name)
             except RequestError:
                 self.counters.op("truncate", False)
                 raise
