@@ -100,6 +100,8 @@ MAX_NAME_LEN = 128
 #: Payloads from this size on are received into two alternating buffers.
 PIPELINE_THRESHOLD = 8 << 20
 PIPELINE_CHUNK = 4 << 20
+#: Modifies up to this size keep the old bytes to undo them (see `recheck_writable`).
+UNDO_LIMIT = 1 << 20
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -524,6 +526,17 @@ class StorageServer:
         if why is not None:
             raise RequestError(errno.EAGAIN, f"not changing {name} now: {why}", close=False)
 
+    def recheck_writable(self, name: str, undo: Callable[[], object]) -> None:
+        """After receiving a change: if our lease lapsed meanwhile (we were frozen), undo it.
+
+        Peers may have taken writes on the file since; logging the change now
+        would replicate it over theirs.
+        """
+        why = self.reporter.may_write(self.source_of(name) or self.config.server_id)
+        if why is not None:
+            undo()
+            raise RequestError(errno.EAGAIN, f"change of {name} undone: {why}", close=False)
+
     @asynccontextmanager
     async def writing(self, name: str) -> AsyncIterator[None]:
         """Hold ``name``'s lock for a change; count it while it changes a peer's file."""
@@ -575,6 +588,7 @@ class StorageServer:
                 fd = os.open(local.path, os.O_WRONLY)
                 try:
                     await self.receive_to(conn, fd, size, offset=start)
+                    self.recheck_writable(name, lambda: os.ftruncate(fd, start))
                 except BaseException:
                     os.ftruncate(fd, start)
                     self.counters.op("append", False, size)
@@ -605,9 +619,14 @@ class StorageServer:
                 self.counters.op("modify", False, size)
                 await self.fail_after_payload(conn, size, exc)
             if size:
-                fd = os.open(local.path, os.O_WRONLY)
+                fd = os.open(local.path, os.O_RDWR)
+                # Kept to undo the change should our lease lapse while it arrives.
+                before = os.pread(fd, size, offset) if size <= UNDO_LIMIT else None
                 try:
                     await self.receive_to(conn, fd, size, offset=offset)
+                    if before is not None:
+                        old = (before, info.st_size)
+                        self.recheck_writable(name, lambda: _restore(fd, offset, *old))
                 finally:
                     os.close(fd)
                 self.binlog.record_source("M", name, f"{offset} {size}")
@@ -857,6 +876,13 @@ class StorageServer:
 
     async def cmd_sync_fetch(self, conn: Conn, header: Header) -> None:
         await serve_sync_fetch(self, conn.sock, await self.small_body(conn, header))
+
+
+def _restore(fd: int, offset: int, before: bytes, old_size: int) -> None:
+    """Put back the bytes (and size) a modify at ``offset`` replaced."""
+    write_chunk(fd, memoryview(before), offset, 0)
+    if os.fstat(fd).st_size > old_size:
+        os.ftruncate(fd, old_size)
 
 
 def split_metadata(raw: bytes) -> dict[bytes, bytes]:
