@@ -138,6 +138,9 @@ class TrackerReporter:
         tracker never counts a replica as holding a file it lacks. Bounded: a
         tracker that does not answer in time is skipped until it answers.
         """
+        own = self.server.config.server_id
+        if all(peer_id == own for peer_id in self.server.peers):
+            return  # no replica could be offered instead of us
         self._announce_target = max(self._announce_target, binlog_size)
         self._wake_up()
         with trio.move_on_after(ANNOUNCE_TIMEOUT):
