@@ -29,6 +29,15 @@ async def pair_cluster() -> AsyncIterator[Cluster]:
         yield c
 
 
+@pytest.fixture(params=["builtin", pytest.param("native", marks=pytest.mark.native)])
+async def any_pair_cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    kwargs = {"subdirs": 16} if request.param == "native" else {"heartbeat_interval": 0.5}
+    async with Cluster(
+        groups={"group1": 2}, backend=request.param, offline_after=1.5, **kwargs
+    ) as c:
+        yield c
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.deadline(600)
 async def test_acknowledged_changes_reach_every_replica(pair_cluster: Cluster, seed: int) -> None:
@@ -39,10 +48,15 @@ async def test_acknowledged_changes_reach_every_replica(pair_cluster: Cluster, s
 
 @pytest.mark.deadline(120)
 async def test_client_never_reads_an_old_version_after_the_source_crashes(
-    pair_cluster: Cluster,
+    any_pair_cluster: Cluster,
 ) -> None:
-    """Right after an acknowledged append the source dies: old bytes are never served."""
-    cluster = pair_cluster
+    """Right after an acknowledged append the source dies: old bytes are never served.
+
+    Upstream 6.16.1 (native) routes reads to the replica as soon as it notices
+    the source is gone, caught up or not, and so serves the old version.
+    """
+    cluster = any_pair_cluster
+    upstream = cluster.backend_name == "native"
     async with Client(cluster.trackers, connect_timeout=1.0, network_timeout=3.0) as client:
         old = os.urandom(4096)
         fid = await client.upload(old, ext="bin", appender=True)
@@ -66,7 +80,8 @@ async def test_client_never_reads_an_old_version_after_the_source_crashes(
             stats = await client.list_storages("group1", replica.storage_id)
             return stats[0].counters.get("last_synced_timestamp", 0) > created
 
-        await eventually(replica_past_creation, what="the replica reporting progress")
+        if not upstream:  # upstream needs no such progress to route to the replica
+            await eventually(replica_past_creation, what="the replica reporting progress")
         new = os.urandom(4096)
         cluster.stop(replica)  # it cannot pull the append below
         try:
@@ -81,6 +96,8 @@ async def test_client_never_reads_an_old_version_after_the_source_crashes(
             except FdfsError:
                 pass  # unavailable is fine
             else:
+                if upstream and data == old:
+                    pytest.xfail("upstream 6.16.1 serves the old version (known quirk)")
                 assert data == old + new, "the old version was served"
             await trio.sleep(0.1)
         await cluster.restart_async(source)
