@@ -17,7 +17,10 @@ lines after a crash is harmless for the same reason. Applied changes go to
 our own binlog in lower case, which peers do not pull (each storage pulls
 every other one directly).
 
-``synced_until`` is what the tracker routes reads by: after applying a line
+Storages report both ``(generation, offset)`` per peer, which the tracker
+compares with the end of the peer's own changes it last reported (see
+`harness.tracker_state`: appender files, catch-up before ACTIVE), and
+``synced_until``, which routes reads of normal files: after applying a line
 with timestamp ``x`` we hold every file the peer created before ``x``, and
 after reading to the end of the peer's log the peer's "horizon" (its clock
 before it read) covers every file created before that. See `harness.binlog`

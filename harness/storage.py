@@ -20,6 +20,11 @@ and dropped first). Files live in ``<base>/store<i>/data/HH/HH/<name>``
 `harness.binlog`) and pulled by the other storages of the group (see
 `harness.replication`).
 
+One writer per file: an append, modify or truncate this storage may not take
+now (it is not ACTIVE, its tracker lease lapsed, or the file's source is not
+OFFLINE; see `harness.heartbeat`) answers EAGAIN and changes nothing. Such a
+change is acknowledged only once the trackers know how far our binlog reaches.
+
 Disk full: while the file ``<base-dir>/.full`` (or ``<base-dir>/DISK_FULL``)
 exists the storage reports 0 MB free to the tracker and answers uploads and
 appends with ENOSPC (28); removing it restores normal service.
