@@ -8,7 +8,9 @@ peer's own changes (upper-case binlog lines) after a byte offset
 applies each one, and persists ``(generation, offset, synced_until)`` under
 ``<base>/sync/marks/<peer id>.mark``, so both sides can restart and resume.
 
-Applying a change copies the peer's *current* bytes (SYNC_FETCH): a whole
+Applying a change copies the peer's *current* bytes (SYNC_FETCH), which is
+right because one storage at a time changes a file and a storage catches up
+before it takes changes again (see `harness.heartbeat`): a whole
 file for C/U, the changed range for A/M, nothing for T/D/R. Since every later
 change of the same file is also in the log and applied later, the copy
 converges to the peer's file even when it was changed again meanwhile; a
