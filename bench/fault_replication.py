@@ -11,7 +11,7 @@ lost or a change could not be made. Replay one seed with ``--first-seed N
 --seeds 1``.
 
 Usage: .venv/bin/python bench/fault_replication.py [--seeds 20] [--ops 5000]
-       [--first-seed 1] [--backend builtin|native] [--json]
+       [--first-seed 1] [--backend builtin|native] [--no-truncate] [--json]
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from replica_campaign import CampaignFailure, CampaignResult, run_campaign
 from harness.cluster import Cluster
 
 
-async def one_seed(seed: int, ops: int, backend: str) -> CampaignResult | str:
+async def one_seed(seed: int, ops: int, backend: str, truncates: bool) -> CampaignResult | str:
     kwargs: dict[str, object] = {"heartbeat_interval": 0.5, "offline_after": 1.5}
     if backend == "native":
         kwargs = {"subdirs": 16}
     async with Cluster(groups={"group1": 2}, backend=backend, **kwargs) as cluster:  # type: ignore[arg-type]
         try:
-            return await run_campaign(cluster, seed, ops)
+            return await run_campaign(cluster, seed, ops, truncates=truncates)
         except CampaignFailure as exc:
             return str(exc)
 
@@ -50,6 +50,12 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=5000, help="changes per run")
     parser.add_argument("--backend", choices=("builtin", "native"), default="builtin")
     parser.add_argument("--json", action="store_true", help="one JSON object per seed")
+    parser.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="appends and modifies only (upstream's"
+        " storages answer some truncates with a body the client refuses)",
+    )
     args = parser.parse_args()
     if args.seeds < 1 or args.ops < 1:
         parser.error("--seeds and --ops must be positive")
@@ -58,7 +64,7 @@ def main() -> int:
     lost_total = 0
     started = time.monotonic()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        outcome = trio.run(one_seed, seed, args.ops, args.backend)
+        outcome = trio.run(one_seed, seed, args.ops, args.backend, not args.no_truncate)
         if isinstance(outcome, str):
             failures += 1
             line = {"seed": seed, "error": outcome}

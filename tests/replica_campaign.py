@@ -82,7 +82,16 @@ class _Fault:
 
 
 class Campaign:
-    def __init__(self, cluster: Cluster, client: Client, seed: int, ops: int, files: int = 3):
+    def __init__(
+        self,
+        cluster: Cluster,
+        client: Client,
+        seed: int,
+        ops: int,
+        files: int = 3,
+        *,
+        truncates: bool = True,
+    ):
         self.cluster = cluster
         self.client = client
         self.rng = random.Random(seed)
@@ -90,6 +99,7 @@ class Campaign:
         self.file_count = files
         self.models: dict[FileId, bytearray] = {}
         self.fault: _Fault | None = None
+        self.truncates = truncates
 
     # ------------------------------------------------------------ changes
 
@@ -198,7 +208,7 @@ class Campaign:
                 data = self.rng.randbytes(BLOCK)
                 if choice < 0.5 or size < BLOCK:
                     await self.append(fid, data)
-                elif choice < 0.9:
+                elif choice < 0.9 or not self.truncates:
                     offset = self.rng.randrange(0, size // BLOCK + 1) * BLOCK
                     await self.modify(fid, offset, data)
                 else:
@@ -244,10 +254,12 @@ def _differing_bytes(model: bytes | bytearray, held: bytes | None) -> int:
     return diff + abs(len(model) - len(held))
 
 
-async def run_campaign(cluster: Cluster, seed: int, ops: int, files: int = 3) -> CampaignResult:
+async def run_campaign(
+    cluster: Cluster, seed: int, ops: int, files: int = 3, *, truncates: bool = True
+) -> CampaignResult:
     client = Client(cluster.trackers, connect_timeout=1.0, network_timeout=3.0)
     try:
-        return await Campaign(cluster, client, seed, ops, files).run()
+        return await Campaign(cluster, client, seed, ops, files, truncates=truncates).run()
     finally:
         with trio.CancelScope(shield=True):
             await client.aclose()
