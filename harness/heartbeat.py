@@ -36,7 +36,7 @@ from fdfsmount.proto.errors import ProtocolError
 from fdfsmount.proto.wire import encode_header
 
 from .peerproto import MAX_JSON_BODY, PeerCmd, decode_json, decode_peer_list, encode_json
-from .serverutil import PeerClosed, SocketReader, send_all
+from .serverutil import FramedSocket, PeerClosed, send_all
 
 if TYPE_CHECKING:
     from .storage import StorageServer
@@ -173,7 +173,7 @@ class TrackerReporter:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     stream = await trio.open_tcp_stream(host, port)
                 async with stream:
-                    reader = SocketReader(stream.socket, 64 * 1024)
+                    reader = FramedSocket(stream.socket, 64 * 1024)
                     await self._exchange(
                         stream.socket, reader, PeerCmd.STORAGE_JOIN, self.join_info(), view
                     )
@@ -192,7 +192,7 @@ class TrackerReporter:
             await trio.sleep(RETRY_DELAY)
 
     async def _beat_forever(
-        self, sock: trio.socket.SocketType, reader: SocketReader, view: TrackerView
+        self, sock: trio.socket.SocketType, reader: FramedSocket, view: TrackerView
     ) -> None:
         interval = self.server.config.heartbeat_interval
         next_full = trio.current_time()
@@ -218,7 +218,7 @@ class TrackerReporter:
     async def _exchange(
         self,
         sock: trio.socket.SocketType,
-        reader: SocketReader,
+        reader: FramedSocket,
         cmd: int,
         info: dict[str, Any],
         view: TrackerView,
