@@ -339,9 +339,13 @@ class AppenderWriter:
             lo, hi = max(extent.offset, offset), min(extent.end, end)
             pieces.append((lo, bytes(extent.data[lo - extent.offset : hi - extent.offset])))
         out = bytearray(end - offset)
-        if not _covers(pieces, offset, end):
-            stored = await self._fetch(self.file_id, offset, end - offset)
-            out[: len(stored)] = stored[: end - offset]
+        # Only what the storage has acknowledged is asked of it: past that, bytes not in
+        # an extent are a hole this host made (zeros). An append acknowledged meanwhile
+        # grows the stored file, never shrinks it, so the range stays inside it.
+        stored_end = min(end, self.stored_size)
+        if offset < stored_end and not _covers(pieces, offset, stored_end):
+            stored = await self._fetch(self.file_id, offset, stored_end - offset)
+            out[: len(stored)] = stored[: stored_end - offset]
         for lo, piece in pieces:
             out[lo - offset : lo - offset + len(piece)] = piece
         return bytes(out)
