@@ -4,8 +4,10 @@
 `WritePath` keeps one write-back object per file open for writing on this
 host (`writeback.AppenderWriter`, `writeback.SlaveSpool`), shared by that
 file's handles and dropped with the last one. While one exists, reads and
-attributes of the file come from it, so this host sees its own writes at
-once; when it goes, the attribute and block caches learn the result.
+attributes of the file come from it (`fs` asks `writer_of` for an open file's
+writer), so this host sees its own writes at once; when it goes, the attribute
+and block caches learn the result. Every writer counts its buffers against one
+`writeback.WriteBudget` (``write_buffer`` x ``write_buffers``) for the mount.
 
 New files: a name created in ``/<group>/`` becomes an empty appender file
 uploaded at once (its file ID exists when `create` returns) plus an *alias*
@@ -15,9 +17,11 @@ file, of the form ``<master name without ext><prefix>.<ext>``, becomes a
 slave file of that master whose ID is exactly that path. Anything else is
 refused (`errors.Refused`, which `fs` turns into an errno and a log line).
 
-A background task in the mount's nursery seals extents that have been idle
-for ``idle`` seconds, so written data reaches the storage even when an
-application neither fills the buffer nor closes the file.
+Background work starts with `WritePath.run` (from the mount's lifecycle, not
+at construction): a task seals extents that have been idle for ``idle``
+seconds, so written data reaches the storage even when an application neither
+fills the buffer nor closes the file, and the senders of every file run in its
+nursery.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pyfuse3
 import trio
@@ -51,8 +55,14 @@ from .proto.constants import EXT_NAME_LEN
 from .proto.errors import LocalProtocolError
 from .proto.fileid import BASE64_LEN, slave_remote_name, split_ext
 from .proto.storage import FileInfo
-from .readpath import ReadPath
-from .writeback import AppenderWriter, SlaveSpool, SlaveTarget, WriteHandle, WriteStats
+from .writeback import (
+    AppenderWriter,
+    SlaveSpool,
+    SlaveTarget,
+    WriteBudget,
+    WriteHandle,
+    WriteStats,
+)
 from .xattrs import Xattrs
 
 log = logging.getLogger(__name__)
@@ -60,19 +70,25 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 FLUSH_SIZE = 8 * MIB  # largest coalesced request
 IDLE_FLUSH = 1.0  # seconds after the last write that buffered bytes are sent anyway
+WRITE_BUFFERS = 16  # buffers of `flush_size` the whole mount may hold
 _STORE_PATH_RE = re.compile(r"M[0-9A-Fa-f]{2}")
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 Writer = AppenderWriter | SlaveSpool
+#: The servers of a file, its source first (which has every change first).
+SourceFirst = Callable[[FileId], Awaitable[Sequence[ServerAddr]]]
 
 
 class KernelCache:
     """Tells the kernel to forget what it caches; does nothing until the mount is live."""
 
-    def __init__(self, nursery: trio.Nursery | None) -> None:
+    def __init__(self, nursery: trio.Nursery | None = None) -> None:
         self._nursery = nursery
         self.attached = False
+
+    def use(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
 
     def forget_data(self, inode: int) -> None:
         """Drop the pages and attributes of `inode` (after a failed write-back)."""
@@ -103,29 +119,38 @@ class WritePath:
         table: InodeTable,
         listing: Listing,
         stats: FileStats,
-        readpath: ReadPath,
         xattrs: Xattrs,
         catalog: AliasCatalog,
-        nursery: trio.Nursery | None,
+        source_first: SourceFirst,
+        forget_blocks: Callable[[FileId], None],
         flush_size: int = FLUSH_SIZE,
         idle: float = IDLE_FLUSH,
+        buffers: int = WRITE_BUFFERS,
     ) -> None:
         self.client = client
         self.table = table
         self.listing = listing
         self.file_stats = stats
-        self.readpath = readpath
         self.xattrs = xattrs
         self.catalog = catalog
         self.flush_size = flush_size
         self.idle = idle
         self.stats = WriteStats()
-        self.kernel = KernelCache(nursery)
-        self._nursery = nursery
+        self.budget = WriteBudget(flush_size * max(1, buffers))
+        self.kernel = KernelCache()
+        self._source_first_of = source_first
+        self._forget_blocks = forget_blocks
+        self._nursery: trio.Nursery | None = None
         self._writers: dict[str, Writer] = {}
         self._load_aliases()
-        if nursery is not None:
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The write-back's background work (senders, idle flushes), until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.kernel.use(nursery)
             nursery.start_soon(self._flush_idle, name="write-back idle flush")
+            task_status.started()
 
     def _load_aliases(self) -> None:
         try:
@@ -150,13 +175,6 @@ class WritePath:
             return None  # after a failed write-back only the storage knows the size
         return writer.stat()
 
-    async def read(self, file_id: FileId, offset: int, size: int) -> bytes | None:
-        """This host's view of a file being written here; None when it is not."""
-        writer = self._writers.get(str(file_id))
-        if writer is None:
-            return None
-        return await writer.read(offset, size)
-
     def pending_files(self) -> int:
         """Open files with unflushed data (for status reports)."""
         return sum(1 for w in self._writers.values() if w.pending)
@@ -170,12 +188,14 @@ class WritePath:
             "write_requests": self.stats.requests,
             "write_bytes_sent": self.stats.bytes_sent,
             "write_failures": self.stats.failures,
+            "write_buffered_bytes": self.budget.used,
+            "write_buffer_waits": self.budget.waits,
         }
 
     # -- opening, writing, closing -----------------------------------------
 
     def _spawn(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
-        assert self._nursery is not None, "write-back needs the mount's nursery"
+        assert self._nursery is not None, "write-back needs WritePath.run to be running"
         self._nursery.start_soon(fn, name=name)
 
     def _new_appender(self, file_id: FileId, size: int) -> AppenderWriter:
@@ -188,14 +208,14 @@ class WritePath:
             fetch=self._fetch,
             flush_size=self.flush_size,
             stats=self.stats,
+            budget=self.budget,
             on_failure=self._forget_unstored,
         )
         self._writers[str(file_id)] = writer
         return writer
 
     async def _source_first(self, file_id: FileId) -> list[ServerAddr]:
-        servers = await self.readpath.replicas.servers_for(file_id, decode_file_id(file_id))
-        return servers or []
+        return list(await self._source_first_of(file_id))
 
     async def _stored_size(self, file_id: FileId) -> int:
         servers = await self._source_first(file_id)
@@ -211,7 +231,7 @@ class WritePath:
         node = self.table.find(str(writer.file_id))
         if node is not None:
             self.kernel.forget_data(node.inode)
-        self.readpath.invalidate(writer.file_id)
+        self._forget_blocks(writer.file_id)
         self.file_stats.invalidate(writer.file_id)
 
     async def open(self, node: Node, flags: int) -> WriteHandle:
@@ -278,7 +298,7 @@ class WritePath:
             return
         del self._writers[key]
         writer.close()
-        self.readpath.invalidate(writer.file_id)
+        self._forget_blocks(writer.file_id)
         if isinstance(writer, AppenderWriter) and not writer.stale:
             # What this host wrote is what the source has: no need to ask it again.
             info = FileInfo(writer.size, int(writer.mtime), 0, "")
@@ -300,7 +320,7 @@ class WritePath:
             )
         await self.client.truncate(node.file_id, size)
         self.stats.requests += 1
-        self.readpath.invalidate(node.file_id)
+        self._forget_blocks(node.file_id)
         self.file_stats.note(node.file_id, FileInfo(size, int(time.time()), 0, ""))
 
     async def ensure_stored(self, node: Node) -> None:
@@ -458,7 +478,7 @@ class WritePath:
             self.kernel.forget_entry(leaf.inode, fid.name)
         self.listing.forget_file(fid)
         self.file_stats.invalidate(fid)
-        self.readpath.invalidate(fid)
+        self._forget_blocks(fid)
         self.xattrs.invalidate(fid)
 
     def _drop_alias(self, group: str, name: str) -> None:

@@ -240,7 +240,7 @@ async def test_reads_inside_pending_writes_are_exact_while_an_append_is_in_fligh
 ) -> None:
     """Bytes past what the storage holds come from this host: pending extents, and zeros
     only in the hole between them -- never a download past the stored end."""
-    fh, ino, fid = await create(env, "in-flight.bin")
+    fh, _, fid = await create(env, "in-flight.bin")
     model = bytearray(os.urandom(121_567))
     await env.ops.write(fh, 0, bytes(model))
     await env.ops.fsync(fh, False)
