@@ -489,7 +489,14 @@ class WritePath:
             log.error("%s; alias %s/%s may come back after a remount", exc, group, name)
 
     def forget_missing_alias(self, group: str, name: str, file_id: FileId) -> None:
-        """An alias whose file no storage has any more (deleted elsewhere): drop it."""
+        """An alias whose file no storage has any more (deleted elsewhere): drop it.
+
+        Not while the file is open for writing here: then "no storage has it" means its
+        source is down before any replica got it, and the name must outlive that."""
+        if self.writer_of(file_id) is not None:
+            log.info("%s/%s -> %s: no storage has the file now; kept while open here",
+                     group, name, file_id)  # fmt: skip
+            return
         if self.table.alias_target(group, name) == file_id:
             log.info("%s/%s -> %s: the file is gone; alias removed", group, name, file_id)
             self._drop_alias(group, name)

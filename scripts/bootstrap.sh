@@ -17,6 +17,11 @@ VENV="$REPO_ROOT/.venv"
 # fuse3/libfuse3-dev/pkg-config/gcc/python3-dev: build and run pyfuse3.
 # attr: getfattr/setfattr for the xattr tests. systemd: systemd-analyze verify.
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev attr systemd)
+# fio: the fault tests verify through the mount with it (test installs only).
+TEST_APT_PACKAGES=(fio)
+if [[ ",$EXTRAS," == *,test,* ]]; then
+    APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
+fi
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
