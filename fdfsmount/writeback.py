@@ -7,12 +7,15 @@ lands in the current *extent* (an offset and a bytearray) while it touches or
 continues it; a write elsewhere seals the extent and starts the next one. A
 hole between the end of the file and a write is zero bytes in the extent when
 small, and otherwise left to the storage (TRUNCATE_FILE grows a file with
-zeros). An extent is sealed when it reaches ``flush_size``, after an idle
+zeros). An extent is sealed when it reaches its size limit, after an idle
 time, and on fsync/flush/close; one sender task per file sends sealed extents
 in order to the file's source storage -- MODIFY_FILE for the part inside the
 stored file, APPEND_FILE for the rest. At most `MAX_QUEUED` sealed extents
 wait, so a writer faster than the storage is held to its pace with bounded
-memory, while the next extent fills during a send.
+memory, while the next extent fills during a send. The limit starts small
+(`FIRST_EXTENT`) and doubles with every full extent up to ``flush_size``, so
+the storage gets its first bytes early and a steady sequential writer gets
+large requests.
 
 Memory is bounded for the whole mount too: every writer counts the bytes it
 buffers against one `WriteBudget`. A write that would take the total past the
@@ -63,6 +66,8 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 #: Queued extents per file besides the one filling: one in flight, one waiting.
 MAX_QUEUED = 2
+#: The first extent of a writer is sent at this size; the next ones double up to flush_size.
+FIRST_EXTENT = 1 * MIB
 #: A hole up to this size is sent as zeros with the write after it.
 GAP_FILL = 1 * MIB
 #: A slave's bytes stay in memory up to this size, then go to a temporary file.
@@ -207,6 +212,7 @@ class AppenderWriter:
         self.stored_size = size  # as the source storage has it, as far as we know
         self.mtime = time.time()
         self.flush_size = max(1, flush_size)
+        self.seal_at = min(self.flush_size, FIRST_EXTENT)  # grows while extents fill up
         self.handles = 0
         self.last_write = trio.current_time()
         self.current: Extent | None = None
@@ -278,7 +284,8 @@ class AppenderWriter:
         self.last_write = trio.current_time()
         self._stats.writes += 1
         self._stats.bytes_written += len(data)
-        if self.current is not None and len(self.current.data) >= self.flush_size:
+        if self.current is not None and len(self.current.data) >= self.seal_at:
+            self.seal_at = min(self.flush_size, self.seal_at * 2)
             self._seal()
         return len(data)
 
