@@ -289,7 +289,7 @@ class Operations(pyfuse3.Operations):
                 fstat = await self._stat(child)
             except FileNotFound:
                 if parent.kind is Kind.GROUP:  # an alias of a file deleted elsewhere
-                    self.writer.forget_missing_alias(parent.group, text, child.file_id)
+                    await self.writer.forget_missing_alias(parent.group, text, child.file_id)
                 raise
             live = self.table.remember(child)
             self.listing.note_file(child.file_id)

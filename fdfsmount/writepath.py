@@ -43,11 +43,13 @@ from .errors import Refused
 from .listing import Listing
 from .namespace import InodeTable, Kind, Node, NotFound
 from .proto import (
+    FdfsError,
     FileId,
     FileNotFound,
     FileType,
     InvalidFileId,
     ServerAddr,
+    StorageStatus,
     decode_file_id,
     parse_file_id,
 )
@@ -488,18 +490,44 @@ class WritePath:
         except CatalogError as exc:
             log.error("%s; alias %s/%s may come back after a remount", exc, group, name)
 
-    def forget_missing_alias(self, group: str, name: str, file_id: FileId) -> None:
-        """An alias whose file no storage has any more (deleted elsewhere): drop it.
-
-        Not while the file is open for writing here: then "no storage has it" means its
-        source is down before any replica got it, and the name must outlive that."""
-        if self.writer_of(file_id) is not None:
-            log.info("%s/%s -> %s: no storage has the file now; kept while open here",
-                     group, name, file_id)  # fmt: skip
+    async def forget_missing_alias(self, group: str, name: str, file_id: FileId) -> None:
+        """An alias whose file is gone (deleted elsewhere): drop it -- once its source
+        storage, up and asked directly, says so. "No storage has it" is also what the
+        tracker says while the source of a file not yet replicated is down, and the
+        name must outlive that (and while the file is open for writing here)."""
+        if self.table.alias_target(group, name) != file_id:
             return
-        if self.table.alias_target(group, name) == file_id:
+        if self.writer_of(file_id) is None and await self._gone_from_source(file_id):
             log.info("%s/%s -> %s: the file is gone; alias removed", group, name, file_id)
             self._drop_alias(group, name)
+        else:
+            log.info("%s/%s -> %s: not found now; the source storage is not sure, alias kept",
+                     group, name, file_id)  # fmt: skip
+
+    async def _gone_from_source(self, file_id: FileId) -> bool:
+        info = decode_file_id(file_id)
+        try:
+            storages = await self.client.list_storages(file_id.group)
+        except FdfsError:
+            return False
+        for s in storages:
+            is_source = (
+                s.storage_id == str(info.source_id)
+                if info.source_id is not None
+                else s.ip_addr == info.source_ip
+            )
+            if is_source:
+                if s.status != StorageStatus.ACTIVE or s.storage_port <= 0:
+                    return False
+                addr = ServerAddr(s.ip_addr, s.storage_port)
+                try:
+                    await self.client.info(file_id, calc_crc32=False, servers=[addr])
+                except FileNotFound:
+                    return True
+                except FdfsError:
+                    return False
+                return False
+        return False  # a source the tracker does not list: cannot tell
 
     async def rename(
         self, old_parent: Node, old: str, new_parent: Node, new: str, flags: int

@@ -396,9 +396,9 @@ class _Run:
         while True:
             try:
                 return path.read_bytes()
-            except OSError:
+            except OSError as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    raise self.fail(f"{path.name} unreadable after the faults: {exc}") from exc
                 time.sleep(0.2)
 
     def check_acknowledged(self, actual: bytes, where: str) -> None:

@@ -8,14 +8,16 @@ import errno
 import logging
 import os
 
+import pyfuse3
 import pytest
 import trio
-from opshelp import CTX, Env, expect_errno, walk
+from opshelp import CTX, Env, expect_errno, make_env, walk
 
 from fdfsmount.fs import errno_for
-from fdfsmount.proto import FileNotFound, Timeout
+from fdfsmount.proto import FileNotFound, Timeout, decode_file_id
 from fdfsmount.proto.errors import ServerError
 from fdfsmount.writeback import WriteBackFailed
+from harness.pytest_plugin import ClusterFactory
 
 
 def test_failures_of_several_parts_are_one_errno() -> None:
@@ -70,3 +72,36 @@ async def test_a_file_deleted_under_a_writer_is_eio_not_enoent(env: Env) -> None
     # The size is asked again before the next change: the storage does not have it.
     await expect_errno(errno.EIO, env.ops.write(fi.fh, 10, b"again"))
     await env.ops.release(fi.fh)
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_name_outlives_a_lookup_while_its_source_is_down(
+    nursery: trio.Nursery, fdfs_cluster_factory: ClusterFactory
+) -> None:
+    """While the source of a file not yet replicated is down, the tracker says no storage
+    of the group holds it (ENOENT): that is not "deleted elsewhere", and the name stays."""
+    cluster = await fdfs_cluster_factory.start_async(groups={"group1": 2})
+    async for env in make_env(cluster, nursery, timeout=3.0):
+        group = await walk(env.ops, "group1")
+        fi, attr = await env.ops.create(group.st_ino, b"kept.log", 0o644, os.O_WRONLY, CTX)
+        fid = env.parts.table.alias_target("group1", "kept.log")
+        assert fid is not None
+        source = next(n for n in cluster.storages if decode_file_id(fid).source in
+                      (n.storage_id, n.host))  # fmt: skip
+        cluster.kill(source)  # before the other storage has the file
+        await env.ops.release(fi.fh)
+        env.ops.stats.invalidate(fid)
+        try:
+            with pytest.raises(pyfuse3.FUSEError) as failed:
+                await env.ops.lookup(group.st_ino, b"kept.log", CTX)
+            assert failed.value.errno in (errno.ENOENT, errno.EIO)
+        finally:
+            await trio.to_thread.run_sync(cluster.restart, source)
+        assert env.parts.table.alias_target("group1", "kept.log") == fid
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await env.ops.lookup(group.st_ino, b"kept.log", CTX)
+                    break
+                except pyfuse3.FUSEError:
+                    await trio.sleep(0.2)
