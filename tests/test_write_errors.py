@@ -83,7 +83,7 @@ async def test_a_name_outlives_a_lookup_while_its_source_is_down(
     cluster = await fdfs_cluster_factory.start_async(groups={"group1": 2})
     async for env in make_env(cluster, nursery, timeout=3.0):
         group = await walk(env.ops, "group1")
-        fi, attr = await env.ops.create(group.st_ino, b"kept.log", 0o644, os.O_WRONLY, CTX)
+        fi, _ = await env.ops.create(group.st_ino, b"kept.log", 0o644, os.O_WRONLY, CTX)
         fid = env.parts.table.alias_target("group1", "kept.log")
         assert fid is not None
         source = next(n for n in cluster.storages if decode_file_id(fid).source in
