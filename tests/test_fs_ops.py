@@ -9,6 +9,8 @@ import random
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import pytest
@@ -17,24 +19,32 @@ from opshelp import (
     CTX,
     MIB,
     ROOT,
+    ClusterView,
     Env,
     expect_errno,
     fake_id,
+    inprocess_cluster,
     listdir,
     make_env,
     read_all,
     requests,
     walk,
 )
+from waiting import eventually
 
 from fdfsmount import listing as listing_mod
 from fdfsmount.listing import Listing
 from fdfsmount.namespace import Kind
 from fdfsmount.proto import FileId
-from harness.cluster import Cluster
 from harness.pytest_plugin import ClusterFactory
 
 # ---------------------------------------------------------------- namespace
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> ClusterView:
+    """The builtin servers as tasks of this test (tests that stop storages use processes)."""
+    return await inprocess_cluster(nursery, tmp_path / "servers")
 
 
 async def test_root_lists_groups_and_levels_follow_group_stats(
@@ -83,7 +93,7 @@ async def test_unlisted_valid_normal_id_resolves_from_the_id_alone(env: Env) -> 
 
 
 async def test_verify_exists_asks_the_storage_on_lookup(
-    cluster: Cluster, nursery: trio.Nursery
+    cluster: ClusterView, nursery: trio.Nursery
 ) -> None:
     async for env in make_env(cluster, nursery, verify_exists=True):
         await expect_errno(errno.ENOENT, walk(env.ops, str(fake_id())))
@@ -130,14 +140,19 @@ async def listed_within(
     once a second, and the listing refreshes after its TTL)."""
     hi, lo = fid.subdirs
     leaf = await walk(env.ops, f"{fid.group}/M00/{hi:02X}/{lo:02X}")
+
+    async def listed() -> dict[str, pyfuse3.EntryAttributes] | None:
+        entries = await listdir(env.ops, leaf.st_ino, monkeypatch)
+        return entries if fid.name in entries else None
+
     with trio.fail_after(seconds):
-        while fid.name not in (entries := await listdir(env.ops, leaf.st_ino, monkeypatch)):
-            await trio.sleep(0.2)
+        entries = await eventually(listed, interval=0.2, what=f"{fid} listed")
+    assert entries is not None
     return entries
 
 
 async def test_leaf_readdir_lists_uploaded_files(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=0.5):
         fids = [await env.client.upload(f"file {i}".encode(), ext="txt") for i in range(5)]
@@ -156,25 +171,49 @@ async def test_leaf_readdir_lists_uploaded_files(
 
 
 async def test_listing_is_cached_and_refreshed_in_the_background(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async for env in make_env(cluster, nursery, list_ttl=0.5):
+    async for env in make_env(cluster, nursery, list_ttl=3.0):
+        streams = 0
+        real_list_files = env.client.list_files
+
+        @asynccontextmanager
+        async def counted_list_files(
+            group: str, real: Any = real_list_files
+        ) -> AsyncIterator[AsyncIterator[FileId]]:
+            nonlocal streams
+            streams += 1
+            async with real(group) as files:
+                yield files
+
+        monkeypatch.setattr(env.client, "list_files", counted_list_files)
         first = await env.client.upload(b"one", ext="txt", group="group1")
         hi, lo = first.subdirs
         leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
         await listed_within(env, first, monkeypatch)
+        # Within the TTL, listings come from the cached index: no binlog stream.
+        streamed = streams
+        for _ in range(3):
+            assert first.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+        assert streams == streamed
         second = await env.client.upload(b"two", ext="txt", group="group1")
         if second.subdirs != first.subdirs:
             pytest.skip("the two uploads landed in different directories")
+
         # Stale after the TTL: served at once, refreshed meanwhile.
+        async def refreshed(
+            env: Env = env, leaf: pyfuse3.EntryAttributes = leaf, name: str = second.name
+        ) -> bool:
+            return name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+
         with trio.fail_after(15):
-            while second.name not in await listdir(env.ops, leaf.st_ino, monkeypatch):
-                await trio.sleep(0.2)
+            await eventually(refreshed, interval=0.2, what="the refreshed listing")
+        assert streams > streamed
 
 
 @pytest.mark.expect_log_warnings
 async def test_a_slow_listing_holds_up_no_other_operation(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=0.5):
         await _check_a_stalled_listing(env, monkeypatch)
@@ -185,13 +224,12 @@ async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) ->
     hi, lo = fid.subdirs
     leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
     release = trio.Event()
-    passes = 0
     real_list_files = env.client.list_files
+    passes_started, pass_started = trio.open_memory_channel[None](10)
 
     @asynccontextmanager
     async def stalled_list_files(group: str) -> AsyncIterator[AsyncIterator[FileId]]:
-        nonlocal passes
-        passes += 1
+        passes_started.send_nowait(None)
         await release.wait()  # a storage streaming a huge group, slowly
         async with real_list_files(group) as files:
             yield files
@@ -204,31 +242,27 @@ async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) ->
 
     async with trio.open_nursery() as waiting:
         waiting.start_soon(list_leaf)  # the first listing of the group: it waits
-        with trio.fail_after(3):
-            while passes == 0:
-                await trio.sleep(0.01)
-            # Meanwhile everything else answers at once.
-            attr = await walk(env.ops, str(fid))
-            assert await read_all(env.ops, attr.st_ino) == b"not waiting"
-            assert await env.ops.getxattr(attr.st_ino, b"user.fdfs.type", CTX) == b"normal"
-            await env.ops.statfs(CTX)
-            assert stat.S_ISDIR((await walk(env.ops, "group2/M00/00/00")).st_mode)
+        await pass_started.receive()
+        # Meanwhile everything else answers, while the listing is still held up.
+        attr = await walk(env.ops, str(fid))
+        assert await read_all(env.ops, attr.st_ino) == b"not waiting"
+        assert await env.ops.getxattr(attr.st_ino, b"user.fdfs.type", CTX) == b"normal"
+        await env.ops.statfs(CTX)
+        assert stat.S_ISDIR((await walk(env.ops, "group2/M00/00/00")).st_mode)
         assert not listed
         release.set()
     assert fid.name in listed
     # A stale listing is served at once while its refresh is held up.
     release = trio.Event()
     await trio.sleep(0.6)
-    with trio.fail_after(3):
-        assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
-        while passes < 2:
-            await trio.sleep(0.01)
-        assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+    assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
+    await pass_started.receive()  # the refresh has begun, and is held up
+    assert fid.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
     release.set()
 
 
 async def test_nolist_shows_only_names_used_here(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, no_list=True):
         a = await env.client.upload(b"a", ext="txt", group="group1")
@@ -259,7 +293,7 @@ def test_deletions_are_not_remembered_forever(monkeypatch: pytest.MonkeyPatch) -
 
 
 async def test_sparse_hides_empty_subdirectories(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, sparse=True, list_ttl=0.5):
         fid = await env.client.upload(b"x", ext="txt", group="group1")
@@ -312,7 +346,7 @@ async def test_slave_files_are_asked_once_and_immutable(env: Env) -> None:
     await env.ops.release(fi.fh)
 
 
-async def test_uid_gid_umask_options(cluster: Cluster, nursery: trio.Nursery) -> None:
+async def test_uid_gid_umask_options(cluster: ClusterView, nursery: trio.Nursery) -> None:
     async for env in make_env(cluster, nursery, uid=1234, gid=5678, umask=0o027):
         fid = await env.client.upload(b"x", ext="txt")
         f = await walk(env.ops, str(fid))
@@ -442,7 +476,9 @@ async def test_changes_are_refused(env: Env) -> None:
     await expect_errno(errno.EPERM, ops.setxattr(f.st_ino, b"user.fdfs.type", b"1", CTX))
 
 
-async def test_read_only_mount_refuses_with_erofs(cluster: Cluster, nursery: trio.Nursery) -> None:
+async def test_read_only_mount_refuses_with_erofs(
+    cluster: ClusterView, nursery: trio.Nursery
+) -> None:
     async for env in make_env(cluster, nursery, read_only=True):
         g = await walk(env.ops, "group1")
         await expect_errno(errno.EROFS, env.ops.create(g.st_ino, b"n", 0o644, os.O_WRONLY, CTX))

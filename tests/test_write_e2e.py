@@ -305,7 +305,7 @@ def test_random_writes_match_a_local_file_and_survive_a_remount(
                             cluster,
                             lambda c: content_on(c, source_node(cluster, fid), fid),
                         )
-                        assert on_source == ref.data
+                        assert on_source == bytes(ref.data)
             finally:
                 os.close(fd)
             written[name] = bytes(ref.data)

@@ -14,17 +14,34 @@ from types import SimpleNamespace
 import pyfuse3
 import pytest
 import trio
-from opshelp import CTX, MIB, Env, expect_errno, listdir, make_env, read_all, walk
+from opshelp import (
+    CTX,
+    MIB,
+    ClusterView,
+    Env,
+    expect_errno,
+    inprocess_cluster,
+    listdir,
+    make_env,
+    read_all,
+    walk,
+)
+from waiting import eventually
 
 from fdfsmount.catalog import AliasCatalog
 from fdfsmount.proto import FdfsError, FileId, parse_file_id
 from fdfsmount.proto.client import Client
 from fdfsmount.proto.fileid import slave_remote_name
-from harness.cluster import Cluster
 from harness.pytest_plugin import ClusterFactory
 
 ALL_FIELDS = ("update_size", "update_mode", "update_uid", "update_gid",
               "update_atime", "update_mtime", "update_ctime")  # fmt: skip
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> ClusterView:
+    """The builtin servers as tasks of this test (tests that stop storages use processes)."""
+    return await inprocess_cluster(nursery, tmp_path / "servers")
 
 
 def fields(**set_: bool) -> pyfuse3.SetattrFields:
@@ -97,7 +114,7 @@ async def test_create_uploads_an_appender_and_keeps_an_alias(
 
 
 async def test_aliases_persist_across_remounts(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     async for env in make_env(cluster, nursery, cache_dir=str(tmp_path)):
         fh, _, fid = await create(env, "kept.txt")
@@ -114,7 +131,7 @@ def test_each_cluster_has_its_own_catalog(tmp_path: Path) -> None:
     one = AliasCatalog.for_cluster(tmp_path, ["10.0.0.1:22122", "10.0.0.2:22122"])
     same = AliasCatalog.for_cluster(tmp_path, ["10.0.0.2:22122", "10.0.0.1:22122"])
     other = AliasCatalog.for_cluster(tmp_path, ["10.0.0.3:22122"])
-    assert one.path == same.path != other.path
+    assert one.path is not None and one.path == same.path != other.path
     assert one.load() == [] and not one.path.exists()  # nothing written for nothing
     one.add("group1", "a.log", fid)
     one.rename("group1", "a.log", "b.log")
@@ -266,7 +283,7 @@ async def test_reads_inside_pending_writes_are_exact_while_an_append_is_in_fligh
 
 
 async def test_buffers_are_sent_when_full_and_when_idle(
-    cluster: Cluster, nursery: trio.Nursery
+    cluster: ClusterView, nursery: trio.Nursery
 ) -> None:
     async for env in make_env(cluster, nursery, write_buffer=64 * 1024, write_idle=0.2):
         fh, _, fid = await create(env, "streamed.bin")
@@ -274,13 +291,19 @@ async def test_buffers_are_sent_when_full_and_when_idle(
         block = os.urandom(16 * 1024)
         for i in range(16):  # 256 KiB: four full buffers
             await env.ops.write(fh, i * len(block), block)
+
+        def three_appends(count: Counter = count) -> bool:
+            return count().get("append_file", 0) >= 3
+
         with trio.fail_after(10):
-            while count().get("append_file", 0) < 3:
-                await trio.sleep(0.01)
+            await eventually(three_appends, interval=0.01)
         await env.ops.write(fh, 16 * len(block), b"tail")  # then nothing: sent when idle
+
+        async def all_sent(env: Env = env, fid: FileId = fid, size: int = 16 * len(block)) -> bool:
+            return len(await stored(env, fid)) >= size + 4
+
         with trio.fail_after(10):
-            while len(await stored(env, fid)) < 16 * len(block) + 4:
-                await trio.sleep(0.05)
+            await eventually(all_sent)
         assert await stored(env, fid) == block * 16 + b"tail"
         await env.ops.release(fh)
 
@@ -500,7 +523,7 @@ async def test_refusals(env: Env) -> None:
 
 
 async def test_read_only_mount_refuses_every_change_with_erofs(
-    cluster: Cluster, nursery: trio.Nursery
+    cluster: ClusterView, nursery: trio.Nursery
 ) -> None:
     appender = await _upload_appender(cluster)
     async for env in make_env(cluster, nursery, read_only=True):
@@ -525,7 +548,7 @@ async def test_read_only_mount_refuses_every_change_with_erofs(
         assert await env.client.download(appender) == b"ro"
 
 
-async def _upload_appender(cluster: Cluster) -> FileId:
+async def _upload_appender(cluster: ClusterView) -> FileId:
     async with Client(cluster.trackers) as client:
         return await client.upload(b"ro", ext="log", appender=True, group="group1")
 
@@ -553,9 +576,13 @@ async def test_a_stopped_storage_fails_fsync_in_time_and_loses_nothing_acknowled
         # Reported once; then the file is usable again, at the size the storage has
         # (the request that timed out may still have been carried out).
         await env.ops.fsync(fh, False)
-        with trio.fail_after(30):  # until the tracker lists the storage as active again
-            while not await _answers(env.client, fid):
-                await trio.sleep(0.2)
+
+        # until the tracker lists the storage as active again
+        async def answers(env: Env = env, fid: FileId = fid) -> bool:
+            return await _answers(env.client, fid)
+
+        with trio.fail_after(30):
+            await eventually(answers, interval=0.2)
         data = await env.client.download(fid)
         assert data.startswith(b"acknowledged\n")
         size = (await env.ops.getattr(ino, CTX)).st_size
