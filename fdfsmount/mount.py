@@ -28,7 +28,7 @@ from .fs import Operations
 from .listing import Listing
 from .namespace import GroupDirectory, InodeTable, Node
 from .options import MountOptions
-from .proto import FileId, GroupStat, ServerAddr, decode_file_id
+from .proto import FileId, GroupStat, decode_file_id
 from .proto.errors import FdfsError
 from .readpath import ReadPath
 from .sdnotify import notify
@@ -145,9 +145,6 @@ def build_operations(
     )
     trackers = getattr(client, "trackers", None) or opts.trackers or [opts.source]
 
-    async def source_first(fid: FileId) -> list[ServerAddr]:
-        return await readpath.replicas.servers_for(fid, decode_file_id(fid)) or []
-
     writer = WritePath(
         write_client,
         table=table,
@@ -155,7 +152,6 @@ def build_operations(
         stats=stats,
         xattrs=xattrs,
         catalog=AliasCatalog.for_cluster(opts.cache_dir, trackers),
-        source_first=source_first,
         forget_blocks=readpath.invalidate,
         flush_size=opts.write_buffer,
         idle=opts.write_idle,

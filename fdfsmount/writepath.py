@@ -31,7 +31,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import pyfuse3
 import trio
@@ -78,8 +78,6 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 Writer = AppenderWriter | SlaveSpool
-#: The servers of a file, its source first (which has every change first).
-SourceFirst = Callable[[FileId], Awaitable[Sequence[ServerAddr]]]
 
 
 class KernelCache:
@@ -123,7 +121,6 @@ class WritePath:
         stats: FileStats,
         xattrs: Xattrs,
         catalog: AliasCatalog,
-        source_first: SourceFirst,
         forget_blocks: Callable[[FileId], None],
         flush_size: int = FLUSH_SIZE,
         idle: float = IDLE_FLUSH,
@@ -140,10 +137,10 @@ class WritePath:
         self.stats = WriteStats()
         self.budget = WriteBudget(flush_size * max(1, buffers))
         self.kernel = KernelCache()
-        self._source_first_of = source_first
         self._forget_blocks = forget_blocks
         self._nursery: trio.Nursery | None = None
         self._writers: dict[str, Writer] = {}
+        self._update_at: dict[str, ServerAddr] = {}  # per file being written: see _changes_go_to
         self._load_aliases()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -216,20 +213,36 @@ class WritePath:
         self._writers[str(file_id)] = writer
         return writer
 
-    async def _source_first(self, file_id: FileId) -> list[ServerAddr]:
-        return list(await self._source_first_of(file_id))
+    async def _changes_go_to(self, file_id: FileId) -> ServerAddr:
+        """The storage this host's changes of a file go to (QUERY_UPDATE: its source while
+        up), which therefore has everything acknowledged to this host. A replica may not
+        have caught up, so a writer's size and stored bytes are asked of this one only."""
+        key = str(file_id)
+        addr = self._update_at.get(key)
+        if addr is None:
+            addr = self._update_at[key] = await self.client.update_server(file_id)
+        return addr
 
     async def _stored_size(self, file_id: FileId) -> int:
-        servers = await self._source_first(file_id)
-        info = await self.client.info(file_id, calc_crc32=False, servers=servers or None)
+        addr = await self._changes_go_to(file_id)
+        try:
+            info = await self.client.info(file_id, calc_crc32=False, servers=[addr])
+        except BaseException:
+            self._update_at.pop(str(file_id), None)  # ask the tracker again next time
+            raise
         return info.size
 
     async def _fetch(self, file_id: FileId, offset: int, length: int) -> bytes:
-        servers = await self._source_first(file_id)
-        return await self.client.read_range(file_id, offset, length, servers=servers or None)
+        addr = await self._changes_go_to(file_id)
+        try:
+            return await self.client.read_range(file_id, offset, length, servers=[addr])
+        except BaseException:
+            self._update_at.pop(str(file_id), None)
+            raise
 
     def _forget_unstored(self, writer: AppenderWriter) -> None:
         """A write-back failed: the kernel's pages hold bytes the storage does not have."""
+        self._update_at.pop(str(writer.file_id), None)
         node = self.table.find(str(writer.file_id))
         if node is not None:
             self.kernel.forget_data(node.inode)
@@ -248,8 +261,9 @@ class WritePath:
                     f"{node.file_id} is a {type_name(node.id_info.file_type)} file: "
                     "only appender files can be written",
                 )
-            fstat = await self.file_stats.get(node, fresh=True)  # close-to-open
-            writer = self._writers.get(key) or self._new_appender(node.file_id, fstat.size)
+            # Close-to-open, from where the changes will go: a replica may lag behind.
+            size = await self._stored_size(node.file_id)
+            writer = self._writers.get(key) or self._new_appender(node.file_id, size)
         elif isinstance(writer, SlaveSpool) and writer.uploaded:
             raise Refused(errno.EPERM, f"{node.file_id} is a slave file: slaves are written once")
         handle = writer.attach()
@@ -299,6 +313,7 @@ class WritePath:
             writer.close()
             return
         del self._writers[key]
+        self._update_at.pop(key, None)
         writer.close()
         self._forget_blocks(writer.file_id)
         if isinstance(writer, AppenderWriter) and not writer.stale:

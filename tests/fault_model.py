@@ -172,8 +172,29 @@ class _Run:
         tail = "\n  ".join(self.history[-15:])
         return kind(
             f"seed {self.report.seed} (replay with this seed): {message}\n"
+            f"  on the storages: {self.storage_sizes()}\n"
             f"  last operations:\n  {tail}"
         )
+
+    def storage_sizes(self) -> str:
+        """What each storage of the group has of the file (for failure messages)."""
+        if self.file_id is None:
+            return "-"
+        fid, model = self.file_id, bytes(self.model)
+
+        async def sizes() -> str:
+            out = []
+            async with Client(self.cluster.trackers) as client:
+                for node in self.cluster.storages_of(self.group):
+                    got = await _content_on(client, node, fid)
+                    same = "" if got is None else (", = model" if got == model else ", differs")
+                    out.append(f"{node.name}: {'none' if got is None else len(got)}{same}")
+            return "; ".join(out)
+
+        try:
+            return trio.run(sizes)
+        except Exception as exc:  # diagnostics only
+            return f"unknown ({exc})"
 
     def timed(self, what: str, fn: Callable[..., T], *args: object) -> T:
         started = time.monotonic()

@@ -12,6 +12,7 @@ import pyfuse3
 import pytest
 import trio
 from opshelp import CTX, Env, expect_errno, make_env, walk
+from waiting import eventually
 
 from fdfsmount.fs import errno_for
 from fdfsmount.proto import FileNotFound, Timeout, decode_file_id
@@ -67,8 +68,7 @@ async def test_a_file_deleted_under_a_writer_is_eio_not_enoent(env: Env) -> None
     await env.ops.fsync(fi.fh, False)
     await env.client.delete(fid)  # elsewhere: the storage no longer has it
     await env.ops.write(fi.fh, 10, b"lost")
-    with trio.fail_after(30):
-        await expect_errno(errno.EIO, env.ops.fsync(fi.fh, False))
+    await expect_errno(errno.EIO, env.ops.fsync(fi.fh, False))
     # The size is asked again before the next change: the storage does not have it.
     await expect_errno(errno.EIO, env.ops.write(fi.fh, 10, b"again"))
     await env.ops.release(fi.fh)
@@ -98,10 +98,12 @@ async def test_a_name_outlives_a_lookup_while_its_source_is_down(
         finally:
             await trio.to_thread.run_sync(cluster.restart, source)
         assert env.parts.table.alias_target("group1", "kept.log") == fid
-        with trio.fail_after(30):
-            while True:
-                try:
-                    await env.ops.lookup(group.st_ino, b"kept.log", CTX)
-                    break
-                except pyfuse3.FUSEError:
-                    await trio.sleep(0.2)
+
+        async def found(ops: pyfuse3.Operations = env.ops, inode: int = group.st_ino) -> bool:
+            try:
+                await ops.lookup(inode, b"kept.log", CTX)
+            except pyfuse3.FUSEError:
+                return False
+            return True
+
+        await eventually(found, interval=0.2, what="the file back with its source")
