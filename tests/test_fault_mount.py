@@ -88,7 +88,9 @@ def test_acknowledged_bytes_survive_frozen_and_killed_storages(
     cluster = fdfs_cluster_factory(groups={"group1": 2})
     with mounted(cluster.trackers, tmp_path / "a", [*OPTIONS, f"cache_dir={tmp_path}/c"]) as a:
         try:
-            report = run_model(seed, cluster, a.mountpoint, None, ops=OPS, faults=True)
+            report = run_model(
+                seed, cluster, a.mountpoint, None, ops=OPS, faults=True, long_faults=False
+            )
         except ReplicaDiverged as exc:
             # The mount kept every acknowledged byte on the source; the servers' own
             # replication did not converge (fixed in the builtin servers, not here).
