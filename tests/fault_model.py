@@ -53,6 +53,7 @@ KIB = 1024
 MIB = 1024 * KIB
 MAX_SIZE = 6 * MIB  # truncates become likelier past this
 REPLICATION_WAIT = 60.0
+OPS_PER_FAULT = 40  # operations made during one fault before waiting for it to end
 
 
 class ModelFailure(AssertionError):
@@ -180,6 +181,7 @@ class _Run:
         storages = cluster.storages_of(group)
         self.faults = _Faults(cluster, storages, self.rng, long=long_faults) if faults else None
         self.file_id: FileId | None = None
+        self.ops_in_fault = 0  # operations made since the current fault began
 
     # -- bookkeeping ----------------------------------------------------------
 
@@ -272,7 +274,7 @@ class _Run:
             ("reopen", 4),
         ]
         if self.faults is not None and not self.faults.active:
-            choices.append(("fault", 3))
+            choices.append(("fault", 1))
         op = rng.choices([c for c, _ in choices], weights=[w for _, w in choices])[0]
         self.report.counts[op] = self.report.counts.get(op, 0) + 1
         try:
@@ -284,6 +286,12 @@ class _Run:
                 raise self.fail(f"{op} failed without a fault: {exc}") from exc
             self.certain = False
         self.report.ops += 1
+        if self.faults is not None and self.faults.active:
+            self.ops_in_fault += 1
+            if self.ops_in_fault >= OPS_PER_FAULT:
+                # Enough calls met this fault: wait it out, so that most operations of a
+                # run are checked against the model rather than made while it is unsure.
+                self.faults.settle()
         if not self.certain and (self.faults is None or not self.faults.active):
             self.resync()
 
@@ -408,6 +416,7 @@ class _Run:
     def op_fault(self) -> None:
         assert self.faults is not None
         what = self.faults.inject()
+        self.ops_in_fault = 0
         self.report.faults += 1
         self.note(f"FAULT {what}")
         # Buffered writes may now be dropped (reported at the next fsync): until the
