@@ -98,6 +98,35 @@ def test_acknowledged_bytes_survive_frozen_and_killed_storages(
     assert report.faults > 0
 
 
+def test_reads_of_this_hosts_writes_while_an_append_is_in_flight(
+    two_mounts: tuple[MountProcess, MountProcess],
+) -> None:
+    """The sequence that read short or failed with EINVAL: the bytes past what the storage
+    holds come from this host (pending writes, zeros in the hole), every time."""
+    a, _ = two_mounts
+    for attempt in range(10):
+        path = a.mountpoint / "group1" / f"in-flight-{os.getpid()}-{attempt}.bin"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            model = bytearray(os.urandom(121_567))
+            os.write(fd, model)
+            os.fsync(fd)
+            more = os.urandom(8_265)
+            os.write(fd, more)
+            model += more
+            far = len(model) + MIB + 1_000
+            tail = os.urandom(2_796)
+            os.pwrite(fd, tail, far)
+            model += bytes(far - len(model)) + tail
+            assert os.pread(fd, 4096, 126_976) == bytes(model[126_976:131_072])
+            os.fsync(fd)
+            assert os.pread(fd, 4096, 126_976) == bytes(model[126_976:131_072])
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == bytes(model)
+        path.unlink()
+
+
 # ---------------------------------------------------------------- memory
 
 
