@@ -140,7 +140,6 @@ class WritePath:
         self._forget_blocks = forget_blocks
         self._nursery: trio.Nursery | None = None
         self._writers: dict[str, Writer] = {}
-        self._update_at: dict[str, ServerAddr] = {}  # per file being written: see _changes_go_to
         self._load_aliases()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -214,35 +213,22 @@ class WritePath:
         return writer
 
     async def _changes_go_to(self, file_id: FileId) -> ServerAddr:
-        """The storage this host's changes of a file go to (QUERY_UPDATE: its source while
-        up), which therefore has everything acknowledged to this host. A replica may not
-        have caught up, so a writer's size and stored bytes are asked of this one only."""
-        key = str(file_id)
-        addr = self._update_at.get(key)
-        if addr is None:
-            addr = self._update_at[key] = await self.client.update_server(file_id)
-        return addr
+        """The storage this host's changes of a file go to now (QUERY_UPDATE: its source
+        while up, else a replica), which has everything acknowledged to this host. Asked
+        each time: where changes go moves with the source's outages, and a replica may
+        lag, so a writer's size and stored bytes are asked of this one only."""
+        return await self.client.update_server(file_id)
 
     async def _stored_size(self, file_id: FileId) -> int:
         addr = await self._changes_go_to(file_id)
-        try:
-            info = await self.client.info(file_id, calc_crc32=False, servers=[addr])
-        except BaseException:
-            self._update_at.pop(str(file_id), None)  # ask the tracker again next time
-            raise
-        return info.size
+        return (await self.client.info(file_id, calc_crc32=False, servers=[addr])).size
 
     async def _fetch(self, file_id: FileId, offset: int, length: int) -> bytes:
         addr = await self._changes_go_to(file_id)
-        try:
-            return await self.client.read_range(file_id, offset, length, servers=[addr])
-        except BaseException:
-            self._update_at.pop(str(file_id), None)
-            raise
+        return await self.client.read_range(file_id, offset, length, servers=[addr])
 
     def _forget_unstored(self, writer: AppenderWriter) -> None:
         """A write-back failed: the kernel's pages hold bytes the storage does not have."""
-        self._update_at.pop(str(writer.file_id), None)
         node = self.table.find(str(writer.file_id))
         if node is not None:
             self.kernel.forget_data(node.inode)
@@ -313,7 +299,6 @@ class WritePath:
             writer.close()
             return
         del self._writers[key]
-        self._update_at.pop(key, None)
         writer.close()
         self._forget_blocks(writer.file_id)
         if isinstance(writer, AppenderWriter) and not writer.stale:
