@@ -13,7 +13,7 @@ returned wrong reads (with the seed to replay: ``--first-seed N --seeds 1``), an
 the slowest single call against ``timeout`` + 1 s.
 
 Usage: .venv/bin/python bench/fault_campaign.py [--seeds 20] [--ops 5000]
-       [--first-seed 1] [--no-faults] [--one-mount] [--timeout 5] [--json]
+       [--first-seed 1] [--no-faults | --short-faults] [--one-mount] [--timeout 5] [--json]
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--ops", type=int, default=5000, help="operations per run")
     parser.add_argument("--no-faults", action="store_true", help="no frozen or killed storages")
+    parser.add_argument(
+        "--short-faults",
+        action="store_true",
+        help="as the tests: freezes shorter than a request's timeout, kills of replicas only",
+    )
     parser.add_argument("--one-mount", action="store_true", help="no reads through mount B")
     parser.add_argument("--timeout", type=float, default=5.0, help="the mounts' -o timeout")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
@@ -67,6 +72,7 @@ def main() -> int:
                     None if args.one_mount else b.mountpoint,
                     ops=args.ops,
                     faults=not args.no_faults,
+                    long_faults=not args.short_faults,
                 )
             except ModelFailure as exc:
                 failures.append(str(exc))
