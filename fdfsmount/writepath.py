@@ -225,7 +225,7 @@ class WritePath:
 
     async def _fetch(self, file_id: FileId, offset: int, length: int) -> bytes:
         addr = await self._changes_go_to(file_id)
-        return await self.client.read_range(file_id, offset, length, servers=[addr])
+        return bytes(await self.client.read_range(file_id, offset, length, servers=[addr]))
 
     def _forget_unstored(self, writer: AppenderWriter) -> None:
         """A write-back failed: the kernel's pages hold bytes the storage does not have."""

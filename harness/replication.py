@@ -8,7 +8,9 @@ peer's own changes (upper-case binlog lines) after a byte offset
 applies each one, and persists ``(generation, offset, synced_until)`` under
 ``<base>/sync/marks/<peer id>.mark``, so both sides can restart and resume.
 
-Applying a change copies the peer's *current* bytes (SYNC_FETCH): a whole
+Applying a change copies the peer's *current* bytes (SYNC_FETCH), which is
+right because one storage at a time changes a file and a storage catches up
+before it takes changes again (see `harness.heartbeat`): a whole
 file for C/U, the changed range for A/M, nothing for T/D/R. Since every later
 change of the same file is also in the log and applied later, the copy
 converges to the peer's file even when it was changed again meanwhile; a
@@ -17,7 +19,10 @@ lines after a crash is harmless for the same reason. Applied changes go to
 our own binlog in lower case, which peers do not pull (each storage pulls
 every other one directly).
 
-``synced_until`` is what the tracker routes reads by: after applying a line
+Storages report both ``(generation, offset)`` per peer, which the tracker
+compares with the end of the peer's own changes it last reported (see
+`harness.tracker_state`: appender files, catch-up before ACTIVE), and
+``synced_until``, which routes reads of normal files: after applying a line
 with timestamp ``x`` we hold every file the peer created before ``x``, and
 after reading to the end of the peer's log the peer's "horizon" (its clock
 before it read) covers every file created before that. See `harness.binlog`
@@ -51,7 +56,7 @@ from .peerproto import (
     encode_sync_fetch,
     parse_sync_fetch,
 )
-from .serverutil import PeerClosed, RequestError, SocketReader, send_all, send_file, send_reply
+from .serverutil import FramedSocket, PeerClosed, RequestError, send_all, send_file, send_reply
 from .store import LocalFile
 
 if TYPE_CHECKING:
@@ -161,6 +166,10 @@ class Replicator:
     def synced(self) -> dict[str, int]:
         return {peer_id: p.mark.synced_until for peer_id, p in self.pullers.items()}
 
+    def synced_offsets(self) -> dict[str, list[str | int]]:
+        """Per peer: the generation of its binlog and the offset applied up to."""
+        return {peer_id: [p.mark.generation, p.mark.offset] for peer_id, p in self.pullers.items()}
+
 
 class PeerPuller:
     def __init__(self, server: StorageServer, peer: PeerAddr) -> None:
@@ -179,14 +188,14 @@ class PeerPuller:
                     if failing:
                         log.info("replication from %s resumed", self.peer_id)
                         failing = False
-                    await self._follow(stream.socket, SocketReader(stream.socket))
+                    await self._follow(stream.socket, FramedSocket(stream.socket))
             except (OSError, PeerClosed, ProtocolError, RequestError, trio.TooSlowError) as exc:
                 if not failing:
                     log.info("replication from %s interrupted: %s", self.peer_id, exc)
                     failing = True
             await trio.sleep(RETRY_DELAY)
 
-    async def _follow(self, sock: trio.socket.SocketType, reader: SocketReader) -> None:
+    async def _follow(self, sock: trio.socket.SocketType, reader: FramedSocket) -> None:
         caught_up = False
         while True:
             wait = 0.0
@@ -216,7 +225,7 @@ class PeerPuller:
                 self.server.marks.save(self.peer_id, self.mark)
                 self.server.reporter.poke()
 
-    async def _pull(self, sock: trio.socket.SocketType, reader: SocketReader, wait: float) -> Any:
+    async def _pull(self, sock: trio.socket.SocketType, reader: FramedSocket, wait: float) -> Any:
         body = encode_json(
             {
                 "offset": self.mark.offset,
@@ -240,7 +249,7 @@ class PeerPuller:
     # ------------------------------------------------------------ applying
 
     async def _apply(
-        self, sock: trio.socket.SocketType, reader: SocketReader, entry: BinlogEntry
+        self, sock: trio.socket.SocketType, reader: FramedSocket, entry: BinlogEntry
     ) -> None:
         server = self.server
         local = server.store.try_resolve(entry.name)
@@ -257,7 +266,7 @@ class PeerPuller:
     async def _apply_locked(
         self,
         sock: trio.socket.SocketType,
-        reader: SocketReader,
+        reader: FramedSocket,
         entry: BinlogEntry,
         local: LocalFile,
     ) -> bool:
@@ -297,7 +306,7 @@ class PeerPuller:
     async def _fetch(
         self,
         sock: trio.socket.SocketType,
-        reader: SocketReader,
+        reader: FramedSocket,
         local: LocalFile,
         *,
         offset: int = 0,
