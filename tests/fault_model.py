@@ -533,7 +533,7 @@ async def _content_on(client: Client, node: Node, fid: FileId) -> bytes | None:
     try:
         with trio.fail_after(10):
             size = (await client.info(fid, calc_crc32=False, servers=[addr])).size
-            return await client.read_range(fid, 0, size, servers=[addr]) if size else b""
+            return bytes(await client.read_range(fid, 0, size, servers=[addr])) if size else b""
     except FileNotFound:
         return None
     except Exception:

@@ -36,10 +36,7 @@ MIB = 1024 * 1024
 OPTIONS = ["timeout=5", "attr_timeout=1", "entry_timeout=1"]
 SEEDS = [int(os.environ["FDFS_FAULT_SEED"])] if "FDFS_FAULT_SEED" in os.environ else [1, 2]
 OPS = int(os.environ.get("FDFS_FAULT_OPS", "250"))
-#: Known, fixed on the read side: another mount's cached blocks of an appender file are
-#: keyed by (size, mtime), so a same-size change within one second is not seen.
 REPLICATION = "builtin storages do not converge after a source restart (server replication)"
-STALE_ACROSS_MOUNTS = "blocks of a file changed elsewhere can be served stale (read-side cache key)"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +66,6 @@ def test_random_operations_through_a_mount_match_the_model(
     assert report.reads_checked > 0 and report.failed_calls == 0
 
 
-@pytest.mark.xfail(reason=STALE_ACROSS_MOUNTS, strict=False)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_operations_through_two_mounts_match_the_model(
     fdfs_cluster: Cluster, two_mounts: tuple[MountProcess, MountProcess], seed: int
