@@ -92,6 +92,10 @@ def _errno_of_leaf(exc: BaseException) -> int | None:
     if isinstance(exc, NoAttribute):
         return pyfuse3.ENOATTR
     if isinstance(exc, ServerError):
+        # A storage's EAGAIN ("not synced yet, ask another") means nothing to a blocking
+        # call: read(2) would hand the application a non-blocking "try again".
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            return errno.EIO
         return exc.errno if 0 < exc.errno < 4096 else errno.EIO
     if isinstance(exc, Timeout | ConnectError | NoStorage | ProtocolError | trio.TooSlowError):
         return errno.EIO

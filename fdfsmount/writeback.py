@@ -99,7 +99,7 @@ class WriteBackFailed(FdfsError):
             return cls(exc.errno, str(exc))
         if isinstance(exc, FileNotFound):
             return cls(errno.EIO, f"{file_id}: the storage asked does not have the file: {exc}")
-        if isinstance(exc, ServerError) and 0 < exc.errno < 4096:
+        if isinstance(exc, ServerError) and 0 < exc.errno < 4096 and exc.errno != errno.EAGAIN:
             return cls(exc.errno, str(exc))
         return cls(errno.EIO, str(exc) or type(exc).__name__)
 

@@ -449,7 +449,8 @@ class _Run:
         deadline = time.monotonic() + REPLICATION_WAIT
         while True:
             try:
-                return path.read_bytes()
+                with open(path, "rb", buffering=0) as f:
+                    return f.readall()  # (a None from read would be an EAGAIN)
             except OSError as exc:
                 if time.monotonic() > deadline:
                     raise self.fail(f"{path.name} unreadable after the faults: {exc}") from exc
