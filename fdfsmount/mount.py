@@ -15,6 +15,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import cast
 
 import pyfuse3
@@ -22,7 +23,7 @@ import trio
 
 from .attrs import AttrFactory, FileStat, FileStats
 from .blockcache import BlockCache
-from .catalog import AliasCatalog
+from .catalog import AliasCatalog, cluster_key, default_cache_dir
 from .clientapi import ReadClient, WriteClient
 from .fs import Operations
 from .listing import Listing
@@ -76,6 +77,7 @@ class MountParts:
         out.update({f"cache_{k}": v for k, v in asdict(self.cache.stats).items()})
         out.update({f"read_{k}": v for k, v in asdict(self.readpath.stats).items()})
         out.update(self.writer.counters())
+        out.update(self.listing.counters())
         stats = getattr(self.client, "stats", None)
         if stats is not None:
             out["client_requests"] = sum(stats.requests.values())
@@ -111,6 +113,7 @@ def build_operations(
         ttl=opts.list_ttl,
         first_wait=min(FIRST_LIST_WAIT, opts.timeout * 0.8),
         nursery=nursery,
+        index_dir=listing_index_dir(opts, client),
     )
     cache = BlockCache(opts.cache_size)
     readpath = ReadPath(
@@ -165,6 +168,13 @@ def build_operations(
         writer=writer,
     )
     return MountParts(ops, table, directory, listing, readpath, cache, writer, client)
+
+
+def listing_index_dir(opts: MountOptions, client: ReadClient) -> Path:
+    """Where the listing indexes of this cluster live: ``<cache_dir>/index-<cluster>/``."""
+    trackers = getattr(client, "trackers", None) or opts.trackers or [opts.source]
+    base = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    return base / f"index-{cluster_key(trackers)}"
 
 
 def check_mountpoint(path: str) -> None:
@@ -366,6 +376,7 @@ async def _serve_with(
                 await pyfuse3.main()
             finally:
                 await _shutdown(opts, parts, nursery)
+    parts.listing.close()
     if failure is not None:
         raise failure
 

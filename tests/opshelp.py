@@ -53,6 +53,7 @@ async def make_env(
                 yield Env(parts, client, cluster)
             finally:
                 parts.writer.catalog.close()
+                parts.listing.close()
 
 
 async def walk(ops: pyfuse3.Operations, path: str) -> pyfuse3.EntryAttributes:

@@ -30,7 +30,8 @@ from opshelp import (
 from fdfsmount import listing as listing_mod
 from fdfsmount.listing import Listing
 from fdfsmount.namespace import Kind
-from fdfsmount.proto import FileId
+from fdfsmount.proto import FileId, ServerAddr
+from fdfsmount.proto.binlog import BinlogRecord
 from harness.cluster import Cluster
 from harness.pytest_plugin import ClusterFactory
 
@@ -186,17 +187,19 @@ async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) ->
     leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
     release = trio.Event()
     passes = 0
-    real_list_files = env.client.list_files
+    real_fetch_binlog = env.client.fetch_binlog
 
     @asynccontextmanager
-    async def stalled_list_files(group: str) -> AsyncIterator[AsyncIterator[FileId]]:
+    async def stalled_fetch_binlog(
+        server: ServerAddr, group: str, index: int
+    ) -> AsyncIterator[AsyncIterator[BinlogRecord]]:
         nonlocal passes
         passes += 1
         await release.wait()  # a storage streaming a huge group, slowly
-        async with real_list_files(group) as files:
-            yield files
+        async with real_fetch_binlog(server, group, index) as records:
+            yield records
 
-    monkeypatch.setattr(env.client, "list_files", stalled_list_files)
+    monkeypatch.setattr(env.client, "fetch_binlog", stalled_fetch_binlog)
     listed: list[str] = []
 
     async def list_leaf() -> None:
