@@ -234,6 +234,7 @@ class Listing:
 
     def _start_refresh(self, group: str, state: _GroupState) -> None:
         state.refreshing = trio.Event()
+        state.scope = trio.CancelScope()
         if self.nursery is not None:
             self.nursery.start_soon(self._refresh, group, state, name=f"list {group}")
         else:  # no background nursery (tests): the caller's wait runs it
@@ -242,7 +243,6 @@ class Listing:
     async def _refresh(self, group: str, state: _GroupState) -> None:
         started = self._clock()
         self.stats.refreshes += 1
-        state.scope = trio.CancelScope()
         try:
             with state.scope:
                 await self._refresh_group(group, state)
@@ -250,13 +250,18 @@ class Listing:
             state.failed_at = self._clock()
             state.error = exc
             self.stats.refresh_failures += 1
-            log.warning("listing group %s failed: %s", group, exc)
+            if self._closed:  # the client closes at unmount under a running refresh
+                log.debug("listing group %s stopped by the unmount: %s", group, exc)
+            else:
+                log.warning("listing group %s failed: %s", group, exc)
         except Exception as exc:
             state.failed_at = self._clock()
             state.error = exc
             self.stats.refresh_failures += 1
             log.exception("listing group %s failed", group)
         else:
+            if state.scope.cancelled_caught:
+                return
             state.checked_at = started
             state.error = None
             self._prune_removed(group, state)
