@@ -64,6 +64,7 @@ class MountParts:
         """Live counters of the mount (for status reports and metrics exporters)."""
         out: dict[str, int] = {
             "inodes": len(self.table),
+            "inodes_in_memory": self.table.resident,
             "open_files": self.ops.open_files,
             "readahead_window": self.ops.readahead_window,
             "pending_write_files": self.writer.pending_files(),
@@ -377,6 +378,7 @@ async def _serve_with(
             finally:
                 await _shutdown(opts, parts, nursery)
     parts.listing.close()
+    parts.table.close()
     if failure is not None:
         raise failure
 
