@@ -222,9 +222,7 @@ class GroupIndexDB:
             db = self._writer_db()
             row = db.execute("SELECT value FROM meta WHERE key = 'next_table'").fetchone()
             number = int(row[0]) if row else 1
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('next_table', ?)", (str(number + 1),)
-            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('next_table', ?)", (str(number + 1),))
             table = f"names_{number}"
             db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute(
@@ -292,9 +290,7 @@ class GroupIndexDB:
                     db.execute("DELETE FROM storages WHERE storage = ?", (storage,))
                     db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('members', ?)", (members,))
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('checked_at', ?)", (str(time.time()),)
-            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('checked_at', ?)", (str(time.time()),))
             db.execute("COMMIT")
 
     def drop_orphan_tables(self) -> None:

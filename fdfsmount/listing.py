@@ -351,9 +351,7 @@ class Listing:
                 db.reload()
 
     @staticmethod
-    def _row(
-        record: BinlogRecord, members: set[str], state: _GroupState
-    ) -> tuple[int, str] | None:
+    def _row(record: BinlogRecord, members: set[str], state: _GroupState) -> tuple[int, str] | None:
         name = record.remote_name
         if name.endswith(META_SUFFIX) or not is_valid_remote_name(name):
             return None

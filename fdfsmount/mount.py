@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from .attrs import AttrFactory, FileStat, FileStats
 from .blockcache import BlockCache
 from .catalog import AliasCatalog, cluster_key, default_cache_dir
 from .clientapi import ReadClient, WriteClient
+from .diskcache import DiskCache
 from .fs import Operations
 from .listing import Listing
 from .namespace import GroupDirectory, InodeTable, Node
@@ -59,6 +61,7 @@ class MountParts:
     cache: BlockCache
     writer: WritePath
     client: ReadClient
+    disk_cache: DiskCache | None = None
 
     def counters(self) -> dict[str, int]:
         """Live counters of the mount (for status reports and metrics exporters)."""
@@ -79,6 +82,8 @@ class MountParts:
         out.update({f"read_{k}": v for k, v in asdict(self.readpath.stats).items()})
         out.update(self.writer.counters())
         out.update(self.listing.counters())
+        if self.disk_cache is not None:
+            out.update(self.disk_cache.counters())
         stats = getattr(self.client, "stats", None)
         if stats is not None:
             out["client_requests"] = sum(stats.requests.values())
@@ -117,6 +122,7 @@ def build_operations(
         index_dir=listing_index_dir(opts, client),
     )
     cache = BlockCache(opts.cache_size)
+    disk_cache = open_disk_cache(opts, client, nursery)
     readpath = ReadPath(
         client,
         cache,
@@ -124,6 +130,7 @@ def build_operations(
         timeout=opts.timeout,
         nursery=nursery,
         slow_after=0.8 * opts.client_timeouts[1],
+        disk_cache=disk_cache,
     )
     # The write side needs the whole client; read-only fakes in tests never write.
     write_client = cast(WriteClient, client)
@@ -168,7 +175,31 @@ def build_operations(
         xattrs=xattrs,
         writer=writer,
     )
-    return MountParts(ops, table, directory, listing, readpath, cache, writer, client)
+    return MountParts(ops, table, directory, listing, readpath, cache, writer, client, disk_cache)
+
+
+def open_disk_cache(
+    opts: MountOptions, client: ReadClient, nursery: trio.Nursery
+) -> DiskCache | None:
+    """The local disk cache of ``-o disk_cache=DIR`` (one subdirectory per cluster)."""
+    if opts.disk_cache is None:
+        return None
+    trackers = getattr(client, "trackers", None) or opts.trackers or [opts.source]
+
+    async def slave_crc32(fid: FileId) -> int:
+        return (await client.info(fid)).crc32
+
+    directory = Path(opts.disk_cache) / cluster_key(trackers)
+    try:
+        return DiskCache(
+            directory,
+            capacity=opts.disk_cache_size,
+            min_free=opts.disk_cache_min_free,
+            crc_of=slave_crc32,
+            nursery=nursery,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise MountError(f"disk_cache={opts.disk_cache}: cannot use it: {exc}") from None
 
 
 def listing_index_dir(opts: MountOptions, client: ReadClient) -> Path:
@@ -379,6 +410,8 @@ async def _serve_with(
                 await _shutdown(opts, parts, nursery)
     parts.listing.close()
     parts.table.close()
+    if parts.disk_cache is not None:
+        parts.disk_cache.close()
     if failure is not None:
         raise failure
 

@@ -70,8 +70,12 @@ mount options (-o name[=value],...; may be repeated):
   timeout=SECS         deadline of every file operation; EIO after it (default: 30)
   write_buffer=SIZE    writes to one file are sent in requests of up to this (default: 8M)
   write_idle=SECS      buffered writes are sent after this long without a new one (default: 1)
-  cache_dir=DIR        where the names created here are kept
+  cache_dir=DIR        where the names created here and the listing index are kept
                        (default: $XDG_CACHE_HOME/fdfsmount, /var/cache/fdfsmount for root)
+  disk_cache=DIR       keep normal and slave files read here on local disk, across remounts
+                       (default: off); see also: fdfsmount warmup
+  disk_cache_size=SIZE largest size of the disk cache (default: 1G)
+  disk_cache_min_free=SIZE  free space the disk cache always leaves (default: 1G)
   log_file=FILE        log here (also logfile=; default: stderr with -f, syslog otherwise)
   debug                log every file system request and every server request
   metrics=HOST:PORT    serve Prometheus metrics at http://HOST:PORT/metrics (default: none)

@@ -54,6 +54,8 @@ async def make_env(
             finally:
                 parts.writer.catalog.close()
                 parts.listing.close()
+                if parts.disk_cache is not None:
+                    parts.disk_cache.close()
 
 
 async def walk(ops: pyfuse3.Operations, path: str) -> pyfuse3.EntryAttributes:

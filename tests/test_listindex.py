@@ -42,8 +42,8 @@ def test_tables_swap_whole_and_union_over_storages(tmp_path: Path) -> None:
         db.reload()
         assert db.names(0, 1, 2) == ["a.txt", "b.txt"]  # a.txt still on s2
         assert not db.has(0, 3, 4, "c.txt")
-        tables = {r[0] for r in sqlite3.connect(db.path).execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'names_%'")}  # fmt: skip
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'names_%'"
+        tables = {r[0] for r in sqlite3.connect(db.path).execute(sql)}
         assert tables == {again.table, b.table}
         db.retire(["s1"], "s1")
         db.reload()
@@ -158,6 +158,7 @@ async def test_a_remount_serves_the_last_index_at_once(
     async for env in make_env(cluster, nursery, list_ttl=60, cache_dir=str(tmp_path)):
         real_fetch_binlog = env.client.fetch_binlog
         started = 0
+        fetch = real_fetch_binlog
 
         @asynccontextmanager
         async def stalled(
@@ -166,7 +167,7 @@ async def test_a_remount_serves_the_last_index_at_once(
             nonlocal started
             started += 1
             await release.wait()
-            async with real_fetch_binlog(server, group, index) as records:
+            async with fetch(server, group, index) as records:  # noqa: B023 - one pass
                 yield records
 
         monkeypatch.setattr(env.client, "fetch_binlog", stalled)
