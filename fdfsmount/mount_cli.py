@@ -92,6 +92,8 @@ examples:
 
 other commands:
   fdfsmount status MOUNTPOINT [--json]         live counters of a running mount
+  fdfsmount warmup MOUNTPOINT PATH...          read files (or whole directories) into the
+                                               mount's disk cache ahead of time
   fdfsmount install-helper [--prefix DIR]      link fdfsmount into /usr/local/bin for
                                                fstab and .mount units (mount(8) runs
                                                helpers without the caller's PATH)
@@ -108,7 +110,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         usage="%(prog)s SOURCE MOUNTPOINT [-o opt[,opt...]] [-f]\n"
-        "       %(prog)s status MOUNTPOINT | install-helper [--prefix DIR]",
+        "       %(prog)s status MOUNTPOINT | install-helper [--prefix DIR]\n"
+        "       %(prog)s warmup MOUNTPOINT PATH...",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -173,7 +176,7 @@ def run_mount(opts: MountOptions, on_live: Callable[[], None] | None) -> str | N
     return None
 
 
-SUBCOMMANDS = ("status", "install-helper")
+SUBCOMMANDS = ("status", "install-helper", "warmup")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .status import status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "warmup":
+        from .warmup import warmup_main
+
+        return warmup_main(argv[1:])
     if argv and argv[0] == "install-helper":
         from .helper import helper_main
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
+import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from mounthelp import upload_bytes
 from opshelp import Env, make_env, read_all, walk
 
 from fdfsmount.diskcache import DiskCache
+from fdfsmount.metrics import metric_families, take_snapshot
+from fdfsmount.mountproc import fuse_available, mounted
 from fdfsmount.options import GIB, MIB, OptionError, build_options
 from fdfsmount.proto import FileId, decode_file_id, parse_file_id
 from fdfsmount.proto.fileid import make_remote_name
@@ -51,6 +58,8 @@ async def test_a_file_read_before_a_remount_comes_from_disk_after_it(
         counters = env.parts.counters()
         assert counters["disk_cache_hits"] >= 1 and counters["disk_cache_files"] == 1
         assert counters["disk_cache_bytes"] == len(data)
+        names = {family.name for family in metric_families(take_snapshot(env.parts, {}))}
+        assert {"fdfsmount_disk_cache_hits", "fdfsmount_disk_cache_corrupt"} <= names
 
 
 @pytest.mark.expect_log_warnings
@@ -173,3 +182,49 @@ def test_disk_cache_options() -> None:
     assert (opts.disk_cache_size, opts.disk_cache_min_free) == (2 * GIB, 5 * GIB)
     with pytest.raises(OptionError, match="disk_cache_size"):
         build_options("h:1", "/mnt", ["disk_cache=/x,disk_cache_size=10K"])
+
+
+# ---------------------------------------------------------------- a real mount, and warmup
+
+
+def fdfsmount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fdfsmount", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def status_of(mountpoint: Path) -> dict[str, Any]:
+    done = fdfsmount("status", os.fspath(mountpoint), "--json")
+    assert done.returncode == 0, done.stderr
+    snap: dict[str, Any] = json.loads(done.stdout)
+    return snap
+
+
+@pytest.mark.mount
+@pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3")
+def test_warmup_fills_the_disk_cache_and_a_remount_reads_from_it(
+    fdfs_cluster: Cluster, tmp_path: Path
+) -> None:
+    small, big = os.urandom(64 * KIB), os.urandom(5 * MIB + 7)
+    fids = [str(upload_bytes(fdfs_cluster, d)) for d in (small, big)]
+    mnt = tmp_path / "mnt"
+    with mounted(fdfs_cluster.trackers, mnt, ["timeout=10"]) as m:
+        done = fdfsmount("warmup", os.fspath(m.mountpoint), fids[0])
+        assert done.returncode == 1 and "has no disk cache" in done.stderr
+        assert "Traceback" not in done.stderr
+    options = ["timeout=10", f"disk_cache={tmp_path / 'dc'}", "disk_cache_min_free=0"]
+    with mounted(fdfs_cluster.trackers, mnt, options) as m:
+        done = fdfsmount("warmup", os.fspath(m.mountpoint), *fids)
+        assert done.returncode == 0, done.stderr
+        assert "read 2 files" in done.stdout and "2 stored" in done.stdout
+        counters = status_of(m.mountpoint)["counters"]
+        assert counters["disk_cache_files"] == 2
+        assert counters["disk_cache_bytes"] == len(small) + len(big)
+    with mounted(fdfs_cluster.trackers, mnt, options) as m:
+        assert (m.mountpoint / fids[0]).read_bytes() == small
+        assert (m.mountpoint / fids[1]).read_bytes() == big
+        snap = status_of(m.mountpoint)
+        assert snap["client"]["requests"].get("download_file", 0) == 0
+        assert snap["counters"]["disk_cache_hits"] >= 2
+        human = fdfsmount("status", os.fspath(m.mountpoint))
+        assert "disk cache" in human.stdout and "listing" in human.stdout
