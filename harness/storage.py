@@ -243,6 +243,8 @@ class StorageServer:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.config.synthetic_files:  # generated before READY: listings start at once
+            await trio.to_thread.run_sync(self.synthetic_file)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
                 serverutil.serve, self.handle, self.config.bind, self.config.port
@@ -801,15 +803,17 @@ class StorageServer:
         await serverutil.close_after_error(conn.sock)
         return True
 
-    async def send_synthetic_lines(self, conn: Conn) -> int:
-        """Stream the synthetic files' lines (generated once into the base dir)."""
-        path = await trio.to_thread.run_sync(
-            synthetic.ensure_synthetic_file,
+    def synthetic_file(self) -> Path:
+        return synthetic.ensure_synthetic_file(
             self.config.base_dir / "synthetic-binlog",
             self.config.synthetic_files,
             synthetic.source_bytes(self.source),
             self.store.subdir_count,
         )
+
+    async def send_synthetic_lines(self, conn: Conn) -> int:
+        """Stream the synthetic files' lines (generated once into the base dir)."""
+        path = await trio.to_thread.run_sync(self.synthetic_file)
         sent = 0
         with open(path, "rb") as lines:
             while chunk := lines.read(1 << 20):
