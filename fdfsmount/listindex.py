@@ -217,9 +217,11 @@ class GroupIndexDB:
     # -- writing (worker threads) ----------------------------------------
 
     def writer(self, storage: str) -> Writer:
-        """A new table for `storage`, to fill and then `commit` (or `discard`)."""
+        """A new table for `storage`, to fill and then `commit_table` (or `drop_table`)."""
         with self._lock:
             db = self._writer_db()
+            # One transaction: two mounts of the same cluster may share this file.
+            db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT value FROM meta WHERE key = 'next_table'").fetchone()
             number = int(row[0]) if row else 1
             db.execute("INSERT OR REPLACE INTO meta VALUES ('next_table', ?)", (str(number + 1),))
@@ -229,6 +231,7 @@ class GroupIndexDB:
                 f"CREATE TABLE {table} (dir INTEGER NOT NULL, name TEXT NOT NULL,"
                 " PRIMARY KEY (dir, name)) WITHOUT ROWID"
             )
+            db.execute("COMMIT")
         return Writer(self, storage, table)
 
     _wdb: sqlite3.Connection | None = None

@@ -198,7 +198,7 @@ class Listing:
                 path = self.index_dir / f"{group}.sqlite"
             try:
                 db = GroupIndexDB(path)
-            except (OSError, Exception) as exc:  # sqlite3 errors, a read-only cache dir
+            except (OSError, sqlite3.Error) as exc:  # a read-only or full cache dir
                 if path is None:
                     raise
                 log.warning("listing index %s unusable (%s); keeping it in a temporary file",
