@@ -1,9 +1,16 @@
 """File attributes: modes and ownership, sizes and times from file IDs or QUERY_FILE_INFO, statfs.
 
 Normal files describe themselves: their ID carries size, create time and
-crc32, so their attributes cost no server round trip. Appender and slave files
-are asked for (QUERY_FILE_INFO) and the answers cached here: appender answers
-briefly (they grow), slave answers for long (they are immutable).
+crc32. Whether the file exists is another matter: a well-formed ID may name a
+file that was never uploaded or was deleted since. Unless the mount trusts IDs
+(``trust_ids``), a normal file's existence is confirmed with QUERY_FILE_INFO
+(without crc32, so the storage reads no data) and the answer is kept for
+``exists_ttl``; "no such file" is kept for `MISSING_TTL`, so a storm of
+requests for a missing name costs one query every few seconds.
+
+Appender and slave files are asked for (QUERY_FILE_INFO) and the answers
+cached here: appender answers briefly (they grow), slave answers for long
+(they are immutable); either answer confirms existence too.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import trio
 
 from .namespace import Kind, Node
 from .proto import FileId, FileType, GroupStat
+from .proto.errors import FileNotFound
 from .proto.storage import FileInfo
 
 log = logging.getLogger(__name__)
@@ -29,7 +37,8 @@ BLOCK_SIZE = 4096  # statfs block size
 IO_BLOCK_SIZE = 128 * 1024  # st_blksize: nudges readers to large reads
 APPENDER_INFO_TTL = 1.0
 IMMUTABLE_INFO_TTL = 3600.0
-VERIFY_TTL = 10.0  # how long a confirmed existence of a normal file is trusted
+EXISTS_TTL = 10.0  # how long a confirmed existence of a normal file is trusted
+MISSING_TTL = 2.0  # how long "no such file" is remembered
 INFO_CACHE_ENTRIES = 100_000
 
 InfoFetcher = Callable[[FileId], Awaitable[FileInfo]]
@@ -114,27 +123,78 @@ class InfoCache:
 
 
 class FileStats:
-    """`FileStat` of a file node, from its ID or from a cached QUERY_FILE_INFO."""
+    """`FileStat` of a file node, from its ID or from a cached QUERY_FILE_INFO.
 
-    def __init__(self, fetch_info: InfoFetcher, *, verify_exists: bool = False) -> None:
+    `fetch_info` asks a replica for everything (crc32 included); `confirm` only
+    whether the file is there (no crc32: the storage reads no data).
+    """
+
+    def __init__(
+        self,
+        fetch_info: InfoFetcher,
+        *,
+        confirm: InfoFetcher | None = None,
+        trust_ids: bool = False,
+        exists_ttl: float = EXISTS_TTL,
+        missing_ttl: float = MISSING_TTL,
+    ) -> None:
         self.info = InfoCache(fetch_info)
-        self.verify_exists = verify_exists
+        self.confirmed = InfoCache(confirm or fetch_info)
+        self.trust_ids = trust_ids
+        self.exists_ttl = exists_ttl
+        self.missing_ttl = missing_ttl
+        self._missing: OrderedDict[str, float] = OrderedDict()
 
-    async def get(self, node: Node, *, fresh: bool = False, listed: bool = False) -> FileStat:
-        """`fresh`: bypass the cache (close-to-open); `listed`: the listing saw it,
-        so a normal file needs no existence check."""
+    async def get(self, node: Node, *, fresh: bool = False) -> FileStat:
+        """`fresh`: bypass the caches (close-to-open), except a very recent "missing"."""
         assert node.file_id is not None and node.id_info is not None
         ident = node.id_info
         if ident.file_type in (FileType.NORMAL, FileType.TRUNK):
             assert ident.size is not None
-            if self.verify_exists and not listed:
-                await self.info.get(node.file_id, 0.0 if fresh else VERIFY_TTL)
+            if not self.trust_ids:
+                await self.confirm(node.file_id, max_age=0.0 if fresh else self.exists_ttl)
             return FileStat(
                 ident.file_type, ident.size, ident.create_time, ident.crc32, ident.source
             )
         ttl = APPENDER_INFO_TTL if ident.file_type is FileType.APPENDER else IMMUTABLE_INFO_TTL
-        info = await self.info.get(node.file_id, 0.0 if fresh else ttl)
+        info = await self._ask(self.info, node.file_id, 0.0 if fresh else ttl)
         return self._from_info(node, info)
+
+    async def confirm(self, file_id: FileId, *, max_age: float) -> None:
+        """Return once the cluster confirmed `file_id` within `max_age`; `FileNotFound` if not."""
+        # A full answer (appender, slave, or this host's own note) confirms as well.
+        if self.info.peek(file_id, max_age) is not None:
+            return
+        await self._ask(self.confirmed, file_id, max_age)
+
+    def missing(self, file_id: FileId) -> bool:
+        """True while a recent answer said `file_id` is not in the cluster."""
+        key = str(file_id)
+        at = self._missing.get(key)
+        if at is None:
+            return False
+        if trio.current_time() - at <= self.missing_ttl:
+            return True
+        del self._missing[key]
+        return False
+
+    async def _ask(self, cache: InfoCache, file_id: FileId, max_age: float) -> FileInfo:
+        if self.missing(file_id):
+            raise FileNotFound(f"query_file_info {file_id}: no such file (asked just now)")
+        try:
+            return await cache.get(file_id, max_age)
+        except FileNotFound:
+            self._note_missing(file_id)
+            raise
+
+    def _note_missing(self, file_id: FileId) -> None:
+        key = str(file_id)
+        self._missing[key] = trio.current_time()
+        self._missing.move_to_end(key)
+        while len(self._missing) > INFO_CACHE_ENTRIES:
+            self._missing.popitem(last=False)
+        self.info.invalidate(file_id)
+        self.confirmed.invalidate(file_id)
 
     def cached(self, node: Node) -> FileStat:
         """Best answer without I/O; `exact` is False when a server must be asked."""
@@ -165,10 +225,18 @@ class FileStats:
 
     def note(self, file_id: FileId, info: FileInfo) -> None:
         """Record attributes this host knows first-hand (after an append, truncate...)."""
+        self._missing.pop(str(file_id), None)
         self.info.put(file_id, info)
 
+    def note_missing(self, file_id: FileId) -> None:
+        """A download or another request found `file_id` gone."""
+        self._note_missing(file_id)
+
     def invalidate(self, file_id: FileId) -> None:
+        """Forget what is known of `file_id` (changed, created or deleted here): ask again."""
+        self._missing.pop(str(file_id), None)
         self.info.invalidate(file_id)
+        self.confirmed.invalidate(file_id)
 
 
 class AttrFactory:

@@ -2,19 +2,19 @@
 
 ``python -m fdfsmount.demo [--mountpoint DIR]`` (what ``scripts/demo.sh`` runs).
 Everything it starts -- tracker, storages, the mount -- is stopped again on
-Ctrl-C or SIGTERM, and a mount left behind by an earlier, killed demo is
-cleared first.
+Ctrl-C or SIGTERM. A mount left behind by an earlier, killed demo (its
+daemon gone) is cleared first; a live one is never touched: the demo picks
+the next free directory (``/tmp/fdfs-demo-2/mnt`` ...) or, for a mountpoint
+given on the command line, refuses.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import signal
 import struct
-import subprocess
 import sys
 import zlib
 from collections.abc import Sequence
@@ -24,7 +24,15 @@ from types import FrameType
 
 import trio
 
-from .mountproc import MountFailed, fuse_available, is_mounted, mounted
+from .mountproc import (
+    MountFailed,
+    MountState,
+    clear_stale,
+    fuse_available,
+    mount_state,
+    mounted,
+    state_file_pid,
+)
 from .proto import FileId
 from .proto.client import Client
 
@@ -88,16 +96,46 @@ async def upload_samples(trackers: Sequence[str]) -> Samples:
         return Samples(text, image, log_id)
 
 
+ALTERNATIVES = 20  # /tmp/fdfs-demo-2/mnt ... tried when the default is in use
+
+
+class InUse(Exception):
+    """The mountpoint holds a live mount that is not this demo's."""
+
+
 def clear_stale_mount(mountpoint: Path) -> None:
-    """A demo killed hard leaves a dead mount; a lazy unmount clears it."""
-    try:
-        os.stat(mountpoint)
-        stale = is_mounted(mountpoint)
-    except OSError:  # ENOTCONN: "transport endpoint is not connected"
-        stale = True
-    if stale:
-        print(f"clearing an old mount at {mountpoint}")
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+    """A demo killed hard leaves a dead mount (its daemon gone); a lazy unmount clears it.
+
+    A live mount is someone's: `InUse`, never unmounted.
+    """
+    if mount_state(mountpoint) is MountState.STALE and clear_stale(mountpoint):
+        print(f"cleared a stale mount at {mountpoint} (its fdfsmount process is gone)")
+    if mount_state(mountpoint) is MountState.LIVE:
+        pid = state_file_pid(mountpoint)
+        owner = f"fdfsmount pid {pid}" if pid else "a live mount"
+        raise InUse(f"{mountpoint} is in use by {owner}")
+
+
+def choose_mountpoint(wanted: Path, *, explicit: bool) -> Path:
+    """`wanted`, cleared of a stale mount; the next free default directory if a live
+    mount holds the default one; `InUse` for a busy explicit mountpoint."""
+    candidates = [wanted]
+    if not explicit:
+        base = wanted.parent
+        candidates += [
+            base.with_name(f"{base.name}-{n}") / wanted.name for n in range(2, ALTERNATIVES + 2)
+        ]
+    for index, candidate in enumerate(candidates):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            clear_stale_mount(candidate)
+        except InUse as exc:
+            if explicit or index == len(candidates) - 1:
+                raise
+            print(f"{exc}; using another directory", flush=True)
+            continue
+        return candidate
+    raise AssertionError("unreachable")
 
 
 def explain(mountpoint: Path, samples: Samples, trackers: Sequence[str], conf: Path) -> str:
@@ -147,14 +185,20 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise Stop(signal.Signals(signum).name)
 
 
-def run_demo(mountpoint: Path) -> int:
+def run_demo(mountpoint: Path, *, explicit: bool = True) -> int:
     from harness.cluster import Cluster
 
     if not fuse_available():
         print("fdfsmount demo: needs /dev/fuse and fusermount3 (apt-get install fuse3)")
         return 1
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    clear_stale_mount(mountpoint)
+    try:
+        mountpoint = choose_mountpoint(mountpoint, explicit=explicit)
+    except InUse as exc:
+        print(f"fdfsmount demo: {exc}; stop that demo or pass another --mountpoint")
+        return 1
+    except OSError as exc:
+        print(f"fdfsmount demo: {mountpoint}: {exc.strerror or exc}")
+        return 1
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     try:
@@ -186,11 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Start a local FastDFS cluster with sample files and mount it.",
     )
     parser.add_argument(
-        "--mountpoint", default=DEFAULT_MOUNTPOINT, help=f"default: {DEFAULT_MOUNTPOINT}"
+        "--mountpoint",
+        help=f"default: {DEFAULT_MOUNTPOINT} (or the next free /tmp/fdfs-demo-N/mnt "
+        "while another demo runs)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_demo(Path(args.mountpoint).absolute())
+    explicit = args.mountpoint is not None
+    wanted = Path(args.mountpoint or DEFAULT_MOUNTPOINT).absolute()
+    return run_demo(wanted, explicit=explicit)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ OpsT = TypeVar("OpsT", bound="Operations")
 
 #: Handlers whose first argument is a file handle rather than an inode.
 _FH_OPS = frozenset({"read", "write", "flush", "fsync", "release", "readdir", "releasedir"})
+#: A lookup that failed (not ENOENT) fails again at once for this long. The kernel
+#: answers a failed check of a cached name with a fresh lookup of the same name:
+#: without this, one `stat` or `open` would wait for the cluster twice.
+LOOKUP_FAILURE_MEMORY = 1.0
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -77,6 +81,17 @@ def errno_for(exc: BaseException) -> int | None:
     if isinstance(exc, FdfsError):
         return errno.EIO
     return None
+
+
+def _harmless_chmod(wanted: int, shown: int) -> bool:
+    """A mode change with nothing to keep: the mode shown, or it less write bits.
+
+    The write bits say what FastDFS allows (appender files take writes), so a copy
+    of a read-only file (``cp -a``, ``mv``, ``rsync -a`` into a group make appender
+    files) asking for fewer of them loses nothing; more would promise writes.
+    """
+    wanted, shown = stat_mod.S_IMODE(wanted), stat_mod.S_IMODE(shown)
+    return wanted & ~0o222 == shown & ~0o222 and wanted & 0o222 & ~shown == 0
 
 
 @dataclass(slots=True)
@@ -178,6 +193,7 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._files: dict[int, OpenFile] = {}
         self._writes: dict[int, WriteHandle] = {}
+        self._failed_lookups: dict[tuple[int, str], tuple[int, float]] = {}
         self.op_stats = OpStats()
 
     # -- the error boundary ------------------------------------------------
@@ -240,7 +256,13 @@ class Operations(pyfuse3.Operations):
         local = self.writer.local_stat(node)
         if local is not None:
             return local
-        return await self.stats.get(node, fresh=fresh, listed=self.listing.has_file(node.file_id))
+        try:
+            return await self.stats.get(node, fresh=fresh)
+        except FileNotFound:
+            # Gone from the cluster (deleted elsewhere, or never there): `ls` stops
+            # showing it too, until a later listing pass says otherwise.
+            self.listing.forget_file(node.file_id)
+            raise
 
     async def _entry(self, node: Node, *, fresh: bool = False) -> pyfuse3.EntryAttributes:
         if node.kind is not Kind.FILE:
@@ -251,8 +273,25 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        key = (parent_inode, os.fsdecode(name))
+        failed = self._failed_lookups.get(key)
+        now = trio.current_time()
+        if failed is not None:
+            if now - failed[1] < LOOKUP_FAILURE_MEMORY:
+                raise pyfuse3.FUSEError(failed[0])
+            del self._failed_lookups[key]
+        try:
+            return await self._lookup(parent_inode, key[1])
+        except Exception as exc:
+            code = errno_for(exc)
+            if code not in (None, errno.ENOENT):
+                if len(self._failed_lookups) > 10_000:
+                    self._failed_lookups.clear()
+                self._failed_lookups[key] = (code, trio.current_time())
+            raise
+
+    async def _lookup(self, parent_inode: int, text: str) -> pyfuse3.EntryAttributes:
         parent = self.table.get(parent_inode)
-        text = os.fsdecode(name)
         if text == ".":
             child = parent
         elif text == "..":
@@ -397,8 +436,17 @@ class Operations(pyfuse3.Operations):
         local = await self.writer.read(f.file_id, off, size)
         if local is not None:
             return local
-        # A memoryview saves a copy; pyfuse3 accepts any contiguous buffer (its stub says bytes).
-        return cast(bytes, await self.readpath.read(f, off, size))
+        try:
+            # A memoryview saves a copy; pyfuse3 accepts any contiguous buffer (its stub
+            # says bytes).
+            return cast(bytes, await self.readpath.read(f, off, size))
+        except Exception as exc:
+            if not isinstance(_leaf(exc), FileNotFound):
+                raise
+            # Deleted since it was opened: the descriptor is stale (as NFS says it).
+            self.stats.note_missing(f.file_id)
+            log.info("read %s: deleted from the cluster since it was opened", f.file_id)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     @fuse_op
     async def flush(self, fh: FileHandleT) -> None:
@@ -463,10 +511,13 @@ class Operations(pyfuse3.Operations):
         current = await self._entry(node)
         # FastDFS keeps no modes, owners or times: setting what is shown already is
         # harmless (cp -p, rsync), anything else is refused; times are ignored.
-        if fields.update_mode and stat_mod.S_IMODE(attr.st_mode) != stat_mod.S_IMODE(
-            current.st_mode
-        ):
-            self._refuse("chmod", node.key)
+        if fields.update_mode and not _harmless_chmod(attr.st_mode, current.st_mode):
+            if self.writer.writer_of(node.file_id) is None:
+                self._refuse("chmod", node.key)
+            # Open for writing here (rsync's temporary file, a copy cp -a is making): like
+            # the mode given to create, one that FastDFS cannot keep is not kept.
+            log.info("chmod %o of %s, being written here: not kept",
+                     stat_mod.S_IMODE(attr.st_mode), node.key)  # fmt: skip
         if (fields.update_uid and attr.st_uid != current.st_uid) or (
             fields.update_gid and attr.st_gid != current.st_gid
         ):

@@ -145,10 +145,11 @@ async def run(opts: MountOptions, on_live: Callable[[], None] | None = None) -> 
             metrics = MetricsServer(opts.metrics, MountCollector(managed.snapshot, token))
             managed.info["metrics"] = metrics.url
         sweep_stale(managed.paths.state.parent)
-        listener = await _status_listener(managed.paths.socket)
         async with trio.open_nursery() as nursery:
             startup = trio.CancelScope()
+            # Signals are ours before the status socket shows the daemon to anyone.
             await nursery.start(_signals_outside_the_mount, managed, startup)
+            listener = await _status_listener(managed.paths.socket)
             if listener is not None:
                 nursery.start_soon(serve_status, listener, managed.snapshot)
             try:

@@ -101,11 +101,16 @@ def build_operations(
     groups: list[GroupStat] | None = None,
 ) -> MountParts:
     """Wire the caches and the `Operations` around `client`; background work goes to `nursery`."""
-    directory = GroupDirectory(client.list_groups)
+    directory = GroupDirectory(client.list_groups, nursery=nursery)
     if groups is not None:
         directory.seed(groups)
     table = InodeTable(directory)
-    stats = FileStats(lambda fid: client.info(fid), verify_exists=opts.verify_exists)
+    stats = FileStats(
+        lambda fid: client.info(fid),
+        confirm=lambda fid: client.info(fid, calc_crc32=False),
+        trust_ids=opts.trust_ids,
+        exists_ttl=opts.exists_ttl,
+    )
     attrs = AttrFactory(
         uid=opts.uid,
         gid=opts.gid,

@@ -30,11 +30,12 @@ Mount a FastDFS cluster as a directory tree.
 
   /MOUNTPOINT/<group>/M<xx>/<HH>/<HH>/<name>  is the file with ID  <group>/M<xx>/<HH>/<HH>/<name>
 
-Any valid file ID path can be opened, listed or not; `ls` of the last level shows
-the files the storages report (see -o nolist). Normal files are 0444, appender
+Any file ID path the cluster confirms can be opened, listed or not (a name no
+storage could have generated is ENOENT at once); `ls` of the last level shows the
+files the storages report (see -o nolist). Normal files are 0444, appender
 files 0644, directories 0755. FastDFS metadata appears as extended attributes
-user.<key>, plus read-only user.fdfs.file_id, user.fdfs.type, user.fdfs.crc32 and
-user.fdfs.source (try: getfattr -d FILE).
+user.<key> (try: getfattr -d FILE), plus read-only user.fdfs.file_id, user.fdfs.type,
+user.fdfs.crc32 and user.fdfs.source, read by name (getfattr -n user.fdfs.type FILE).
 
 Appender files take ordinary writes (append, overwrite, truncate). A file created
 in /MOUNTPOINT/<group>/ is a new appender file there, shown under the name given
@@ -66,7 +67,10 @@ mount options (-o name[=value],...; may be repeated):
   nolist               do not list files (directories show only names used here)
   list_ttl=SECS        how long a group's file listing is served before a refresh (default: 60)
   sparse               hide Mxx/HH directories the listing shows to be empty
-  verify_exists        confirm with the storage that unlisted normal files exist on lookup
+  exists_ttl=SECS      a file the cluster confirmed is trusted this long; a deletion
+                       elsewhere shows within it (default: 10)
+  trust_ids            take a well-formed normal-file ID as existing without asking
+                       (no round trip; a deleted or made-up ID then fails on read)
   timeout=SECS         deadline of every file operation; EIO after it (default: 30)
   write_buffer=SIZE    writes to one file are sent in requests of up to this (default: 8M)
   write_idle=SECS      buffered writes are sent after this long without a new one (default: 1)

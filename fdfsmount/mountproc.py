@@ -5,11 +5,17 @@ waits (bounded) until the kernel lists the mount -- failing early if the
 daemon dies -- and on the way out, however it is left, unmounts lazily with
 ``fusermount3 -u -z`` and then ends the daemon's process group (SIGTERM,
 then SIGKILL).
+
+A mount that is not ours is unmounted only when it is stale: its daemon is
+gone (``Transport endpoint is not connected``, or the pid in its state file is
+dead). A live mount in the way is an error, never cleared (`mount_state`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import errno
 import os
 import shutil
 import signal
@@ -60,6 +66,63 @@ def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
     return False
 
 
+class MountState(enum.Enum):
+    FREE = "free"  # nothing mounted there
+    STALE = "stale"  # a mount whose daemon is gone: safe to clear
+    LIVE = "live"  # a mount that answers, or that we cannot prove dead: leave it
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def state_file_pid(mountpoint: str | os.PathLike[str]) -> int | None:
+    """The daemon pid an fdfsmount mount recorded for `mountpoint` (None: no state file)."""
+    from .status import StatusError, locate
+
+    try:
+        _entry, state = locate(os.path.realpath(mountpoint))
+    except (StatusError, OSError):
+        return None
+    pid = state.get("pid")
+    return pid if isinstance(pid, int) else None
+
+
+def mount_state(mountpoint: str | os.PathLike[str]) -> MountState:
+    """Whether `mountpoint` is free, a stale mount or a live one."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return MountState.STALE
+        return MountState.LIVE if is_mounted(mountpoint) else MountState.FREE
+    if not is_mounted(mountpoint):
+        return MountState.FREE
+    pid = state_file_pid(mountpoint)
+    if pid is not None and not _pid_alive(pid):
+        return MountState.STALE
+    return MountState.LIVE
+
+
+def clear_stale(mountpoint: str | os.PathLike[str]) -> bool:
+    """Lazily unmount `mountpoint` if it is stale; True if it was."""
+    if mount_state(mountpoint) is not MountState.STALE:
+        return False
+    subprocess.run(
+        ["fusermount3", "-u", "-z", os.fspath(mountpoint)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    return True
+
+
 def fdfsmount_command(
     trackers: Sequence[str], mountpoint: str | os.PathLike[str], options: Sequence[str] = ()
 ) -> list[str]:
@@ -83,8 +146,13 @@ def wait_for_mount(proc: MountProcess, timeout: float = READY_TIMEOUT) -> None:
 
 
 def unmount(proc: MountProcess) -> None:
-    """Lazy-unmount, then end the daemon's process group; never raises."""
-    if is_mounted(proc.mountpoint):
+    """Lazy-unmount, then end the daemon's process group; never raises.
+
+    Once our daemon has exited, a live mount at the mountpoint is someone
+    else's and stays.
+    """
+    ours = proc.process.poll() is None or mount_state(proc.mountpoint) is MountState.STALE
+    if ours and is_mounted(proc.mountpoint):
         subprocess.run(
             ["fusermount3", "-u", "-z", os.fspath(proc.mountpoint)],
             stdout=subprocess.DEVNULL,
@@ -118,6 +186,12 @@ def mounted(
     mountpoint.mkdir(parents=True, exist_ok=True)
     if not any(o.startswith("cache_dir=") for o in options):
         options = [*options, f"cache_dir={mountpoint.with_name(mountpoint.name + '.cache')}"]
+    clear_stale(mountpoint)
+    if mount_state(mountpoint) is MountState.LIVE:
+        pid = state_file_pid(mountpoint)
+        raise MountFailed(
+            f"{mountpoint} is already mounted" + (f" (fdfsmount pid {pid})" if pid else "")
+        )
     log_file = Path(log_path) if log_path else mountpoint.with_name(mountpoint.name + ".log")
     with open(log_file, "ab") as log_out:
         process = subprocess.Popen(

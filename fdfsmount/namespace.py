@@ -2,9 +2,11 @@
 
 # Strategy
 The tree is fixed by FastDFS itself: ``/<group>/M<xx>/<HH>/<HH>/<name>``. A
-child is therefore decided by its name alone, plus the group's stats (how many
-store paths and subdirectories it has). No server is asked whether a file
-exists here; malformed names are refused before any I/O.
+directory child is therefore decided by its name alone, plus the group's stats
+(how many store paths and subdirectories it has). A file name must be one a
+storage server could have generated (`check_generated`); anything else is
+refused before any I/O. Whether the file exists is the attribute layer's
+question (`attrs.FileStats`).
 
 Inode numbers are a hash of the path (of the file ID, for files), so they
 stay the same across `forget`, remounts and hosts; a hash collision between
@@ -18,6 +20,7 @@ their file ID, so an alias and its file-ID path share one inode.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
@@ -32,6 +35,7 @@ import trio
 from . import inodespill
 from .proto import FileId, FileIdInfo, FileType, GroupStat, decode_file_id, parse_file_id
 from .proto.errors import FdfsError, InvalidFileId
+from .proto.fileid import check_generated
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +127,23 @@ GroupLister = Callable[[], Awaitable[list[GroupStat]]]
 class GroupDirectory:
     """The groups the tracker knows and their stats, cached for `GROUPS_TTL`.
 
-    One refresh runs at a time; callers during a refresh wait for it. When the
-    tracker cannot be reached, the last known list keeps being served.
+    One refresh runs at a time; callers during a refresh wait for it. Once a
+    list is known, an old one is served while a refresh runs in `nursery`, so
+    a lookup never waits for the tracker and then for a storage in turn; only a
+    name missing from the list waits (at most every `GROUPS_MIN_REFRESH`).
+    When the tracker cannot be reached, the last known list keeps being served.
     """
 
-    def __init__(self, list_groups: GroupLister, *, ttl: float = GROUPS_TTL) -> None:
+    def __init__(
+        self,
+        list_groups: GroupLister,
+        *,
+        ttl: float = GROUPS_TTL,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
         self._list_groups = list_groups
         self._ttl = ttl
+        self._nursery = nursery
         self._groups: dict[str, GroupStat] | None = None
         self._fetched_at = -math.inf
         self._refreshing: trio.Event | None = None
@@ -143,9 +157,17 @@ class GroupDirectory:
     async def all(self, *, max_age: float | None = None) -> dict[str, GroupStat]:
         age = trio.current_time() - self._fetched_at
         if self._groups is None or age > (self._ttl if max_age is None else max_age):
+            if self._groups is not None and max_age is None and self._nursery is not None:
+                if self._refreshing is None:
+                    self._nursery.start_soon(self._background_refresh, name="list groups")
+                return self._groups
             await self._refresh()
         assert self._groups is not None
         return self._groups
+
+    async def _background_refresh(self) -> None:
+        with contextlib.suppress(FdfsError):  # logged by _refresh; the old list stays
+            await self._refresh()
 
     async def get(self, name: str) -> GroupStat | None:
         groups = await self.all()
@@ -377,8 +399,9 @@ class InodeTable:
         # SUBDIR2: the name must complete a well-formed file ID.
         text = f"{parent.group}/M{parent.store_path:02X}/{parent.hi:02X}/{parent.lo:02X}/{name}"
         try:
-            return self.file_node(parse_file_id(text), parent=parent.inode)
-        except InvalidFileId:
+            return self.file_node(check_generated(text), parent=parent.inode)
+        except InvalidFileId as exc:
+            log.debug("%s", exc)
             raise NotFound(name) from None
 
     def file_node(self, file_id: FileId, *, parent: int = 0) -> Node:

@@ -51,6 +51,7 @@ _BOOL_OPTIONS = {
     "nolist": "no_list",
     "debug": "debug",
     "verify_exists": "verify_exists",
+    "trust_ids": "trust_ids",
     "sparse": "sparse",
 }
 _SIZE_OPTIONS = {
@@ -64,6 +65,7 @@ _DURATION_OPTIONS = {
     "attr_timeout": "attr_timeout",
     "entry_timeout": "entry_timeout",
     "list_ttl": "list_ttl",
+    "exists_ttl": "exists_ttl",
     "timeout": "timeout",
     "write_idle": "write_idle",
 }
@@ -110,7 +112,9 @@ class MountOptions:
     list_ttl: float = 60.0
     timeout: float = 30.0  # deadline of every file system operation
     debug: bool = False
-    verify_exists: bool = False  # confirm unlisted normal files with the server on lookup
+    verify_exists: bool = False  # older spelling of the default (confirm existence); no effect
+    trust_ids: bool = False  # a well-formed normal-file ID exists without asking (no round trip)
+    exists_ttl: float = 10.0  # how long a confirmed file is trusted to still exist
     sparse: bool = False  # hide Mxx/HH directories the listing shows to be empty
     logfile: str | None = None
     cache_dir: str | None = None  # alias catalog; None: $XDG_CACHE_HOME or /var/cache
@@ -257,6 +261,10 @@ def _check(opts: MountOptions) -> None:
         raise OptionError("disk_cache_size must be at least 1M")
     if opts.list_ttl <= 0:
         raise OptionError("list_ttl must be more than 0 seconds")
+    if opts.exists_ttl < 0:
+        raise OptionError("exists_ttl cannot be negative")
+    if opts.trust_ids and opts.verify_exists:
+        raise OptionError("trust_ids and verify_exists contradict each other: choose one")
     if not 4 * KIB <= opts.write_buffer <= 256 * MIB:
         raise OptionError("write_buffer must be between 4K and 256M")
     if opts.write_idle <= 0:

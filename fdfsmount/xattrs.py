@@ -1,5 +1,14 @@
 """Extended attributes: ``user.<key>`` from FastDFS metadata, read-only ``user.fdfs.*`` facts.
 
+The ``user.fdfs.*`` facts are virtual: answered by name, but not listed (as
+CephFS does with its ``ceph.*`` attributes). Copying tools copy what
+listxattr names: ``cp -a``, ``mv`` and ``rsync -X`` would otherwise try to
+set another file's ID on the copy (or, for rsync, remove it from a copy in
+the mount) and print an error per file. Setting one to the value it has is
+accepted (a restore of a dump); to any other value it is ENOTSUP, which
+coreutils leaves unreported when it copies attributes it was not asked for,
+while ``setfattr`` still fails with it.
+
 ``getfattr -d`` asks for the list and then every value; metadata is therefore
 cached per file for `METADATA_TTL`, so one dump costs one GET_METADATA.
 
@@ -88,23 +97,16 @@ class Xattrs:
         return value.encode("utf-8", "surrogateescape")
 
     async def list(self, node: Node) -> list[bytes]:
+        """The metadata keys; the virtual ``user.fdfs.*`` names are not listed."""
         if node.file_id is None:
             return []
-        # Only names getxattr answers: a file with no known crc32 (an appender file
-        # being written here) has no user.fdfs.crc32, and `getfattr -d` must not fail on it.
-        fstat = await self._file_stat(node)
-        names = [
-            encode_name(FDFS_PREFIX + n)
-            for n in FDFS_NAMES
-            if n != "crc32" or fstat.crc32 is not None
-        ]
+        await self._file_stat(node)  # a file deleted elsewhere is ENOENT here too
         meta = await self.metadata(node.file_id)
-        names.extend(
+        return [
             encode_name(USER_PREFIX + key)
             for key in sorted(meta)
             if not is_fdfs_name(USER_PREFIX + key)  # shadowed by the read-only ones
-        )
-        return names
+        ]
 
     async def _fdfs_value(self, node: Node, field: str) -> bytes:
         assert node.file_id is not None
@@ -146,6 +148,15 @@ class Xattrs:
 
     async def set(self, node: Node, name: bytes, value: bytes) -> None:
         """setxattr ``user.<key>``: merge one key into the file's metadata."""
+        text = decode_name(name)
+        if is_fdfs_name(text) and node.file_id is not None:
+            try:
+                shown: bytes | None = await self._fdfs_value(node, text[len(FDFS_PREFIX) :])
+            except NoAttribute:
+                shown = None
+            if shown == value:
+                return  # what it is already: nothing to change
+            raise Refused(errno.ENOTSUP, f"{text} of {node.file_id} is read-only")
         file_id, key = self._writable(node, name)
         text = value.decode("utf-8", "surrogateescape")
         if len(value) > MAX_META_VALUE_LEN:
@@ -175,7 +186,7 @@ class Xattrs:
         if node.file_id is None:
             raise Refused(errno.EPERM, f"{node.key}: directories have no metadata")
         if is_fdfs_name(text):
-            raise Refused(errno.EPERM, f"{text} is read-only")
+            raise Refused(errno.ENOTSUP, f"{text} of {node.file_id} is read-only")
         if self._set_metadata is None:
             raise Refused(errno.EPERM, "metadata cannot be changed here")
         key = text[len(USER_PREFIX) :]

@@ -799,13 +799,13 @@ class Cluster:
             poll_hook,
         )
 
-    async def wait_active_async(
-        self, nodes: Sequence[Node] | None = None, timeout: float | None = None
-    ) -> None:
-        await self._in_thread(lambda check: self.wait_active(nodes, timeout, check))
+    async def wait_active_async(self, nodes: Sequence[Node] | None = None) -> None:
+        """`wait_active` with the cluster's `ready_timeout`; a caller's deadline cancels it."""
+        await self._in_thread(lambda check: self.wait_active(nodes, None, check))
 
-    async def wait_offline_async(self, nodes: Sequence[Node], timeout: float | None = None) -> None:
-        await self._in_thread(lambda check: self.wait_offline(nodes, timeout, check))
+    async def wait_offline_async(self, nodes: Sequence[Node]) -> None:
+        """`wait_offline` with the cluster's `ready_timeout`; a caller's deadline cancels it."""
+        await self._in_thread(lambda check: self.wait_offline(nodes, None, check))
 
     def _check_alive(self) -> None:
         """Raise if a node died on its own (not by kill() or restart())."""
@@ -953,10 +953,8 @@ class Cluster:
                 )
             time.sleep(_POLL_INTERVAL)
 
-    async def fill_disk_async(self, node: Node | str, *, timeout: float | None = None) -> None:
-        await self._in_thread(lambda check: self.fill_disk(node, timeout=timeout, poll_hook=check))
+    async def fill_disk_async(self, node: Node | str) -> None:
+        await self._in_thread(lambda check: self.fill_disk(node, poll_hook=check))
 
-    async def unfill_disk_async(self, node: Node | str, *, timeout: float | None = None) -> None:
-        await self._in_thread(
-            lambda check: self.unfill_disk(node, timeout=timeout, poll_hook=check)
-        )
+    async def unfill_disk_async(self, node: Node | str) -> None:
+        await self._in_thread(lambda check: self.unfill_disk(node, poll_hook=check))

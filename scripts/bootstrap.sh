@@ -17,6 +17,11 @@ VENV="$REPO_ROOT/.venv"
 # fuse3/libfuse3-dev/pkg-config/gcc/python3-dev: build and run pyfuse3.
 # attr: getfattr/setfattr for the xattr tests. systemd: systemd-analyze verify.
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev attr systemd)
+# The test path also installs the programs the tests run on a mount: nginx (its
+# smallest build), rsync, ImageMagick (identify) and file.
+if [[ ",$EXTRAS," == *",test,"* ]]; then
+    APT_PACKAGES+=(nginx-light rsync imagemagick file)
+fi
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -44,11 +49,22 @@ install_system_packages() {
     # apt/dpkg progress output is long; keep it in a file and show it on failure.
     local apt_log
     apt_log="$(mktemp)"
-    if ! {
+    # Packaged services (nginx) must not start and listen on every address: tests run
+    # their own on 127.0.0.1. policy-rc.d answering 101 tells invoke-rc.d so.
+    local policy=/usr/sbin/policy-rc.d added_policy=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+        "${sudo[@]}" chmod 755 "$policy"
+        added_policy=1
+    fi
+    local ok=1
+    {
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
             "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
                 apt-get install -y -q --no-install-recommends "${missing[@]}"
-    } </dev/null >"$apt_log" 2>&1; then
+    } </dev/null >"$apt_log" 2>&1 || ok=""
+    [[ -n $added_policy ]] && "${sudo[@]}" rm -f "$policy"
+    if [[ -z $ok ]]; then
         tail -n 40 "$apt_log" >&2
         log "apt-get failed (full log: $apt_log)"
         exit 1

@@ -21,5 +21,26 @@ echo "== ruff check ${lint_paths[*]}"
 echo "== mypy"
 "$BIN/mypy"
 
+# Files over 1 MB that the run leaves in /tmp are reported and fail it: tests
+# delete what they write (pytest keeps only failed tests' temp directories).
+tmp_snapshot() { find /tmp -xdev -type f -size +1M 2>/dev/null | sort; }
+tmp_before="$(mktemp)"
+trap 'rm -f "$tmp_before"' EXIT
+tmp_snapshot >"$tmp_before"
+
 echo "== pytest $*"
-exec "$BIN/python" -m pytest "$@"
+started=$SECONDS
+status=0
+"$BIN/python" -m pytest "$@" || status=$?
+elapsed=$((SECONDS - started))
+
+left="$(tmp_snapshot | comm -13 "$tmp_before" -)"
+if [[ -n "$left" && $status -eq 0 ]]; then
+    echo "== files over 1 MB left in /tmp by the run:"
+    echo "$left"
+    status=1
+fi
+printf '== wall time: pytest %dm%02ds, whole command %dm%02ds (exit %d)\n' \
+    $((elapsed / 60)) $((elapsed % 60)) $((SECONDS / 60)) $((SECONDS % 60)) "$status"
+# pytest's "no tests collected" (5) is a failure here too: a run must test something.
+exit "$status"

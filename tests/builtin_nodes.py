@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from waiting import wait_until
 
 from fdfsmount.proto.constants import StorageStatus
 from fdfsmount.proto.records import StorageStat
@@ -155,15 +156,13 @@ class BuiltinNodes:
         return decode_storages_reply(response[10:])
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
+        def done_or_died() -> bool:
             for node in self.storages:
                 if not node.proc.running:
                     raise RuntimeError(f"{node.proc.name} died:\n{node.proc.stderr_tail()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"timed out waiting for {what}")
+            return check()
+
+        wait_until(done_or_died, timeout=timeout, interval=0.1, what=what)
 
     def all_active(self) -> bool:
         for group in {s.group for s in self.storages_spec}:

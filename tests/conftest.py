@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -26,6 +29,36 @@ async def env(cluster: Cluster, nursery: trio.Nursery) -> AsyncIterator[Env]:
     """`Operations` wired as the mount wires them, over their own client."""
     async for e in make_env(cluster, nursery):
         yield e
+
+
+#: Seconds an async test body may run before it fails with `trio.TooSlowError`;
+#: ``@pytest.mark.deadline(seconds)`` changes it for one test.
+DEFAULT_DEADLINE = 90.0
+
+
+def _with_deadline(
+    test: Callable[..., Awaitable[Any]], seconds: float
+) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(test)
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        with trio.fail_after(seconds):
+            return await test(*args, **kwargs)
+
+    return bounded
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Bound every async test body by a trio deadline, so a hang fails instead of stalling."""
+    for item in items:
+        test = getattr(item, "obj", None)
+        # Hypothesis tests are wrapped by pytest-trio one level down; leave them be.
+        if not inspect.iscoroutinefunction(test) or hasattr(test, "hypothesis"):
+            continue
+        if {"autojump_clock", "mock_clock"} & set(getattr(item, "fixturenames", ())):
+            continue  # a deadline would be measured on the mock clock, which the test moves
+        marker = item.get_closest_marker("deadline")
+        seconds = float(marker.args[0]) if marker else DEFAULT_DEADLINE
+        item.obj = _with_deadline(test, seconds)  # type: ignore[attr-defined]
 
 
 #: Loggers of the project: an unexpected WARNING from them fails the test.

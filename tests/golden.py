@@ -1,4 +1,4 @@
-"""Loader for the FastDFS 6.16.1 golden transcripts in ``tests/data/golden/`` (vendored byte captures).
+"""Loader for the FastDFS 6.16.1 golden transcripts (byte captures) in ``tests/data/golden/``.
 
 Each JSON line becomes a frozen `GoldenRecord`. A missing or empty golden
 directory is an error, not a reason to skip: the codec tests exist to replay

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import trio
+from waiting import eventually
 
 from fdfsmount.proto import FileId, FileNotFound, ServerAddr, decode_file_id
 from fdfsmount.proto.client import Client
@@ -21,7 +22,7 @@ def run(*args: str | os.PathLike[str], timeout: float = 120, **kw: object) -> st
     done = subprocess.run(
         [os.fspath(a) for a in args], capture_output=True, timeout=timeout, check=True, **kw
     )  # type: ignore[call-overload]
-    return done.stdout.decode(errors="replace")
+    return str(done.stdout.decode(errors="replace"))
 
 
 def client_run(cluster: Cluster, work: Callable[[Client], Awaitable[T]]) -> T:
@@ -107,11 +108,14 @@ def check_everywhere(
         for node in cluster.storages_of(fid.group):
             if node is source:
                 continue
-            with trio.move_on_after(REPLICATION_WAIT):
-                while await content_on(client, node, fid) != content or (
-                    meta is not None and await metadata_on(client, node, fid) != meta
-                ):
-                    await trio.sleep(0.1)
+
+            async def replicated(node: Node = node) -> bool:
+                return await content_on(client, node, fid) == content and (
+                    meta is None or await metadata_on(client, node, fid) == meta
+                )
+
+            with trio.move_on_after(REPLICATION_WAIT):  # the asserts below say what differs
+                await eventually(replicated, interval=0.1)
             got = await content_on(client, node, fid)
             assert got == content, f"{fid} on {node.name}: {got!r}"
             if meta is not None:

@@ -1,11 +1,18 @@
-"""Helpers for tests that call `Operations` directly (no kernel) against a harness cluster."""
+"""Helpers for tests that call `Operations` directly (no kernel) against a harness cluster.
+
+Most of these tests run the builtin servers inside the test's own trio run
+(`harness.inprocess`): no processes, ports the kernel picks, nothing left when
+the test ends. Tests that stop or freeze a storage use a process `Cluster`.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
 
 import pyfuse3
 import pytest
@@ -16,18 +23,40 @@ from fdfsmount.options import MountOptions
 from fdfsmount.proto import FileId, parse_file_id
 from fdfsmount.proto.client import Client
 from fdfsmount.proto.fileid import make_remote_name
-from harness.cluster import Cluster
+from harness.inprocess import start_inprocess_cluster
 
 CTX = pyfuse3.RequestContext()
 ROOT = pyfuse3.ROOT_INODE
 MIB = 1024 * 1024
 
 
+class StorageView(Protocol):
+    """What these tests read of a storage node, in process or out."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def storage_id(self) -> str | None: ...
+
+
+class ClusterView(Protocol):
+    """What these tests read of a cluster: a `Cluster` or an `InProcessCluster`."""
+
+    @property
+    def trackers(self) -> list[str]: ...
+    def storages_of(self, group: str) -> Sequence[StorageView]: ...
+
+
+async def inprocess_cluster(nursery: trio.Nursery, base_dir: Path) -> ClusterView:
+    """group1 with two storages and group2 with one, as tasks of this trio run."""
+    return await start_inprocess_cluster(nursery, base_dir)
+
+
 @dataclass
 class Env:
     parts: MountParts
     client: Client
-    cluster: Cluster
+    cluster: ClusterView
 
     @property
     def ops(self):  # type: ignore[no-untyped-def]
@@ -35,7 +64,7 @@ class Env:
 
 
 async def make_env(
-    cluster: Cluster, nursery: trio.Nursery, **options: object
+    cluster: ClusterView, nursery: trio.Nursery, **options: object
 ) -> AsyncIterator[Env]:
     """Operations over their own client (short timeouts), as the mount wires them.
 

@@ -170,9 +170,10 @@ class ScriptedServer:
                     return
                 length, cmd, status = _HEADER.unpack(head)
                 queued = self._by_cmd.get(cmd)
-                if queued and isinstance(queued[0], Refuse):
+                if queued and isinstance(refusal := queued[0], Refuse):
+                    queued.popleft()
                     self.requests.append(Received(cmd, status, b"", head))
-                    await stream.send_all(queued.popleft().data)
+                    await stream.send_all(refusal.data)
                     return
                 body = await _receive_exactly(stream, length)
                 if body is None:

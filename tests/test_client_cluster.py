@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from waiting import eventually
 
 from fdfsmount.proto import FileId, FileNotFound, FileType, ServerAddr, decode_file_id
 from fdfsmount.proto.client import Client
@@ -60,9 +61,13 @@ async def wait_tracker_knows_replicas(cluster: Cluster, client: Client, fid: Fil
     """
     if cluster.backend_name != "builtin":
         return
+    replicas = len(cluster.storages_of(fid.group))
+
+    async def all_named() -> bool:
+        return len(await client.fetch_servers(fid)) >= replicas
+
     with trio.fail_after(REPLICATION_WAIT):
-        while len(await client.fetch_servers(fid)) < len(cluster.storages_of(fid.group)):
-            await trio.sleep(0.1)
+        await eventually(all_named, interval=0.1, what=f"{fid} everywhere")
 
 
 async def stream_of(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -132,7 +137,7 @@ async def test_uploads_reads_and_metadata_on_every_replica(
         # Other upload sources: a path, a binary file, an async stream (sized or not).
         (tmp_path / "src.txt").write_bytes(b"from a path")
         from_path = await client.upload(tmp_path / "src.txt", ext="txt", group="group2")
-        with open(tmp_path / "src.txt", "rb") as file:
+        with await trio.to_thread.run_sync(open, tmp_path / "src.txt", "rb") as file:
             from_file = await client.upload(file, size=11, group="group2")
         from_stream = await client.upload(stream_of(b"from ", b"a stream"), group="group2")
         sized = await client.upload(stream_of(b"ab", b"cd"), size=4, group="group2")
@@ -148,9 +153,13 @@ async def test_uploads_reads_and_metadata_on_every_replica(
             await client.delete(f)
         with pytest.raises(FileNotFound):
             await client.delete(fid)  # the source has it no more
+
+        async def gone() -> bool:
+            return not await client.exists(fid)
+
+        # nor, a moment later, any replica
         with trio.fail_after(REPLICATION_WAIT):
-            while await client.exists(fid):  # nor, a moment later, any replica
-                await trio.sleep(0.1)
+            await eventually(gone, interval=0.1, what=f"{fid} deleted")
         with pytest.raises(FileNotFound):
             await client.download(fid)
 
@@ -226,9 +235,11 @@ async def test_reads_survive_the_death_of_the_source(fdfs_cluster_factory: Any) 
             fids = [await client.upload(DATA, ext="bin") for _ in range(4)]
             source = source_node(own, fids[0])
             for fid in fids:
-                await on_every_replica(
-                    own, fid, lambda a, f=fid: client.read_range(f, len(DATA) - 1, 1, servers=[a])
-                )
+
+                async def last_byte(addr: ServerAddr, fid: FileId = fid) -> bytes:
+                    return await client.read_range(fid, len(DATA) - 1, 1, servers=[addr])
+
+                await on_every_replica(own, fid, last_byte)
                 # Without the source, the tracker routes only to replicas it knows have caught up.
                 await wait_tracker_knows_replicas(own, client, fid)
             own.kill(source)

@@ -505,7 +505,7 @@ async def test_stale_pooled_connection_is_replaced(client: Client, tracker: Scri
     tracker.add_golden(G["list_all_groups"])
     with trio.fail_after(DEADLINE):
         await client.list_groups()
-        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
         assert client.pool.idle_count() == 1
         assert len(await client.list_groups()) == 2
     assert tracker.connections == 2
@@ -821,7 +821,7 @@ async def test_close_stops_pooling(net: ScriptedNetwork) -> None:
         assert client.pool.idle_count() == 1
         await client.aclose()
         assert client.pool.idle_count() == 0
-        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
     assert tracker.open_connections == 0
 
 

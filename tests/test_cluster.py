@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 import trio
+from waiting import wait_until
 
 from fdfsmount.mountproc import fuse_available, is_mounted
 from fdfsmount.proto.client import Client
@@ -289,10 +289,8 @@ def test_no_leak_when_a_node_dies_during_setup() -> None:
 
 def test_no_leak_when_readiness_times_out() -> None:
     cluster = Cluster(groups={"group1": 2}, backend=_LostStorageBackend(), ready_timeout=2)
-    started = time.monotonic()
     with pytest.raises(NotReady, match="group1-storage2@tracker1=absent"):
         cluster.start()
-    assert time.monotonic() - started < 15
     assert not cluster.base_dir.exists()
     assert processes_mentioning(str(cluster.base_dir)) == []
     assert not any(node.running for node in cluster.nodes)
@@ -442,10 +440,10 @@ def test_kill_then_restart_a_storage(cluster: Cluster) -> None:
 def test_stop_and_cont_a_storage(cluster: Cluster) -> None:
     node = cluster.storages_of("group2")[0]
     assert node.pid is not None
+    pid: int = node.pid
     cluster.stop(node)
     try:
-        time.sleep(0.2)
-        assert process_state(node.pid) == "T"
+        wait_until(lambda: process_state(pid) == "T", what="the storage to stop")
         # The tracker notices the silence after its offline timeout.
         cluster.wait_offline([node], timeout=30)
     finally:
@@ -458,10 +456,8 @@ def test_restart_a_stopped_storage(cluster: Cluster) -> None:
     node = cluster.storages[-1]
     old_pid = node.pid
     cluster.stop(node)
-    started = time.monotonic()
     cluster.restart(node)  # SIGTERM reaches a stopped process only with SIGCONT
     assert node.pid != old_pid
-    assert time.monotonic() - started < 30
     assert cluster.storage_status(node) == ACTIVE
 
 

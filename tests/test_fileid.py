@@ -31,8 +31,10 @@ from fdfsmount.proto.fileid import (
     TRUNK_REMOTE_NAME_LEN,
     FileId,
     FileType,
+    check_generated,
     decode_file_id,
     encode_source,
+    generated_name_problem,
     is_valid_remote_name,
     make_file_id,
     make_remote_name,
@@ -480,3 +482,92 @@ def test_slave_remote_name_refuses_bad_parts(master: str, prefix: str, ext: str)
 )
 def test_split_ext(local: str, ext: str) -> None:
     assert split_ext(local) == ext
+
+
+# ------------------------------------------------------- server-generated names
+
+
+def _name(size_field: int, *, source: bytes = b"\x01\x00\x00\x00", ctime: int = 1_700_000_000,
+          trunk_info: str = "", suffix: str = "1234567") -> str:  # fmt: skip
+    raw = struct.pack(">4sIQI", source, ctime, size_field, 0x12345678)
+    head = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"group1/M00/00/46/{head}{trunk_info}{suffix}"
+
+
+MASK = 0x80000000 << 32
+
+
+@pytest.mark.parametrize("text", GOOD_IDS)
+def test_golden_ids_could_be_generated(text: str) -> None:
+    assert check_generated(text) == parse_file_id(text)
+    assert generated_name_problem(parse_file_id(text).remote_name) is None
+
+
+@given(
+    source=st.one_of(st.integers(1, MAX_SERVER_ID), st.just("127.0.0.9")),
+    size=st.one_of(st.integers(0, (1 << 32) - 1), st.integers(1 << 32, (1 << 50))),
+    appender=st.booleans(),
+    ext=st.sampled_from(["", "a", "txt", "tar.gz", "x-y_z", "123456"]),
+    seed=st.integers(0, 2**32),
+)
+@settings(max_examples=300, deadline=None)
+def test_every_generated_name_is_accepted(
+    source: int | str, size: int, appender: bool, ext: str, seed: int
+) -> None:
+    remote = make_remote_name(
+        source=source, create_time=1_700_000_000, size=size, crc32=7, ext=ext,
+        appender=appender, rng=random.Random(seed),
+    )  # fmt: skip
+    assert generated_name_problem(remote) is None
+    slave = slave_remote_name(remote, "_150x150", "jpg")
+    assert generated_name_problem(slave) is None
+
+
+GENERATED_OK = [
+    _name(MASK | 0x7FFFFF << 32 | 16),  # all 23 random bits
+    _name(MASK | 16, suffix="123.txt"),
+    _name(MASK | 16, suffix=".tar.gz"),  # a 6-character extension leaves no digits
+    _name(MASK | 16, suffix="12:.log"),  # rand() == RAND_MAX gives ':'
+    _name(MASK | 16, source=bytes((127, 0, 0, 3))),  # an IPv4 source
+    _name(5 << 32),  # 20 GiB, carried unmasked
+    _name(16),  # unmasked, as storages before 2.07 (2011) wrote every size
+    _name(MASK | APPENDER_FLAG, suffix="099.log"),
+    _name(MASK | TRUNK_FLAG | 300, trunk_info="AAAAAQAAAAAAAAEs", suffix="123.jpg"),
+    _name(MASK | 16, suffix="123_big.jpg"),  # slave: prefix, its own ext
+    _name(MASK | 16, suffix="1234567_s"),  # slave of a master without an extension
+    _name(MASK | TRUNK_FLAG | 9, trunk_info="AAAAAQAAAAAAAAEs", suffix="123_s.jpg"),
+]
+
+
+@pytest.mark.parametrize("text", GENERATED_OK)
+def test_names_a_server_can_generate(text: str) -> None:
+    assert check_generated(text)
+
+
+NOT_GENERATED = [
+    # The made-up name of a user report: letters where digits go.
+    "group1/M00/00/00/nopeAAAAAAAAAAAAAAAAAAAAAAAAAA.png",
+    # A base64 part that does not end on a 20-byte boundary (last symbol 'B').
+    _name(MASK | 16)[:-8] + "B" + "1234567",
+    _name(MASK | 16, source=bytes(4)),  # no source
+    _name(MASK | 16, ctime=0),  # no create time
+    _name(MASK | 1 << 62 | 16),  # a bit no server sets
+    _name(MASK | 1 << 55 | 16),
+    _name(MASK | APPENDER_FLAG | TRUNK_FLAG, trunk_info="AAAAAQAAAAAAAAEs"),
+    _name(MASK | APPENDER_FLAG | 5),  # an appender name with a size
+    _name(APPENDER_FLAG | 1 << 32),  # flags on an unmasked size
+    _name(MASK | TRUNK_FLAG | 9, suffix="123.jpg"),  # trunk without its position
+    _name(MASK | TRUNK_FLAG | 9, trunk_info="AAAA", suffix="123.jpg"),
+    _name(MASK | 16, suffix="12345.txt"[:7].replace("3", "x")),  # letters among digits
+    _name(MASK | 16, suffix="1234.jp"[:6]),  # too short
+    _name(MASK | 16, suffix="123456."),  # a dot and no extension
+    _name(MASK | 16, suffix="1234567" + "p" * 30),  # longer than any slave
+]
+
+
+@pytest.mark.parametrize("text", NOT_GENERATED)
+def test_names_no_server_generates(text: str) -> None:
+    fid = parse_file_id(text)  # the shape is fine...
+    assert generated_name_problem(fid.remote_name) is not None
+    with pytest.raises(InvalidFileId, match="cannot be a FastDFS file ID"):
+        check_generated(fid)

@@ -10,12 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mounthelp import upload_bytes
+from waiting import wait_until
 
 from fdfsmount.helper import DEFAULT_PREFIX, installed_script, is_ours
 from fdfsmount.mount_cli import parse_command_line
@@ -109,10 +109,12 @@ def helper_where_mount_finds_it() -> Iterator[None]:
     """``fdfsmount`` in /usr/local/bin for the test (mount(8) runs helpers without our PATH).
 
     Installed with ``install-helper`` and removed afterwards unless it was there
-    before; a lock keeps concurrent runs of this test from removing it under each other.
+    before; a lock on the directory itself keeps concurrent runs of this test from
+    removing it under each other, and leaves no lock file behind.
     """
     target = Path(DEFAULT_PREFIX) / "fdfsmount"
-    with open("/tmp/fdfsmount-helper-test.lock", "w") as lock:
+    lock = os.open(DEFAULT_PREFIX, os.O_RDONLY | os.O_DIRECTORY)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         present = target.exists() or target.is_symlink()
         if present and not is_ours(target, installed_script()):
@@ -125,6 +127,8 @@ def helper_where_mount_finds_it() -> Iterator[None]:
         finally:
             if not present:
                 fdfsmount("install-helper", "--remove")
+    finally:
+        os.close(lock)
 
 
 @pytest.mark.mount
@@ -161,10 +165,7 @@ def test_mount_t_fuse_fdfsmount_then_umount(fdfs_cluster: Cluster, tmp_path: Pat
             )
             assert done.returncode == 0, done.stderr
             assert not is_mounted(mountpoint)
-            deadline = time.monotonic() + 30
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not _alive(pid), "the daemon outlived its mount"
+            wait_until(lambda: not _alive(pid), what="the daemon to end with its mount")
             assert "unmounted" in log.read_text()
         finally:
             if is_mounted(mountpoint):

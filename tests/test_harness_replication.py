@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from builtin_nodes import Addr, BuiltinNodes, StorageNode, StorageSpec, exchange
+from waiting import wait_until
 
 from fdfsmount.proto import storage as S
 from fdfsmount.proto import tracker as T
@@ -55,11 +55,7 @@ def fetch_all(nodes: BuiltinNodes, remote: str) -> list[Addr]:
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_until(check, timeout=timeout, what=what)
 
 
 @pytest.fixture
@@ -83,7 +79,10 @@ def test_new_files_replicate_and_fetch_routes_only_to_holders(pair: BuiltinNodes
         for addr in fetch_all(pair, remote):
             assert download(addr, remote) == data
     for remote, data in remotes:
-        eventually(lambda r=remote: len(fetch_all(pair, r)) == 2, what=f"{remote} on 2 servers")
+        def on_both(remote: str = remote) -> bool:
+            return len(fetch_all(pair, remote)) == 2
+
+        eventually(on_both, what=f"{remote} on 2 servers")
         for node in pair.storages:
             assert download(node.addr, remote) == data
 
@@ -216,8 +215,9 @@ def test_large_payloads_round_trip_and_replicate(pair: BuiltinNodes) -> None:
     assert (
         call(source.addr, S.modify_request(remote, 1000, len(modified)).encode() + modified)[0] == 0
     )
-    expected = bytearray(first + more)
-    expected[1000 : 1000 + len(modified)] = modified
+    changed = bytearray(first + more)
+    changed[1000 : 1000 + len(modified)] = modified
+    expected = bytes(changed)
     assert download(source.addr, remote) == expected
     eventually(lambda: download(replica.addr, remote) == expected, timeout=20, what="big file")
     info = S.decode_file_info_reply(

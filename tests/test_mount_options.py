@@ -73,6 +73,20 @@ def test_every_documented_option() -> None:
     assert {"ro", "allow_other", "default_permissions", "subtype=fdfsmount"} <= opts.fuse_options
 
 
+def test_existence_options() -> None:
+    default = build_options("h:1", "/mnt", [])
+    assert (default.trust_ids, default.exists_ttl) == (False, 10.0)
+    opts = build_options("h:1", "/mnt", ["exists_ttl=1m,trust_ids"])
+    assert (opts.trust_ids, opts.exists_ttl) == (True, 60.0)
+    assert build_options("h:1", "/mnt", ["exists_ttl=0"]).exists_ttl == 0.0
+    with pytest.raises(OptionError, match="contradict"):
+        build_options("h:1", "/mnt", ["trust_ids,verify_exists"])
+    with pytest.raises(OptionError, match="exists_ttl='soon'"):
+        build_options("h:1", "/mnt", ["exists_ttl=soon"])
+    with pytest.raises(OptionError, match="takes no value"):
+        build_options("h:1", "/mnt", ["trust_ids=yes"])
+
+
 def test_write_side_options() -> None:
     opts = build_options("h:1", "/mnt", ["write_buffer=4M,write_idle=250ms,cache_dir=rel/cache"])
     assert (opts.write_buffer, opts.write_idle) == (4 * MIB, 0.25)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 import trio
+import trio.testing
+from waiting import eventually
 
 from fdfsmount.blockcache import Block, BlockCache
 from fdfsmount.proto import FileId, ServerAddr, StorageStat, decode_file_id, parse_file_id
@@ -272,8 +274,7 @@ async def test_failed_prefetch_lets_the_reader_try_itself(nursery: trio.Nursery)
     assert await rp.read(f, 0, BLOCK) == data[:BLOCK]  # schedules readahead...
     client.fail = ServerError(errno.EIO, "disk error")  # ...which then fails
     with trio.fail_after(5):
-        while not rp.stats.prefetch_failures:
-            await trio.sleep(0.001)
+        await eventually(lambda: rp.stats.prefetch_failures, interval=0.001)
     client.fail = None
     assert await rp.read(f, BLOCK, BLOCK) == data[BLOCK : 2 * BLOCK]
 
@@ -294,7 +295,9 @@ async def test_slow_first_server_goes_last(nursery: trio.Nursery) -> None:
     assert second is not None and second[-1] == first[0]
 
 
-async def test_after_every_replica_failed_reads_fail_fast_for_a_moment() -> None:
+async def test_after_every_replica_failed_reads_fail_fast_for_a_moment(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     client = FakeClient()
     data = random.Random(7).randbytes(MIB)
     fid = client.add(data)
@@ -323,5 +326,5 @@ async def test_appender_readahead_stops_at_the_size_seen_at_open(nursery: trio.N
     while chunk := await rp.read(f, len(got), BLOCK):
         got += chunk
     assert got == data
-    await trio.sleep(0.01)
+    await trio.testing.wait_all_tasks_blocked()  # readahead too has done what it will
     assert all(offset < len(data) for _, offset, _, _ in client.requests)

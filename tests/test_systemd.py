@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from waiting import wait_until
 
 from fdfsmount.mount_cli import parse_command_line
 from fdfsmount.mountproc import MountProcess, fuse_available, is_mounted, unmount
@@ -376,9 +377,7 @@ def test_sigterm_before_the_mount_is_up_gives_up_cleanly(tmp_path: Path) -> None
             env={**os.environ, "FDFSMOUNT_RUNTIME_DIR": os.fspath(run_dir)},
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 30
-            while not any(run_dir.glob("*.sock")) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: any(run_dir.glob("*.sock")), what="the status socket")
             process.send_signal(signal.SIGTERM)
             output, _ = process.communicate(timeout=20)
         finally:

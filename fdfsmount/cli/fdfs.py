@@ -455,7 +455,8 @@ async def _with_source(path: str, label: str, send: Callable[[Any, int | None], 
     """Call ``send(data, size)`` with the file at ``path`` (- = stdin), drawing progress."""
     if path == "-":
         return await send(_stdin(), None)
-    with open(path, "rb") as file:
+    # Opening may block (a FIFO waits for its writer): not on the event loop.
+    with await trio.to_thread.run_sync(open, path, "rb") as file:
         info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
             return await send(file, None)  # a pipe or device: size learnt by spooling
@@ -496,7 +497,7 @@ async def cmd_upload(client: Client, args: argparse.Namespace) -> int:
 async def cmd_download(client: Client, args: argparse.Namespace) -> int:
     fid: FileId = args.file_id
     dest = args.dest if args.dest is not None else fid.name
-    if dest != "-" and os.path.isdir(dest):
+    if dest != "-" and await trio.Path(dest).is_dir():
         dest = os.path.join(dest, fid.name)
     bar: ProgressBar | None = None
     if sys.stderr.isatty():

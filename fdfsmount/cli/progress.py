@@ -21,7 +21,7 @@ class ProgressBar:
         self.label = label
         self.total = total
         self.done = 0
-        self._started = time.monotonic()
+        self.started = time.monotonic()
         self._drawn_at = 0.0
 
     def update(self, done: int) -> None:
@@ -37,7 +37,7 @@ class ProgressBar:
         self.stream.flush()
 
     def render(self, now: float, width: int) -> str:
-        elapsed = max(now - self._started, 1e-6)
+        elapsed = max(now - self.started, 1e-6)
         rate = f"{human_size(self.done / elapsed)}/s"
         if self.total:
             fraction = min(self.done / self.total, 1.0)

@@ -6,6 +6,25 @@ A file ID is ``<group>/M<xx>/<HH>/<HH>/<name>``. The first 27 characters of
 For a normal file the size field holds the file size, so size and crc32 are
 known without asking a server; appender and slave files must be asked
 (QUERY_FILE_INFO).
+
+# Strategy
+`parse_file_id` checks the shape only (what every client accepts);
+`check_generated` checks that a storage server could have generated the name,
+following how upstream storages build it:
+
+- the 27 base64 characters encode exactly 160 bits, so the last one carries
+  two zero bits (only every fourth symbol can end a name);
+- the source (server id or IPv4 address) and the create time are never 0;
+- the size field of a file under 4 GiB is masked: bit 63 set, 23 random bits,
+  bits 55..62 clear except the appender (58) or trunk (59) flag, never both;
+  an appender's low 32 bits are 0. A file of 4 GiB or more carries its size
+  unmasked (bit 63 clear, no flags), as every file did before FastDFS 2.07;
+- a trunk name has 16 more base64 characters (its trunk id, offset and size);
+- then a 7-character suffix: 7 random digits, or ``6 - len(ext)`` digits,
+  ``.`` and the extension (1..6 of ``[A-Za-z0-9_.-]``). Upstream draws a digit
+  as ``'0' + (int)(10.0 * rand() / RAND_MAX)``, which gives ``:`` once in 2^31;
+- a longer suffix is a slave name: the master's digits, a prefix of up to 16
+  characters and an optional ``.ext``.
 """
 
 from __future__ import annotations
@@ -36,13 +55,27 @@ _RANDOM_SIZE_FLAG = 1 << 63
 _FILE_ID_RE = re.compile(
     r"(?P<group>[A-Za-z0-9]{1,16})/"
     r"(?P<remote>M(?P<path>[0-9A-F]{2})/(?P<high>[0-9A-F]{2})/(?P<low>[0-9A-F]{2})/"
-    r"(?P<name>[A-Za-z0-9_-]{27}[A-Za-z0-9_.-]*))"
+    r"(?P<name>[A-Za-z0-9_-]{27}[A-Za-z0-9_.:-]*))"
 )
 _REMOTE_RE = re.compile(_FILE_ID_RE.pattern.split("/", 1)[1])
 # Upstream's fdfs_validate_filename: what a storage accepts as ext and prefix.
 _SLAVE_PREFIX_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{PREFIX_LEN}}}")
 _EXT_RE = re.compile(rf"[A-Za-z0-9_.-]{{0,{EXT_NAME_LEN}}}")
 _FIELDS = struct.Struct(">4sIQI")
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+#: Symbols that can end 27 base64 characters of 20 bytes: the low 2 bits are 0.
+_B64_LAST = frozenset(_B64_ALPHABET[::4])
+TRUNK_INFO_LEN = 16  # base64 of the trunk id, offset and size (3 x 4 bytes)
+SUFFIX_LEN = EXT_NAME_LEN + 1
+_B64_RE = re.compile(r"[A-Za-z0-9_-]*")
+_NORMAL_SUFFIX_RE = re.compile(
+    rf"[0-9:]{{{SUFFIX_LEN}}}|[0-9:]{{0,{EXT_NAME_LEN - 1}}}\.[A-Za-z0-9_.-]{{1,{EXT_NAME_LEN}}}"
+)
+_SLAVE_SUFFIX_RE = re.compile(
+    rf"[0-9:]{{0,{SUFFIX_LEN}}}[A-Za-z0-9_.-]{{1,{PREFIX_LEN + SUFFIX_LEN}}}"
+)
+_SLAVE_SUFFIX_MAX = SUFFIX_LEN + PREFIX_LEN + SUFFIX_LEN
+_MASK_HIGH_ALLOWED = 0x80000000 | 0x007FFFFF | (APPENDER_FLAG >> 32) | (TRUNK_FLAG >> 32)
 
 
 class FileType(enum.Enum):
@@ -150,6 +183,55 @@ def decode_file_id(file_id: FileId | str) -> FileIdInfo:
     return FileIdInfo(ftype, source_id, source_ip, create_time, size, crc)
 
 
+def generated_name_problem(remote_name: str) -> str | None:
+    """Why no storage server could have generated `remote_name`; None if one could.
+
+    `remote_name` must already have the shape `parse_file_id` checks.
+    """
+    name = remote_name[10:]
+    head, rest = name[:BASE64_LEN], name[BASE64_LEN:]
+    if head[-1] not in _B64_LAST:
+        return "its base64 part does not encode 20 bytes"
+    src, create_time, size_field, _crc = _FIELDS.unpack(_b64decode(head))
+    if src == bytes(4):
+        return "it names no source storage"
+    if create_time == 0:
+        return "it has no create time"
+    high = size_field >> 32
+    is_trunk = bool(size_field & TRUNK_FLAG)
+    if size_field >> 63:
+        if high & ~_MASK_HIGH_ALLOWED & 0xFFFFFFFF:
+            return "its size field has bits no server sets"
+        if is_trunk and size_field & APPENDER_FLAG:
+            return "it is marked both appender and trunk"
+        if size_field & APPENDER_FLAG and size_field & 0xFFFFFFFF:
+            return "it is an appender name with a size"
+    elif size_field >= APPENDER_FLAG:
+        # Unmasked: 4 GiB or more today; any size from storages older than 2.07.
+        return "its size field has flags without the random mask"
+    if is_trunk:
+        info, rest = rest[:TRUNK_INFO_LEN], rest[TRUNK_INFO_LEN:]
+        if len(info) < TRUNK_INFO_LEN or not _B64_RE.fullmatch(info):
+            return "it is a trunk name without its trunk position"
+    if len(rest) == SUFFIX_LEN:
+        if not _NORMAL_SUFFIX_RE.fullmatch(rest):
+            return f"its suffix {rest!r} is not random digits and an extension"
+    elif len(rest) < SUFFIX_LEN:
+        return "it is too short"
+    elif len(rest) > _SLAVE_SUFFIX_MAX or not _SLAVE_SUFFIX_RE.fullmatch(rest):
+        return f"its suffix {rest!r} is not a slave's prefix and extension"
+    return None
+
+
+def check_generated(file_id: FileId | str) -> FileId:
+    """`file_id` parsed; `InvalidFileId` unless a storage server could have generated it."""
+    fid = parse_file_id(str(file_id))
+    problem = generated_name_problem(fid.remote_name)
+    if problem is not None:
+        raise InvalidFileId(f"{fid} cannot be a FastDFS file ID: {problem}")
+    return fid
+
+
 def encode_source(source: int | str) -> bytes:
     """The 4 source bytes for a storage id (int) or an IPv4 address (str)."""
     if isinstance(source, int):
@@ -243,7 +325,9 @@ __all__ = [
     "FileId",
     "FileIdInfo",
     "FileType",
+    "check_generated",
     "decode_file_id",
+    "generated_name_problem",
     "make_file_id",
     "make_remote_name",
     "parse_file_id",
