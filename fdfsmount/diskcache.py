@@ -272,17 +272,29 @@ class DiskCache:
             if partial is None:
                 if self._entry(key) is not None:
                     return
-                digest = hashlib.sha256(key.encode()).hexdigest()
-                partial = _Partial(self.directory / "partial" / digest, size)
-                self._partials[key] = partial
-                while len(self._partials) > MAX_PARTIALS:
+                # Files being assembled count too: together at most the cache's size,
+                # and never below the free-space floor.
+                while self._partials and (
+                    len(self._partials) >= MAX_PARTIALS
+                    or sum(p.size for p in self._partials.values()) + size > self.capacity
+                ):
                     _, dropped = self._partials.popitem(last=False)
                     with contextlib.suppress(OSError):
                         dropped.path.unlink()
+                if self._free_bytes() - size < self.min_free:
+                    self.stats.skipped_no_space += 1
+                    return
+                digest = hashlib.sha256(key.encode()).hexdigest()
+                partial = _Partial(self.directory / "partial" / digest, size)
+                self._partials[key] = partial
             else:
                 self._partials.move_to_end(key)
             end = min(size, offset + len(data))
             await trio.to_thread.run_sync(_pwrite, partial.path, offset, data[: end - offset])
+            if self._partials.get(key) is not partial:  # dropped for room meanwhile
+                with contextlib.suppress(OSError):
+                    partial.path.unlink()
+                return
             partial.add(offset, end)
             if partial.complete and key not in self._filling:
                 self._filling.add(key)

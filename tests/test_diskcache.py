@@ -228,3 +228,34 @@ def test_warmup_fills_the_disk_cache_and_a_remount_reads_from_it(
         assert snap["counters"]["disk_cache_hits"] >= 2
         human = fdfsmount("status", os.fspath(m.mountpoint))
         assert "disk cache" in human.stdout and "listing" in human.stdout
+
+
+async def test_files_being_assembled_stay_within_the_cache_size(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    blobs = [os.urandom(600 * KIB) for _ in range(3)]
+    fids = [normal_file(b, 20 + i) for i, b in enumerate(blobs)]
+    cache = DiskCache(tmp_path / "dc", capacity=1 * MIB, min_free=0, nursery=nursery)
+    try:
+        for fid, blob in zip(fids, blobs, strict=True):
+            cache.offer(fid, decode_file_id(fid), len(blob), 0, blob[: 128 * KIB])
+        partial_dir = tmp_path / "dc" / "partial"
+        names = {
+            cache.path_of(str(fid)).name: (fid, blob) for fid, blob in zip(fids, blobs, strict=True)
+        }
+        # Two would be 1.2 MiB of a 1 MiB cache: one is kept (whichever came last).
+        with trio.fail_after(10):
+            while len(kept := list(partial_dir.iterdir())) != 1:
+                await trio.sleep(0.01)
+            await trio.sleep(0.1)  # and no other comes back
+            kept = list(partial_dir.iterdir())
+        assert len(kept) == 1
+        # The one still being assembled completes and is stored.
+        last, blob = names[kept[0].name]
+        cache.offer(last, decode_file_id(last), len(blob), 128 * KIB, blob[128 * KIB :])
+        with trio.fail_after(10):
+            while not cache.contains(last):
+                await trio.sleep(0.01)
+        assert await cache.read(last, 0, 600 * KIB) == blob
+    finally:
+        cache.close()
