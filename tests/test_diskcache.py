@@ -9,15 +9,17 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 from mounthelp import upload_bytes
 from opshelp import Env, make_env, read_all, walk
 
+from fdfsmount.clientapi import ReadClient
 from fdfsmount.diskcache import DiskCache
 from fdfsmount.metrics import metric_families, take_snapshot
+from fdfsmount.mount import MountError, open_disk_cache
 from fdfsmount.mountproc import fuse_available, mounted
 from fdfsmount.options import GIB, MIB, OptionError, build_options
 from fdfsmount.proto import FileId, decode_file_id, parse_file_id
@@ -259,3 +261,13 @@ async def test_files_being_assembled_stay_within_the_cache_size(
         assert await cache.read(last, 0, 600 * KIB) == blob
     finally:
         cache.close()
+
+
+async def test_an_unusable_disk_cache_directory_is_a_one_line_mount_error(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    opts = build_options("127.0.0.1:1", "/mnt", [f"disk_cache={blocker}"])
+    with pytest.raises(MountError, match=f"disk_cache={blocker}: cannot use it"):
+        open_disk_cache(opts, cast(ReadClient, None), nursery)
