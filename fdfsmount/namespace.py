@@ -254,7 +254,7 @@ class InodeTable:
         if inode is not None:
             return self._by_inode[inode]
         if len(self._spilled) and not key.startswith("/"):  # file IDs have no leading /
-            return self._unspill(self._spilled.take_key(key))
+            return self._unspill(self._spilled.take_key(key, hashed_inode(key)))
         return None
 
     def inode_for(self, node: Node) -> int:
@@ -317,7 +317,8 @@ class InodeTable:
         """Move the oldest file nodes to disk (see `inodespill`)."""
         rows: list[tuple[int, str, int, int]] = []
         for node in self._by_inode.values():
-            if node.kind is Kind.FILE:
+            # Only nodes numbered by their hash: `find` looks them up by it.
+            if node.kind is Kind.FILE and node.inode == hashed_inode(node.key):
                 rows.append((node.inode, node.key, node.parent, node.lookups))
                 if len(rows) >= inodespill.SPILL_BATCH:
                     break
