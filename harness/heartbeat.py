@@ -22,7 +22,7 @@ from fdfsmount.proto.errors import ProtocolError
 from fdfsmount.proto.wire import encode_header
 
 from .peerproto import MAX_JSON_BODY, PeerCmd, decode_json, decode_peer_list, encode_json
-from .serverutil import PeerClosed, SocketReader, send_all
+from .serverutil import FramedSocket, PeerClosed, send_all
 
 if TYPE_CHECKING:
     from .storage import StorageServer
@@ -57,7 +57,7 @@ class TrackerReporter:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     stream = await trio.open_tcp_stream(host, port)
                 async with stream:
-                    reader = SocketReader(stream.socket, 64 * 1024)
+                    reader = FramedSocket(stream.socket, 64 * 1024)
                     await self._exchange(
                         stream.socket, reader, PeerCmd.STORAGE_JOIN, self.join_info()
                     )
@@ -73,7 +73,7 @@ class TrackerReporter:
                     log.debug("tracker %s:%d unreachable: %s", host, port, exc)
             await trio.sleep(RETRY_DELAY)
 
-    async def _beat_forever(self, sock: trio.socket.SocketType, reader: SocketReader) -> None:
+    async def _beat_forever(self, sock: trio.socket.SocketType, reader: FramedSocket) -> None:
         interval = self.server.config.heartbeat_interval
         while True:
             poked = self._poked
@@ -84,7 +84,7 @@ class TrackerReporter:
             await trio.sleep_until(sent_at + MIN_BEAT_GAP)
 
     async def _exchange(
-        self, sock: trio.socket.SocketType, reader: SocketReader, cmd: int, info: dict[str, Any]
+        self, sock: trio.socket.SocketType, reader: FramedSocket, cmd: int, info: dict[str, Any]
     ) -> None:
         body = encode_json(info)
         await send_all(sock, encode_header(len(body), cmd, 0) + body)

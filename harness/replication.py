@@ -51,7 +51,7 @@ from .peerproto import (
     encode_sync_fetch,
     parse_sync_fetch,
 )
-from .serverutil import PeerClosed, RequestError, SocketReader, send_all, send_file, send_reply
+from .serverutil import FramedSocket, PeerClosed, RequestError, send_all, send_file, send_reply
 from .store import LocalFile
 
 if TYPE_CHECKING:
@@ -179,14 +179,14 @@ class PeerPuller:
                     if failing:
                         log.info("replication from %s resumed", self.peer_id)
                         failing = False
-                    await self._follow(stream.socket, SocketReader(stream.socket))
+                    await self._follow(stream.socket, FramedSocket(stream.socket))
             except (OSError, PeerClosed, ProtocolError, RequestError, trio.TooSlowError) as exc:
                 if not failing:
                     log.info("replication from %s interrupted: %s", self.peer_id, exc)
                     failing = True
             await trio.sleep(RETRY_DELAY)
 
-    async def _follow(self, sock: trio.socket.SocketType, reader: SocketReader) -> None:
+    async def _follow(self, sock: trio.socket.SocketType, reader: FramedSocket) -> None:
         caught_up = False
         while True:
             wait = 0.0
@@ -216,7 +216,7 @@ class PeerPuller:
                 self.server.marks.save(self.peer_id, self.mark)
                 self.server.reporter.poke()
 
-    async def _pull(self, sock: trio.socket.SocketType, reader: SocketReader, wait: float) -> Any:
+    async def _pull(self, sock: trio.socket.SocketType, reader: FramedSocket, wait: float) -> Any:
         body = encode_json(
             {
                 "offset": self.mark.offset,
@@ -240,7 +240,7 @@ class PeerPuller:
     # ------------------------------------------------------------ applying
 
     async def _apply(
-        self, sock: trio.socket.SocketType, reader: SocketReader, entry: BinlogEntry
+        self, sock: trio.socket.SocketType, reader: FramedSocket, entry: BinlogEntry
     ) -> None:
         server = self.server
         local = server.store.try_resolve(entry.name)
@@ -257,7 +257,7 @@ class PeerPuller:
     async def _apply_locked(
         self,
         sock: trio.socket.SocketType,
-        reader: SocketReader,
+        reader: FramedSocket,
         entry: BinlogEntry,
         local: LocalFile,
     ) -> bool:
@@ -297,7 +297,7 @@ class PeerPuller:
     async def _fetch(
         self,
         sock: trio.socket.SocketType,
-        reader: SocketReader,
+        reader: FramedSocket,
         local: LocalFile,
         *,
         offset: int = 0,

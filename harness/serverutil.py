@@ -1,7 +1,9 @@
 """Plumbing shared by the builtin tracker and storage servers.
 
-A trio socket wrapped by `SocketReader` (buffered reads into one reused
-buffer, bulk payloads streamed through that same buffer) and `send_all` /
+A trio socket wrapped by `FramedSocket` (the trio shell over
+`fdfsmount.proto.frames.FrameDecoder`: one receive buffer per connection,
+bulk payloads streamed through it or received straight into the caller's
+memory, ``TCP_QUICKACK`` re-armed after every receive) and `send_all` /
 `send_file` (os.sendfile on the socket fd), the replies every server sends,
 the accept loop, and the command-line scaffolding: logging to stderr, the
 ``READY <port>`` line the launcher waits for, and a clean exit on SIGTERM.
@@ -20,13 +22,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
-from fdfsmount.proto.constants import HEADER_SIZE, Cmd
-from fdfsmount.proto.wire import Header, decode_header, encode_header
+from fdfsmount.proto.constants import Cmd
+from fdfsmount.proto.frames import RECV_BUFFER_SIZE, FrameDecoder, NeedData
+from fdfsmount.proto.wire import Header, encode_header
 
 log = logging.getLogger(__name__)
 
-#: Size of the per-connection receive buffer (upstream's default buff_size).
-RECV_BUFFER_SIZE = 256 * 1024
 #: Largest chunk handed to one os.sendfile call.
 SENDFILE_CHUNK = 4 * 1024 * 1024
 #: How long a connection closed after an error reply keeps draining input,
@@ -51,110 +52,156 @@ class RequestError(Exception):
         self.close = status == errno.EINVAL if close is None else close
 
 
-class SocketReader:
-    """Buffered reader over a trio socket with one reused receive buffer."""
+class FramedSocket:
+    """A trio socket read through one `FrameDecoder` (the trio shell over the codec).
+
+    Every receive lands in the decoder's buffer (or, for bulk payloads, in
+    the caller's memory) and re-arms ``TCP_QUICKACK``: clients that leave
+    Nagle on and write a request's header and body separately (the upstream
+    C client) wait for our ACK of the header before sending the body, and
+    Linux's delayed ACK would hold it for up to 40 ms. Upstream's servers
+    re-arm it after each read for the same reason.
+
+    Receives are plain non-blocking syscalls that wait with trio only when
+    nothing is there: trio's socket methods take two extra scheduler passes
+    per call, which cost more than the request itself. So that a peer
+    sending without pause cannot starve the other connections,
+    `read_header` yields once when the previous message never had to wait.
+    """
 
     def __init__(self, sock: trio.socket.SocketType, bufsize: int = RECV_BUFFER_SIZE) -> None:
         self.sock = sock
-        self._buf = bytearray(bufsize)
-        self._view = memoryview(self._buf)
-        self._start = 0
-        self._end = 0
+        self.decoder = FrameDecoder(max_body=bufsize, buffer_size=bufsize)
+        self._fd = sock.fileno()
+        self._quickack = quick_ack(sock)
+        self._waited = True
 
     @property
     def buffered(self) -> int:
-        return self._end - self._start
+        return self.decoder.buffered
 
-    async def _recv_more(self) -> int:
-        """Receive into the free tail of the buffer; 0 means EOF."""
-        if self._start == self._end:
-            self._start = self._end = 0
-        elif self._end == len(self._buf):
-            kept = self._end - self._start
-            self._buf[:kept] = self._buf[self._start : self._end]
-            self._start, self._end = 0, kept
-        try:
-            n = await self.sock.recv_into(self._view[self._end :])
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            raise PeerClosed(str(exc)) from exc
-        self._end += n
+    async def _recv_into(self, view: memoryview) -> int:
+        while True:
+            try:
+                n = os.readv(self._fd, (view,))
+            except BlockingIOError:
+                self._waited = True
+                await trio.lowlevel.wait_readable(self._fd)
+                continue
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise PeerClosed(str(exc)) from exc
+            break
+        if self._quickack and n:
+            self._quickack = quick_ack(self.sock)
         return n
 
+    async def _fill(self) -> int:
+        """Receive more into the decoder's buffer; 0 means EOF."""
+        decoder = self.decoder
+        n = await self._recv_into(decoder.recv_buffer())
+        decoder.received(n)
+        return n
+
+    async def receive_body(self) -> None:
+        """Receive more of the current body into the buffer (`PeerClosed` at EOF)."""
+        if await self._fill() == 0:
+            remaining = self.decoder.body_remaining
+            raise PeerClosed(f"connection closed, {remaining} payload bytes short")
+
     async def read_header(self) -> Header | None:
-        """The next request header, or None on a clean EOF between messages."""
-        while self.buffered < HEADER_SIZE:
-            if await self._recv_more() == 0:
-                if self.buffered:
+        """The next message's header, or None on a clean EOF between messages."""
+        if not self._waited:
+            await trio.lowlevel.checkpoint()
+        self._waited = False
+        decoder = self.decoder
+        while True:
+            header = decoder.next_header()
+            if not isinstance(header, NeedData):
+                return header
+            if await self._fill() == 0:
+                if decoder.buffered:
                     raise PeerClosed("connection closed inside a header")
                 return None
-        raw = bytes(self._view[self._start : self._start + HEADER_SIZE])
-        self._start += HEADER_SIZE
-        return decode_header(raw)
 
     async def read_exact(self, size: int) -> bytes:
-        """Exactly ``size`` bytes (meant for small fields and bodies)."""
-        if size <= len(self._buf):
-            while self.buffered < size:
-                if await self._recv_more() == 0:
-                    raise PeerClosed(f"connection closed, {size - self.buffered} bytes short")
-            data = bytes(self._view[self._start : self._start + size])
-            self._start += size
-            return data
-        parts = [bytes(chunk) async for chunk in self.stream(size)]
-        return b"".join(parts)
+        """Exactly ``size`` more bytes of the current body (small fields and bodies)."""
+        decoder = self.decoder
+        if size > decoder.max_body:
+            parts = [bytes(chunk) async for chunk in self.stream(size)]
+            return b"".join(parts)
+        while True:
+            data = decoder.read_body(size)
+            if not isinstance(data, NeedData):
+                return data
+            if await self._fill() == 0:
+                raise PeerClosed(f"connection closed, {size - decoder.buffered} bytes short")
 
     async def stream(self, size: int) -> AsyncIterator[memoryview]:
-        """Yield ``size`` bytes as views into the reused buffer.
+        """Yield ``size`` more body bytes as views into the receive buffer.
 
         Each view is only valid until the next iteration: consume it (write
         it to a file, hash it) before asking for more.
         """
+        decoder = self.decoder
         remaining = size
-        if self.buffered and remaining:
-            n = min(self.buffered, remaining)
-            chunk = self._view[self._start : self._start + n]
-            self._start += n
-            remaining -= n
-            yield chunk
         while remaining:
-            self._start = self._end = 0
-            want = min(remaining, len(self._buf))
-            try:
-                n = await self.sock.recv_into(self._view[:want])
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                raise PeerClosed(str(exc)) from exc
-            if n == 0:
+            chunk = decoder.take_body(remaining)
+            if chunk:
+                remaining -= len(chunk)
+                yield chunk
+                continue
+            if await self._fill() == 0:
                 raise PeerClosed(f"connection closed, {remaining} payload bytes short")
-            remaining -= n
-            yield self._view[:n]
 
     async def read_into(self, view: memoryview) -> None:
-        """Fill ``view`` completely: buffered bytes first, then straight from the socket."""
-        filled = 0
-        if self.buffered:
-            n = min(self.buffered, len(view))
-            view[:n] = self._view[self._start : self._start + n]
-            self._start += n
-            filled = n
+        """Fill ``view`` with body bytes: buffered ones first, then straight from the socket."""
+        decoder = self.decoder
+        head = decoder.take_body(len(view))
+        filled = len(head)
+        view[:filled] = head
         while filled < len(view):
-            try:
-                n = await self.sock.recv_into(view[filled:])
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                raise PeerClosed(str(exc)) from exc
+            n = await self._recv_into(view[filled:])
             if n == 0:
                 raise PeerClosed(f"connection closed, {len(view) - filled} payload bytes short")
+            decoder.body_received(n)
             filled += n
 
     async def discard(self, size: int) -> None:
         async for _ in self.stream(size):
             pass
 
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        await send_all(self.sock, data)
+
+
+#: ``TCP_QUICKACK`` where the platform has it (Linux), else None.
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def quick_ack(sock: trio.socket.SocketType) -> bool:
+    """Ask the kernel to ACK the next segment at once (a one-shot flag on Linux).
+
+    False where that cannot be done, so callers stop trying.
+    """
+    if QUICKACK is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+    except OSError:
+        return False
+    return True
+
 
 async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data``, waiting with trio only while the socket buffer is full."""
+    fd = sock.fileno()
     view = memoryview(data)
     while view:
         try:
-            sent = await sock.send(view)
+            sent = os.write(fd, view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+            continue
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise PeerClosed(str(exc)) from exc
         view = view[sent:]

@@ -45,13 +45,6 @@ import trio
 from fdfsmount.proto.binlog import encode_binlog_trailer
 from fdfsmount.proto.constants import (
     BINLOG_STREAM_LENGTH,
-    EXT_NAME_LEN,
-    GROUP_NAME_LEN,
-    META_FIELD_SEP,
-    META_MERGE,
-    META_OVERWRITE,
-    META_RECORD_SEP,
-    PREFIX_LEN,
     QUERY_FINFO_NO_CRC32,
     STORE_PATH_ANY,
     Cmd,
@@ -60,13 +53,19 @@ from fdfsmount.proto.errors import InvalidFileId, ProtocolError
 from fdfsmount.proto.fileid import (
     BASE64_LEN,
     MAX_SERVER_ID,
-    NORMAL_REMOTE_NAME_LEN,
     FileId,
     FileType,
     decode_file_id,
     make_remote_name,
     slave_remote_name,
 )
+from fdfsmount.proto.metadata import (
+    Metadata,
+    decode_metadata,
+    encode_stored_metadata,
+    merge_metadata,
+)
+from fdfsmount.proto.peer import PeerAddr, PeerCmd
 from fdfsmount.proto.records import STAT_COUNTER_NAMES
 from fdfsmount.proto.storage import (
     APPEND_FIXED,
@@ -76,17 +75,25 @@ from fdfsmount.proto.storage import (
     FileInfo,
     encode_file_id_reply,
     encode_file_info_reply,
+    expect_empty,
+    parse_append_head,
+    parse_download_body,
+    parse_fetch_binlog_body,
+    parse_group_remote_body,
+    parse_modify_head,
+    parse_regenerate_body,
+    parse_set_metadata_body,
     parse_slave_head,
+    parse_truncate_body,
     parse_upload_head,
 )
-from fdfsmount.proto.wire import FieldReader, Header, decode_text, encode_header
+from fdfsmount.proto.wire import Header, decode_text, encode_header
 
 from . import serverutil, synthetic
 from .binlog import LISTED_OPS, Binlog, SyncMarks
 from .heartbeat import TrackerReporter
-from .peerproto import PeerAddr, PeerCmd
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
-from .serverutil import PeerClosed, RequestError, SocketReader, send_reply
+from .serverutil import FramedSocket, PeerClosed, RequestError, send_reply
 from .store import LOGIC_PATH_LEN, LocalFile, Store, crc32, file_crc32, is_appender_name
 
 log = logging.getLogger(__name__)
@@ -94,13 +101,11 @@ log = logging.getLogger(__name__)
 VERSION = "6.16.1"
 #: Bodies of commands without a streamed payload must fit the receive buffer.
 MAX_SMALL_BODY = serverutil.RECV_BUFFER_SIZE
-#: Appender names are normal-length names: shorter ones are refused (EINVAL).
-MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
-MAX_NAME_LEN = 128
+#: Downloads up to this size go out in the same write as the reply header.
+SMALL_REPLY = 64 * 1024
 #: Payloads from this size on are received into two alternating buffers.
 PIPELINE_THRESHOLD = 8 << 20
 PIPELINE_CHUNK = 4 << 20
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 @dataclass
@@ -127,7 +132,7 @@ class StorageConfig:
 @dataclass
 class Conn:
     sock: trio.socket.SocketType
-    reader: SocketReader
+    reader: FramedSocket
     client: str
     _payload_buffers: tuple[memoryview, memoryview] | None = None
 
@@ -151,10 +156,6 @@ def write_chunk(fd: int, chunk: memoryview, pos: int | None, crc: int) -> int:
             pos += written
         view = view[written:]
     return crc
-
-
-def valid_name_chars(text: str) -> bool:
-    return all(c in _NAME_CHARS for c in text)
 
 
 class FileLocks:
@@ -189,8 +190,10 @@ class Counters:
                 self.values[f"success_{name}_bytes"] += nbytes
 
 
-#: A command handler; it returns True when the connection must be closed.
-Handler = Callable[[Conn, Header], Coroutine[Any, Any, bool | None]]
+#: Command handlers; they return True when the connection must be closed.
+#: A payload handler reads the body itself, a body handler is given it whole.
+PayloadHandler = Callable[[Conn, Header], Coroutine[Any, Any, bool | None]]
+BodyHandler = Callable[[Conn, Header, bytes], Coroutine[Any, Any, bool | None]]
 
 
 class StorageServer:
@@ -221,17 +224,21 @@ class StorageServer:
             self.source = str(ipaddress.IPv4Address(config.bind))
         self.reporter = TrackerReporter(self)
         self.replicator = Replicator(self)
-        self._handlers: dict[int, Handler] = {
+        # Commands whose content is streamed to disk read their own bodies.
+        self._payload_handlers: dict[int, PayloadHandler] = {
             Cmd.UPLOAD_FILE: self.cmd_upload,
             Cmd.UPLOAD_APPENDER_FILE: self.cmd_upload,
             Cmd.UPLOAD_SLAVE_FILE: self.cmd_upload_slave,
+            Cmd.APPEND_FILE: self.cmd_append,
+            Cmd.MODIFY_FILE: self.cmd_modify,
+        }
+        # The others get their whole (small) body.
+        self._body_handlers: dict[int, BodyHandler] = {
             Cmd.DELETE_FILE: self.cmd_delete,
             Cmd.SET_METADATA: self.cmd_set_metadata,
             Cmd.DOWNLOAD_FILE: self.cmd_download,
             Cmd.GET_METADATA: self.cmd_get_metadata,
             Cmd.QUERY_FILE_INFO: self.cmd_query_file_info,
-            Cmd.APPEND_FILE: self.cmd_append,
-            Cmd.MODIFY_FILE: self.cmd_modify,
             Cmd.TRUNCATE_FILE: self.cmd_truncate,
             Cmd.REGENERATE_APPENDER_FILENAME: self.cmd_regenerate,
             Cmd.FETCH_ONE_PATH_BINLOG: self.cmd_fetch_binlog,
@@ -277,7 +284,7 @@ class StorageServer:
             client = str(sock.getpeername()[0])
         except OSError:
             client = "?"
-        conn = Conn(sock, SocketReader(sock), client)
+        conn = Conn(sock, FramedSocket(sock), client)
         self.connections_current += 1
         self.connections_max = max(self.connections_max, self.connections_current)
         try:
@@ -287,17 +294,11 @@ class StorageServer:
 
     async def _serve_connection(self, conn: Conn) -> None:
         while True:
-            try:
-                header = await conn.reader.read_header()
-            except ProtocolError:
-                return
+            header = await conn.reader.read_header()
             if header is None or header.cmd == Cmd.QUIT:
                 return
-            handler = self._handlers.get(header.cmd)
             try:
-                if handler is None:
-                    raise RequestError(errno.EINVAL, f"unknown cmd {header.cmd}")
-                if await handler(conn, header):
+                if await self._dispatch(conn, header):
                     return
             except RequestError as exc:
                 level = (
@@ -316,13 +317,23 @@ class StorageServer:
                     await serverutil.close_after_error(conn.sock)
                     return
 
-    async def small_body(self, conn: Conn, header: Header) -> bytes:
-        if header.length > MAX_SMALL_BODY:
-            raise RequestError(errno.EINVAL, f"body of {header.length} bytes is too large")
-        return await conn.reader.read_exact(header.length)
+    async def _dispatch(self, conn: Conn, header: Header) -> bool | None:
+        """Run the command's handler; a request the codec refuses is answered EINVAL."""
+        try:
+            streamed = self._payload_handlers.get(header.cmd)
+            if streamed is not None:
+                return await streamed(conn, header)
+            handler = self._body_handlers.get(header.cmd)
+            if handler is None:
+                raise RequestError(errno.EINVAL, f"unknown cmd {header.cmd}")
+            if header.length > MAX_SMALL_BODY:
+                raise RequestError(errno.EINVAL, f"body of {header.length} bytes is too large")
+            body = await conn.reader.read_exact(header.length)
+            return await handler(conn, header, body)
+        except ProtocolError as exc:
+            raise RequestError(errno.EINVAL, str(exc)) from exc
 
-    def check_group(self, raw: bytes) -> None:
-        group = decode_text(raw)
+    def check_group(self, group: str) -> None:
         if group != self.group:
             raise RequestError(errno.EINVAL, f"group {group!r} is not {self.group!r}")
 
@@ -344,8 +355,15 @@ class StorageServer:
             return await self._receive_pipelined(conn, fd, size, offset)
         crc = 0
         pos = offset
-        async for chunk in conn.reader.stream(size):
+        reader = conn.reader
+        remaining = size
+        while remaining:
+            chunk = reader.decoder.take_body(remaining)
+            if not chunk:
+                await reader.receive_body()
+                continue
             crc = write_chunk(fd, chunk, pos, crc)
+            remaining -= len(chunk)
             if pos is not None:
                 pos += len(chunk)
         return crc
@@ -393,37 +411,18 @@ class StorageServer:
             raise
         return temp, crc
 
-    def validate_ext(self, ext: str) -> None:
-        """Upstream accepts letters, digits, ``-``, ``_`` and ``.`` (fdfs_validate_filename)."""
-        if not valid_name_chars(ext):
-            raise RequestError(errno.EINVAL, f"invalid file extension {ext!r}")
-
-    def name_suffix(self, ext: str) -> str:
-        """The 7-char tail of a new name: random digits, then ``.ext`` if any."""
-        digits = EXT_NAME_LEN - len(ext) if ext else EXT_NAME_LEN + 1
-        tail = "".join(str(self.rng.randrange(10)) for _ in range(digits))
-        return f"{tail}.{ext}" if ext else tail
-
     async def cmd_upload(self, conn: Conn, header: Header) -> None:
         appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
         op = "upload"
         if header.length < UPLOAD_FIXED:
-            await self.small_body(conn, header)
             raise RequestError(errno.EINVAL, "upload body too short")
-        try:
-            head = parse_upload_head(await conn.reader.read_exact(UPLOAD_FIXED))
-        except ProtocolError as exc:
-            raise RequestError(errno.EINVAL, str(exc)) from exc
+        raw_head = await conn.reader.read_exact(UPLOAD_FIXED)
+        head = parse_upload_head(raw_head, body_length=header.length)
         index = head.store_path_index
         if index == STORE_PATH_ANY:
             index = self.store.choose_store_path()
         elif index >= self.store.store_path_count:
             raise RequestError(errno.EINVAL, f"invalid store path index {index}")
-        if head.size != header.length - UPLOAD_FIXED:
-            raise RequestError(
-                errno.EINVAL, f"file size {head.size} disagrees with the body length"
-            )
-        self.validate_ext(head.ext)
         try:
             self.store.check_space(head.size)
         except RequestError as exc:
@@ -447,12 +446,11 @@ class StorageServer:
             ts = self.binlog.next_source_timestamp()
             remote = make_remote_name(
                 source=self.source, create_time=ts, size=size, crc32=crc,
-                appender=appender, store_path_index=index, subdirs=self.store.next_subdirs(),
-                rng=self.rng,
+                ext=ext, appender=appender, store_path_index=index,
+                subdirs=self.store.next_subdirs(), rng=self.rng,
             )  # fmt: skip
-            remote = remote[: LOGIC_PATH_LEN + BASE64_LEN] + self.name_suffix(ext)
             local = self.store.resolve(remote)
-            if not local.path.exists():
+            if not os.path.exists(local.path):
                 self.store.place(temp, local)
                 self.binlog.append(ts, "C", remote)
                 return remote
@@ -461,21 +459,10 @@ class StorageServer:
 
     async def cmd_upload_slave(self, conn: Conn, header: Header) -> None:
         if header.length <= SLAVE_FIXED:
-            await self.small_body(conn, header)
             raise RequestError(errno.EINVAL, "upload slave body too short")
         raw_head = await conn.reader.read_exact(SLAVE_FIXED)
-        try:
-            head = parse_slave_head(raw_head)
-        except ProtocolError as exc:
-            raise RequestError(errno.EINVAL, str(exc)) from exc
-        if head.master_name_len <= LOGIC_PATH_LEN or head.master_name_len >= MAX_NAME_LEN:
-            raise RequestError(errno.EINVAL, f"master name length {head.master_name_len}")
-        if head.size != header.length - SLAVE_FIXED - head.master_name_len:
-            raise RequestError(errno.EINVAL, "file size disagrees with the body length")
-        prefix = decode_text(raw_head[16 : 16 + PREFIX_LEN])
-        if not prefix or not valid_name_chars(prefix):
-            raise RequestError(errno.EINVAL, f"invalid slave prefix {prefix!r}")
-        self.validate_ext(head.ext)
+        head = parse_slave_head(raw_head, body_length=header.length)
+        prefix = head.prefix
         master_name = decode_text(await conn.reader.read_exact(head.master_name_len))
         master = self.store.resolve(master_name)
         try:
@@ -510,24 +497,15 @@ class StorageServer:
             raise RequestError(errno.EINVAL, f"{name} is not an appender file")
         return local, info
 
-    async def read_appender_head(
-        self, conn: Conn, header: Header, fixed: int
-    ) -> tuple[FieldReader, int]:
-        """Fixed fields, the appender name and the payload size of 24/34."""
+    async def read_fixed_head(self, conn: Conn, header: Header, fixed: int) -> bytes:
+        """The fixed fields of 24/34 (EINVAL if the body cannot even hold them)."""
         if header.length <= fixed:
-            await self.small_body(conn, header)
             raise RequestError(errno.EINVAL, "body too short")
-        r = FieldReader(await conn.reader.read_exact(fixed), "request")
-        name_len = r.int64()
-        if name_len < MIN_APPENDER_NAME_LEN or name_len >= MAX_NAME_LEN:
-            raise RequestError(errno.EINVAL, f"appender name length {name_len}")
-        return r, name_len
+        return await conn.reader.read_exact(fixed)
 
     async def cmd_append(self, conn: Conn, header: Header) -> None:
-        r, name_len = await self.read_appender_head(conn, header, APPEND_FIXED)
-        size = r.int64()
-        if size < 0 or size != header.length - APPEND_FIXED - name_len:
-            raise RequestError(errno.EINVAL, "append size disagrees with the body length")
+        raw_head = await self.read_fixed_head(conn, header, APPEND_FIXED)
+        name_len, size = parse_append_head(raw_head, body_length=header.length)
         name = decode_text(await conn.reader.read_exact(name_len))
         async with self.locks.hold(name):
             try:
@@ -554,12 +532,8 @@ class StorageServer:
         await send_reply(conn.sock)
 
     async def cmd_modify(self, conn: Conn, header: Header) -> None:
-        r, name_len = await self.read_appender_head(conn, header, MODIFY_FIXED)
-        offset, size = r.int64(), r.int64()
-        if offset < 0:
-            raise RequestError(errno.EINVAL, f"negative offset {offset}")
-        if size < 0 or size != header.length - MODIFY_FIXED - name_len:
-            raise RequestError(errno.EINVAL, "modify size disagrees with the body length")
+        raw_head = await self.read_fixed_head(conn, header, MODIFY_FIXED)
+        name_len, offset, size = parse_modify_head(raw_head, body_length=header.length)
         name = decode_text(await conn.reader.read_exact(name_len))
         async with self.locks.hold(name):
             try:
@@ -580,17 +554,8 @@ class StorageServer:
             self.counters.op("modify", True, size)
         await send_reply(conn.sock)
 
-    async def cmd_truncate(self, conn: Conn, header: Header) -> None:
-        body = await self.small_body(conn, header)
-        if len(body) <= 16:
-            raise RequestError(errno.EINVAL, "truncate body too short")
-        r = FieldReader(body, "truncate request")
-        name_len, new_size = r.int64(), r.int64()
-        if name_len < MIN_APPENDER_NAME_LEN or name_len >= MAX_NAME_LEN or name_len != r.remaining:
-            raise RequestError(errno.EINVAL, f"appender name length {name_len}")
-        if new_size < 0:
-            raise RequestError(errno.EINVAL, f"negative size {new_size}")
-        name = decode_text(r.rest())
+    async def cmd_truncate(self, conn: Conn, header: Header, body: bytes) -> None:
+        name, new_size = parse_truncate_body(body)
         async with self.locks.hold(name):
             try:
                 local, info = self.check_appender(name)
@@ -604,11 +569,8 @@ class StorageServer:
             self.counters.op("truncate", True)
         await send_reply(conn.sock)
 
-    async def cmd_regenerate(self, conn: Conn, header: Header) -> None:
-        body = await self.small_body(conn, header)
-        if len(body) < MIN_APPENDER_NAME_LEN or len(body) >= MAX_NAME_LEN:
-            raise RequestError(errno.EINVAL, f"appender name of {len(body)} bytes")
-        name = decode_text(body)
+    async def cmd_regenerate(self, conn: Conn, header: Header, body: bytes) -> None:
+        name = parse_regenerate_body(body)
         async with self.locks.hold(name):
             local, info = self.check_appender(name)
             crc = await trio.to_thread.run_sync(file_crc32, local.path)
@@ -629,16 +591,10 @@ class StorageServer:
 
     # ------------------------------------------------------------ reads
 
-    async def cmd_download(self, conn: Conn, header: Header) -> None:
-        body = await self.small_body(conn, header)
-        if len(body) <= 16 + GROUP_NAME_LEN:
-            raise RequestError(errno.EINVAL, "download body too short")
-        r = FieldReader(body, "download request")
-        offset, length = r.int64(), r.int64()
-        if offset < 0 or length < 0:
-            raise RequestError(errno.EINVAL, f"offset {offset}, length {length}")
-        self.check_group(r.take(GROUP_NAME_LEN))
-        local = self.store.resolve(decode_text(r.rest()))
+    async def cmd_download(self, conn: Conn, header: Header, body: bytes) -> None:
+        offset, length, group, name = parse_download_body(body)
+        self.check_group(group)
+        local = self.store.resolve(name)
         try:
             fd = os.open(local.path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
@@ -650,9 +606,14 @@ class StorageServer:
                 self.counters.op("download", False)
                 raise RequestError(errno.EINVAL, f"offset {offset} >= file size {size}")
             count = size - offset if length == 0 else min(length, size - offset)
-            await serverutil.send_all(conn.sock, encode_header(count, Cmd.RESP, 0))
             try:
-                await serverutil.send_file(conn.sock, fd, offset, count)
+                if count <= SMALL_REPLY:
+                    # One write for header and content: one segment, one wake-up.
+                    data = os.pread(fd, count, offset)
+                    await serverutil.send_all(conn.sock, encode_header(count, Cmd.RESP) + data)
+                else:
+                    await serverutil.send_all(conn.sock, encode_header(count, Cmd.RESP, 0))
+                    await serverutil.send_file(conn.sock, fd, offset, count)
             except PeerClosed:
                 self.counters.op("download", False, count)
                 raise
@@ -660,17 +621,14 @@ class StorageServer:
         finally:
             os.close(fd)
 
-    async def read_group_name_body(self, conn: Conn, header: Header) -> LocalFile:
-        body = await self.small_body(conn, header)
-        if len(body) <= GROUP_NAME_LEN:
-            raise RequestError(errno.EINVAL, "body too short")
-        if len(body) - GROUP_NAME_LEN >= MAX_NAME_LEN:
-            raise RequestError(errno.EINVAL, "file name too long")
-        self.check_group(body[:GROUP_NAME_LEN])
-        return self.store.resolve(decode_text(body[GROUP_NAME_LEN:]))
+    def group_file(self, body: bytes) -> LocalFile:
+        """The file named by a group + remote name body (12, 15, 22)."""
+        group, name = parse_group_remote_body(body)
+        self.check_group(group)
+        return self.store.resolve(name)
 
-    async def cmd_get_metadata(self, conn: Conn, header: Header) -> None:
-        local = await self.read_group_name_body(conn, header)
+    async def cmd_get_metadata(self, conn: Conn, header: Header, body: bytes) -> None:
+        local = self.group_file(body)
         try:
             self.store.stat(local)
             meta = self.store.read_metadata(local)
@@ -682,8 +640,8 @@ class StorageServer:
         self.counters.op("get_meta", True)
         await send_reply(conn.sock, meta)
 
-    async def cmd_query_file_info(self, conn: Conn, header: Header) -> None:
-        local = await self.read_group_name_body(conn, header)
+    async def cmd_query_file_info(self, conn: Conn, header: Header, body: bytes) -> None:
+        local = self.group_file(body)
         info = self.store.stat(local)
         name = local.remote_name
         if len(name) < LOGIC_PATH_LEN + BASE64_LEN:
@@ -706,15 +664,14 @@ class StorageServer:
         reply = FileInfo(info.st_size, int(info.st_mtime), crc, source_ip)
         await send_reply(conn.sock, encode_file_info_reply(reply, self.config.ip_size))
 
-    async def cmd_active_test(self, conn: Conn, header: Header) -> None:
-        if header.length:
-            raise RequestError(errno.EINVAL, "active test with a body")
+    async def cmd_active_test(self, conn: Conn, header: Header, body: bytes) -> None:
+        expect_empty(body, "active test")
         await send_reply(conn.sock)
 
     # ------------------------------------------------------------ delete, metadata
 
-    async def cmd_delete(self, conn: Conn, header: Header) -> None:
-        local = await self.read_group_name_body(conn, header)
+    async def cmd_delete(self, conn: Conn, header: Header, body: bytes) -> None:
+        local = self.group_file(body)
         async with self.locks.hold(local.remote_name):
             try:
                 self.store.stat(local)
@@ -730,32 +687,21 @@ class StorageServer:
             self.counters.values["last_source_update"] = int(time.time())
         await send_reply(conn.sock)
 
-    async def cmd_set_metadata(self, conn: Conn, header: Header) -> None:
-        body = await self.small_body(conn, header)
-        if len(body) <= 8 + 8 + 1 + GROUP_NAME_LEN:
-            raise RequestError(errno.EINVAL, "set metadata body too short")
-        r = FieldReader(body, "set metadata request")
-        name_len, meta_len, flag = r.int64(), r.int64(), r.byte()
-        if name_len <= 0 or name_len >= MAX_NAME_LEN:
-            raise RequestError(errno.EINVAL, f"file name length {name_len}")
-        if flag not in (META_OVERWRITE, META_MERGE):
-            raise RequestError(errno.EINVAL, f"metadata flag {flag:#x}")
-        if meta_len < 0 or meta_len != r.remaining - GROUP_NAME_LEN - name_len:
-            raise RequestError(errno.EINVAL, "metadata length disagrees with the body length")
-        self.check_group(r.take(GROUP_NAME_LEN))
-        local = self.store.resolve(decode_text(r.take(name_len)))
-        new_meta = r.rest()
+    async def cmd_set_metadata(self, conn: Conn, header: Header, body: bytes) -> None:
+        request = parse_set_metadata_body(body)
+        self.check_group(request.group)
+        local = self.store.resolve(request.remote_name)
         async with self.locks.hold(local.remote_name + "-m"):
             try:
                 self.store.stat(local)
             except RequestError:
                 self.counters.op("set_meta", False)
                 raise
-            self.apply_metadata(local, new_meta, overwrite=flag == META_OVERWRITE)
+            self.apply_metadata(local, request.meta, overwrite=request.overwrite)
             self.counters.op("set_meta", True)
         await send_reply(conn.sock)
 
-    def apply_metadata(self, local: LocalFile, new_meta: bytes, *, overwrite: bool) -> None:
+    def apply_metadata(self, local: LocalFile, new_meta: Metadata, *, overwrite: bool) -> None:
         meta_name = local.remote_name + "-m"
         existed = local.meta_path.exists()
         if not new_meta:
@@ -763,23 +709,18 @@ class StorageServer:
                 local.meta_path.unlink()
                 self.binlog.record_source("D", meta_name)
             return
-        records = split_metadata(new_meta)
+        records = new_meta
         if not overwrite and existed:
-            merged = split_metadata(local.meta_path.read_bytes())
-            merged.update(records)
-            records = merged
+            records = merge_metadata(decode_metadata(local.meta_path.read_bytes()), new_meta)
         meta_local = self.store.resolve(meta_name)
-        self.store.write_whole(meta_local, join_metadata(records))
+        self.store.write_whole(meta_local, encode_stored_metadata(records))
         self.binlog.record_source("U" if existed else "C", meta_name)
 
     # ------------------------------------------------------------ binlog, sync
 
-    async def cmd_fetch_binlog(self, conn: Conn, header: Header) -> bool:
-        body = await self.small_body(conn, header)
-        if len(body) != GROUP_NAME_LEN + 1:
-            raise RequestError(errno.EINVAL, f"fetch binlog body of {len(body)} bytes")
-        self.check_group(body[:GROUP_NAME_LEN])
-        index = body[GROUP_NAME_LEN]
+    async def cmd_fetch_binlog(self, conn: Conn, header: Header, body: bytes) -> bool:
+        group, index = parse_fetch_binlog_body(body)
+        self.check_group(group)
         if index >= self.store.store_path_count:
             raise RequestError(errno.EINVAL, f"invalid store path index {index}")
         # Scanning the log and checking each file can take a while on a big
@@ -836,24 +777,11 @@ class StorageServer:
             lines.append(f"{entry.timestamp} {op} {entry.name}\n".encode())
         return lines
 
-    async def cmd_sync_pull(self, conn: Conn, header: Header) -> None:
-        await serve_sync_pull(self, conn.sock, await self.small_body(conn, header))
+    async def cmd_sync_pull(self, conn: Conn, header: Header, body: bytes) -> None:
+        await serve_sync_pull(self, conn.sock, body)
 
-    async def cmd_sync_fetch(self, conn: Conn, header: Header) -> None:
-        await serve_sync_fetch(self, conn.sock, await self.small_body(conn, header))
-
-
-def split_metadata(raw: bytes) -> dict[bytes, bytes]:
-    records: dict[bytes, bytes] = {}
-    for record in raw.split(META_RECORD_SEP):
-        if record:
-            name, _, value = record.partition(META_FIELD_SEP)
-            records[name] = value
-    return records
-
-
-def join_metadata(records: dict[bytes, bytes]) -> bytes:
-    return META_RECORD_SEP.join(name + META_FIELD_SEP + records[name] for name in sorted(records))
+    async def cmd_sync_fetch(self, conn: Conn, header: Header, body: bytes) -> None:
+        await serve_sync_fetch(self, conn.sock, body)
 
 
 # ---------------------------------------------------------------- command line

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import base64
 import errno
+import itertools
 import logging
 import os
 import re
 import stat
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +101,11 @@ class Store:
         self.store_path_count = store_path_count
         self.subdir_count = subdir_count
         self.paths = [base_dir / f"store{i}" for i in range(store_path_count)]
+        self._data_dirs = [str(path / "data") for path in self.paths]
+        self._temp_dirs = [str(path / "tmp") for path in self.paths]
+        # Temp names: unique within this process; stale ones are removed below.
+        self._temp_names = itertools.count()
+        self._full_flags = [str(base_dir / flag) for flag in FULL_FLAGS]
         for path in self.paths:
             (path / "data").mkdir(parents=True, exist_ok=True)
             tmp = path / "tmp"
@@ -144,7 +149,7 @@ class Store:
             raise RequestError(errno.EINVAL, f"invalid data file name {remote_name!r}")
         if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
             raise RequestError(errno.ENOENT, f"no such file {remote_name!r}", close=False)
-        path = self.paths[index] / "data" / high / low / name
+        path = Path(f"{self._data_dirs[index]}/{high}/{low}/{name}")
         return LocalFile(remote_name, index, (int(high, 16), int(low, 16)), path)
 
     def try_resolve(self, remote_name: str) -> LocalFile | None:
@@ -173,12 +178,17 @@ class Store:
     # ------------------------------------------------------------ files
 
     def new_temp_path(self, store_path_index: int) -> Path:
-        return self.paths[store_path_index] / "tmp" / uuid.uuid4().hex
+        return Path(f"{self._temp_dirs[store_path_index]}/{next(self._temp_names)}")
 
     def place(self, temp: Path, target: LocalFile) -> None:
         """Move a completed temp file to its final name."""
-        target.path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, target.path)
+        try:
+            os.replace(temp, target.path)
+        except FileNotFoundError:
+            if not os.path.exists(temp):
+                raise
+            target.path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target.path)
 
     def exists(self, remote_name: str) -> bool:
         local = self.try_resolve(remote_name)
@@ -211,7 +221,7 @@ class Store:
     # ------------------------------------------------------------ space
 
     def is_full(self) -> bool:
-        return any((self.base_dir / flag).exists() for flag in FULL_FLAGS)
+        return any(os.path.exists(flag) for flag in self._full_flags)
 
     def usage(self) -> DiskUsage:
         vfs = os.statvfs(self.base_dir)
@@ -223,8 +233,8 @@ class Store:
 
     def check_space(self, size: int) -> None:
         """ENOSPC when an upload of ``size`` bytes would eat into the reserve."""
-        usage = self.usage()
-        if self.is_full() or usage.free_mb - size // (1 << 20) <= usage.reserved_mb:
+        usage = self.usage()  # free_mb is 0 while a full flag exists
+        if usage.free_mb - size // (1 << 20) <= usage.reserved_mb:
             raise RequestError(errno.ENOSPC, "no space left for the upload")
 
 

@@ -14,7 +14,7 @@ Client commands: 90, 91, 92, 101-107, 111 with upstream's layouts, and 82
 the connection open, unknown groups and storage ids ENOENT, as upstream.
 ``--ip-size 46`` mimics ``response_ip_addr_size = IPv6``: 45-byte IP fields
 in 101-107 replies, 46-byte ones in 92 records. Storages talk to the tracker
-with the harness's own join/heartbeat messages (`harness.peerproto`); routing
+with the harness's own join/heartbeat messages (`fdfsmount.proto.peer`); routing
 rules are in `harness.tracker_state`.
 """
 
@@ -27,31 +27,33 @@ from pathlib import Path
 
 import trio
 
-from fdfsmount.proto.constants import GROUP_NAME_LEN, STORAGE_ID_LEN, Cmd
+from fdfsmount.proto.constants import Cmd
 from fdfsmount.proto.errors import ProtocolError
 from fdfsmount.proto.message import ServerAddr
+from fdfsmount.proto.peer import MAX_JSON_BODY, PeerCmd, decode_json, encode_json
+from fdfsmount.proto.storage import expect_empty
 from fdfsmount.proto.tracker import (
-    MIN_REMOTE_NAME_LEN,
     FetchTarget,
     StoreTarget,
     encode_fetch_reply,
     encode_groups_reply,
     encode_storages_reply,
     encode_store_reply,
+    parse_fetch_body,
+    parse_group_body,
+    parse_list_storage_body,
+    parse_tracker_cmd,
 )
-from fdfsmount.proto.wire import Header, decode_text
+from fdfsmount.proto.wire import Header
 
 from . import serverutil
-from .peerproto import MAX_JSON_BODY, PeerCmd, decode_json, encode_json
-from .serverutil import SocketReader, send_reply
+from .serverutil import FramedSocket, send_reply
 from .tracker_state import Registry, StorageNode, TrackerError
 
 log = logging.getLogger(__name__)
 
 #: Requests larger than this are not FastDFS requests: the connection is dropped.
 MAX_BODY = MAX_JSON_BODY
-#: 102/103/105 bodies of this size or more are refused, as upstream does.
-MAX_FETCH_BODY = GROUP_NAME_LEN + 128
 EXPIRE_INTERVAL = 0.25
 #: A request body must arrive within this many seconds (upstream's network_timeout).
 NETWORK_TIMEOUT = 60.0
@@ -92,15 +94,12 @@ class TrackerServer:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
-        reader = SocketReader(sock, 64 * 1024)
+        reader = FramedSocket(sock, 64 * 1024)  # larger bodies are read in pieces
         link = object()
         storage: StorageNode | None = None
         try:
             while True:
-                try:
-                    header = await reader.read_header()
-                except ProtocolError:
-                    return
+                header = await reader.read_header()
                 if header is None or header.cmd == Cmd.QUIT:
                     return
                 body = b""
@@ -154,59 +153,48 @@ class TrackerServer:
     # ------------------------------------------------------------ client commands
 
     def answer(self, header: Header, body: bytes) -> bytes:
-        cmd = header.cmd
+        try:
+            return self._answer(parse_tracker_cmd(header.cmd), body)
+        except ProtocolError as exc:
+            raise TrackerError(errno.EINVAL, str(exc)) from exc
+
+    def _answer(self, cmd: Cmd, body: bytes) -> bytes:
         if cmd == Cmd.ACTIVE_TEST:
-            expect_empty(body)
+            expect_empty(body, "active test")
             return b""
         if cmd in (Cmd.QUERY_STORE_WITHOUT_GROUP_ONE, Cmd.QUERY_STORE_WITHOUT_GROUP_ALL):
-            expect_empty(body)
+            expect_empty(body, "query store")
             return self.query_store(None, cmd == Cmd.QUERY_STORE_WITHOUT_GROUP_ALL)
         if cmd in (Cmd.QUERY_STORE_WITH_GROUP_ONE, Cmd.QUERY_STORE_WITH_GROUP_ALL):
-            return self.query_store(group_field(body), cmd == Cmd.QUERY_STORE_WITH_GROUP_ALL)
+            group_name = parse_group_body(body)
+            return self.query_store(group_name, cmd == Cmd.QUERY_STORE_WITH_GROUP_ALL)
         if cmd in (Cmd.QUERY_FETCH_ONE, Cmd.QUERY_FETCH_ALL, Cmd.QUERY_UPDATE):
-            if not GROUP_NAME_LEN + MIN_REMOTE_NAME_LEN <= len(body) < MAX_FETCH_BODY:
-                raise TrackerError(errno.EINVAL, f"fetch query body of {len(body)} bytes")
-            group_name = decode_text(body[:GROUP_NAME_LEN])
-            remote = body[GROUP_NAME_LEN:].decode("utf-8", "surrogateescape")
+            group_name, remote = parse_fetch_body(body)
             group, nodes = self.registry.query_fetch(cmd, group_name, remote)
             target = FetchTarget(group.name, tuple(ServerAddr(n.ip, n.port) for n in nodes))
             return encode_fetch_reply(target, self.ip_size)
         if cmd == Cmd.SERVER_LIST_ONE_GROUP:
-            return self.registry.group(group_field(body)).stat().encode()
+            return self.registry.group(parse_group_body(body)).stat().encode()
         if cmd == Cmd.SERVER_LIST_ALL_GROUPS:
-            expect_empty(body)
+            expect_empty(body, "list groups")
             return encode_groups_reply([g.stat() for g in self.registry.sorted_groups()])
         if cmd == Cmd.SERVER_LIST_STORAGE:
-            return self.list_storages(body)
-        raise TrackerError(errno.EINVAL, f"unknown cmd {cmd}")
+            return self.list_storages(*parse_list_storage_body(body))
+        raise TrackerError(errno.EINVAL, f"cmd {cmd} is not served")
 
     def query_store(self, group_name: str | None, all_servers: bool) -> bytes:
         group, nodes, path_index = self.registry.query_store(group_name, all_servers)
         servers = tuple(ServerAddr(n.ip, n.port) for n in nodes)
         return encode_store_reply(StoreTarget(group.name, servers, path_index), self.ip_size)
 
-    def list_storages(self, body: bytes) -> bytes:
-        if not GROUP_NAME_LEN <= len(body) < GROUP_NAME_LEN + STORAGE_ID_LEN:
-            raise TrackerError(errno.EINVAL, f"list storage body of {len(body)} bytes")
-        group = self.registry.group(decode_text(body[:GROUP_NAME_LEN]))
-        wanted = decode_text(body[GROUP_NAME_LEN:]) if len(body) > GROUP_NAME_LEN else None
+    def list_storages(self, group_name: str, wanted: str | None) -> bytes:
+        group = self.registry.group(group_name)
         nodes = group.sorted_storages()
         if wanted is not None:
             nodes = [n for n in nodes if n.storage_id == wanted]
             if not nodes:
                 raise TrackerError(errno.ENOENT, f"no storage {wanted!r} in {group.name}")
         return encode_storages_reply([n.stat() for n in nodes], self.ip_size)
-
-
-def expect_empty(body: bytes) -> None:
-    if body:
-        raise TrackerError(errno.EINVAL, f"unexpected {len(body)}-byte body")
-
-
-def group_field(body: bytes) -> str:
-    if len(body) != GROUP_NAME_LEN:
-        raise TrackerError(errno.EINVAL, f"expected a {GROUP_NAME_LEN}-byte group, got {len(body)}")
-    return decode_text(body)
 
 
 # ---------------------------------------------------------------- command line

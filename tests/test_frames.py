@@ -217,3 +217,105 @@ def test_request_length_counts_the_streamed_payload() -> None:
     assert req.encode() == encode_header(1004, Cmd.UPLOAD_FILE) + b"head"
     with pytest.raises(LocalProtocolError):
         Request(Cmd.QUERY_FILE_INFO, b"", status=300).encode()
+
+
+# ------------------------------------------------- streaming a body, zero copy
+
+
+def receive(decoder: FrameDecoder, data: bytes) -> None:
+    """What the I/O layer does: receive straight into the decoder's buffer."""
+    view = decoder.recv_buffer(len(data))
+    view[: len(data)] = data
+    decoder.received(len(data))
+
+
+@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
+def test_pipelined_requests_with_streamed_payloads(feeder: str) -> None:
+    """Header, a fixed part, a payload taken in pieces, then the next request."""
+    payload = bytes(range(256)) * 40
+    stream = wire(frame(b"HEAD" + payload, Cmd.UPLOAD_FILE), frame(b"", Cmd.ACTIVE_TEST))
+    decoder = FrameDecoder(buffer_size=64)
+    events: list[object] = []
+    got = bytearray()
+    state = "header"
+    for chunk in FEEDERS[feeder](stream):
+        receive(decoder, bytes(chunk))
+        while True:
+            if state == "header":
+                header = decoder.next_header()
+                if header is NEED_DATA:
+                    break
+                events.append(header)
+                state = "head" if decoder.body_remaining else "header"
+            elif state == "head":
+                head = decoder.read_body(4)
+                if head is NEED_DATA:
+                    break
+                events.append(head)
+                state = "payload"
+            else:
+                piece = decoder.take_body(1000)
+                if not piece:
+                    break
+                got += piece
+                if decoder.body_remaining == 0:
+                    state = "header"
+    assert events == [
+        Header(4 + len(payload), Cmd.UPLOAD_FILE, 0),
+        b"HEAD",
+        Header(0, Cmd.ACTIVE_TEST, 0),
+    ]
+    assert bytes(got) == payload
+    assert decoder.buffered == 0 and decoder.want == HEADER_SIZE
+
+
+def test_body_received_outside_the_buffer_keeps_the_decoder_in_step() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(encode_header(100, Cmd.RESP) + b"x" * 30)
+    assert decoder.next_header() == Header(100, Cmd.RESP, 0)
+    assert decoder.want == 70  # what to receive straight into the caller's memory
+    assert bytes(decoder.take_body()) == b"x" * 30
+    with pytest.raises(LocalProtocolError):
+        decoder.body_received(71)
+    decoder.body_received(70)
+    assert decoder.body_remaining == 0
+    decoder.feed(wire(frame(b"next")))
+    assert decoder.next_frame() == frame(b"next")
+
+
+def test_body_received_refuses_while_bytes_are_buffered() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(encode_header(10, Cmd.RESP) + b"abc")
+    decoder.next_header()
+    with pytest.raises(LocalProtocolError):
+        decoder.body_received(3)
+
+
+def test_read_body_past_the_message_is_a_local_error() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(wire(frame(b"abc"), frame(b"def")))
+    decoder.next_header()
+    with pytest.raises(LocalProtocolError):
+        decoder.read_body(4)  # would eat into the next message
+    assert decoder.read_body(3) == b"abc"
+    assert decoder.next_frame() == frame(b"def")
+
+
+def test_read_body_larger_than_the_buffer_grows_it() -> None:
+    decoder = FrameDecoder(buffer_size=16)
+    body = bytes(range(200))
+    for i in range(0, len(body) + HEADER_SIZE, 7):
+        receive(decoder, (encode_header(200, Cmd.RESP) + body)[i : i + 7])
+    assert decoder.next_header() == Header(200, Cmd.RESP, 0)
+    assert decoder.read_body(200) == body
+
+
+def test_views_survive_compaction_of_the_buffer() -> None:
+    """recv_buffer moves kept bytes to the front; a taken view was used before that."""
+    decoder = FrameDecoder(buffer_size=32)
+    receive(decoder, encode_header(40, Cmd.RESP) + b"a" * 22)
+    decoder.next_header()
+    assert bytes(decoder.take_body(20)) == b"a" * 20
+    receive(decoder, b"b" * 18)  # needs the room taken by consumed bytes
+    assert bytes(decoder.take_body()) == b"aa" + b"b" * 18
+    assert decoder.body_remaining == 0

@@ -107,3 +107,32 @@ async def test_connect_errors() -> None:
         await pool.aclose()
         with pytest.raises(ConnectError, match="closed"):
             await pool.acquire(A)
+
+
+async def test_idle_sweep_never_hands_out_a_connection_twice(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A sweep that closes expired connections yields; a concurrent acquire meanwhile
+    must not get a connection the sweep then puts back into the idle list."""
+    peers = Peers()
+    pool = ConnectionPool(idle_timeout=10, connect=peers.connect)
+    with trio.fail_after(DEADLINE + 12):  # virtual time: the jumps count
+        conns = [await pool.acquire(A) for _ in range(3)]
+        await complete_exchange(conns[0], peers.server_ends[0])
+        await pool.release(conns[0])
+        mock_clock.jump(9)
+        for conn, peer in zip(conns[1:], peers.server_ends[1:], strict=True):
+            await complete_exchange(conn, peer)
+            await pool.release(conn)
+        mock_clock.jump(3)  # the first has expired, the others not; a sweep is due
+        taken: list[Connection] = []
+
+        async def take() -> None:
+            taken.append(await pool.acquire(A))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take)
+            nursery.start_soon(take)
+        assert taken[0] is not taken[1]
+        assert conns[0].state is ConnState.CLOSED
+        await pool.aclose()

@@ -28,6 +28,7 @@ from fdfsmount.proto.fileid import FileType, decode_file_id, parse_file_id, spli
 from fdfsmount.proto.pool import ConnectFn
 
 from ..options import human_size
+from ..urls import DEFAULT_SERVER_TTL, read_http_conf, url_for
 from .progress import PROGRESS_THRESHOLD, ProgressBar
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ examples:
   fdfs meta set ID author=alice; fdfs meta get ID
   fdfs exists ID && echo present
   fdfs --conf /etc/fdfs/client.conf ls group1 | wc -l
+  fdfs url --base-url http://img.example.com ID   # the nginx URL (signed: see url --help)
 
 exit status: 0 success; 1 error (for exists: the file does not exist);
 2 usage error.
@@ -285,7 +287,71 @@ def build_parser() -> argparse.ArgumentParser:
         "list the file IDs of GROUP (from the storages' binlogs; can take a while)",
     )
     p.add_argument("group", metavar="GROUP")
+
+    _add_url_command(commands)
     return parser
+
+
+URL_EPILOG = """\
+The URL is the one fastdfs-nginx-module serves. With a secret key (from
+--http-conf, --secret-file or FDFS_HTTP_SECRET) it carries the anti-steal token
+(?token=...&ts=...) that http.anti_steal.check_token demands. Nothing is sent
+to any server.
+
+examples:
+  fdfs url --base-url http://img.example.com ID
+  fdfs url --base-url http://10.0.0.5:8080 --http-conf /etc/fdfs/http.conf --ttl 300 ID
+  FDFS_HTTP_SECRET=FastDFS1234567890 fdfs url --base-url http://cdn ID1 ID2
+"""
+
+
+def _add_url_command(commands: Any) -> None:
+    p = commands.add_parser(
+        "url",
+        help="print the HTTP URL of files (with an anti-steal token when a secret is given)",
+        description="print the HTTP URL of files, one per line",
+        epilog=URL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(p, in_subcommand=True)
+    p.add_argument("file_ids", metavar="ID", type=file_id_arg, nargs="+", help="file IDs")
+    p.add_argument(
+        "--base-url",
+        default=os.environ.get("FDFS_HTTP_BASE_URL"),
+        help="scheme://host[:port][/prefix] of the nginx serving the files "
+        "(default: $FDFS_HTTP_BASE_URL)",
+    )
+    p.add_argument(
+        "--http-conf",
+        metavar="FILE",
+        help="an upstream http.conf: take http.anti_steal.secret_key and token_ttl from it",
+    )
+    p.add_argument(
+        "--secret-file",
+        metavar="FILE",
+        help="read the secret key from FILE (default: $FDFS_HTTP_SECRET)",
+    )
+    p.add_argument(
+        "--ttl",
+        type=timeout_arg,
+        metavar="SECONDS",
+        help="how long the link should stay valid (default: the server's token_ttl)",
+    )
+    p.add_argument(
+        "--server-ttl",
+        type=int,
+        metavar="SECONDS",
+        help="the server's http.anti_steal.token_ttl (default: the http.conf's, else 600)",
+    )
+    p.add_argument("--no-group", action="store_true", help="leave the group out of the path")
+    p.add_argument(
+        "--token-over",
+        choices=["remote_name", "file_id"],
+        default="remote_name",
+        help="hash the ID without its group (nginx module, default) or the whole ID "
+        "(upstream's sample programs)",
+    )
+    p.add_argument("--download-name", metavar="NAME", help="add filename=NAME (attachment name)")
 
 
 # ---------------------------------------------------------------- running
@@ -345,6 +411,8 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
         stream=sys.stderr,
     )
     try:
+        if args.command == "url":  # builds URLs only: no tracker needed
+            return cmd_url(args)
         client = client_from_args(args, connect)
         return trio.run(run_command, client, args)
     except UsageError as exc:
@@ -700,6 +768,51 @@ async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
     async with client.list_files(args.group) as files:
         async for fid in files:
             print(fid, file=out)
+    return 0
+
+
+def cmd_url(args: argparse.Namespace) -> int:
+    if not args.base_url:
+        raise UsageError("url: give --base-url URL (or set FDFS_HTTP_BASE_URL)")
+    secret: str | None = None
+    server_ttl = args.server_ttl
+    if args.http_conf:
+        try:
+            settings = read_http_conf(args.http_conf)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--http-conf {args.http_conf}: {_os_reason(exc)}") from None
+        secret = settings.secret
+        if server_ttl is None:
+            server_ttl = settings.token_ttl
+        if secret is None:
+            raise UsageError(f"--http-conf {args.http_conf}: no http.anti_steal.secret_key")
+    if args.secret_file:
+        try:
+            secret = Path(args.secret_file).read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:
+            raise UsageError(f"--secret-file: {_os_reason(exc)}") from None
+    elif secret is None:
+        secret = os.environ.get("FDFS_HTTP_SECRET") or None
+    if args.ttl is not None and secret is None:
+        raise UsageError(
+            "--ttl needs a secret key (--http-conf, --secret-file or FDFS_HTTP_SECRET)"
+        )
+    out = _stdout()
+    for fid in args.file_ids:
+        try:
+            url = url_for(
+                fid,
+                args.base_url,
+                secret=secret,
+                ttl=args.ttl,
+                server_ttl=server_ttl if server_ttl is not None else DEFAULT_SERVER_TTL,
+                with_group=not args.no_group,
+                token_over=args.token_over,
+                download_name=args.download_name,
+            )
+        except ValueError as exc:
+            raise UsageError(f"url: {exc}") from None
+        print(url, file=out)
     return 0
 
 

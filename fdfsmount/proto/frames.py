@@ -1,10 +1,47 @@
-"""Sans-IO framing: turn received bytes into (header, body) messages.
+"""Sans-IO framing: one receive buffer turned into headers and bodies.
 
-`FrameDecoder` buffers bytes and returns `NEED_DATA` until a whole message is
-there. It is meant for replies and requests with small bodies; bulk bodies
-(downloads, uploads, the binlog stream) are streamed by the I/O layer after
-`next_header()`, which therefore accepts any length. Only `next_frame()`,
-which would buffer the body, refuses bodies over ``max_body``.
+# Strategy
+Every FastDFS message is a 10-byte header and ``header.length`` body bytes.
+`FrameDecoder` owns the single receive buffer of a connection (h11's
+``ReceiveBuffer``): the I/O layer puts received bytes into it, the decoder
+hands out the next header, then the current message's body, and keeps
+whatever arrived beyond it (the next pipelined request, say) for the next
+call. It does no I/O and never blocks; "not enough bytes yet" is
+`NEED_DATA`. The same decoder serves the client connection, the builtin
+tracker and storage, their peer links, and the tests.
+
+Receiving -- either copy bytes in or receive straight into the buffer::
+
+    decoder.feed(data)                      # bytes from anywhere
+    n = sock.recv_into(decoder.recv_buffer())
+    decoder.received(n)                     # no copy: bytes land in the buffer
+
+Messages -- a message is *current* from `next_header` until its body is
+consumed, and `body_remaining` counts what it still owes::
+
+    header = decoder.next_header()          # Header or NEED_DATA
+    body = decoder.read_body(n)             # exactly n body bytes, or NEED_DATA
+    view = decoder.take_body(limit)         # what is buffered of the body (may be empty)
+    decoder.body_received(n)                # n body bytes went straight elsewhere
+    frame = decoder.next_frame()            # header + whole body (small messages)
+
+`next_header` returns the current header again while its body is unread,
+so a caller can look at it before deciding how to read the body; once the
+body is consumed (at once for an empty body) the next call decodes the next
+header.
+
+Bulk bodies (uploads, downloads, the binlog stream) are not buffered: after
+`take_body` has returned the buffered part, the I/O layer receives the rest
+straight into its own memory (a file page, the caller's buffer) and reports
+it with `body_received`, so the decoder stays in step without copying.
+`want` tells the I/O layer how much the current message still needs beyond
+the buffer, so that it never reads past a message it means to stream.
+
+Views from `recv_buffer` and `take_body` point into the receive buffer and
+are valid until the next `feed`, `recv_buffer` or `received` call. The
+buffer grows only when one header plus a `read_body` needs more room; bytes
+are never moved while a view is in use by the I/O layer, because it only
+asks for a new `recv_buffer` after using the previous view.
 """
 
 from __future__ import annotations
@@ -13,16 +50,21 @@ from dataclasses import dataclass
 from typing import Final
 
 from .constants import HEADER_SIZE
-from .errors import ProtocolError
+from .errors import LocalProtocolError, ProtocolError
 from .wire import Header, decode_header
 
+#: Default size of the receive buffer (upstream's default ``buff_size``).
+RECV_BUFFER_SIZE = 256 * 1024
 
-class _NeedData:
+
+class NeedData:
+    """Type of `NEED_DATA`: the buffer does not hold what was asked for yet."""
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = NeedData()
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,40 +74,138 @@ class Frame:
 
 
 class FrameDecoder:
-    """Incremental decoder of whole frames with bodies up to ``max_body`` bytes."""
+    """Incremental decoder over one receive buffer.
 
-    def __init__(self, max_body: int = 16 << 20) -> None:
-        self._buf = bytearray()
+    ``max_body`` bounds what `next_frame` buffers whole; bodies of any
+    length can be streamed with `take_body` / `body_received`.
+    """
+
+    def __init__(self, max_body: int = 16 << 20, buffer_size: int = RECV_BUFFER_SIZE) -> None:
+        self._buf = bytearray(max(buffer_size, HEADER_SIZE))
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
         self._header: Header | None = None
+        self._remaining = 0
         self.max_body = max_body
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
+    # ------------------------------------------------------------ receiving
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not handed out yet."""
+        return self._end - self._start
 
     @property
     def trailing(self) -> bytes:
-        """Bytes received beyond the frames taken so far."""
-        return bytes(self._buf)
+        """Bytes received beyond what was taken so far."""
+        return bytes(self._view[self._start : self._end])
 
-    def next_header(self) -> Header | _NeedData:
-        """The next header (without consuming its body), whatever its length."""
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        self._make_room(n)
+        self._view[self._end : self._end + n] = data
+        self._end += n
+
+    def recv_buffer(self, min_size: int = 1) -> memoryview:
+        """Free space at the end of the buffer to receive into (at least ``min_size``)."""
+        self._make_room(min_size)
+        return self._view[self._end :]
+
+    def received(self, n: int) -> None:
+        """``n`` bytes were received into the view `recv_buffer` returned."""
+        if not 0 <= n <= len(self._buf) - self._end:
+            raise LocalProtocolError(f"received {n} bytes into a smaller buffer")
+        self._end += n
+
+    def _make_room(self, n: int) -> None:
+        if len(self._buf) - self._end >= n:
+            return
+        kept = self._end - self._start
+        if kept + n <= len(self._buf):
+            if kept:
+                self._buf[:kept] = self._view[self._start : self._end]
+        else:
+            grown = bytearray(max(kept + n, 2 * len(self._buf)))
+            grown[:kept] = self._view[self._start : self._end]
+            self._view.release()
+            self._buf = grown
+            self._view = memoryview(grown)
+        self._start, self._end = 0, kept
+
+    # ------------------------------------------------------------ messages
+
+    @property
+    def body_remaining(self) -> int:
+        """Body bytes the current message still owes (0 between messages)."""
+        return self._remaining
+
+    @property
+    def want(self) -> int:
+        """Bytes the current message needs beyond those buffered (a header between messages)."""
+        if self._header is None or (self._remaining == 0):
+            return max(HEADER_SIZE - self.buffered, 0)
+        return max(self._remaining - self.buffered, 0)
+
+    def next_header(self) -> Header | NeedData:
+        """The current message's header while its body is unread, else the next one."""
+        if self._header is not None and self._remaining:
+            return self._header
+        if self._end - self._start < HEADER_SIZE:
+            self._header = None
+            return NEED_DATA
+        header = decode_header(self._view[self._start : self._start + HEADER_SIZE])
+        self._start += HEADER_SIZE
+        self._header = header
+        self._remaining = header.length
+        return header
+
+    def _check_body(self, size: int) -> None:
         if self._header is None:
-            if len(self._buf) < HEADER_SIZE:
-                return NEED_DATA
-            self._header = decode_header(bytes(self._buf[:HEADER_SIZE]))
-            del self._buf[:HEADER_SIZE]
-        return self._header
+            raise LocalProtocolError("no message is being read")
+        if not 0 <= size <= self._remaining:
+            raise LocalProtocolError(f"asked for {size} body bytes, {self._remaining} left")
 
-    def next_frame(self) -> Frame | _NeedData:
+    def read_body(self, size: int) -> bytes | NeedData:
+        """Exactly ``size`` more bytes of the current body, or `NEED_DATA`."""
+        self._check_body(size)
+        if size > self.max_body:
+            raise ProtocolError(f"a body part of {size} bytes is too large to buffer")
+        if self._end - self._start < size:
+            self._make_room(size - (self._end - self._start))
+            return NEED_DATA
+        data = bytes(self._view[self._start : self._start + size])
+        self._start += size
+        self._remaining -= size
+        return data
+
+    def take_body(self, limit: int | None = None) -> memoryview:
+        """Up to ``limit`` buffered bytes of the current body (maybe none), without a copy."""
+        n = min(self._end - self._start, self._remaining)
+        if limit is not None:
+            n = min(n, limit)
+        view = self._view[self._start : self._start + n]
+        self._start += n
+        self._remaining -= n
+        return view
+
+    def body_received(self, n: int) -> None:
+        """``n`` bytes of the current body were received outside the buffer."""
+        self._check_body(n)
+        if self._end > self._start and n:
+            raise LocalProtocolError("body bytes are still buffered: take them first")
+        self._remaining -= n
+
+    def next_frame(self) -> Frame | NeedData:
         """The next whole message; `ProtocolError` if its body exceeds ``max_body``."""
         header = self.next_header()
-        if isinstance(header, _NeedData):
+        if isinstance(header, NeedData):
             return NEED_DATA
         if header.length > self.max_body:
             raise ProtocolError(f"message body of {header.length} bytes is too large")
-        if len(self._buf) < header.length:
+        if self._remaining != header.length:
+            raise LocalProtocolError("part of this body was already taken")
+        body = self.read_body(header.length)
+        if isinstance(body, NeedData):
             return NEED_DATA
-        body = bytes(self._buf[: header.length])
-        del self._buf[: header.length]
-        self._header = None
         return Frame(header, body)

@@ -50,6 +50,22 @@ def merge_metadata(old: Mapping[str, str], new: Mapping[str, str]) -> Metadata:
     return merged
 
 
+def encode_stored_metadata(meta: Mapping[str, str]) -> bytes:
+    """The metadata text a storage keeps and returns: records sorted by name.
+
+    Names longer than `MAX_META_NAME_LEN` and values longer than
+    `MAX_META_VALUE_LEN` bytes are cut, as upstream's storage cuts them when
+    it splits the text it receives; nothing is refused.
+    """
+    records = []
+    for name, value in meta.items():
+        raw_name = encode_text(name, "metadata name")[:MAX_META_NAME_LEN]
+        raw_value = encode_text(value, "metadata value")[:MAX_META_VALUE_LEN]
+        records.append((raw_name, raw_value))
+    records.sort(key=lambda record: record[0])
+    return META_RECORD_SEP.join(name + META_FIELD_SEP + value for name, value in records)
+
+
 def sorted_metadata(meta: Mapping[str, str]) -> Metadata:
     """Records sorted by name, as the server stores and returns them."""
     return {k: meta[k] for k in sorted(meta, key=lambda k: k.encode("utf-8", "surrogateescape"))}

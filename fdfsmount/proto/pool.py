@@ -129,17 +129,18 @@ class ConnectionPool:
             await conn.aclose()
 
     async def _expire_idle(self) -> None:
+        # Take the expired connections out of the idle lists before closing any:
+        # closing yields, and a concurrent acquire must find the lists final.
         now = trio.current_time()
+        expired: list[Connection] = []
         for addr in list(self._idle):
             conns = self._idle[addr]
-            keep = [c for c in conns if now - c.idle_since < self.idle_timeout]
-            if len(keep) != len(conns):
-                for conn in conns:
-                    if conn not in keep:
-                        await conn.aclose()
-                self._idle[addr] = keep
-            if not self._idle[addr]:
+            expired += [c for c in conns if now - c.idle_since >= self.idle_timeout]
+            conns[:] = [c for c in conns if now - c.idle_since < self.idle_timeout]
+            if not conns:
                 del self._idle[addr]
+        for conn in expired:
+            await conn.aclose()
 
     @asynccontextmanager
     async def connection(

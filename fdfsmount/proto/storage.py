@@ -45,6 +45,8 @@ DOWNLOAD_FIXED = 8 + 8 + GROUP_NAME_LEN
 FILE_INFO_SIZES = (8 * 3 + IPV4_ADDRESS_SIZE, 8 * 3 + IPV6_ADDRESS_SIZE)
 #: Appender operations (24, 34, 36, 38) refuse names shorter than a normal name.
 MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
+#: A slave's master name must be longer than its "M00/HH/HH/" logic path.
+MIN_MASTER_NAME_LEN = 11
 #: Ext and slave prefix characters a storage accepts (upstream fdfs_validate_filename).
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
@@ -275,7 +277,14 @@ def parse_upload_head(head: bytes, *, body_length: int | None = None) -> UploadH
     if size < 0:
         raise ProtocolError(f"upload request with negative size {size}")
     _check_body_length("upload request", body_length, UPLOAD_FIXED + size)
+    _check_name_part("upload request", "file extension", ext)
     return UploadHead(index, size, ext)
+
+
+def _check_name_part(what: str, part: str, text: str) -> None:
+    """The storage refuses exts and prefixes with other characters (EINVAL)."""
+    if not set(text) <= _NAME_CHARS:
+        raise ProtocolError(f"{what}: invalid {part} {text!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,12 +297,17 @@ class SlaveHead:
 
 def parse_slave_head(head: bytes, *, body_length: int | None = None) -> SlaveHead:
     """The first `SLAVE_FIXED` bytes of 21; ``body_length`` is the header's length."""
-    r = FieldReader(head, "upload slave request")
+    what = "upload slave request"
+    r = FieldReader(head, what)
     name_len, size, prefix, ext = r.int64(), r.int64(), r.text(PREFIX_LEN), r.text(EXT_NAME_LEN)
     r.end()
-    if not 0 < name_len <= MAX_REMOTE_NAME_LEN or size < 0:
-        raise ProtocolError(f"upload slave request: name length {name_len}, size {size}")
-    _check_body_length("upload slave request", body_length, SLAVE_FIXED + name_len + size)
+    if not MIN_MASTER_NAME_LEN <= name_len <= MAX_REMOTE_NAME_LEN or size < 0:
+        raise ProtocolError(f"{what}: name length {name_len}, size {size}")
+    _check_body_length(what, body_length, SLAVE_FIXED + name_len + size)
+    if not prefix:
+        raise ProtocolError(f"{what}: empty prefix")
+    _check_name_part(what, "prefix", prefix)
+    _check_name_part(what, "file extension", ext)
     return SlaveHead(name_len, size, prefix, ext)
 
 
@@ -333,13 +347,13 @@ def parse_truncate_body(body: bytes) -> tuple[str, int]:
     _check_appender_name_len("truncate request", name_len)
     if name_len != r.remaining or size < 0:
         raise ProtocolError(f"truncate request: name length {name_len}, size {size}")
-    return r.rest_text(), size
+    return r.text(name_len), size
 
 
 def parse_regenerate_body(body: bytes) -> str:
     """The appender name that is the whole body of REGENERATE_APPENDER_FILENAME."""
     _check_appender_name_len("regenerate appender request", len(body))
-    return FieldReader(body, "regenerate appender request").rest_text()
+    return decode_text(body)
 
 
 def parse_group_remote_body(body: bytes) -> tuple[str, str]:
@@ -347,18 +361,22 @@ def parse_group_remote_body(body: bytes) -> tuple[str, str]:
     if len(body) <= GROUP_NAME_LEN or len(body) > GROUP_NAME_LEN + MAX_REMOTE_NAME_LEN:
         raise ProtocolError(f"request body of {len(body)} bytes")
     r = FieldReader(body, "request")
-    return r.text(GROUP_NAME_LEN), r.rest_text()
+    return r.text(GROUP_NAME_LEN), r.text(r.remaining)
 
 
 def parse_download_body(body: bytes) -> tuple[int, int, str, str]:
-    """(offset, length, group, remote name) of DOWNLOAD_FILE."""
-    if len(body) <= DOWNLOAD_FIXED or len(body) > DOWNLOAD_FIXED + MAX_REMOTE_NAME_LEN:
+    """(offset, length, group, remote name) of DOWNLOAD_FILE.
+
+    Like upstream, no bound on the name here: a name no file can have is
+    refused when it is looked up.
+    """
+    if len(body) <= DOWNLOAD_FIXED:
         raise ProtocolError(f"download request body of {len(body)} bytes")
     r = FieldReader(body, "download request")
     offset, length, group = r.int64(), r.int64(), r.text(GROUP_NAME_LEN)
     if offset < 0 or length < 0:
         raise ProtocolError(f"download request: offset {offset}, length {length}")
-    return offset, length, group, r.rest_text()
+    return offset, length, group, r.text(r.remaining)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +388,7 @@ class SetMetadataBody:
 
 
 def parse_set_metadata_body(body: bytes) -> SetMetadataBody:
+    """Body of SET_METADATA (13); names and values come as the client sent them."""
     r = FieldReader(body, "set metadata request")
     name_len, meta_len, flag, group = r.int64(), r.int64(), r.byte(), r.text(GROUP_NAME_LEN)
     if (
@@ -379,7 +398,7 @@ def parse_set_metadata_body(body: bytes) -> SetMetadataBody:
         or flag not in (META_OVERWRITE, META_MERGE)
     ):
         raise ProtocolError("set metadata request: inconsistent lengths or flag")
-    remote = decode_text(r.take(name_len))
+    remote = r.text(name_len)
     return SetMetadataBody(group, remote, flag == META_OVERWRITE, decode_metadata(r.rest()))
 
 
