@@ -19,7 +19,7 @@ BLOCK_SIZE = 128 * 1024
 class Block:
     """Bytes ``buf[start:end]`` of a downloaded buffer."""
 
-    buf: bytes
+    buf: bytes | bytearray  # a download lands in a bytearray; never changed afterwards
     start: int
     end: int
 
@@ -34,12 +34,12 @@ class Block:
         return self.buf is other.buf and self.start == other.end
 
     @classmethod
-    def of(cls, data: bytes) -> Block:
+    def of(cls, data: bytes | bytearray) -> Block:
         return cls(data, 0, len(data))
 
 
 #: (file ID, version) where version is None for files that never change and
-#: (size, mtime) for appender files, so a changed appender file misses.
+#: the number of the open that fetched them for appender files.
 FileKey = tuple[str, Hashable]
 BlockKey = tuple[FileKey, int]
 

@@ -249,7 +249,9 @@ class DiskCache:
 
     # -- filling ------------------------------------------------------------
 
-    def offer(self, file_id: FileId, info: FileIdInfo, size: int, offset: int, data: bytes) -> None:
+    def offer(
+        self, file_id: FileId, info: FileIdInfo, size: int, offset: int, data: bytes | bytearray
+    ) -> None:
         """Downloaded bytes of an immutable file: assemble them; store the file once whole.
 
         Never blocks: the writing happens in a task of the mount's nursery.
@@ -264,7 +266,7 @@ class DiskCache:
         self.nursery.start_soon(self._take, file_id, info, size, offset, data)
 
     async def _take(
-        self, file_id: FileId, info: FileIdInfo, size: int, offset: int, data: bytes
+        self, file_id: FileId, info: FileIdInfo, size: int, offset: int, data: bytes | bytearray
     ) -> None:
         key = str(file_id)
         try:
@@ -436,7 +438,7 @@ def _pread(path: Path, offset: int, length: int) -> bytes:
         os.close(fd)
 
 
-def _pwrite(path: Path, offset: int, data: bytes) -> None:
+def _pwrite(path: Path, offset: int, data: bytes | bytearray) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         view = memoryview(data)

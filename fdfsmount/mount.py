@@ -61,6 +61,7 @@ class MountParts:
     cache: BlockCache
     writer: WritePath
     client: ReadClient
+    kernel_readahead: KernelReadahead
     disk_cache: DiskCache | None = None
 
     def counters(self) -> dict[str, int]:
@@ -127,6 +128,7 @@ def build_operations(
         index_dir=listing_index_dir(opts, client),
     )
     cache = BlockCache(opts.cache_size)
+    kernel_readahead = KernelReadahead(opts)
     disk_cache = open_disk_cache(opts, client, nursery)
     readpath = ReadPath(
         client,
@@ -134,7 +136,10 @@ def build_operations(
         readahead=opts.readahead,
         timeout=opts.timeout,
         nursery=nursery,
-        slow_after=0.8 * opts.client_timeouts[1],
+        # One owner of "which servers failed lately": the client's.
+        health=getattr(client, "health", None),
+        replicas=getattr(client, "replicas", None),
+        before_first_open=kernel_readahead.apply,
         disk_cache=disk_cache,
     )
     # The write side needs the whole client; read-only fakes in tests never write.
@@ -180,7 +185,10 @@ def build_operations(
         xattrs=xattrs,
         writer=writer,
     )
-    return MountParts(ops, table, directory, listing, readpath, cache, writer, client, disk_cache)
+    return MountParts(
+        ops, table, directory, listing, readpath, cache, writer, client, kernel_readahead,
+        disk_cache,
+    )  # fmt: skip
 
 
 def open_disk_cache(
@@ -273,10 +281,20 @@ async def open_client(opts: MountOptions) -> AsyncIterator[ReadClient]:
     connect, network = client_timeouts(opts)
     try:
         if opts.trackers:
-            client = Client(list(opts.trackers), connect_timeout=connect, network_timeout=network)
+            client = Client(
+                list(opts.trackers),
+                connect_timeout=connect,
+                network_timeout=network,
+                replica_directory=True,
+            )
         else:
             assert opts.conf is not None
-            client = Client.from_conf(opts.conf, connect_timeout=connect, network_timeout=network)
+            client = Client.from_conf(
+                opts.conf,
+                connect_timeout=connect,
+                network_timeout=network,
+                replica_directory=True,
+            )
     except (OSError, ValueError) as exc:
         raise MountError(f"cannot use the tracker list: {exc}") from None
     async with client:
@@ -320,34 +338,52 @@ def mount_device(mountpoint: str) -> str | None:
     return device
 
 
-async def tune_kernel_readahead(opts: MountOptions) -> None:
-    """Let the kernel read ahead up to `KERNEL_READAHEAD` on this mount (needs root).
+class KernelReadahead:
+    """Lets the kernel read ahead up to `KERNEL_READAHEAD` on this mount (needs root).
 
     By default the kernel reads a FUSE file 128 KiB ahead in 256 KiB requests;
     with a 4 MiB window it sends 1 MiB requests, several at a time, and
     sequential reads through the mount get about a third faster. The kernel
-    sets the window itself when it gets the reply to FUSE_INIT, so this runs
-    once the FUSE loop has answered that. Without permission (not root) the
-    kernel's default stays.
+    sets the window itself from the reply to FUSE_INIT (lowering anything set
+    before), and copies it into each file when the file is opened -- after
+    the daemon answered the open. So `apply` runs in the first `open`, before
+    it is answered (no file can be opened before FUSE_INIT is answered), and
+    `watch` applies it again in the background in case the kernel resets it.
+    Without permission (not root) the kernel's default stays.
     """
-    kib = min(opts.readahead, KERNEL_READAHEAD) // 1024
-    device = mount_device(opts.mountpoint)
-    if kib <= 0 or device is None:
-        return
-    path = f"/sys/class/bdi/{device}/read_ahead_kb"
-    # Watch for two seconds: the FUSE_INIT reply may reset it after a first write.
-    for _ in range(10):
-        await trio.sleep(0.2)
-        try:
-            with open(path, encoding="ascii") as knob:
-                if int(knob.read()) == kib:
-                    continue
-            with open(path, "w", encoding="ascii") as knob:
-                knob.write(f"{kib}\n")
-        except (OSError, ValueError) as exc:
-            log.debug("kernel readahead left as is (%s: %s)", path, exc)
+
+    def __init__(self, opts: MountOptions) -> None:
+        self._mountpoint = opts.mountpoint
+        self._kib = min(opts.readahead, KERNEL_READAHEAD) // 1024
+        self._path: str | None = None
+        self._given_up = self._kib <= 0
+
+    def apply(self) -> None:
+        """Set the window if it is not set (one small sysfs read; a write when needed)."""
+        if self._given_up:
             return
-        log.debug("kernel readahead of %s set to %d KiB", opts.mountpoint, kib)
+        if self._path is None:
+            device = mount_device(self._mountpoint)
+            if device is None:
+                return
+            self._path = f"/sys/class/bdi/{device}/read_ahead_kb"
+        try:
+            with open(self._path, encoding="ascii") as knob:
+                if int(knob.read()) == self._kib:
+                    return
+            with open(self._path, "w", encoding="ascii") as knob:
+                knob.write(f"{self._kib}\n")
+        except (OSError, ValueError) as exc:
+            log.debug("kernel readahead left as is (%s: %s)", self._path, exc)
+            self._given_up = True
+            return
+        log.debug("kernel readahead of %s set to %d KiB", self._mountpoint, self._kib)
+
+    async def watch(self) -> None:
+        """Apply at once and for two seconds after (the FUSE_INIT reply may reset it)."""
+        for _ in range(20):
+            self.apply()
+            await trio.sleep(0.1)
 
 
 async def _unmount_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -404,7 +440,7 @@ async def _serve_with(
         else:
             try:
                 parts.writer.kernel.attached = True
-                nursery.start_soon(tune_kernel_readahead, opts)
+                nursery.start_soon(parts.kernel_readahead.watch)
                 # Only now: pyfuse3.terminate() needs the session init() made.
                 await nursery.start(_unmount_on_signal)
                 log.info("mounted %s at %s (%d groups)", opts.source, opts.mountpoint, len(groups))

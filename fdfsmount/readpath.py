@@ -6,27 +6,37 @@ Content is fetched in aligned blocks (`BLOCK_SIZE`) and kept in one LRU
 cache, joins a download already running for them, or downloads the missing
 run itself — so random readers fetch only the blocks they touch.
 
-Each open file keeps a `Readahead`: reads that continue where the last one
-ended count as sequential; each time the reader gets within half a window of
-the end of what was prefetched, the window doubles (from ~1 MiB to the
-``readahead`` option) and the next stretch is fetched in chunks by tasks in
-the mount's nursery, the chunks spread over the file's replicas. A random
-read resets the window. Blocks a sequential reader has consumed are dropped
-(the kernel keeps those pages), which leaves the cache to readahead.
+A read that misses blocks downloads them itself, inline, into one buffer
+that the cache then slices (no spawned task, no join). A normal file small
+enough (`WHOLE_FILE_LIMIT`) is fetched whole by its first read, so the
+reads after it are cache hits.
 
-Blocks of appender files are keyed by the file's (size, mtime) as seen at
-open, so another host's changes are never served from an older open; a short
-last block of an appender file is not cached at all (it may still grow).
+Each open file keeps a `Readahead`: once a reader has proved sequential (a
+read that continues where the previous one ended), each time it gets within
+half a window of the end of what was prefetched the window doubles (from ~1
+MiB to the ``readahead`` option) and the next stretch is fetched in chunks by
+tasks in the mount's nursery, spread over the file's replicas. Prefetch is
+started only after the read that triggered it has its own blocks, and never
+covers them, so it cannot delay that read. A random read resets the window.
+Blocks a sequential reader has consumed are dropped (the kernel keeps those
+pages), which leaves the cache to readahead.
+
+Blocks of appender files are keyed per open: an appender file may be
+rewritten in place (same size, same second) by another host, and the only
+version the server reports, (size, mtime), cannot tell; so cached blocks of
+an appender file serve the open that fetched them and no other (close-to-open).
+
+Server health (which replicas failed lately) is the client's `ServerHealth`,
+shared, so the directory below orders replicas the way the client does. A
+file that no replica could serve fails at once for `DOWN_MEMORY` seconds; that
+memory is per file, so other files on the same servers are tried normally.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
-import time
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -34,8 +44,10 @@ import trio
 from .blockcache import Block, BlockCache, FileKey
 from .clientapi import ReadClient
 from .diskcache import DiskCache
-from .proto import FileId, FileIdInfo, FileType, ServerAddr, StorageStatus
+from .proto import FileId, FileIdInfo
 from .proto.errors import ConnectError, FdfsError, ProtocolError, Timeout
+from .proto.health import DOWN_MEMORY, ServerHealth
+from .proto.replicas import ReplicaDirectory
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +57,10 @@ SEQUENTIAL_SLACK = 1 * MIB  # the kernel may deliver neighbouring async reads ou
 MIN_CHUNK = 512 * 1024
 MAX_CHUNK = 8 * MIB
 MAX_PARALLEL_CHUNKS = 8  # prefetch downloads in flight, whole mount
-STORAGES_TTL = 30.0
-FRESH_FILE_AGE = 300  # seconds: younger files may not have reached every replica yet
-SLOW_MEMORY = 30.0
-#: After every replica of a file failed, reads of it fail at once for this long:
-#: the kernel retries a failed page read, and that retry must not wait out
-#: every replica's timeout again.
-DOWN_MEMORY = 3.0
+#: Normal files up to this size are fetched whole by their first read.
+WHOLE_FILE_LIMIT = 512 * 1024
+
+__all__ = ["DOWN_MEMORY", "OpenFile", "ReadPath", "Readahead", "ReplicaDirectory"]
 
 
 class Readahead:
@@ -61,7 +70,7 @@ class Readahead:
         self.maximum = maximum
         self.initial = min(initial, maximum)
         self.window = 0  # 0: not in a sequential run
-        self.next_offset = 0  # where a sequential reader reads next
+        self.next_offset = -1  # where a sequential reader reads next (-1: no read yet)
         self.prefetched_to = 0  # end of what has been scheduled
 
     @property
@@ -72,7 +81,8 @@ class Readahead:
         """Record a read of [offset, end); return a range to prefetch, if any."""
         if self.maximum <= 0:
             return None
-        if abs(offset - self.next_offset) > SEQUENTIAL_SLACK:
+        if self.next_offset < 0 or abs(offset - self.next_offset) > SEQUENTIAL_SLACK:
+            # A first read, or a jump: sequential only once the next read continues this one.
             self.window = 0
             self.prefetched_to = 0
             self.next_offset = end
@@ -98,7 +108,7 @@ class OpenFile:
     file_id: FileId
     id_info: FileIdInfo
     size: int  # as known at open; appender files may have grown since
-    version: tuple[int, int] | None
+    version: int | None  # None: never changes; else this open's own number
     readahead: Readahead
     dropped_to: int = 0  # blocks below this index were dropped behind a sequential reader
 
@@ -130,116 +140,6 @@ class ReadStats:
     waited_on_prefetch: int = 0
 
 
-class ReplicaDirectory:
-    """Which storage servers can serve a file, best first, without asking per file.
-
-    The storages of a group are listed once per `STORAGES_TTL`; a file's source
-    server (named in its ID) goes first, then the group's other active storages.
-    ``rotate`` spreads the chunks of a large read over the replicas. A server
-    that recently made a read wait for the client's timeout before it failed
-    over (`note_slow`) goes last for `SLOW_MEMORY` seconds, so a frozen replica
-    costs one timeout, not one per chunk. When a read failed on every server
-    it tried (`note_down`), the next reads give up at once for `DOWN_MEMORY`.
-    """
-
-    def __init__(self, client: ReadClient) -> None:
-        self._client = client
-        self._groups: dict[str, tuple[float, list[tuple[str, str, ServerAddr]]]] = {}
-        self._per_file: OrderedDict[str, list[ServerAddr]] = OrderedDict()
-        self._failed_at: dict[str, float] = {}
-        self._slow_at: dict[ServerAddr, float] = {}
-        self._down: dict[ServerAddr, tuple[float, FdfsError]] = {}
-
-    def note_slow(self, addr: ServerAddr) -> None:
-        self._slow_at[addr] = trio.current_time()
-
-    def note_down(self, servers: Sequence[ServerAddr], error: FdfsError) -> None:
-        now = trio.current_time()
-        for addr in servers:
-            self._down[addr] = (now, error)
-
-    def note_up(self, servers: Sequence[ServerAddr]) -> None:
-        for addr in servers:
-            self._down.pop(addr, None)
-
-    def _check_reachable(self, file_id: FileId, servers: Sequence[ServerAddr]) -> None:
-        if not self._down or not servers:
-            return
-        now = trio.current_time()
-        recent = [self._down.get(a) for a in servers]
-        if all(r is not None and now - r[0] < DOWN_MEMORY for r in recent):
-            error = recent[0][1] if recent[0] is not None else None
-            raise Timeout(f"download_file {file_id}: every replica failed just now ({error})")
-
-    def _healthy_first(self, servers: list[ServerAddr]) -> list[ServerAddr]:
-        if not self._slow_at:
-            return servers
-        now = trio.current_time()
-        slow = {a for a, t in self._slow_at.items() if now - t < SLOW_MEMORY}
-        if len(slow) < len(self._slow_at):
-            self._slow_at = {a: t for a, t in self._slow_at.items() if a in slow}
-        return [a for a in servers if a not in slow] + [a for a in servers if a in slow]
-
-    async def servers_for(
-        self, file_id: FileId, info: FileIdInfo, *, rotate: int = 0
-    ) -> list[ServerAddr] | None:
-        storages = await self._group_storages(file_id.group)
-        if storages:
-            source = [a for (sid, ip, a) in storages if _is_source(info, sid, ip)]
-            others = [a for (sid, ip, a) in storages if not _is_source(info, sid, ip)]
-            if source and (info.file_type is FileType.APPENDER or _is_fresh(info)):
-                rotate = 0  # replicas may lag behind the source
-            servers = source + others
-        else:
-            servers = await self._fetch_servers(file_id)
-        if not servers:
-            return None
-        self._check_reachable(file_id, servers)
-        turn = rotate % len(servers)
-        return self._healthy_first(servers[turn:] + servers[:turn])
-
-    async def _group_storages(self, group: str) -> list[tuple[str, str, ServerAddr]]:
-        now = trio.current_time()
-        cached = self._groups.get(group)
-        if cached is not None and now - cached[0] < STORAGES_TTL:
-            return cached[1]
-        if now - self._failed_at.get(group, -math.inf) < STORAGES_TTL:
-            return cached[1] if cached else []
-        try:
-            stats = await self._client.list_storages(group)
-        except FdfsError as exc:
-            log.info("list storages of %s failed (%s); asking the tracker per file", group, exc)
-            self._failed_at[group] = now
-            return cached[1] if cached else []
-        active = [
-            (s.storage_id, s.ip_addr, ServerAddr(s.ip_addr, s.storage_port))
-            for s in stats
-            if s.status == StorageStatus.ACTIVE and s.storage_port > 0
-        ]
-        self._groups[group] = (now, active)
-        return active
-
-    async def _fetch_servers(self, file_id: FileId) -> list[ServerAddr]:
-        key = str(file_id)
-        servers = self._per_file.get(key)
-        if servers is None:
-            servers = await self._client.fetch_servers(file_id)
-            self._per_file[key] = servers
-            if len(self._per_file) > 10_000:
-                self._per_file.popitem(last=False)
-        return servers
-
-
-def _is_source(info: FileIdInfo, storage_id: str, ip: str) -> bool:
-    if info.source_id is not None:
-        return storage_id == str(info.source_id)
-    return ip == info.source_ip
-
-
-def _is_fresh(info: FileIdInfo) -> bool:
-    return time.time() - info.create_time < FRESH_FILE_AGE
-
-
 class ReadPath:
     """Serves `read` for open files; prefetches in the mount's nursery."""
 
@@ -251,7 +151,9 @@ class ReadPath:
         readahead: int,
         timeout: float,
         nursery: trio.Nursery | None = None,
-        slow_after: float = math.inf,
+        health: ServerHealth | None = None,
+        before_first_open: Callable[[], None] | None = None,
+        replicas: ReplicaDirectory | None = None,
         disk_cache: DiskCache | None = None,
     ) -> None:
         self.client = client
@@ -262,24 +164,34 @@ class ReadPath:
         self.max_window = min(readahead, cache.capacity // 2) if nursery is not None else 0
         self.timeout = timeout
         self.nursery = nursery
-        # A download this slow waited for the client's network timeout on its first server.
-        self.slow_after = slow_after
-        self.replicas = ReplicaDirectory(client)
+        #: The client's server health (pass the client's own: one owner of "who failed").
+        self.health = health if health is not None else ServerHealth()
+        # Replica order: the client's directory when it has one (one owner), else our own.
+        self.replicas = replicas if replicas is not None else ReplicaDirectory(client, self.health)
         self.stats = ReadStats()
         self._pending: dict[tuple[FileKey, int], _Pending] = {}
         self._chunk_limiter = trio.CapacityLimiter(MAX_PARALLEL_CHUNKS)
         self._chunk_counter = itertools.count()
+        self._opens = itertools.count(1)
+        # Runs in the first open, before it is answered (the mount tunes the
+        # kernel's readahead there: the kernel copies it into each opened file).
+        self._before_first_open = before_first_open
 
     def open(self, file_id: FileId, id_info: FileIdInfo, size: int, *, immutable: bool,
              mtime: int = 0) -> OpenFile:  # fmt: skip
-        version = None if immutable else (size, mtime)
+        # (size, mtime) cannot tell a same-size rewrite within the same second
+        # apart: an appender file's blocks are this open's own.
+        if self._before_first_open is not None:
+            hook, self._before_first_open = self._before_first_open, None
+            hook()
+        version = None if immutable else next(self._opens)
         return OpenFile(file_id, id_info, size, version, Readahead(self.max_window))
 
     def invalidate(self, file_id: FileId) -> None:
         """Forget cached content of `file_id` (the write side calls this after changes)."""
         self.cache.drop_file(str(file_id))
 
-    async def read(self, f: OpenFile, offset: int, size: int) -> bytes | memoryview:
+    async def read(self, f: OpenFile, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`; short only at the end of the file.
 
         Usually a memoryview into a downloaded buffer (no copy): pyfuse3 takes
@@ -291,21 +203,22 @@ class ReadPath:
         if offset >= end or size <= 0:
             return b""
         ahead = f.readahead.on_read(offset, end)
-        if ahead is not None and self.nursery is not None:
-            self._prefetch(f, *ahead)
         first, last = offset // self.block, (end - 1) // self.block
         blocks = await self._blocks(f, first, last)
+        if ahead is not None and self.nursery is not None:
+            # Only now, and only past this read's blocks: readahead never delays its reader.
+            self._prefetch(f, max(ahead[0], (last + 1) * self.block), ahead[1])
         skip = offset - first * self.block
         want = min(end - offset, sum(len(b) for b in blocks) - skip)
         if all(b.follows(a) for a, b in itertools.pairwise(blocks)):
             # One slice of one buffer: hand it out as it is.
             start = blocks[0].start + skip
             buf = blocks[0].buf
-            result: bytes | memoryview = (
+            result: bytes | bytearray | memoryview = (
                 buf if start == 0 and want == len(buf) else memoryview(buf)[start : start + want]
             )
         else:
-            result = b"".join(b.view() for b in blocks)[skip : skip + want]
+            result = memoryview(b"".join(b.view() for b in blocks))[skip : skip + want]
         if f.readahead.sequential:
             self._drop_behind(f, offset)
         self.stats.bytes_read += want
@@ -339,7 +252,8 @@ class ReadPath:
         if waiting:
             self.stats.waited_on_prefetch += 1
         if len(missing) + len(waiting) == 1 and missing:
-            found.update(await self._download(f, missing[0], missing[0] + 1))
+            index = missing[0]
+            found.update(await self._download(f, index, self._whole_file_stop(f, index)))
         elif missing or waiting:
             async with trio.open_nursery() as nursery:
                 for run_start, run_end in _runs(missing):
@@ -353,6 +267,20 @@ class ReadPath:
             if len(data) < self.block:
                 break  # end of file
         return blocks
+
+    def _whole_file_stop(self, f: OpenFile, index: int) -> int:
+        """Where a download for block `index` should stop: the file's end if small."""
+        stop = index + 1
+        if not f.immutable or f.size > WHOLE_FILE_LIMIT:
+            return stop
+        last = -(-f.size // self.block)
+        while (
+            stop < last
+            and not self.cache.contains(f.key, stop)
+            and (f.key, stop) not in self._pending
+        ):
+            stop += 1
+        return stop
 
     async def _await_pending(
         self, f: OpenFile, index: int, pending: _Pending, into: dict[int, Block]
@@ -395,23 +323,21 @@ class ReadPath:
             mine = claimed
         blocks: dict[int, Block] = {}
         try:
-            data = b""
+            data: bytes | bytearray = b""
             local = await self._from_disk(f, offset, length) if length > 0 else None
             if local is not None:
                 data = local
             elif length > 0:
+                # A file that just failed on every replica fails at once (the
+                # kernel retries a failed read immediately).
+                self.health.check_file(f.file_id)
                 servers = await self.replicas.servers_for(f.file_id, f.id_info, rotate=rotate)
-                started = trio.current_time()
                 try:
                     data = await self.client.read_range(f.file_id, offset, length, servers=servers)
                 except (Timeout, ConnectError, ProtocolError) as exc:
-                    if servers:
-                        self.replicas.note_down(servers, exc)
+                    self.health.file_down(f.file_id, exc)
                     raise
-                if servers:
-                    self.replicas.note_up(servers)
-                    if trio.current_time() - started >= self.slow_after:
-                        self.replicas.note_slow(servers[0])
+                self.health.file_up(f.file_id)
                 self.stats.downloads += 1
                 self.stats.bytes_downloaded += len(data)
                 self._to_disk(f, offset, data)
@@ -427,7 +353,7 @@ class ReadPath:
             return None
         return await self.disk_cache.read(f.file_id, offset, length)
 
-    def _to_disk(self, f: OpenFile, offset: int, data: bytes) -> None:
+    def _to_disk(self, f: OpenFile, offset: int, data: bytes | bytearray) -> None:
         if self.disk_cache is not None and f.immutable:
             self.disk_cache.offer(f.file_id, f.id_info, f.size, offset, data)
 
@@ -441,7 +367,9 @@ class ReadPath:
             pending.data = blocks.get(key[1])
             pending.done.set()
 
-    def _split(self, f: OpenFile, first: int, stop: int, data: bytes) -> dict[int, Block]:
+    def _split(
+        self, f: OpenFile, first: int, stop: int, data: bytes | bytearray
+    ) -> dict[int, Block]:
         """Cut `data` (blocks first.. of the file) into blocks, without copying."""
         blocks: dict[int, Block] = {}
         for i, index in enumerate(range(first, stop)):

@@ -204,7 +204,7 @@ class WritePath:
 
     async def _fetch(self, file_id: FileId, offset: int, length: int) -> bytes:
         servers = await self._source_first(file_id)
-        return await self.client.read_range(file_id, offset, length, servers=servers or None)
+        return bytes(await self.client.read_range(file_id, offset, length, servers=servers or None))
 
     def _forget_unstored(self, writer: AppenderWriter) -> None:
         """A write-back failed: the kernel's pages hold bytes the storage does not have."""

@@ -56,6 +56,7 @@ from fdfsmount.proto.wire import decode_header, validate_group_name
 from .process import (
     ChildProcess,
     ProcessError,
+    Reaper,
     kill_processes_mentioning,
     pick_free_port,
     unwind_on_sigterm,
@@ -402,6 +403,7 @@ class Cluster:
         self._started = False
         self._closed = False
         self._lock = threading.RLock()
+        self._reaper: Reaper | None = None
 
     def __repr__(self) -> str:
         return (
@@ -461,7 +463,11 @@ class Cluster:
             with _open_lock:
                 _open_clusters.add(self)
         try:
+            # If this process is SIGKILLed, the reaper stops the nodes and removes the dir.
+            self._reaper = Reaper()
             self._create_base_dir()
+            if self._created_dir:
+                self._reaper.watch_dir(self.base_dir)
             log.info("cluster directory: %s", self.base_dir)
             for attempt in range(1, _START_ATTEMPTS + 1):
                 self._lay_out()
@@ -610,6 +616,7 @@ class Cluster:
             startup_timeout=self.backend.process_startup_timeout,
             terminate_timeout=self.terminate_timeout,
             extra_logs=launch.extra_logs,
+            reaper=self._reaper,
         )
         log.info("starting %s on %s", node.name, node.address)
         node.process.start(poll_hook)
@@ -639,6 +646,8 @@ class Cluster:
                 log.exception("releasing the backend's resources failed")
             if self._created_dir:
                 self._remove_base_dir()
+            if self._reaper is not None:
+                self._reaper.close()
             self._closed = True
             with _open_lock:
                 _open_clusters.discard(self)

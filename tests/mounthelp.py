@@ -61,6 +61,7 @@ def wait_replicated(cluster: Cluster, fid: FileId, size: int) -> None:
         with trio.fail_after(REPLICATION_WAIT):
             for node in cluster.storages_of(fid.group):
                 while True:
+                    got: bytes | bytearray
                     try:
                         got = await client.read_range(fid, size - 1, 1, servers=[addr_of(node)])
                     except Exception:
@@ -76,7 +77,7 @@ async def content_on(client: Client, node: Node, fid: FileId) -> bytes | None:
     """The file's bytes as one storage has them (None: it has no such file)."""
     try:
         size = (await client.info(fid, calc_crc32=False, servers=[addr_of(node)])).size
-        return await client.read_range(fid, 0, size, servers=[addr_of(node)])
+        return bytes(await client.read_range(fid, 0, size, servers=[addr_of(node)]))
     except FileNotFound:
         return None
 

@@ -94,7 +94,7 @@ async def test_uploads_reads_and_metadata_on_every_replica(
         ranges = await on_every_replica(
             cluster, fid, lambda a: client.read_range(fid, 1000, 5000, servers=[a])
         )
-        assert set(ranges.values()) == {DATA[1000:6000]}
+        assert {bytes(r) for r in ranges.values()} == {DATA[1000:6000]}
         infos = await on_every_replica(cluster, fid, lambda a: client.info(fid, servers=[a]))
         assert {(i.size, i.crc32) for i in infos.values()} == {(len(DATA), zlib.crc32(DATA))}
         metas = await on_every_replica(
@@ -250,3 +250,24 @@ async def test_reads_survive_the_death_of_the_source(fdfs_cluster_factory: Any) 
             # Once it is offline, the tracker routes to the survivor.
             assert await client.download(fids[2]) == DATA
             assert await client.read_range(fids[3], 7, 9) == DATA[7:16]
+
+
+async def test_replica_directory_reads_without_a_tracker_query_per_call(cluster: Cluster) -> None:
+    async with Client(cluster.trackers, network_timeout=10, replica_directory=True) as client:
+        with trio.fail_after(60):
+            fids = [
+                await client.upload(b"%d" % i * 100, ext="bin", group="group1") for i in range(5)
+            ]
+            appender = await client.upload(b"a" * 300, ext="log", appender=True, group="group1")
+            await client.modify(appender, 0, b"b" * 300)
+            before = dict(client.stats.requests)
+            for i, fid in enumerate(fids):
+                assert await client.download(fid) == b"%d" % i * 100
+                assert (await client.info(fid)).size == 100 * len(b"%d" % i)
+            # Appender changes go to the source, which the directory asks first.
+            assert await client.download(appender) == b"b" * 300
+        asked = {op: n - before.get(op, 0) for op, n in client.stats.requests.items()}
+        # At most one listing of the group's storages; no per-file tracker query.
+        assert asked.get("server_list_storage", 0) <= 1, asked
+        assert not asked.get("query_fetch_one") and not asked.get("query_fetch_all"), asked
+        assert asked.get("download_file") == 6 and asked.get("query_file_info") == 5, asked

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import errno
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
@@ -12,10 +13,19 @@ import trio.testing
 from waiting import eventually
 
 from fdfsmount.blockcache import Block, BlockCache
-from fdfsmount.proto import FileId, ServerAddr, StorageStat, decode_file_id, parse_file_id
+from fdfsmount.proto import (
+    FileId,
+    GroupStat,
+    ServerAddr,
+    StorageStat,
+    decode_file_id,
+    parse_file_id,
+)
 from fdfsmount.proto.errors import FileNotFound, ServerError, Timeout
 from fdfsmount.proto.fileid import make_remote_name
-from fdfsmount.readpath import DOWN_MEMORY, MIB, OpenFile, Readahead, ReadPath
+from fdfsmount.proto.health import ServerHealth
+from fdfsmount.proto.storage import FileInfo
+from fdfsmount.readpath import DOWN_MEMORY, MIB, WHOLE_FILE_LIMIT, OpenFile, Readahead, ReadPath
 
 BLOCK = 128 * 1024
 
@@ -23,9 +33,13 @@ BLOCK = 128 * 1024
 # ---------------------------------------------------------------- Readahead
 
 
-def test_first_read_starts_a_one_mib_window() -> None:
+def test_readahead_starts_only_once_a_reader_proved_sequential() -> None:
     ra = Readahead(maximum=64 * MIB)
-    assert ra.on_read(0, BLOCK) == (BLOCK, BLOCK + MIB)
+    # One read proves nothing: a 4 KiB file's only read must not start readahead.
+    assert ra.on_read(0, BLOCK) is None
+    assert not ra.sequential
+    # The next read continues it: now a 1 MiB window.
+    assert ra.on_read(BLOCK, 2 * BLOCK) == (2 * BLOCK, 2 * BLOCK + MIB)
     assert ra.window == MIB
 
 
@@ -133,13 +147,18 @@ def test_zero_capacity_caches_nothing() -> None:
 
 
 class FakeClient:
-    """Serves `read_range` from memory, counting requests; optionally slow or failing."""
+    """Serves `read_range` from memory, counting requests; optionally slow or failing.
+
+    Like the real client, it notes servers that time out in its `health`.
+    """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, int, int, tuple[ServerAddr, ...] | None]] = []
         self.delay = 0.0
         self.fail: Exception | None = None
+        self.frozen: set[ServerAddr] = set()
+        self.health = ServerHealth()
 
     def add(self, data: bytes, *, appender: bool = False) -> FileId:
         remote = make_remote_name(
@@ -163,6 +182,13 @@ class FakeClient:
             await trio.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
+        for addr in servers or ():
+            if addr not in self.frozen:
+                break
+            self.health.failed(addr)  # timed out: the client fails over to the next
+        else:
+            if servers:
+                raise Timeout(f"every replica of {file_id} timed out")
         data = self.files.get(str(file_id))
         if data is None:
             raise FileNotFound(str(file_id))
@@ -176,6 +202,23 @@ class FakeClient:
 
     async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]:
         raise AssertionError("the group's storages should be enough")
+
+    # The rest of ReadClient: the read path never calls these.
+    async def info(self, file_id: FileId | str, *, calc_crc32: bool = True) -> FileInfo:
+        raise AssertionError("not used by the read path")
+
+    async def get_metadata(self, file_id: FileId | str) -> dict[str, str]:
+        raise AssertionError("not used by the read path")
+
+    async def list_groups(self) -> list[GroupStat]:
+        raise AssertionError("not used by the read path")
+
+    def list_files(self, group: str) -> AbstractAsyncContextManager[AsyncIterator[FileId]]:
+        raise AssertionError("not used by the read path")
+
+
+SOURCE = ServerAddr("127.0.0.10", 23000)
+REPLICA = ServerAddr("127.0.0.11", 23001)
 
 
 def _open(rp: ReadPath, fid: FileId, size: int, *, appender: bool = False) -> OpenFile:
@@ -242,7 +285,7 @@ async def test_concurrent_readers_share_one_download() -> None:
 
     async def reader() -> None:
         f = _open(rp, fid, len(data))
-        results.append(await rp.read(f, 200 * 1024, 4096))
+        results.append(bytes(await rp.read(f, 200 * 1024, 4096)))
 
     async with trio.open_nursery() as n:
         for _ in range(5):
@@ -271,28 +314,28 @@ async def test_failed_prefetch_lets_the_reader_try_itself(nursery: trio.Nursery)
     cache = BlockCache(64 * MIB)
     rp = ReadPath(client, cache, readahead=4 * MIB, timeout=5, nursery=nursery)
     f = _open(rp, fid, len(data))
-    assert await rp.read(f, 0, BLOCK) == data[:BLOCK]  # schedules readahead...
+    assert await rp.read(f, 0, BLOCK) == data[:BLOCK]
+    assert await rp.read(f, BLOCK, BLOCK) == data[BLOCK : 2 * BLOCK]  # schedules readahead...
     client.fail = ServerError(errno.EIO, "disk error")  # ...which then fails
     with trio.fail_after(5):
         await eventually(lambda: rp.stats.prefetch_failures, interval=0.001)
     client.fail = None
-    assert await rp.read(f, BLOCK, BLOCK) == data[BLOCK : 2 * BLOCK]
+    assert await rp.read(f, 2 * BLOCK, BLOCK) == data[2 * BLOCK : 3 * BLOCK]
 
 
-async def test_slow_first_server_goes_last(nursery: trio.Nursery) -> None:
+async def test_a_server_the_client_saw_time_out_goes_last_for_every_reader() -> None:
     client = FakeClient()
     data = random.Random(6).randbytes(MIB)
     fid = client.add(data)
-    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5, slow_after=0.02)
+    # One owner of server health: the client's, handed to the read path.
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5, health=client.health)
     f = _open(rp, fid, len(data))
-    client.delay = 0.03
-    await rp.read(f, 0, 4096)
-    first = client.requests[-1][3]
-    assert first is not None
-    client.delay = 0
-    await rp.read(f, 4 * BLOCK, 4096)
-    second = client.requests[-1][3]
-    assert second is not None and second[-1] == first[0]
+    client.frozen = {SOURCE}
+    assert await rp.read(f, 0, 4096) == data[:4096]
+    assert client.requests[-1][3] == (SOURCE, REPLICA)
+    # The next read asks the replica first, whatever timeout the client used.
+    assert await rp.read(f, 4 * BLOCK, 4096) == data[4 * BLOCK : 4 * BLOCK + 4096]
+    assert client.requests[-1][3] == (REPLICA, SOURCE)
 
 
 async def test_after_every_replica_failed_reads_fail_fast_for_a_moment(
@@ -314,6 +357,69 @@ async def test_after_every_replica_failed_reads_fail_fast_for_a_moment(
     client.fail = None
     await trio.sleep(DOWN_MEMORY + 0.1)
     assert await rp.read(f, 0, 4096) == data[:4096]
+
+
+async def test_fail_fast_memory_is_per_file() -> None:
+    client = FakeClient()
+    failed = client.add(random.Random(17).randbytes(MIB))
+    data = random.Random(18).randbytes(MIB)
+    healthy = client.add(data + b"other")
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5)
+    client.fail = Timeout("no answer")
+    with pytest.raises(Timeout):
+        await rp.read(_open(rp, failed, MIB), 0, 4096)
+    client.fail = None  # the storage is back
+    # A file that never failed, on the same servers, is read at once.
+    f = _open(rp, healthy, len(data) + 5)
+    assert await rp.read(f, 0, 4096) == data[:4096]
+    # The one that failed still fails fast for a moment.
+    with pytest.raises(Timeout, match="every replica failed just now"):
+        await rp.read(_open(rp, failed, MIB), 0, 4096)
+
+
+async def test_first_read_downloads_its_block_inline_without_readahead(
+    nursery: trio.Nursery,
+) -> None:
+    client = FakeClient()
+    data = random.Random(9).randbytes(8 * MIB)
+    fid = client.add(data)
+    rp = ReadPath(client, BlockCache(64 * MIB), readahead=8 * MIB, timeout=5, nursery=nursery)
+    f = _open(rp, fid, len(data))
+    assert await rp.read(f, 0, 4096) == data[:4096]
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(o, n) for _, o, n, _ in client.requests] == [(0, BLOCK)]
+    assert rp.stats.prefetch_chunks == 0
+    # The second read proves the reader sequential: readahead starts past its blocks.
+    assert await rp.read(f, BLOCK, BLOCK) == data[BLOCK : 2 * BLOCK]
+    await trio.testing.wait_all_tasks_blocked()
+    assert client.requests[1][1:3] == (BLOCK, BLOCK)
+    assert all(o >= 2 * BLOCK for _, o, _, _ in client.requests[2:])
+    assert rp.stats.prefetch_chunks > 0 and rp.stats.waited_on_prefetch == 0
+
+
+async def test_small_files_are_fetched_whole_by_their_first_read() -> None:
+    client = FakeClient()
+    data = random.Random(10).randbytes(WHOLE_FILE_LIMIT - 1000)
+    fid = client.add(data)
+    rp = ReadPath(client, BlockCache(64 * MIB), readahead=0, timeout=5)
+    f = _open(rp, fid, len(data))
+    got = bytearray()
+    while chunk := await rp.read(f, len(got), 4096):
+        got += chunk
+    assert got == data
+    assert [(o, n) for _, o, n, _ in client.requests] == [(0, len(data))]
+
+
+async def test_appender_blocks_are_not_shared_between_opens() -> None:
+    # A same-size rewrite elsewhere within the same second has the same (size, mtime).
+    client = FakeClient()
+    fid = client.add(b"a" * (2 * BLOCK), appender=True)
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5)
+    f1 = rp.open(fid, decode_file_id(fid), 2 * BLOCK, immutable=False, mtime=7)
+    assert await rp.read(f1, 0, 4096) == b"a" * 4096
+    client.files[str(fid)] = b"b" * (2 * BLOCK)
+    f2 = rp.open(fid, decode_file_id(fid), 2 * BLOCK, immutable=False, mtime=7)
+    assert await rp.read(f2, 0, 4096) == b"b" * 4096
 
 
 async def test_appender_readahead_stops_at_the_size_seen_at_open(nursery: trio.Nursery) -> None:

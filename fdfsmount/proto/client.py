@@ -15,12 +15,10 @@ Trackers are tried in turn, starting one further on each call, and a server
 that failed recently goes to the back of every list for a while, so a dead
 tracker or replica costs a connect timeout once, not on every call.
 
-Deadlines are applied here, at the edge: connecting is bounded by
-``connect_timeout`` (in the pool), and every exchange by ``network_timeout``
-*without progress* -- the deadline moves forward with each chunk moved, as
-the C client's per-socket-operation timeout does, so a large transfer may
-take as long as it needs while a silent server is given up on.
-`trio.TooSlowError` becomes `Timeout`.
+The plumbing (deadlines, pooled connections, failure memory) lives in
+`exchange`; reading byte ranges with failover in `download`; listing a group
+in `filelist`. Which servers failed lately is one `ServerHealth`, shared with
+whoever else picks servers (the mount's replica directory).
 """
 
 from __future__ import annotations
@@ -28,71 +26,42 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Mapping,
-    Sequence,
-)
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
-import trio
-
+from . import filelist
 from . import storage as st
 from . import tracker as tr
-from .binlog import BinlogRecord, BinlogStreamDecoder
+from .binlog import BinlogRecord
 from .clientconf import parse_server_addr, read_client_conf
-from .connection import MAX_REPLY_SIZE, Connection, Payload, Role
-from .constants import QUERY_FINFO_KEEP_SILENCE, QUERY_FINFO_NO_CRC32, Cmd, StorageStatus
-from .download import TRANSPORT_ERRORS, ChunkIterator, RangeReader, Replicas
+from .connection import Payload, Role
+from .constants import QUERY_FINFO_KEEP_SILENCE, QUERY_FINFO_NO_CRC32, Cmd
+from .download import ChunkIterator, RangeReader, Replicas
 from .errors import (
     ConnectError,
     FdfsError,
     FileNotFound,
-    InvalidFileId,
     NoStorage,
-    ProtocolError,
     ServerError,
-    Timeout,
 )
+from .exchange import TRANSPORT_ERRORS, Exchanger, op_name
 from .fileid import FileId, FileType, decode_file_id, parse_file_id
+from .health import ServerHealth
 from .message import Request, ServerAddr
 from .payload import Data, PreparedPayload, prepare_payload
 from .pool import ConnectFn, ConnectionPool
 from .records import GroupStat, StorageStat
+from .replicas import ReplicaDirectory
 from .stats import ClientStats
 from .storage import FileInfo
-from .wire import Header
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Seconds a server that failed is tried after the others.
-FAILURE_MEMORY = 30.0
 _DOWNLOAD_BUFFER = 1 << 20
-_BINLOG_READ_SIZE = 64 * 1024
-#: Requests that may be sent again when a pooled connection turns out dead:
-#: every tracker query (none changes anything) and the storage's reads.
-_IDEMPOTENT = (tr.TRACKER_CLIENT_CMDS - {Cmd.QUIT}) | {
-    Cmd.DOWNLOAD_FILE,
-    Cmd.GET_METADATA,
-    Cmd.QUERY_FILE_INFO,
-}
-#: The storage writes metadata of file X into a file named X + this suffix.
-_META_FILE_SUFFIX = "-m"
-
-
-_OP_NAMES = {int(cmd): cmd.name.lower() for cmd in Cmd}
-
-
-def op_name(cmd: int) -> str:
-    """The operation name of a command, as used in messages and stats."""
-    return _OP_NAMES.get(cmd) or f"cmd_{cmd}"
 
 
 def _file_id(file_id: FileId | str) -> FileId:
@@ -120,6 +89,8 @@ class Client:
         max_idle_per_server: int = 8,
         idle_timeout: float = 60.0,
         connect: ConnectFn | None = None,
+        health: ServerHealth | None = None,
+        replica_directory: bool = False,
     ) -> None:
         if isinstance(trackers, str):
             trackers = [t for t in trackers.split(",") if t.strip()]
@@ -129,7 +100,6 @@ class Client:
         if connect_timeout <= 0 or network_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.connect_timeout = connect_timeout
-        self.network_timeout = network_timeout
         self.stats = ClientStats()
         self._pool = ConnectionPool(
             connect_timeout=connect_timeout,
@@ -138,8 +108,16 @@ class Client:
             connect=connect,
             stats=self.stats,
         )
+        #: Which servers failed lately; pass one in to share it with other choosers.
+        self.health = health if health is not None else ServerHealth()
+        self.exchanger = Exchanger(
+            self._pool, network_timeout=network_timeout, health=self.health, stats=self.stats
+        )
         self._tracker_turn = 0
-        self._failed_at: dict[ServerAddr, float] = {}
+        #: With ``replica_directory``: reads go to the file's source first, then the
+        #: group's other active storages (listed once per 30 s), without a tracker
+        #: query per read; else the tracker picks per read, like the C client.
+        self.replicas = ReplicaDirectory(self, self.health) if replica_directory else None
 
     @classmethod
     def from_conf(cls, path: str | os.PathLike[str], **overrides: object) -> Client:
@@ -173,82 +151,16 @@ class Client:
     def pool(self) -> ConnectionPool:
         return self._pool
 
+    @property
+    def network_timeout(self) -> float:
+        """Seconds an exchange may go without progress (settable: the exchanger follows)."""
+        return self.exchanger.network_timeout
+
+    @network_timeout.setter
+    def network_timeout(self, seconds: float) -> None:
+        self.exchanger.network_timeout = seconds
+
     # ============================================================ plumbing
-
-    def _watch(self, conn: Connection, what: str) -> _Watchdog:
-        """Give up on ``conn`` after ``network_timeout`` without progress."""
-        return _Watchdog(conn, what, self.network_timeout)
-
-    def _note_failure(self, addr: ServerAddr) -> None:
-        self._failed_at[addr] = trio.current_time()
-
-    def _healthy_first(self, addrs: Sequence[ServerAddr]) -> list[ServerAddr]:
-        now = trio.current_time()
-
-        def failed_recently(addr: ServerAddr) -> bool:
-            when = self._failed_at.get(addr)
-            return when is not None and now - when < FAILURE_MEMORY
-
-        return [a for a in addrs if not failed_recently(a)] + [
-            a for a in addrs if failed_recently(a)
-        ]
-
-    async def _open_reply(
-        self,
-        addr: ServerAddr,
-        role: Role,
-        request: Request,
-        what: str,
-        payload: Payload | None = None,
-        *,
-        body_limit: int | None = None,
-    ) -> tuple[Connection, Header, bytes]:
-        """Send ``request`` on a pooled connection and read the reply header.
-
-        The status is checked (`ServerError`). With ``body_limit`` the whole
-        body is read too (within the same deadline); without, the body is left
-        for the caller. Either way the caller owns the connection and must
-        release it. A pooled connection found dead before any reply byte is
-        replaced once for idempotent requests.
-        """
-        op = op_name(request.cmd)
-        self.stats.count_request(op)
-        fresh = False
-        try:
-            while True:
-                conn = await (
-                    self._pool.open(addr, role) if fresh else self._pool.acquire(addr, role)
-                )
-                log.debug("%s", what)
-                try:
-                    body = b""
-                    with self._watch(conn, what):
-                        await conn.send_request(request, payload, what=what)
-                        header = await conn.receive_header()
-                        conn.expect_status(header, what)
-                        if body_limit is not None:
-                            body = await conn.receive_body(body_limit)
-                    return conn, header, body
-                except ProtocolError as exc:
-                    stale = conn.uses > 0 and not conn.reply_started
-                    await self._pool.release(conn)
-                    if stale and not fresh and payload is None and request.cmd in _IDEMPOTENT:
-                        log.debug("%s: pooled connection was dead (%s); retrying", what, exc)
-                        await self._pool.discard_idle(addr)
-                        fresh = True
-                        continue
-                    raise
-                except BaseException:
-                    await self._pool.release(conn)
-                    raise
-        except FdfsError as exc:
-            self._count_failure(op, addr, exc)
-            raise
-
-    def _count_failure(self, op: str, addr: ServerAddr, exc: BaseException) -> None:
-        self.stats.count_error(op)
-        if isinstance(exc, TRANSPORT_ERRORS):
-            self._note_failure(addr)
 
     async def _exchange(
         self,
@@ -259,24 +171,10 @@ class Client:
         *,
         what: str,
         payload: Payload | None = None,
-        max_size: int = MAX_REPLY_SIZE,
     ) -> T:
-        """One request and its whole reply, decoded; a bad reply breaks the connection."""
-        started = trio.current_time()
-        conn, _header, body = await self._open_reply(
-            addr, role, request, what, payload, body_limit=max_size
+        return await self.exchanger.exchange(
+            addr, role, request, decode, what=what, payload=payload
         )
-        try:
-            result = decode(body)
-        except ProtocolError as exc:
-            conn.mark_broken(f"undecodable reply: {exc}")
-            self._count_failure(op_name(request.cmd), addr, exc)
-            raise ProtocolError(f"{what}: {exc}") from exc
-        finally:
-            await self._pool.release(conn)
-        self.stats.observe_latency(str(addr), trio.current_time() - started)
-        self._failed_at.pop(addr, None)
-        return result
 
     async def _tracker(
         self, request: Request, decode: Callable[[bytes], T], subject: str = ""
@@ -286,7 +184,7 @@ class Client:
         order = self.trackers[self._tracker_turn :] + self.trackers[: self._tracker_turn]
         self._tracker_turn = (self._tracker_turn + 1) % len(self.trackers)
         failures: list[FdfsError] = []
-        for addr in self._healthy_first(order):
+        for addr in self.health.order(order):
             what = f"{op}{' ' + subject if subject else ''} on tracker {addr}"
             try:
                 return await self._exchange(addr, "tracker", request, decode, what=what)
@@ -368,7 +266,9 @@ class Client:
         fetch_all: bool = False,
     ) -> T:
         """Run ``attempt`` on the file's replicas until one succeeds."""
-        replicas = Replicas(self, fid, servers, fetch_all=fetch_all)
+        replicas = Replicas(
+            self, self.health, fid, servers, fetch_all=fetch_all, directory=self.replicas
+        )
         while (addr := await replicas.next()) is not None:
             try:
                 return await attempt(addr)
@@ -427,7 +327,7 @@ class Client:
             # group can take the upload.
             error: ConnectError = exc
         others = await self._query_store(target.group, all_servers=True)
-        for addr in self._healthy_first([s for s in others.servers if s != first]):
+        for addr in self.health.order([s for s in others.servers if s != first]):
             log.warning("%s; trying %s", error, addr)
             try:
                 return addr, await self._upload_on(addr, request, payload)
@@ -486,6 +386,7 @@ class Client:
         past_end_ok: bool = False,
     ) -> RangeReader:
         return RangeReader(
+            self.exchanger,
             self,
             _file_id(file_id),
             offset,
@@ -493,15 +394,18 @@ class Client:
             servers=servers,
             fetch_all=fetch_all,
             past_end_ok=past_end_ok,
+            directory=self.replicas,
         )
 
     async def download(
         self, file_id: FileId | str, *, offset: int = 0, length: int | None = None
-    ) -> bytes:
+    ) -> bytearray:
         """The file's bytes (or ``length`` bytes from ``offset``; None = to the end).
 
-        An offset equal to the size (any offset of an empty file) gives b"";
-        one beyond the size is the server's EINVAL.
+        The reply is received straight into the returned bytearray (no copy
+        after the kernel's); ``bytes(...)`` it if you need it hashable. An
+        offset equal to the size (any offset of an empty file) gives an empty
+        buffer; one beyond the size is the server's EINVAL.
         """
         async with self._reader(file_id, offset, length) as reader:
             return await reader.read_all()
@@ -513,13 +417,14 @@ class Client:
         length: int,
         *,
         servers: Sequence[ServerAddr] | None = None,
-    ) -> bytes:
-        """Up to ``length`` bytes at ``offset``; b"" at or past the end of the file.
+    ) -> bytearray:
+        """Up to ``length`` bytes at ``offset``; empty at or past the end of the file.
 
         Replicas come from ``servers`` or QUERY_FETCH_ALL and are tried in turn.
+        The bytes land in the returned buffer straight from the socket.
         """
         if length <= 0:
-            return b""
+            return bytearray()
         async with self._reader(
             file_id, offset, length, servers=servers, fetch_all=True, past_end_ok=True
         ) as reader:
@@ -576,6 +481,11 @@ class Client:
             await reader.start()
             yield ChunkIterator(reader)
 
+    async def tracker_pick(self, file_id: FileId | str) -> list[ServerAddr]:
+        """The storage the tracker picks to serve the file (QUERY_FETCH_ONE)."""
+        fid = _file_id(file_id)
+        return list((await self._query_file(Cmd.QUERY_FETCH_ONE, fid)).servers)
+
     async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]:
         """Every storage server able to serve the file (QUERY_FETCH_ALL)."""
         fid = _file_id(file_id)
@@ -620,7 +530,8 @@ class Client:
 
         return await self._read_any(fid, "query_file_info", attempt)
 
-    async def _file_size_on(self, addr: ServerAddr, fid: FileId) -> int:
+    async def file_size_on(self, addr: ServerAddr, fid: FileId) -> int:
+        """The file's size as ``addr`` holds it (QUERY_FILE_INFO without crc32)."""
         request = st.query_file_info_request(
             fid.group, fid.remote_name, QUERY_FINFO_NO_CRC32 | QUERY_FINFO_KEEP_SILENCE
         )
@@ -638,7 +549,7 @@ class Client:
                 return await self._storage(addr, request, st.decode_metadata_reply, fid)
             except FileNotFound:
                 # ENOENT also means "no metadata": is the file itself there?
-                await self._file_size_on(addr, fid)
+                await self.file_size_on(addr, fid)
                 return {}
 
         return await self._read_any(fid, "get_metadata", attempt, servers=servers)
@@ -710,153 +621,21 @@ class Client:
         request = tr.list_storages_request(group, storage_id)
         return await self._tracker(request, tr.decode_storages_reply, group)
 
-    @asynccontextmanager
-    async def fetch_binlog(
+    def fetch_binlog(
         self, server: ServerAddr, group: str, store_path_index: int
-    ) -> AsyncIterator[AsyncIterator[BinlogRecord]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[BinlogRecord]]:
         """The raw FETCH_ONE_PATH_BINLOG records of one storage server and store path.
 
         ``async with client.fetch_binlog(addr, "group1", 0) as records: async for r in records``.
         """
-        request = st.fetch_binlog_request(group, store_path_index)
-        what = f"fetch_one_path_binlog {group}/M{store_path_index:02X} on storage {server}"
-        conn, _header, _ = await self._open_reply(server, "storage", request, what)
-        try:
-            yield _BinlogIterator(self, conn, what)
-        finally:
-            await self._pool.release(conn)
+        return filelist.fetch_binlog(self.exchanger, server, group, store_path_index)
 
-    @asynccontextmanager
-    async def list_files(self, group: str) -> AsyncIterator[AsyncIterator[FileId]]:
-        """Every file of a group, from cmd 26 of its ACTIVE storages and store paths.
+    def list_files(self, group: str) -> AbstractAsyncContextManager[AsyncIterator[FileId]]:
+        """Every file of a group (see `filelist.list_files`).
 
         ``async with client.list_files("group1") as files: async for fid in files``.
-
-        Each storage lists the files it holds, created there ('C') or received
-        from the source ('c'). A file is emitted from its source's stream only,
-        so no set of seen names is needed; replica lines are emitted (once,
-        through a set) only for files whose source is not an ACTIVE member of
-        the group. A storage that fails mid-listing fails the listing: its
-        files would be missing.
         """
-        storages = await self.list_storages(group)
-        active = [s for s in storages if s.status == StorageStatus.ACTIVE]
-        if not active:
-            raise NoStorage(f"group {group!r} has no active storage server")
-        files = self._list_files(group, active)
-        try:
-            yield files
-        finally:
-            await files.aclose()
-
-    async def _list_files(
-        self, group: str, active: list[StorageStat]
-    ) -> AsyncGenerator[FileId, None]:
-        members = {s.storage_id for s in active} | {s.ip_addr for s in active}
-        orphans_seen: set[str] = set()
-        path_count = max(s.store_path_count for s in active)
-        for index in range(path_count):
-            for storage in active:
-                if index >= storage.store_path_count:
-                    continue
-                addr = ServerAddr(storage.ip_addr, storage.storage_port)
-                async with self.fetch_binlog(addr, group, index) as records:
-                    async for record in records:
-                        fid = _listed_file_id(group, record)
-                        if fid is None:
-                            continue
-                        if record.op.isupper():
-                            yield fid
-                            continue
-                        try:
-                            source = decode_file_id(fid).source
-                        except InvalidFileId:
-                            source = ""
-                        if source in members or fid.remote_name in orphans_seen:
-                            continue
-                        orphans_seen.add(fid.remote_name)
-                        yield fid
-
-
-class _Watchdog:
-    """A cancel scope whose deadline each chunk moved on ``conn`` pushes forward.
-
-    Like `trio.fail_after`, but the timeout counts from the last progress, and
-    expiry raises our `Timeout` (naming ``what``) and breaks the connection.
-    """
-
-    __slots__ = ("_conn", "_scope", "_timeout", "_what")
-
-    def __init__(self, conn: Connection, what: str, timeout: float) -> None:
-        self._conn = conn
-        self._what = what
-        self._timeout = timeout
-        self._scope = trio.CancelScope(deadline=trio.current_time() + timeout)
-
-    def __enter__(self) -> None:
-        self._scope.__enter__()
-        self._conn.watch(self._scope, self._timeout)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        self._conn.watch(None)
-        swallowed = self._scope.__exit__(exc_type, exc, tb)
-        if self._scope.cancelled_caught:
-            self._conn.mark_broken("timed out")
-            raise Timeout(f"{self._what}: no answer within {self._timeout:g}s")
-        return swallowed
-
-
-class _BinlogIterator:
-    def __init__(self, client: Client, conn: Connection, what: str) -> None:
-        self._client = client
-        self._conn = conn
-        self._what = what
-        self._decoder = BinlogStreamDecoder()
-        self._records: list[BinlogRecord] = []
-        self._next = 0
-        self._done = False
-        self._buf = bytearray(_BINLOG_READ_SIZE)
-
-    def __aiter__(self) -> _BinlogIterator:
-        return self
-
-    async def __anext__(self) -> BinlogRecord:
-        while self._next >= len(self._records):
-            if self._done:
-                raise StopAsyncIteration
-            view = memoryview(self._buf)
-            try:
-                with self._client._watch(self._conn, self._what):
-                    n = await self._conn.receive_until_close_into(view)
-                if n:
-                    self._records = self._decoder.feed(view[:n])
-                else:
-                    self._records = []
-                    self._done = True
-                    self._decoder.close()
-            except ProtocolError as exc:
-                raise ProtocolError(f"{self._what}: {exc}") from exc
-            self._next = 0
-        record = self._records[self._next]
-        self._next += 1
-        return record
-
-
-def _listed_file_id(group: str, record: BinlogRecord) -> FileId | None:
-    """The file ID of a binlog line, or None for metadata files and junk."""
-    name = record.remote_name
-    if name.endswith(_META_FILE_SUFFIX):
-        return None
-    try:
-        return parse_file_id(f"{group}/{name}")
-    except InvalidFileId:
-        log.debug("skipping binlog line for %r: not a file ID", name)
-        return None
+        return filelist.list_files(self, group)
 
 
 def _expect_empty(body: bytes) -> None:

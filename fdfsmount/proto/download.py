@@ -15,7 +15,13 @@ the file ID tells the size (normal files), else by asking the size after the
 server's EINVAL (real servers refuse any offset >= size, even 0 of an empty
 file).
 
-This module is part of `fdfsmount.proto.client` and uses its plumbing.
+`read_all` receives the whole range straight into one buffer allocated at
+its final size (`recv_into`), so a download to memory costs no join and no
+copy beyond the kernel's.
+
+The client hands in its `Exchanger` (connections, deadlines, failure
+memory) and a `ReplicaLocator` (its tracker queries); nothing here reaches
+into the client.
 """
 
 from __future__ import annotations
@@ -23,37 +29,41 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
 from . import storage as st
 from .connection import CHUNK_SIZE, Connection
-from .constants import Cmd
 from .errors import (
-    ConnectError,
     FdfsError,
     FileNotFound,
     InvalidFileId,
     LocalProtocolError,
     ProtocolError,
     ServerError,
-    Timeout,
 )
-from .fileid import FileId, decode_file_id
+from .exchange import TRANSPORT_ERRORS, Exchanger
+from .fileid import FileId
+from .health import ServerHealth
 from .message import ServerAddr
-
-if TYPE_CHECKING:
-    from .client import Client
+from .replicas import ReplicaDirectory, decoded_file_id
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-#: Failures after which another server is worth trying.
-TRANSPORT_ERRORS = (ConnectError, Timeout, ProtocolError)
-#: Largest single receive when collecting a reply as bytes.
-RECV_SIZE = 4 << 20
+__all__ = ["TRANSPORT_ERRORS", "ChunkIterator", "RangeReader", "ReplicaLocator", "Replicas"]
+
+
+class ReplicaLocator(Protocol):
+    """Where a file's replicas are: the tracker's answers (the client offers these)."""
+
+    async def tracker_pick(self, file_id: FileId | str) -> list[ServerAddr]: ...
+
+    async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]: ...
+
+    async def file_size_on(self, addr: ServerAddr, fid: FileId) -> int: ...
 
 
 class Replicas:
@@ -61,13 +71,17 @@ class Replicas:
 
     def __init__(
         self,
-        client: Client,
+        locator: ReplicaLocator,
+        health: ServerHealth,
         fid: FileId,
         servers: Sequence[ServerAddr] | None,
         *,
         fetch_all: bool,
+        directory: ReplicaDirectory | None = None,
     ) -> None:
-        self._client = client
+        self._locator = locator
+        self._health = health
+        self._directory = directory
         self.fid = fid
         self._queue: list[ServerAddr] = list(servers) if servers is not None else []
         self._given = servers is not None
@@ -87,20 +101,28 @@ class Replicas:
                     return addr
             if self._given or self._asked_all:
                 return None
+            if self._directory is not None:
+                # The group's storages, source first: no tracker query per read.
+                self._asked_all = True
+                listed = await self._directory.servers_for(self.fid)
+                if listed:
+                    self._queue = [s for s in listed if s not in self.tried]
+                    continue
+                self._asked_all = False
+                self._directory = None
             if not self._fetch_all and not self._asked_one:
                 self._asked_one = True
-                target = await self._client._query_file(Cmd.QUERY_FETCH_ONE, self.fid)
-                servers = list(target.servers)
+                servers = await self._locator.tracker_pick(self.fid)
             else:
                 self._asked_all = True
                 try:
-                    servers = await self._client.fetch_servers(self.fid)
+                    servers = await self._locator.fetch_servers(self.fid)
                 except FdfsError as exc:
                     if not self.tried:
                         raise
                     log.debug("QUERY_FETCH_ALL for %s failed: %s", self.fid, exc)
                     return None
-            self._queue = self._client._healthy_first([s for s in servers if s not in self.tried])
+            self._queue = self._health.order([s for s in servers if s not in self.tried])
 
     def failed(self, exc: FdfsError) -> None:
         self.failures.append(exc)
@@ -130,7 +152,8 @@ class RangeReader:
 
     def __init__(
         self,
-        client: Client,
+        exchanger: Exchanger,
+        locator: ReplicaLocator,
         fid: FileId,
         offset: int,
         length: int | None,
@@ -138,16 +161,20 @@ class RangeReader:
         servers: Sequence[ServerAddr] | None,
         fetch_all: bool,
         past_end_ok: bool,
+        directory: ReplicaDirectory | None = None,
     ) -> None:
         if offset < 0 or (length is not None and length < 0):
             raise LocalProtocolError(f"bad range: offset {offset}, length {length}")
-        self._client = client
+        self._exchanger = exchanger
+        self._locator = locator
         self.fid = fid
         self.position = offset
         self._length = length  # as asked; None: to the end of the file
         self._expected: int | None = None  # reply length, when the file ID tells the size
         self._past_end_ok = past_end_ok
-        self._replicas = Replicas(client, fid, servers, fetch_all=fetch_all)
+        self._replicas = Replicas(
+            locator, exchanger.health, fid, servers, fetch_all=fetch_all, directory=directory
+        )
         self.total: int | None = None  # bytes this range holds, once known
         self.delivered = 0
         self._conn: Connection | None = None
@@ -168,7 +195,7 @@ class RangeReader:
         if self.total is not None:
             return self.total
         try:
-            size = decode_file_id(self.fid).size
+            size = decoded_file_id(self.fid).size
         except InvalidFileId:
             size = None
         if size is not None:
@@ -202,7 +229,7 @@ class RangeReader:
         return self._length or 0
 
     async def _open_next(self) -> None:
-        client = self._client
+        exchanger = self._exchanger
         while (addr := await self._replicas.next()) is not None:
             length = self._request_length()
             request = st.download_request(
@@ -211,7 +238,7 @@ class RangeReader:
             what = self._what(addr)
             self._started_at = trio.current_time()
             try:
-                conn, header, _ = await client._open_reply(addr, "storage", request, what)
+                conn, header, _ = await exchanger.open_reply(addr, "storage", request, what)
             except FileNotFound:
                 self._replicas.not_found.append(addr)
                 continue
@@ -229,12 +256,12 @@ class RangeReader:
                 length and header.length > length
             ):
                 conn.mark_broken("unexpected download length")
-                await client._pool.release(conn)
+                await exchanger.release(conn)
                 error = ProtocolError(
                     f"{what}: reply of {header.length} bytes, expected "
                     f"{expected if expected is not None else f'at most {length}'}"
                 )
-                client._count_failure("download_file", addr, error)
+                exchanger.count_failure("download_file", addr, error)
                 self._replicas.failed(error)
                 continue
             if self.total is None:
@@ -246,7 +273,7 @@ class RangeReader:
 
     async def _size_after_einval(self, addr: ServerAddr) -> int | None:
         try:
-            return await self._client._file_size_on(addr, self.fid)
+            return await self._locator.file_size_on(addr, self.fid)
         except FdfsError:
             return None
 
@@ -279,10 +306,10 @@ class RangeReader:
                 if conn.body_buffered:
                     result = await receive(conn)  # no waiting: no deadline needed
                 else:
-                    with self._client._watch(conn, self._what(addr)):
+                    with self._exchanger.watch(conn, self._what(addr)):
                         result = await receive(conn)
             except TRANSPORT_ERRORS as exc:
-                self._client._count_failure("download_file", addr, exc)
+                self._exchanger.count_failure("download_file", addr, exc)
                 await self._release()
                 self._replicas.failed(exc)
                 await self._open_next()
@@ -294,31 +321,29 @@ class RangeReader:
             return result
         return None
 
-    async def read_all(self) -> bytes:
-        """The whole range as bytes, read in pieces straight from the socket."""
+    async def read_all(self) -> bytearray:
+        """The whole range, received straight into one buffer of its final size."""
         total = await self.start()
-        pieces = []
+        buf = bytearray(total)
+        view = memoryview(buf)
         got = 0
         while got < total:
-            piece = await self.read_chunk(min(total - got, RECV_SIZE))
-            if not piece:
+            n = await self.readinto(view[got:])
+            if not n:
                 raise ProtocolError(f"download_file {self.fid}: reply ended early")
-            pieces.append(piece)
-            got += len(piece)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            got += n
+        return buf
 
     async def _finish_if_done(self) -> None:
         conn = self._conn
         if conn is not None and conn.body_remaining == 0 and self._addr is not None:
-            self._client.stats.observe_latency(
-                str(self._addr), trio.current_time() - self._started_at
-            )
+            self._exchanger.count_success(self._addr, self._started_at)
             await self._release()
 
     async def _release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            await self._client._pool.release(conn)
+            await self._exchanger.release(conn)
 
 
 class ChunkIterator:

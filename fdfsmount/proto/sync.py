@@ -557,7 +557,8 @@ class Client:
             data = self._fast.read(_parse(file_id), offset, length)
             if data is not None:
                 return data
-        return self._run(TrioClient.download, file_id, offset=offset, length=length)
+        # The trio client hands back its receive buffer (a bytearray); this API says bytes.
+        return bytes(self._run(TrioClient.download, file_id, offset=offset, length=length))
 
     def read_range(
         self,
@@ -572,7 +573,7 @@ class Client:
             data = self._fast.read(_parse(file_id), offset, length, servers)
             if data is not None:
                 return data
-        return self._run(TrioClient.read_range, file_id, offset, length, servers=servers)
+        return bytes(self._run(TrioClient.read_range, file_id, offset, length, servers=servers))
 
     def download_to(
         self,

@@ -1,0 +1,1 @@
+"""Benchmarks of fdfsmount and its client against their strongest anchors (`python -m bench`)."""
