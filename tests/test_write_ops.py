@@ -84,7 +84,7 @@ async def create(env: Env, name: str, group: str = "group1") -> tuple[int, int, 
 
 
 async def stored(env: Env, fid: FileId) -> bytes:
-    return await env.client.download(fid)
+    return bytes(await env.client.download(fid))
 
 
 # ---------------------------------------------------------------- creating and writing
