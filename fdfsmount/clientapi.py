@@ -7,12 +7,14 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from .proto import FileId, GroupStat, ServerAddr, StorageStat
+from .proto.binlog import BinlogRecord
 from .proto.payload import Data
+from .proto.replicas import StorageLister
 from .proto.storage import FileInfo
 
 
-class ReadClient(Protocol):
-    """What `fdfsmount.proto.client.Client` offers for reading (and fakes mimic)."""
+class RangeClient(StorageLister, Protocol):
+    """Ranged downloads and replica lookups: all that `readpath.ReadPath` asks of a client."""
 
     async def read_range(
         self,
@@ -22,6 +24,10 @@ class ReadClient(Protocol):
         *,
         servers: Sequence[ServerAddr] | None = None,
     ) -> bytes | bytearray: ...
+
+
+class ReadClient(RangeClient, Protocol):
+    """What `fdfsmount.proto.client.Client` offers for reading (and fakes mimic)."""
 
     async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]: ...
 
@@ -36,6 +42,10 @@ class ReadClient(Protocol):
     ) -> list[StorageStat]: ...
 
     def list_files(self, group: str) -> AbstractAsyncContextManager[AsyncIterator[FileId]]: ...
+
+    def fetch_binlog(
+        self, server: ServerAddr, group: str, store_path_index: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[BinlogRecord]]: ...
 
 
 class WriteClient(ReadClient, Protocol):

@@ -186,6 +186,7 @@ def fdfsmount_page() -> str:
     from .mount_cli import parser as mount_parser
     from .status import ctl_parser
     from .status import parser as status_parser
+    from .warmup import parser as warmup_parser
 
     return render_page(
         "fdfsmount",
@@ -195,6 +196,7 @@ def fdfsmount_page() -> str:
             ("fdfsmount", mount_parser()),
             ("fdfsmount status", status_parser()),
             ("fdfsmount ctl", ctl_parser()),
+            ("fdfsmount warmup", warmup_parser()),
             ("fdfsmount install-helper", helper_parser()),
         ],
         files=[

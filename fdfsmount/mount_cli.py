@@ -76,8 +76,14 @@ mount options (-o name[=value],...; may be repeated):
   timeout=SECS         deadline of every file operation; EIO after it (default: 30)
   write_buffer=SIZE    writes to one file are sent in requests of up to this (default: 8M)
   write_idle=SECS      buffered writes are sent after this long without a new one (default: 1)
-  cache_dir=DIR        where the names created here are kept
+  write_buffers=N      the whole mount buffers at most write_buffer x N bytes; writers
+                       wait for room beyond that (default: 16, i.e. 128M)
+  cache_dir=DIR        where the names created here and the listing index are kept
                        (default: $XDG_CACHE_HOME/fdfsmount, /var/cache/fdfsmount for root)
+  disk_cache=DIR       keep normal and slave files read here on local disk, across remounts
+                       (default: off); see also: fdfsmount warmup
+  disk_cache_size=SIZE largest size of the disk cache (default: 1G)
+  disk_cache_min_free=SIZE  free space the disk cache always leaves (default: 1G)
   log_file=FILE        log here (also logfile=; default: stderr with -f, syslog otherwise)
   debug                log every file system request and every server request
   metrics=HOST:PORT    serve Prometheus metrics at http://HOST:PORT/metrics (default: none)
@@ -96,6 +102,8 @@ other commands:
   fdfsmount status MOUNTPOINT [--json]         live counters of a running mount
   fdfsmount ctl MOUNTPOINT refresh [GROUP]     list the groups again now
   fdfsmount ctl MOUNTPOINT drop-caches         forget cached blocks and attributes
+  fdfsmount warmup MOUNTPOINT PATH...          read files (or whole directories) into the
+                                               mount's disk cache ahead of time
   fdfsmount install-helper [--prefix DIR]      link fdfsmount into /usr/local/bin for
                                                fstab and .mount units (mount(8) runs
                                                helpers without the caller's PATH)
@@ -121,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
     p = UsageParser(
         prog=PROG,
         usage="%(prog)s SOURCE MOUNTPOINT [-o opt[,opt...]] [-f]\n"
-        "       %(prog)s status MOUNTPOINT | ctl MOUNTPOINT ACTION | install-helper",
+        "       %(prog)s status MOUNTPOINT | ctl MOUNTPOINT ACTION | install-helper\n"
+        "       %(prog)s warmup MOUNTPOINT PATH...",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -186,7 +195,7 @@ def run_mount(opts: MountOptions, on_live: Callable[[], None] | None) -> str | N
     return None
 
 
-SUBCOMMANDS = ("status", "ctl", "install-helper")
+SUBCOMMANDS = ("status", "ctl", "install-helper", "warmup")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .status import ctl_main
 
         return ctl_main(argv[1:])
+    if argv and argv[0] == "warmup":
+        from .warmup import warmup_main
+
+        return warmup_main(argv[1:])
     if argv and argv[0] == "install-helper":
         from .helper import helper_main
 

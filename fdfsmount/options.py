@@ -58,6 +58,8 @@ _SIZE_OPTIONS = {
     "readahead": "readahead",
     "cache_size": "cache_size",
     "write_buffer": "write_buffer",
+    "disk_cache_size": "disk_cache_size",
+    "disk_cache_min_free": "disk_cache_min_free",
 }
 _DURATION_OPTIONS = {
     "attr_timeout": "attr_timeout",
@@ -67,12 +69,13 @@ _DURATION_OPTIONS = {
     "timeout": "timeout",
     "write_idle": "write_idle",
 }
-_INT_OPTIONS = {"uid": "uid", "gid": "gid"}
+_INT_OPTIONS = {"uid": "uid", "gid": "gid", "write_buffers": "write_buffers"}
 _PATH_OPTIONS = {
     "conf": "conf",
     "logfile": "logfile",
     "log_file": "logfile",
     "cache_dir": "cache_dir",
+    "disk_cache": "disk_cache",
 }
 
 _TRACKER_RE = re.compile(
@@ -118,8 +121,12 @@ class MountOptions:
     cache_dir: str | None = None  # alias catalog; None: $XDG_CACHE_HOME or /var/cache
     write_buffer: int = 8 * MIB  # largest coalesced append/modify per file
     write_idle: float = 1.0  # buffered writes are sent after this long without a new one
+    write_buffers: int = 16  # the whole mount buffers at most write_buffer x this many bytes
     metrics: tuple[str, int] | None = None  # (host, port) to serve Prometheus metrics on
     groups: tuple[str, ...] = ()  # mount only these groups; empty: every group
+    disk_cache: str | None = None  # local disk cache of immutable files; None: off
+    disk_cache_size: int = 1 * GIB  # its largest size
+    disk_cache_min_free: int = 1 * GIB  # free space it always leaves on its file system
     fuse_extra: frozenset[str] = frozenset()
 
     @property
@@ -270,7 +277,8 @@ def apply_options(opts: MountOptions, items: Iterable[str]) -> MountOptions:
             changes["umask"] = umask
         elif name in _PATH_OPTIONS:
             # The daemon changes to / before it opens the cache directory.
-            changes[_PATH_OPTIONS[name]] = os.path.abspath(value) if name == "cache_dir" else value
+            absolute = name in ("cache_dir", "disk_cache")
+            changes[_PATH_OPTIONS[name]] = os.path.abspath(value) if absolute else value
         elif name == "metrics":
             changes["metrics"] = parse_listen(value, name)
         elif name == "groups":
@@ -287,6 +295,8 @@ def _check(opts: MountOptions) -> None:
         raise OptionError("timeout must be more than 0 seconds")
     if opts.readahead < 0 or opts.cache_size < 0:
         raise OptionError("readahead and cache_size cannot be negative")
+    if opts.disk_cache is not None and opts.disk_cache_size < 1 * MIB:
+        raise OptionError("disk_cache_size must be at least 1M")
     if opts.list_ttl <= 0:
         raise OptionError("list_ttl must be more than 0 seconds")
     if opts.exists_ttl < 0:
@@ -295,6 +305,8 @@ def _check(opts: MountOptions) -> None:
         raise OptionError("trust_ids and verify_exists contradict each other: choose one")
     if not 4 * KIB <= opts.write_buffer <= 256 * MIB:
         raise OptionError("write_buffer must be between 4K and 256M")
+    if not 1 <= opts.write_buffers <= 4096:
+        raise OptionError("write_buffers must be between 1 and 4096")
     if opts.write_idle <= 0:
         raise OptionError("write_idle must be more than 0 seconds")
 

@@ -204,6 +204,8 @@ class BuiltinBackend(Backend):
                 argv += ["--tracker", tracker]
             argv += ["--store-paths", str(cluster.store_paths), "--subdirs", str(cluster.subdirs)]
             argv += ["--heartbeat-interval", f"{cluster.heartbeat_interval:g}"]
+            if cluster.synthetic_files:
+                argv += ["--synthetic-files", str(cluster.synthetic_files)]
             if cluster.storage_id_mode:
                 assert node.storage_id is not None
                 argv += ["--storage-id", node.storage_id, "--id-in-filename", "id"]
@@ -350,6 +352,7 @@ class Cluster:
         disk_mb: int | None = None,
         ready_timeout: float = 60.0,
         terminate_timeout: float = 10.0,
+        synthetic_files: int = 0,
     ) -> None:
         groups = dict(DEFAULT_GROUPS if groups is None else groups)
         if not groups or any(n < 1 for n in groups.values()):
@@ -386,6 +389,8 @@ class Cluster:
         self.disk_mb = disk_mb
         self.ready_timeout = ready_timeout
         self.terminate_timeout = terminate_timeout
+        #: Made-up files each builtin storage lists (harness.synthetic); 0: none.
+        self.synthetic_files = synthetic_files
         self._requested_dir = Path(base_dir).resolve() if base_dir is not None else None
         self.base_dir: Path = self._requested_dir or Path("/nonexistent")
         self._created_dir = False

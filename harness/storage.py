@@ -94,7 +94,7 @@ from fdfsmount.proto.storage import (
 )
 from fdfsmount.proto.wire import Header, decode_text, encode_header
 
-from . import serverutil
+from . import serverutil, synthetic
 from .binlog import LISTED_OPS, Binlog, SyncMarks
 from .heartbeat import TrackerReporter
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
@@ -128,6 +128,7 @@ class StorageConfig:
     heartbeat_interval: float = 1.0
     id_in_filename: str = "ip"
     ip_size: int = 16
+    synthetic_files: int = 0  # made-up files cmd 26 lists on store path 0 (see harness.synthetic)
 
     @property
     def server_id(self) -> str:
@@ -258,6 +259,8 @@ class StorageServer:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.config.synthetic_files:  # generated before READY: listings start at once
+            await trio.to_thread.run_sync(self.synthetic_file)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
                 serverutil.serve, self.handle, self.config.bind, self.config.port
@@ -797,10 +800,32 @@ class StorageServer:
             if len(batch) >= 512:
                 await serverutil.send_all(conn.sock, b"".join(batch))
                 batch.clear()
+        if index == 0 and self.config.synthetic_files:
+            await serverutil.send_all(conn.sock, b"".join(batch))
+            batch.clear()
+            sent += await self.send_synthetic_lines(conn)
         batch.append(encode_binlog_trailer(sent))
         await serverutil.send_all(conn.sock, b"".join(batch))
         await serverutil.close_after_error(conn.sock)
         return True
+
+    def synthetic_file(self) -> Path:
+        return synthetic.ensure_synthetic_file(
+            self.config.base_dir / "synthetic-binlog",
+            self.config.synthetic_files,
+            synthetic.source_bytes(self.source),
+            self.store.subdir_count,
+        )
+
+    async def send_synthetic_lines(self, conn: Conn) -> int:
+        """Stream the synthetic files' lines (generated once into the base dir)."""
+        path = await trio.to_thread.run_sync(self.synthetic_file)
+        sent = 0
+        async with await trio.open_file(path, "rb") as lines:
+            while chunk := await lines.read(1 << 20):
+                await serverutil.send_all(conn.sock, chunk)
+                sent += len(chunk)
+        return sent
 
     def listed_lines(self, store_path_index: int) -> list[bytes]:
         """Binlog lines of the files of one store path that still exist (cmd 26)."""
@@ -850,6 +875,10 @@ def parse_args(argv: list[str] | None = None) -> StorageConfig:
     parser.add_argument("--store-paths", type=int, default=1)
     parser.add_argument("--subdirs", type=int, default=256)
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--synthetic-files", type=int, default=0,
+        help="list this many made-up files on store path 0 (listing tests at scale)",
+    )  # fmt: skip
     parser.add_argument("--id-in-filename", choices=("id", "ip"), default=None)
     parser.add_argument(
         "--ip-size", type=int, choices=(16, 46), default=16,
@@ -863,7 +892,7 @@ def parse_args(argv: list[str] | None = None) -> StorageConfig:
         group=args.group, bind=args.bind, port=args.port, base_dir=args.base_dir,
         trackers=args.tracker, storage_id=args.storage_id, store_paths=args.store_paths,
         subdirs=args.subdirs, heartbeat_interval=args.heartbeat_interval, id_in_filename=id_mode,
-        ip_size=args.ip_size,
+        ip_size=args.ip_size, synthetic_files=args.synthetic_files,
     )  # fmt: skip
 
 

@@ -78,10 +78,14 @@ async def make_env(
             cluster.trackers, connect_timeout=connect, network_timeout=network
         ) as client:
             parts = build_operations(opts, client, nursery)
+            await nursery.start(parts.writer.run)
             try:
                 yield Env(parts, client, cluster)
             finally:
                 parts.writer.catalog.close()
+                parts.listing.close()
+                if parts.disk_cache is not None:
+                    parts.disk_cache.close()
 
 
 async def walk(ops: pyfuse3.Operations, path: str) -> pyfuse3.EntryAttributes:

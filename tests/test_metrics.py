@@ -298,7 +298,10 @@ def test_entries_of_dead_daemons_are_swept(tmp_path: Path) -> None:
 
 
 def test_latency_histograms_per_server_and_operation_render_for_prometheus() -> None:
+    from collections.abc import Iterator
+
     from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import Metric
 
     from fdfsmount.metrics import metric_families
     from fdfsmount.proto.stats import ClientStats, LatencyHistogram
@@ -325,11 +328,11 @@ def test_latency_histograms_per_server_and_operation_render_for_prometheus() -> 
     }  # fmt: skip
 
     class Fixed:
-        def collect(self):  # type: ignore[no-untyped-def]
+        def collect(self) -> Iterator[Metric]:
             return metric_families(snap)
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Fixed())  # type: ignore[arg-type]
+    registry.register(Fixed())
     text = generate_latest(registry).decode()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):

@@ -180,3 +180,12 @@ def test_usage_errors_exit_1_as_help_says(tmp_path: os.PathLike[str]) -> None:
         )
         assert done.returncode == 1, (argv, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and "--help" in done.stderr, done.stderr
+
+
+def test_write_back_bound_for_the_whole_mount() -> None:
+    assert build_options("h:1", "/mnt", []).write_buffers == 16
+    opts = build_options("h:1", "/mnt", ["write_buffer=2M,write_buffers=4"])
+    assert opts.write_buffer * opts.write_buffers == 8 * MIB
+    for item in ("write_buffers=0", "write_buffers=5000", "write_buffers=many"):
+        with pytest.raises(OptionError, match="write_buffers"):
+            build_options("h:1", "/mnt", [item])
