@@ -77,6 +77,8 @@ class _GroupState:
     stream_started: bool = False
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     sources: dict[str, str] = field(default_factory=dict)  # name prefix -> source storage
+    #: The next pass re-reads every storage, changed or not (an explicit refresh).
+    read_all: bool = False
 
 
 class Listing:
@@ -238,13 +240,18 @@ class Listing:
         return db
 
     async def refresh(self, groups: Iterable[str]) -> dict[str, int | str]:
-        """List `groups` again now (not waiting for `ttl`) and wait for the passes:
-        files found per group, or the error that stopped its pass."""
+        """List `groups` again now (not waiting for `ttl`), re-reading every storage
+        even where the tracker's counters have not moved yet, and wait for the
+        passes: files found per group, or the error that stopped its pass."""
         if not self.enabled:
             return {}
         waits: dict[str, tuple[_GroupState, trio.Event]] = {}
         for group in groups:
             state = self._state(group)
+            if state.refreshing is not None:
+                # A pass under way may skip storages whose change the tracker has not seen.
+                await state.refreshing.wait()
+            state.read_all = True
             if state.refreshing is None:
                 self._start_refresh(group, state)
             assert state.refreshing is not None
@@ -309,6 +316,7 @@ class Listing:
         members = ",".join(sorted(_storage_key(s) for s in active))
         member_ids = {s.storage_id for s in active} | {s.ip_addr for s in active}
         same_members = db.meta("members") == members
+        read_all, state.read_all = state.read_all, False
         if not db.has_index:
             await trio.to_thread.run_sync(db.drop_orphan_tables)
         for storage in active:
@@ -316,7 +324,8 @@ class Listing:
             signature = storage_signature(storage)
             entry = db.entries.get(key)
             if (
-                same_members
+                not read_all
+                and same_members
                 and entry is not None
                 and entry.signature == signature
                 and time.time() - entry.read_at < FULL_REREAD_AFTER
