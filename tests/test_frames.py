@@ -10,7 +10,7 @@ import pytest
 
 from fdfsmount.proto.constants import HEADER_SIZE, Cmd
 from fdfsmount.proto.errors import LocalProtocolError, ProtocolError
-from fdfsmount.proto.frames import NEED_DATA, Frame, FrameDecoder
+from fdfsmount.proto.frames import NEED_DATA, Frame, FrameDecoder, NeedData
 from fdfsmount.proto.message import Request
 from fdfsmount.proto.wire import Header, decode_header, encode_header
 
@@ -319,3 +319,102 @@ def test_views_survive_compaction_of_the_buffer() -> None:
     receive(decoder, b"b" * 18)  # needs the room taken by consumed bytes
     assert bytes(decoder.take_body()) == b"aa" + b"b" * 18
     assert decoder.body_remaining == 0
+
+
+# ------------------------------------------------- the client's receive loop
+
+
+class FakeSocket:
+    """Delivers ``chunks`` as a socket would: one recv returns at most what one chunk holds."""
+
+    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
+        self.pending = [bytes(c) for c in chunks]
+        self.calls = 0
+
+    def recv_into(self, view: memoryview) -> int:
+        self.calls += 1
+        if not self.pending:
+            return 0
+        chunk = self.pending[0]
+        n = min(len(view), len(chunk))
+        view[:n] = chunk[:n]
+        if n == len(chunk):
+            self.pending.pop(0)
+        else:
+            self.pending[0] = chunk[n:]
+        return n
+
+    @property
+    def rest(self) -> bytes:
+        return b"".join(self.pending)
+
+
+def client_receive(decoder: FrameDecoder, sock: FakeSocket) -> tuple[Frame, int] | None:
+    """One reply as `Connection` reads it: the header into the decoder's buffer,
+    the body into a buffer of its final size -- copied from what the header read
+    picked up, the rest received straight into it. Returns the frame and the
+    body bytes that went through the decoder's buffer; None at EOF."""
+    while True:
+        header = decoder.next_header()
+        if not isinstance(header, NeedData):
+            break
+        n = sock.recv_into(decoder.recv_buffer())
+        if not n:
+            return None
+        decoder.received(n)
+    body = bytearray(header.length)
+    view = memoryview(body)
+    got = copied = 0
+    while decoder.body_remaining:
+        if decoder.buffered:
+            part = decoder.take_body(len(body) - got)
+            view[got : got + len(part)] = part
+            copied += len(part)
+            got += len(part)
+        else:
+            n = sock.recv_into(view[got : got + decoder.body_remaining])
+            assert n, "EOF inside a body"
+            decoder.body_received(n)
+            got += n
+    return Frame(header, bytes(body)), copied
+
+
+CLIENT_BUFFER = 64
+
+
+@pytest.mark.parametrize("trailer", [b"", *TRAILERS], ids=["none", "1 byte", "9 bytes", "more"])
+@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
+@pytest.mark.parametrize(("name", "stream", "expected"), CASES, ids=CASE_IDS)
+def test_client_receive_loop(
+    name: str, stream: bytes, expected: list[Frame], feeder: str, trailer: bytes
+) -> None:
+    if feeder == "byte by byte" and len(stream) > 100_000:
+        feeder = "random chunks"
+    decoder = FrameDecoder(buffer_size=CLIENT_BUFFER)
+    sock = FakeSocket(FEEDERS[feeder](stream + trailer))
+    for want in expected:
+        got = client_receive(decoder, sock)
+        assert got is not None
+        frame_got, copied = got
+        assert frame_got == want
+        # Zero copy: only what the header read picked up went through the buffer.
+        assert copied <= CLIENT_BUFFER - HEADER_SIZE
+        assert decoder.body_remaining == 0
+    # Nothing read past the last reply is lost or invented: it is either still
+    # buffered (picked up by a header read) or unread.
+    assert decoder.trailing + sock.rest == trailer
+    # The buffer never grew, and a drained one offers all its room again.
+    if decoder.buffered == 0:
+        assert len(decoder.recv_buffer()) == CLIENT_BUFFER
+
+
+def test_small_exchanges_take_one_receive_each() -> None:
+    """Replies that fit the buffer arrive with one recv, however many came before."""
+    decoder = FrameDecoder(buffer_size=CLIENT_BUFFER)
+    reply = wire(frame(b"r" * 40))
+    for _ in range(50):
+        sock = FakeSocket(iter([reply]))
+        got = client_receive(decoder, sock)
+        assert got is not None and got[0] == frame(b"r" * 40)
+        assert sock.calls == 1
+        assert decoder.buffered == 0

@@ -37,11 +37,19 @@ it with `body_received`, so the decoder stays in step without copying.
 `want` tells the I/O layer how much the current message still needs beyond
 the buffer, so that it never reads past a message it means to stream.
 
+A client waiting for one reply receives the header into the buffer (which
+may also pick up the start of the body, or the whole of a small reply), then
+for the rest of a large body alternates: `take_body` while `buffered`, else
+receive straight into the caller's buffer and report it with
+`body_received`. Once a reply is consumed, anything still `buffered` is
+bytes beyond it.
+
 Views from `recv_buffer` and `take_body` point into the receive buffer and
 are valid until the next `feed`, `recv_buffer` or `received` call. The
 buffer grows only when one header plus a `read_body` needs more room; bytes
 are never moved while a view is in use by the I/O layer, because it only
-asks for a new `recv_buffer` after using the previous view.
+asks for a new `recv_buffer` after using the previous view. A drained
+buffer offers all its room again.
 """
 
 from __future__ import annotations
@@ -119,6 +127,10 @@ class FrameDecoder:
         self._end += n
 
     def _make_room(self, n: int) -> None:
+        if self._start == self._end:
+            # Drained: the whole buffer is free again, so a connection that
+            # runs one small exchange after another receives each in one call.
+            self._start = self._end = 0
         if len(self._buf) - self._end >= n:
             return
         kept = self._end - self._start
