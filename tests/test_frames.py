@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import random
+import socket
+import threading
 from collections.abc import Callable, Iterator
 
 import golden
 import pytest
 
 from fdfsmount.proto.constants import HEADER_SIZE, Cmd
-from fdfsmount.proto.errors import LocalProtocolError, ProtocolError
+from fdfsmount.proto.errors import ConnectionClosed, LocalProtocolError, ProtocolError
 from fdfsmount.proto.frames import NEED_DATA, Frame, FrameDecoder, NeedData
 from fdfsmount.proto.message import Request
+from fdfsmount.proto.sockframes import new_decoder, receive_reply
 from fdfsmount.proto.wire import Header, decode_header, encode_header
 
 
@@ -418,3 +421,66 @@ def test_small_exchanges_take_one_receive_each() -> None:
         assert got is not None and got[0] == frame(b"r" * 40)
         assert sock.calls == 1
         assert decoder.buffered == 0
+
+
+# ------------------------------------------------- one reply on a blocking socket
+
+REPLY_CASES = [case for case in CASES if all(f.header.cmd == Cmd.RESP for f in case[2])]
+
+
+@pytest.mark.parametrize("trailer", [b"", *TRAILERS], ids=["none", "1 byte", "9 bytes", "more"])
+@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
+@pytest.mark.parametrize(
+    ("name", "stream", "expected"), REPLY_CASES, ids=[c[0] for c in REPLY_CASES]
+)
+def test_receive_reply(
+    name: str, stream: bytes, expected: list[Frame], feeder: str, trailer: bytes
+) -> None:
+    if feeder == "byte by byte" and len(stream) > 100_000:
+        feeder = "random chunks"
+    decoder = new_decoder(max_body=1 << 20)
+    sock = FakeSocket(FEEDERS[feeder](stream + trailer))
+    for want in expected:
+        assert receive_reply(sock, decoder, peer="storage 127.0.0.1:23000") == want
+    assert decoder.trailing + sock.rest == trailer
+    if not trailer:
+        assert receive_reply(sock, decoder, peer="s", allow_eof=True) is None
+
+
+def test_receive_reply_small_reply_is_one_recv() -> None:
+    sock = FakeSocket(iter([wire(frame(b"x" * 4096))]))
+    assert receive_reply(sock, new_decoder(4096), peer="s") == frame(b"x" * 4096)
+    assert sock.calls == 1
+
+
+@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
+@pytest.mark.parametrize(
+    ("stream", "error", "message"),
+    [
+        (b"", ConnectionClosed, "storage s closed the connection in the middle of a reply"),
+        (wire(frame(b"abc"))[:5], ConnectionClosed, "in the middle of a reply"),
+        (wire(frame(b"x" * 90))[:60], ConnectionClosed, "with 40 reply bytes outstanding"),
+        (wire(frame(b"abc", Cmd.ACTIVE_TEST)), ProtocolError, "replied with command 111"),
+        (wire(frame(b"y" * 101)), ProtocolError, "sent a 101-byte reply body .limit 100"),
+    ],
+    ids=["nothing", "half a header", "half a body", "not a reply", "too large"],
+)
+def test_receive_reply_errors(
+    stream: bytes, error: type[Exception], message: str, feeder: str
+) -> None:
+    sock = FakeSocket(FEEDERS[feeder](stream))
+    with pytest.raises(error, match=message):
+        receive_reply(sock, new_decoder(100), peer="storage s")
+
+
+def test_receive_reply_over_a_socket_pair() -> None:
+    """Header, then a body larger than the decoder's buffer, then trailing bytes."""
+    body = bytes(range(256)) * 1024
+    left, right = socket.socketpair()
+    with left, right:
+        sender = threading.Thread(target=right.sendall, args=(wire(frame(body)) + b"more",))
+        sender.start()
+        decoder = new_decoder(max_body=len(body))
+        assert receive_reply(left, decoder, peer="s") == frame(body)
+        sender.join()
+        assert decoder.trailing + left.recv(10) == b"more"
