@@ -15,7 +15,7 @@ from fdfsmount.proto.errors import ConnectionClosed, LocalProtocolError, Protoco
 from fdfsmount.proto.frames import NEED_DATA, Frame, FrameDecoder, NeedData
 from fdfsmount.proto.message import Request
 from fdfsmount.proto.sockframes import new_decoder, receive_reply
-from fdfsmount.proto.wire import Header, decode_header, encode_header
+from fdfsmount.proto.wire import Header, decode_header, decode_header_at, encode_header
 
 
 def frame(body: bytes = b"", cmd: int = Cmd.RESP, status: int = 0) -> Frame:
@@ -196,6 +196,7 @@ def test_header_round_trip(raw: bytes, header: Header) -> None:
     assert decode_header(raw) == header
     assert decode_header(memoryview(raw)) == header
     assert decode_header(bytearray(raw)) == header
+    assert decode_header_at(bytearray(b"xyz" + raw + b"trailing"), 3) == header
     assert header.encode() == raw
 
 

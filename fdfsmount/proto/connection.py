@@ -469,14 +469,15 @@ class Connection:
 
     async def receive_body(self, max_size: int = MAX_REPLY_SIZE) -> bytes:
         """The rest of the reply body as bytes; `ProtocolError` beyond ``max_size``."""
-        size = self._frames.body_remaining
+        frames = self._frames
+        size = frames.body_remaining
         if size > max_size:
             self.mark_broken(f"reply body of {size} bytes")
             raise ProtocolError(
                 f"{self.role} {self.addr} sent a {size}-byte reply body (limit {max_size})"
             )
-        if size <= self._frames.buffered:
-            body = bytes(self._frames.take_body(size))
+        if size <= frames.buffered:
+            body = bytes(frames.take_body(size))
             self._finish_if_complete()
             return body
         buf = bytearray(size)
@@ -522,7 +523,7 @@ class Connection:
         return n
 
     def _finish_if_complete(self) -> None:
-        if self._frames.body_remaining or self._state is not ConnState.BUSY:
+        if self._state is not ConnState.BUSY or self._frames.body_remaining:
             return
         extra = self._frames.buffered
         if extra:

@@ -59,7 +59,7 @@ from typing import Final
 
 from .constants import HEADER_SIZE
 from .errors import LocalProtocolError, ProtocolError
-from .wire import Header, decode_header
+from .wire import Header, decode_header_at
 
 #: Default size of the receive buffer (upstream's default ``buff_size``).
 RECV_BUFFER_SIZE = 256 * 1024
@@ -117,7 +117,10 @@ class FrameDecoder:
 
     def recv_buffer(self, min_size: int = 1) -> memoryview:
         """Free space at the end of the buffer to receive into (at least ``min_size``)."""
-        self._make_room(min_size)
+        if self._start == self._end:
+            self._start = self._end = 0  # the common case of a drained buffer, inline
+        if len(self._buf) - self._end < min_size:
+            self._make_room(min_size)
         return self._view[self._end :]
 
     def received(self, n: int) -> None:
@@ -166,7 +169,7 @@ class FrameDecoder:
         if self._end - self._start < HEADER_SIZE:
             self._header = None
             return NEED_DATA
-        header = decode_header(self._view[self._start : self._start + HEADER_SIZE])
+        header = decode_header_at(self._buf, self._start)
         self._start += HEADER_SIZE
         self._header = header
         self._remaining = header.length
