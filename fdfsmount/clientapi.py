@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from .proto import FileId, GroupStat, ServerAddr, StorageStat
+from .proto.binlog import BinlogRecord
 from .proto.payload import Data
 from .proto.storage import FileInfo
 
@@ -36,6 +37,10 @@ class ReadClient(Protocol):
     ) -> list[StorageStat]: ...
 
     def list_files(self, group: str) -> AbstractAsyncContextManager[AsyncIterator[FileId]]: ...
+
+    def fetch_binlog(
+        self, server: ServerAddr, group: str, store_path_index: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[BinlogRecord]]: ...
 
 
 class WriteClient(ReadClient, Protocol):

@@ -1,62 +1,82 @@
-"""Directory listings of ``Mxx/HH/HH``: a per-group index built from the storages' file streams.
+"""Directory listings of ``Mxx/HH/HH``: a per-group index on disk, refreshed per storage.
 
 # Strategy
 FastDFS cannot list a directory, but each storage streams the names of every
-file it holds (cmd 26); `client.list_files(group)` merges those streams over
-the group's storages and store paths. One pass fills an index
-``{(store path, HH, HH): names}`` for the whole group, swapped in atomically
-when complete.
+file it holds (cmd 26, always from the start of its binlog: upstream offers no
+offset to resume from). The names go, batch by batch, into a SQLite index per
+group (`listindex`), one table per storage server, so memory stays bounded
+whatever the group's size and the index survives remounts.
 
-Readers never wait for a refresh except the very first one of a group, and
-only up to ``first_wait`` seconds; after that they get what the pass has
-found so far. A stale index (older than ``list_ttl``) is served as is while a
-refresh runs in the mount's nursery. With listing off, or in addition to the
-index, directories show the names this host has looked up or created.
+A refresh asks the tracker for the group's storages (one request) and
+re-reads only those whose counters changed since their table was filled
+(`listindex.storage_signature`); an unchanged group costs that one request.
+A storage read less than `SETTLE_SECONDS` after its last change is read again
+next time, since its binlog may not have been flushed yet when we read it.
+
+Readers never wait for a refresh except the very first one of a group with
+no index on disk yet, and only up to ``first_wait`` seconds; after that they
+get what the pass has stored so far. An index older than ``list_ttl`` (or
+loaded from disk at mount) is served as is while a refresh runs in the
+mount's nursery. With listing off, or in addition to the index, directories
+show the names this host has looked up or created.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
 from .clientapi import ReadClient
-from .proto import FileId
-from .proto.errors import FdfsError
+from .listindex import GroupIndexDB, last_change, pack_dir, storage_signature
+from .proto import FileId, ServerAddr, StorageStat, StorageStatus, decode_file_id
+from .proto.binlog import BinlogRecord
+from .proto.errors import FdfsError, InvalidFileId, NoStorage
+from .proto.fileid import is_valid_remote_name
 
 log = logging.getLogger(__name__)
 
 DirKey = tuple[int, int, int]  # (store path index, HH, HH)
 KNOWN_NAMES_LIMIT = 100_000
 RETRY_AFTER_FAILURE = 10.0
+#: Rows handed to the database per worker-thread call while a storage streams.
+BATCH_ROWS = 8192
+#: A storage read this soon after its last change is read again at the next refresh.
+SETTLE_SECONDS = 3.0
+#: Re-read a storage at least this often even if its counters say nothing changed.
+FULL_REREAD_AFTER = 24 * 3600.0
+#: A deletion made here is hidden at most this long while the index still lists it.
+REMOVED_MAX_AGE = 3600.0
+META_SUFFIX = "-m"
 
 
 @dataclass(slots=True)
-class GroupIndex:
-    """Names per leaf directory of one group, and when they were collected."""
-
-    names: dict[DirKey, list[str]] = field(default_factory=dict)
-    built_at: float = -math.inf
-    complete: bool = False
-    files: int = 0
-
-    def nonempty_subdirs(self, store_path: int, hi: int | None = None) -> set[int]:
-        if hi is None:
-            return {h for (sp, h, _lo) in self.names if sp == store_path}
-        return {lo for (sp, h, lo) in self.names if sp == store_path and h == hi}
+class ListingStats:
+    refreshes: int = 0
+    storages_read: int = 0
+    storages_skipped: int = 0
+    files_streamed: int = 0
+    refresh_failures: int = 0
 
 
 @dataclass(slots=True)
 class _GroupState:
-    index: GroupIndex | None = None  # last complete pass
-    building: GroupIndex | None = None  # the pass under way, filled as names arrive
+    db: GroupIndexDB
+    checked_at: float = -math.inf  # (mount clock) when the last refresh started that succeeded
     refreshing: trio.Event | None = None
     failed_at: float = -math.inf
     error: BaseException | None = None
+    stream_started: bool = False
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    sources: dict[str, str] = field(default_factory=dict)  # name prefix -> source storage
 
 
 class Listing:
@@ -71,17 +91,42 @@ class Listing:
         first_wait: float,
         nursery: trio.Nursery | None = None,
         clock: Callable[[], float] = trio.current_time,
+        index_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.enabled = enabled
         self.ttl = ttl
         self.first_wait = first_wait
         self.nursery = nursery
+        self.index_dir = index_dir
+        self.stats = ListingStats()
         self._clock = clock
         self._groups: dict[str, _GroupState] = {}
         self._known: OrderedDict[str, None] = OrderedDict()  # file IDs seen on this host
         self._known_by_dir: dict[tuple[str, DirKey], set[str]] = {}
-        self._removed: dict[str, float] = {}  # deleted here -> when; hidden until a later pass
+        self._removed: dict[str, float] = {}  # deleted here -> when (wall clock)
+        self._closed = False
+
+    def close(self) -> None:
+        """Close every index file (at unmount); refreshes still running are cancelled and
+        close theirs when they end."""
+        self._closed = True
+        for state in self._groups.values():
+            if state.refreshing is None:
+                _close_db(state.db)
+            else:
+                state.scope.cancel()
+
+    def counters(self) -> dict[str, int]:
+        out = {
+            "list_refreshes": self.stats.refreshes,
+            "list_storages_read": self.stats.storages_read,
+            "list_storages_skipped": self.stats.storages_skipped,
+            "list_files_streamed": self.stats.files_streamed,
+            "list_refresh_failures": self.stats.refresh_failures,
+            "list_indexed_files": sum(s.db.files for s in self._groups.values()),
+        }
+        return out
 
     # -- names this host knows: lookups, and the write side's seam ----------
 
@@ -105,7 +150,7 @@ class Listing:
         self._unknow(key)
         if not self.enabled:
             return  # no index to hide it from; nothing would ever prune the entry
-        self._removed[key] = self._clock()
+        self._removed[key] = time.time()
         while len(self._removed) > KNOWN_NAMES_LIMIT:  # no pass for a long time
             del self._removed[next(iter(self._removed))]
 
@@ -123,105 +168,236 @@ class Listing:
     async def names(self, group: str, store_path: int, hi: int, lo: int) -> list[str]:
         """Sorted file names in ``/<group>/M<sp>/<hi>/<lo>``."""
         dkey: DirKey = (store_path, hi, lo)
-        names = set(self._known_by_dir.get((group, dkey), ()))
-        index = await self.index(group) if self.enabled else None
-        if index is not None:
-            names.update(index.names.get(dkey, ()))
+        known = self._known_by_dir.get((group, dkey), ())
+        db = await self.index(group) if self.enabled else None
+        listed = db.names(store_path, hi, lo) if db is not None else []
+        names = sorted(set(listed).union(known)) if known else listed
         if self._removed:
             prefix = f"{group}/M{store_path:02X}/{hi:02X}/{lo:02X}/"
-            names = {n for n in names if prefix + n not in self._removed}
-        return sorted(names)
+            names = [n for n in names if prefix + n not in self._removed]
+        return names
 
     def has_file(self, file_id: FileId) -> bool:
-        """True when the last complete pass saw `file_id` (or this host created it)."""
+        """True when the index lists `file_id` (or this host created or saw it)."""
         key = str(file_id)
         if key in self._removed:
             return False
         if key in self._known:
             return True
         state = self._groups.get(file_id.group)
-        if state is None or state.index is None:
+        if state is None:
             return False
-        return file_id.name in state.index.names.get(_dir_of(file_id)[1], ())
+        hi, lo = file_id.subdirs
+        return state.db.has(file_id.store_path_index, hi, lo, file_id.name)
 
-    async def index(self, group: str) -> GroupIndex | None:
+    def _state(self, group: str) -> _GroupState:
+        state = self._groups.get(group)
+        if state is None:
+            path = None
+            if self.index_dir is not None:
+                path = self.index_dir / f"{group}.sqlite"
+            try:
+                db = GroupIndexDB(path)
+            except (OSError, sqlite3.Error) as exc:  # a read-only or full cache dir
+                if path is None:
+                    raise
+                log.warning("listing index %s unusable (%s); keeping it in a temporary file",
+                            path, exc)  # fmt: skip
+                db = GroupIndexDB(None)
+            state = self._groups[group] = _GroupState(db)
+        return state
+
+    async def index(self, group: str) -> GroupIndexDB | None:
         """The group's index, refreshed in the background when stale; None if listing is
-        off. The first call per group waits up to `first_wait` for the first pass."""
+        off. With no index on disk yet, the first call waits up to `first_wait` for it."""
         if not self.enabled:
             return None
-        state = self._groups.setdefault(group, _GroupState())
+        state = self._state(group)
         now = self._clock()
-        stale = state.index is None or now - state.index.built_at > self.ttl
+        stale = now - state.checked_at > self.ttl
         if stale and state.refreshing is None and now - state.failed_at > RETRY_AFTER_FAILURE:
             self._start_refresh(group, state)
-        if state.index is not None:
-            return state.index
+        db = state.db
+        if db.has_index:
+            return db
         if state.refreshing is not None:
             with trio.move_on_after(self.first_wait):
                 await state.refreshing.wait()
-        if state.index is not None:
-            return state.index
-        if state.building is not None and state.building.files:
-            log.info("listing of %s still loading; showing the %d files found so far",
-                     group, state.building.files)  # fmt: skip
-            return state.building
+        if db.has_index:
+            return db
+        if state.refreshing is not None and state.stream_started:
+            log.info("listing of %s still loading; showing the files found so far", group)
+            return db
         if state.error is not None:
             raise state.error
-        return state.building
+        return db
 
     def _start_refresh(self, group: str, state: _GroupState) -> None:
         state.refreshing = trio.Event()
+        state.scope = trio.CancelScope()
         if self.nursery is not None:
             self.nursery.start_soon(self._refresh, group, state, name=f"list {group}")
         else:  # no background nursery (tests): the caller's wait runs it
             raise RuntimeError("Listing needs a nursery to refresh in")
 
     async def _refresh(self, group: str, state: _GroupState) -> None:
-        building = GroupIndex()
-        state.building = building
         started = self._clock()
-        sets: dict[DirKey, set[str]] = {}
+        self.stats.refreshes += 1
         try:
-            async with self.client.list_files(group) as files:
-                async for fid in files:
-                    dkey = (fid.store_path_index, *fid.subdirs)
-                    bucket = sets.get(dkey)
-                    if bucket is None:
-                        bucket = sets[dkey] = set()
-                        building.names[dkey] = []
-                    if fid.name not in bucket:
-                        bucket.add(fid.name)
-                        building.names[dkey].append(fid.name)
-                        building.files += 1
+            with state.scope:
+                await self._refresh_group(group, state)
         except FdfsError as exc:
             state.failed_at = self._clock()
             state.error = exc
-            log.warning("listing group %s failed after %d files: %s", group, building.files, exc)
+            self.stats.refresh_failures += 1
+            if self._closed:  # the client closes at unmount under a running refresh
+                log.debug("listing group %s stopped by the unmount: %s", group, exc)
+            else:
+                log.warning("listing group %s failed: %s", group, exc)
         except Exception as exc:
             state.failed_at = self._clock()
             state.error = exc
+            self.stats.refresh_failures += 1
             log.exception("listing group %s failed", group)
         else:
-            for names in building.names.values():
-                names.sort()
-            building.built_at = started
-            building.complete = True
-            state.index = building
+            if state.scope.cancelled_caught:
+                return
+            state.checked_at = started
             state.error = None
-            # A pass that started after a deletion here no longer lists that file.
-            self._removed = {
-                k: t for k, t in self._removed.items()
-                if t >= started or not k.startswith(group + "/")
-            }  # fmt: skip
-            log.debug(
-                "listed group %s: %d files in %.2fs", group, building.files,
-                self._clock() - started,
-            )  # fmt: skip
+            self._prune_removed(group, state)
+            log.debug("refreshed listing of %s in %.2fs", group, self._clock() - started)
         finally:
-            state.building = None
+            state.stream_started = False
+            if self._closed:
+                _close_db(state.db)
             if state.refreshing is not None:
                 state.refreshing.set()
             state.refreshing = None
+
+    async def _refresh_group(self, group: str, state: _GroupState) -> None:
+        db = state.db
+        storages = await self.client.list_storages(group)
+        active = [s for s in storages if s.status == StorageStatus.ACTIVE]
+        if not active:
+            raise NoStorage(f"group {group!r} has no active storage server")
+        members = ",".join(sorted(_storage_key(s) for s in active))
+        member_ids = {s.storage_id for s in active} | {s.ip_addr for s in active}
+        same_members = db.meta("members") == members
+        if not db.has_index:
+            await trio.to_thread.run_sync(db.drop_orphan_tables)
+        for storage in active:
+            key = _storage_key(storage)
+            signature = storage_signature(storage)
+            entry = db.entries.get(key)
+            if (
+                same_members
+                and entry is not None
+                and entry.signature == signature
+                and time.time() - entry.read_at < FULL_REREAD_AFTER
+            ):
+                self.stats.storages_skipped += 1
+                continue
+            await self._read_storage(group, state, storage, signature, member_ids)
+        await trio.to_thread.run_sync(db.retire, [_storage_key(s) for s in active], members)
+        db.reload()
+
+    async def _read_storage(
+        self,
+        group: str,
+        state: _GroupState,
+        storage: StorageStat,
+        signature: str,
+        members: set[str],
+    ) -> None:
+        """Stream one storage's names into a new table, then swap it in."""
+        db = state.db
+        key = _storage_key(storage)
+        read_at = time.time()
+        if read_at - last_change(storage) < SETTLE_SECONDS:
+            signature = ""  # its binlog may still lack the last change: read it again
+        writer = await trio.to_thread.run_sync(db.writer, key)
+        if key not in db.entries:
+            db.show_partial(key, writer.table)
+        addr = ServerAddr(storage.ip_addr, storage.storage_port)
+        committed = False
+        try:
+            batch: list[tuple[int, str]] = []
+            for index in range(storage.store_path_count):
+                async with self.client.fetch_binlog(addr, group, index) as records:
+                    state.stream_started = True
+                    async for record in records:
+                        row = self._row(record, members, state)
+                        if row is None:
+                            continue
+                        batch.append(row)
+                        if len(batch) >= BATCH_ROWS:
+                            await trio.to_thread.run_sync(writer.add, batch)
+                            self.stats.files_streamed += len(batch)
+                            batch = []
+            if batch:
+                await trio.to_thread.run_sync(writer.add, batch)
+                self.stats.files_streamed += len(batch)
+            await trio.to_thread.run_sync(
+                db.commit_table, key, writer.table, signature, read_at, writer.files
+            )
+            committed = True
+            self.stats.storages_read += 1
+        finally:
+            db.show_partial(key, None)
+            if not committed:
+                with trio.CancelScope(shield=True), contextlib.suppress(sqlite3.Error):
+                    await trio.to_thread.run_sync(db.drop_table, writer.table)
+            with contextlib.suppress(sqlite3.Error):
+                db.reload()
+
+    @staticmethod
+    def _row(record: BinlogRecord, members: set[str], state: _GroupState) -> tuple[int, str] | None:
+        name = record.remote_name
+        if name.endswith(META_SUFFIX) or not is_valid_remote_name(name):
+            return None
+        if not record.op.isupper():
+            # Replicated here: listed from its source's stream, unless the source is
+            # no active member of the group (then from the replicas, deduplicated).
+            prefix = name[10:16]
+            source = state.sources.get(prefix)
+            if source is None:
+                try:
+                    source = decode_file_id(f"g/{name}").source
+                except InvalidFileId:
+                    source = ""
+                if len(state.sources) < 4096:
+                    state.sources[prefix] = source
+            if source in members:
+                return None
+        d = pack_dir(int(name[1:3], 16), int(name[4:6], 16), int(name[7:9], 16))
+        return (d, name[10:])
+
+    def _prune_removed(self, group: str, state: _GroupState) -> None:
+        """Deletions made here stay hidden until the index no longer lists them."""
+        if not self._removed:
+            return
+        now = time.time()
+        keep: dict[str, float] = {}
+        for key, when in self._removed.items():
+            if now - when > REMOVED_MAX_AGE:
+                continue
+            g, remote = key.split("/", 1)
+            if g == group:
+                sp, hi, lo = int(remote[1:3], 16), int(remote[4:6], 16), int(remote[7:9], 16)
+                if not state.db.has(sp, hi, lo, remote[10:]):
+                    continue
+            keep[key] = when
+        self._removed = keep
+
+
+def _close_db(db: GroupIndexDB) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        db.close_writer()
+        db.close()
+
+
+def _storage_key(storage: StorageStat) -> str:
+    return storage.storage_id or storage.ip_addr
 
 
 def _dir_of(file_id: FileId) -> tuple[str, DirKey]:

@@ -77,6 +77,41 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
+def _disk_cache_and_listing(counters: dict[str, int]) -> Iterator[Metric]:
+    if "disk_cache_hits" in counters:  # -o disk_cache=DIR
+        for name, doc in (
+            ("hits", "Reads served from the local disk cache"),
+            ("misses", "Reads of immutable files the disk cache did not have"),
+            ("fills", "Files stored in the disk cache"),
+            ("corrupt", "Disk cache files that failed their crc32 check and were discarded"),
+            ("evictions", "Files evicted from the disk cache (least recently used)"),
+            ("fill_failures", "Files the disk cache could not store"),
+        ):
+            yield _counter(f"fdfsmount_disk_cache_{name}", doc, counters[f"disk_cache_{name}"])
+        for name, doc in (("bytes", "Bytes held by the disk cache"),
+                          ("files", "Files held by the disk cache")):  # fmt: skip
+            yield _gauge(f"fdfsmount_disk_cache_{name}", doc, counters[f"disk_cache_{name}"])
+    if "list_refreshes" in counters:
+        yield _counter(
+            "fdfsmount_listing_refreshes", "Listing refreshes started", counters["list_refreshes"]
+        )
+        yield _counter(
+            "fdfsmount_listing_storages_read",
+            "Storage file lists streamed into the listing index",
+            counters["list_storages_read"],
+        )
+        yield _counter(
+            "fdfsmount_listing_storages_skipped",
+            "Storages a refresh left alone because nothing changed on them",
+            counters["list_storages_skipped"],
+        )
+        yield _gauge(
+            "fdfsmount_listing_indexed_files",
+            "Files in the listing indexes of the groups listed so far",
+            counters["list_indexed_files"],
+        )
+
+
 def metric_families(snap: Snapshot) -> Iterator[Metric]:
     """Prometheus metric families for a snapshot (names as in the README's table)."""
     info = InfoMetricFamily("fdfsmount", "The mount: version, source and mount point")
@@ -176,6 +211,7 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         yield _gauge(
             "fdfsmount_write_files", "Files being written here", counters.get("write_files", 0)
         )
+    yield from _disk_cache_and_listing(counters)
     client = snap.get("client")
     if client is None:
         return

@@ -12,9 +12,11 @@ import errno
 import logging
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import cast
 
 import pyfuse3
@@ -22,8 +24,9 @@ import trio
 
 from .attrs import AttrFactory, FileStat, FileStats
 from .blockcache import BlockCache
-from .catalog import AliasCatalog
+from .catalog import AliasCatalog, cluster_key, default_cache_dir
 from .clientapi import ReadClient, WriteClient
+from .diskcache import DiskCache
 from .fs import Operations
 from .listing import Listing
 from .namespace import GroupDirectory, InodeTable, Node
@@ -59,11 +62,13 @@ class MountParts:
     writer: WritePath
     client: ReadClient
     kernel_readahead: KernelReadahead
+    disk_cache: DiskCache | None = None
 
     def counters(self) -> dict[str, int]:
         """Live counters of the mount (for status reports and metrics exporters)."""
         out: dict[str, int] = {
             "inodes": len(self.table),
+            "inodes_in_memory": self.table.resident,
             "open_files": self.ops.open_files,
             "readahead_window": self.ops.readahead_window,
             "pending_write_files": self.writer.pending_files(),
@@ -77,6 +82,9 @@ class MountParts:
         out.update({f"cache_{k}": v for k, v in asdict(self.cache.stats).items()})
         out.update({f"read_{k}": v for k, v in asdict(self.readpath.stats).items()})
         out.update(self.writer.counters())
+        out.update(self.listing.counters())
+        if self.disk_cache is not None:
+            out.update(self.disk_cache.counters())
         stats = getattr(self.client, "stats", None)
         if stats is not None:
             out["client_requests"] = sum(stats.requests.values())
@@ -117,9 +125,11 @@ def build_operations(
         ttl=opts.list_ttl,
         first_wait=min(FIRST_LIST_WAIT, opts.timeout * 0.8),
         nursery=nursery,
+        index_dir=listing_index_dir(opts, client),
     )
     cache = BlockCache(opts.cache_size)
     kernel_readahead = KernelReadahead(opts)
+    disk_cache = open_disk_cache(opts, client, nursery)
     readpath = ReadPath(
         client,
         cache,
@@ -130,6 +140,7 @@ def build_operations(
         health=getattr(client, "health", None),
         replicas=getattr(client, "replicas", None),
         before_first_open=kernel_readahead.apply,
+        disk_cache=disk_cache,
     )
     # The write side needs the whole client; read-only fakes in tests never write.
     write_client = cast(WriteClient, client)
@@ -175,8 +186,40 @@ def build_operations(
         writer=writer,
     )
     return MountParts(
-        ops, table, directory, listing, readpath, cache, writer, client, kernel_readahead
-    )
+        ops, table, directory, listing, readpath, cache, writer, client, kernel_readahead,
+        disk_cache,
+    )  # fmt: skip
+
+
+def open_disk_cache(
+    opts: MountOptions, client: ReadClient, nursery: trio.Nursery
+) -> DiskCache | None:
+    """The local disk cache of ``-o disk_cache=DIR`` (one subdirectory per cluster)."""
+    if opts.disk_cache is None:
+        return None
+    trackers = getattr(client, "trackers", None) or opts.trackers or [opts.source]
+
+    async def slave_crc32(fid: FileId) -> int:
+        return (await client.info(fid)).crc32
+
+    directory = Path(opts.disk_cache) / cluster_key(trackers)
+    try:
+        return DiskCache(
+            directory,
+            capacity=opts.disk_cache_size,
+            min_free=opts.disk_cache_min_free,
+            crc_of=slave_crc32,
+            nursery=nursery,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise MountError(f"disk_cache={opts.disk_cache}: cannot use it: {exc}") from None
+
+
+def listing_index_dir(opts: MountOptions, client: ReadClient) -> Path:
+    """Where the listing indexes of this cluster live: ``<cache_dir>/index-<cluster>/``."""
+    trackers = getattr(client, "trackers", None) or opts.trackers or [opts.source]
+    base = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    return base / f"index-{cluster_key(trackers)}"
 
 
 def check_mountpoint(path: str) -> None:
@@ -406,6 +449,10 @@ async def _serve_with(
                 await pyfuse3.main()
             finally:
                 await _shutdown(opts, parts, nursery)
+    parts.listing.close()
+    parts.table.close()
+    if parts.disk_cache is not None:
+        parts.disk_cache.close()
     if failure is not None:
         raise failure
 

@@ -74,8 +74,12 @@ mount options (-o name[=value],...; may be repeated):
   timeout=SECS         deadline of every file operation; EIO after it (default: 30)
   write_buffer=SIZE    writes to one file are sent in requests of up to this (default: 8M)
   write_idle=SECS      buffered writes are sent after this long without a new one (default: 1)
-  cache_dir=DIR        where the names created here are kept
+  cache_dir=DIR        where the names created here and the listing index are kept
                        (default: $XDG_CACHE_HOME/fdfsmount, /var/cache/fdfsmount for root)
+  disk_cache=DIR       keep normal and slave files read here on local disk, across remounts
+                       (default: off); see also: fdfsmount warmup
+  disk_cache_size=SIZE largest size of the disk cache (default: 1G)
+  disk_cache_min_free=SIZE  free space the disk cache always leaves (default: 1G)
   log_file=FILE        log here (also logfile=; default: stderr with -f, syslog otherwise)
   debug                log every file system request and every server request
   metrics=HOST:PORT    serve Prometheus metrics at http://HOST:PORT/metrics (default: none)
@@ -92,6 +96,8 @@ examples:
 
 other commands:
   fdfsmount status MOUNTPOINT [--json]         live counters of a running mount
+  fdfsmount warmup MOUNTPOINT PATH...          read files (or whole directories) into the
+                                               mount's disk cache ahead of time
   fdfsmount install-helper [--prefix DIR]      link fdfsmount into /usr/local/bin for
                                                fstab and .mount units (mount(8) runs
                                                helpers without the caller's PATH)
@@ -108,7 +114,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         usage="%(prog)s SOURCE MOUNTPOINT [-o opt[,opt...]] [-f]\n"
-        "       %(prog)s status MOUNTPOINT | install-helper [--prefix DIR]",
+        "       %(prog)s status MOUNTPOINT | install-helper [--prefix DIR]\n"
+        "       %(prog)s warmup MOUNTPOINT PATH...",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -173,7 +180,7 @@ def run_mount(opts: MountOptions, on_live: Callable[[], None] | None) -> str | N
     return None
 
 
-SUBCOMMANDS = ("status", "install-helper")
+SUBCOMMANDS = ("status", "install-helper", "warmup")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .status import status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "warmup":
+        from .warmup import warmup_main
+
+        return warmup_main(argv[1:])
     if argv and argv[0] == "install-helper":
         from .helper import helper_main
 

@@ -177,9 +177,15 @@ def mounted(
     log_path: str | os.PathLike[str] | None = None,
     ready_timeout: float = READY_TIMEOUT,
 ) -> Iterator[MountProcess]:
-    """``with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=5"]) as m: ...``"""
+    """``with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=5"]) as m: ...``
+
+    Without a ``cache_dir=`` option the mount keeps its catalog and listing index
+    in ``<mountpoint>.cache`` beside the mount point, not in the user's cache.
+    """
     mountpoint = Path(mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)
+    if not any(o.startswith("cache_dir=") for o in options):
+        options = [*options, f"cache_dir={mountpoint.with_name(mountpoint.name + '.cache')}"]
     clear_stale(mountpoint)
     if mount_state(mountpoint) is MountState.LIVE:
         pid = state_file_pid(mountpoint)

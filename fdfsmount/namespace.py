@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from .proto import FileId, FileIdInfo, FileType, GroupStat, decode_file_id
+from . import inodespill
+from .proto import FileId, FileIdInfo, FileType, GroupStat, decode_file_id, parse_file_id
 from .proto.errors import FdfsError, InvalidFileId
 from .proto.fileid import check_generated
 
@@ -225,36 +226,49 @@ class InodeTable:
         self._by_key: dict[str, int] = {"/": ROOT_INODE}
         self._next_fallback = _FALLBACK_BASE
         self._aliases = _Aliases()
+        self._spilled = inodespill.SpilledFiles()
+        self._resident_files = 0
 
     @property
     def root(self) -> Node:
         return self._by_inode[ROOT_INODE]
 
     def __len__(self) -> int:
+        return len(self._by_inode) + len(self._spilled)
+
+    @property
+    def resident(self) -> int:
+        """Nodes held as objects in memory (the rest of `len` is on disk)."""
         return len(self._by_inode)
 
     def get(self, inode: int) -> Node:
-        try:
-            return self._by_inode[inode]
-        except KeyError:
-            raise NotFound(f"inode {inode} unknown") from None
+        node = self._by_inode.get(inode)
+        if node is None:
+            node = self._unspill(self._spilled.take(inode))
+            if node is None:
+                raise NotFound(f"inode {inode} unknown")
+        return node
 
     def find(self, key: str) -> Node | None:
         inode = self._by_key.get(key)
-        return None if inode is None else self._by_inode[inode]
+        if inode is not None:
+            return self._by_inode[inode]
+        if len(self._spilled) and not key.startswith("/"):  # file IDs have no leading /
+            return self._unspill(self._spilled.take_key(key, hashed_inode(key)))
+        return None
 
     def inode_for(self, node: Node) -> int:
         """The inode number `node` has or would get, without remembering it."""
         if node.inode:
             return node.inode
         key = node.key
-        existing = self._by_key.get(key)
-        if existing is not None:
-            node.inode = existing
-            return existing
+        live = self.find(key)
+        if live is not None:
+            node.inode = live.inode
+            return live.inode
         inode = hashed_inode(key)
-        if inode in self._by_inode:  # a different live path hashed the same
-            inode = self._next_fallback
+        if inode in self._by_inode or self._spilled.contains(inode):
+            inode = self._next_fallback  # a different live path hashed the same
             self._next_fallback += 1
         node.inode = inode
         return inode
@@ -266,22 +280,67 @@ class InodeTable:
             live = node
             live.inode = self.inode_for(node)
             other = self._by_inode.get(live.inode)
-            if other is not None and other.key != live.key:  # collided meanwhile
-                live.inode = self._next_fallback
+            if (other is not None and other.key != live.key) or self._spilled.contains(live.inode):
+                live.inode = self._next_fallback  # collided meanwhile
                 self._next_fallback += 1
-            self._by_inode[live.inode] = live
-            self._by_key[live.key] = live.inode
+            self._add(live)
         live.lookups += 1
         return live
 
     def forget(self, inode: int, count: int) -> None:
         node = self._by_inode.get(inode)
-        if node is None or node.kind is Kind.ROOT:
+        if node is None:
+            self._spilled.forget(inode, count)
+            return
+        if node.kind is Kind.ROOT:
             return
         node.lookups -= count
         if node.lookups <= 0:
             del self._by_inode[inode]
             self._by_key.pop(node.key, None)
+            if node.kind is Kind.FILE:
+                self._resident_files -= 1
+
+    def close(self) -> None:
+        """Drop the nodes kept on disk (at unmount)."""
+        self._spilled.close()
+
+    def _add(self, node: Node) -> None:
+        self._by_inode[node.inode] = node
+        self._by_key[node.key] = node.inode
+        if node.kind is Kind.FILE:
+            self._resident_files += 1
+            if self._resident_files > inodespill.RESIDENT_FILES:
+                self._spill()
+
+    def _spill(self) -> None:
+        """Move the oldest file nodes to disk (see `inodespill`)."""
+        rows: list[tuple[int, str, int, int]] = []
+        for node in self._by_inode.values():
+            # Only nodes numbered by their hash: `find` looks them up by it.
+            if node.kind is Kind.FILE and node.inode == hashed_inode(node.key):
+                rows.append((node.inode, node.key, node.parent, node.lookups))
+                if len(rows) >= inodespill.SPILL_BATCH:
+                    break
+        for inode, key, _parent, _lookups in rows:
+            del self._by_inode[inode]
+            self._by_key.pop(key, None)
+        self._resident_files -= len(rows)
+        self._spilled.put_many(rows)
+        log.debug("moved %d file inodes to disk (%d there)", len(rows), len(self._spilled))
+
+    def _unspill(self, row: tuple[int, str, int, int] | None) -> Node | None:
+        if row is None:
+            return None
+        inode, key, parent, lookups = row
+        file_id = parse_file_id(key)
+        hi, lo = file_id.subdirs
+        node = Node(
+            Kind.FILE, file_id.group, file_id.store_path_index, hi, lo, file_id,
+            decode_file_id(file_id), parent=parent, inode=inode, lookups=lookups,
+        )  # fmt: skip
+        self._add(node)
+        return node
 
     # -- aliases: the write side's seam ---------------------------------
 

@@ -58,6 +58,8 @@ _SIZE_OPTIONS = {
     "readahead": "readahead",
     "cache_size": "cache_size",
     "write_buffer": "write_buffer",
+    "disk_cache_size": "disk_cache_size",
+    "disk_cache_min_free": "disk_cache_min_free",
 }
 _DURATION_OPTIONS = {
     "attr_timeout": "attr_timeout",
@@ -73,6 +75,7 @@ _PATH_OPTIONS = {
     "logfile": "logfile",
     "log_file": "logfile",
     "cache_dir": "cache_dir",
+    "disk_cache": "disk_cache",
 }
 
 _TRACKER_RE = re.compile(
@@ -118,6 +121,9 @@ class MountOptions:
     write_buffer: int = 8 * MIB  # largest coalesced append/modify per file
     write_idle: float = 1.0  # buffered writes are sent after this long without a new one
     metrics: tuple[str, int] | None = None  # (host, port) to serve Prometheus metrics on
+    disk_cache: str | None = None  # local disk cache of immutable files; None: off
+    disk_cache_size: int = 1 * GIB  # its largest size
+    disk_cache_min_free: int = 1 * GIB  # free space it always leaves on its file system
     fuse_extra: frozenset[str] = frozenset()
 
     @property
@@ -235,7 +241,8 @@ def apply_options(opts: MountOptions, items: Iterable[str]) -> MountOptions:
             changes["umask"] = umask
         elif name in _PATH_OPTIONS:
             # The daemon changes to / before it opens the cache directory.
-            changes[_PATH_OPTIONS[name]] = os.path.abspath(value) if name == "cache_dir" else value
+            absolute = name in ("cache_dir", "disk_cache")
+            changes[_PATH_OPTIONS[name]] = os.path.abspath(value) if absolute else value
         elif name == "metrics":
             changes["metrics"] = parse_listen(value, name)
         else:
@@ -250,6 +257,8 @@ def _check(opts: MountOptions) -> None:
         raise OptionError("timeout must be more than 0 seconds")
     if opts.readahead < 0 or opts.cache_size < 0:
         raise OptionError("readahead and cache_size cannot be negative")
+    if opts.disk_cache is not None and opts.disk_cache_size < 1 * MIB:
+        raise OptionError("disk_cache_size must be at least 1M")
     if opts.list_ttl <= 0:
         raise OptionError("list_ttl must be more than 0 seconds")
     if opts.exists_ttl < 0:

@@ -43,6 +43,7 @@ import trio
 
 from .blockcache import Block, BlockCache, FileKey
 from .clientapi import ReadClient
+from .diskcache import DiskCache
 from .proto import FileId, FileIdInfo
 from .proto.errors import ConnectError, FdfsError, ProtocolError, Timeout
 from .proto.health import DOWN_MEMORY, ServerHealth
@@ -153,8 +154,10 @@ class ReadPath:
         health: ServerHealth | None = None,
         before_first_open: Callable[[], None] | None = None,
         replicas: ReplicaDirectory | None = None,
+        disk_cache: DiskCache | None = None,
     ) -> None:
         self.client = client
+        self.disk_cache = disk_cache  # whole immutable files on local disk (-o disk_cache)
         self.cache = cache
         self.block = cache.block_size
         # Never prefetch more than half the cache: the rest serves other readers.
@@ -321,7 +324,10 @@ class ReadPath:
         blocks: dict[int, Block] = {}
         try:
             data: bytes | bytearray = b""
-            if length > 0:
+            local = await self._from_disk(f, offset, length) if length > 0 else None
+            if local is not None:
+                data = local
+            elif length > 0:
                 # A file that just failed on every replica fails at once (the
                 # kernel retries a failed read immediately).
                 self.health.check_file(f.file_id)
@@ -334,10 +340,22 @@ class ReadPath:
                 self.health.file_up(f.file_id)
                 self.stats.downloads += 1
                 self.stats.bytes_downloaded += len(data)
+                self._to_disk(f, offset, data)
             blocks = self._split(f, first, stop, data)
         finally:
             self._settle(mine, blocks)
         return blocks
+
+    # -- the disk cache's seam ---------------------------------------------
+
+    async def _from_disk(self, f: OpenFile, offset: int, length: int) -> bytes | None:
+        if self.disk_cache is None or not f.immutable:
+            return None
+        return await self.disk_cache.read(f.file_id, offset, length)
+
+    def _to_disk(self, f: OpenFile, offset: int, data: bytes | bytearray) -> None:
+        if self.disk_cache is not None and f.immutable:
+            self.disk_cache.offer(f.file_id, f.id_info, f.size, offset, data)
 
     def _settle(
         self, pending_blocks: dict[tuple[FileKey, int], _Pending], blocks: dict[int, Block]

@@ -379,6 +379,19 @@ def format_status(snap: dict[str, Any]) -> str:
         f"  requests    {_top(fuse.get('requests', {}))}",
         f"  failures    {_top(errors)}",
     ]
+    if "disk_cache_hits" in counters:
+        lines.append(
+            f"  disk cache  {human_size(counters['disk_cache_bytes'])} in "
+            f"{counters['disk_cache_files']} files; {counters['disk_cache_hits']} hits, "
+            f"{counters['disk_cache_misses']} misses, {counters['disk_cache_corrupt']} failed "
+            f"their crc32, {counters['disk_cache_evictions']} evicted"
+        )
+    if "list_refreshes" in counters:
+        lines.append(
+            f"  listing     {counters['list_indexed_files']} files indexed; "
+            f"{counters['list_refreshes']} refreshes read {counters['list_storages_read']} "
+            f"storages, skipped {counters['list_storages_skipped']} unchanged"
+        )
     client = snap.get("client")
     if client:
         lines += [

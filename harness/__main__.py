@@ -174,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="native backend, as root: put each store path on a tmpfs of MB megabytes "
         "(4..4096) so the cluster's fill_disk can really fill it",
     )
+    up.add_argument(
+        "--synthetic-files",
+        type=int,
+        default=0,
+        metavar="N",
+        help="builtin backend: each storage also lists N made-up files on M00 (they list but "
+        "cannot be read), to try listings of big groups (default: 0)",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     return parser
 
@@ -210,6 +218,7 @@ def run_up(args: argparse.Namespace) -> int:
                 subdirs=args.subdirs,
                 ready_timeout=args.timeout,
                 disk_mb=args.disk_mb,
+                synthetic_files=args.synthetic_files,
             )
         except ValueError as exc:
             log.error("error: %s", exc)

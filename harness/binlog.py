@@ -84,6 +84,9 @@ class Binlog:
         self.generation = id_path.read_text().strip()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.size = self._repair_tail()
+        #: Byte offset just past the last upper-case line: a peer that applied
+        #: our log up to here holds every change made here.
+        self.source_end = 0
         self.last_source_ts = self._scan_last_source_ts()
         self._grown = trio.Event()
 
@@ -108,6 +111,7 @@ class Binlog:
         for entry in self.read_entries(0):
             if entry.is_source:
                 last = max(last, entry.timestamp)
+                self.source_end = entry.end
         return last
 
     def close(self) -> None:
@@ -125,6 +129,7 @@ class Binlog:
         self.size += len(line)
         if op in SOURCE_OPS:
             self.last_source_ts = max(self.last_source_ts, timestamp)
+            self.source_end = self.size
         self._grown.set()
         self._grown = trio.Event()
 

@@ -57,6 +57,7 @@ from fdfsmount.proto.wire import validate_group_name
 from .process import (
     ChildProcess,
     ProcessError,
+    Reaper,
     kill_processes_mentioning,
     pick_free_port,
     unwind_on_sigterm,
@@ -204,6 +205,8 @@ class BuiltinBackend(Backend):
                 argv += ["--tracker", tracker]
             argv += ["--store-paths", str(cluster.store_paths), "--subdirs", str(cluster.subdirs)]
             argv += ["--heartbeat-interval", f"{cluster.heartbeat_interval:g}"]
+            if cluster.synthetic_files:
+                argv += ["--synthetic-files", str(cluster.synthetic_files)]
             if cluster.storage_id_mode:
                 assert node.storage_id is not None
                 argv += ["--storage-id", node.storage_id, "--id-in-filename", "id"]
@@ -341,6 +344,7 @@ class Cluster:
         disk_mb: int | None = None,
         ready_timeout: float = 60.0,
         terminate_timeout: float = 10.0,
+        synthetic_files: int = 0,
     ) -> None:
         groups = dict(DEFAULT_GROUPS if groups is None else groups)
         if not groups or any(n < 1 for n in groups.values()):
@@ -377,6 +381,8 @@ class Cluster:
         self.disk_mb = disk_mb
         self.ready_timeout = ready_timeout
         self.terminate_timeout = terminate_timeout
+        #: Made-up files each builtin storage lists (harness.synthetic); 0: none.
+        self.synthetic_files = synthetic_files
         self._requested_dir = Path(base_dir).resolve() if base_dir is not None else None
         self.base_dir: Path = self._requested_dir or Path("/nonexistent")
         self._created_dir = False
@@ -389,6 +395,7 @@ class Cluster:
         self._started = False
         self._closed = False
         self._lock = threading.RLock()
+        self._reaper: Reaper | None = None
 
     def __repr__(self) -> str:
         return (
@@ -448,7 +455,11 @@ class Cluster:
             with _open_lock:
                 _open_clusters.add(self)
         try:
+            # If this process is SIGKILLed, the reaper stops the nodes and removes the dir.
+            self._reaper = Reaper()
             self._create_base_dir()
+            if self._created_dir:
+                self._reaper.watch_dir(self.base_dir)
             log.info("cluster directory: %s", self.base_dir)
             for attempt in range(1, _START_ATTEMPTS + 1):
                 self._lay_out()
@@ -597,6 +608,7 @@ class Cluster:
             startup_timeout=self.backend.process_startup_timeout,
             terminate_timeout=self.terminate_timeout,
             extra_logs=launch.extra_logs,
+            reaper=self._reaper,
         )
         log.info("starting %s on %s", node.name, node.address)
         node.process.start(poll_hook)
@@ -626,6 +638,8 @@ class Cluster:
                 log.exception("releasing the backend's resources failed")
             if self._created_dir:
                 self._remove_base_dir()
+            if self._reaper is not None:
+                self._reaper.close()
             self._closed = True
             with _open_lock:
                 _open_clusters.discard(self)

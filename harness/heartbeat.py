@@ -1,23 +1,37 @@
-"""The storage's side of the tracker link: join, then heartbeat, per tracker.
+"""The storage's side of the tracker link: join, heartbeats, and what it may write.
 
 Each tracker gets one long-lived connection: STORAGE_JOIN once, then
-STORAGE_BEAT every ``--heartbeat-interval`` seconds, or sooner (at most every
-`MIN_BEAT_GAP` seconds) when replication progress changed, so the tracker
-routes reads to a fresh replica quickly. Every reply lists the storages of
-our group, which starts replication from new peers. A broken link is
-re-established with a short backoff, so a restarted tracker sees us again
-within a second or so.
+STORAGE_BEAT every ``--heartbeat-interval`` seconds. Between them go short
+progress beats (binlog size, replication marks, foreign writes): at most every
+`MIN_BEAT_GAP` seconds when replication progressed, and at once when a change
+waits in `TrackerReporter.announce`. Every reply lists the storages of our
+group with their status (which starts replication from new peers) and the
+tracker's ``offline_after``. A broken link is re-established with a short
+backoff, so a restarted tracker sees us again within a second or so.
+
+Write fencing
+-------------
+A tracker's reply is a lease: the tracker cannot call us OFFLINE before
+``offline_after`` seconds after it received the beat, so until ``sent +
+offline_after`` (less a margin) nobody is told to take our files' writes
+unless the reply said so. `may_write` uses the unexpired replies: our own
+files only while every one calls us ACTIVE (never after we were frozen past
+the lease, never while SYNCING); a peer's files only while every one calls
+that peer OFFLINE and us ACTIVE. The sources we take writes for are reported
+as ``foreign_writes``; the tracker keeps a rejoining source SYNCING until no
+peer lists it any more and it caught up with their binlogs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from fdfsmount.proto.constants import Cmd
+from fdfsmount.proto.constants import Cmd, StorageStatus
 from fdfsmount.proto.errors import ProtocolError
 from fdfsmount.proto.wire import encode_header
 
@@ -33,17 +47,118 @@ MIN_BEAT_GAP = 0.2
 CONNECT_TIMEOUT = 3.0
 REPLY_TIMEOUT = 10.0
 RETRY_DELAY = 0.5
+#: How long a change waits for the trackers to learn of it before it is acknowledged.
+ANNOUNCE_TIMEOUT = 1.0
+#: Our lease ends this much before the tracker could call us OFFLINE.
+LEASE_MARGIN = 0.3
+DEFAULT_OFFLINE_AFTER = 3.0
+
+
+@dataclass
+class TrackerView:
+    """What one tracker last told us, and how far it knows our binlog."""
+
+    statuses: dict[str, int] = field(default_factory=dict)
+    valid_until: float = 0.0  # trio clock
+    acked_binlog: int = -1
+    connected: bool = False
+    #: False after it missed an announce deadline, until it answers again.
+    responsive: bool = True
 
 
 class TrackerReporter:
     def __init__(self, server: StorageServer) -> None:
         self.server = server
-        self._poked = trio.Event()
+        self.views: dict[tuple[str, int], TrackerView] = {}
+        self._wake = trio.Event()
+        self._acked = trio.Event()
+        self._progress_gen = 0
+        self._announce_target = 0
+        self._lease_wanted = False
+
+    # ------------------------------------------------------------ fencing
+
+    def _fresh_views(self) -> list[TrackerView]:
+        now = trio.current_time()
+        return [v for v in self.views.values() if v.valid_until > now]
+
+    def may_write(self, source: str) -> str | None:
+        """None if changes to files of ``source`` may be taken here now, else why not."""
+        own = self.server.config.server_id
+        views = self._fresh_views()
+        if not views:
+            return "no tracker confirmed our status recently"
+        for view in views:
+            if view.statuses.get(own) != StorageStatus.ACTIVE:
+                return "this storage is not ACTIVE yet"
+            if source != own and view.statuses.get(source) != StorageStatus.OFFLINE:
+                return f"the file's source {source} is not OFFLINE"
+        return None
+
+    async def confirm_may_write(self, source: str) -> str | None:
+        """`may_write`, after renewing a lapsed lease first (bounded by `ANNOUNCE_TIMEOUT`).
+
+        A storage that was frozen, or whose trackers were slow, asks at once
+        rather than refusing the writes that were waiting for it.
+        """
+        why = self.may_write(source)
+        if why is None or self._fresh_views():
+            return why
+        self._lease_wanted = True
+        self._wake_up()
+        with trio.move_on_after(ANNOUNCE_TIMEOUT):
+            while not self._fresh_views():
+                await self._acked.wait()
+        return self.may_write(source)
+
+    def foreign_writes(self) -> list[str]:
+        """Peers whose files we take writes for now (or still have such a write under way)."""
+        own = self.server.config.server_id
+        sources = set(self.server.foreign_in_flight)
+        for peer_id in self.server.peers:
+            if peer_id != own and self.may_write(peer_id) is None:
+                sources.add(peer_id)
+        return sorted(sources)
+
+    # ------------------------------------------------------------ progress
 
     def poke(self) -> None:
-        """Ask for an early heartbeat (replication progress changed)."""
-        self._poked.set()
-        self._poked = trio.Event()
+        """Ask for an early progress beat (replication progress changed)."""
+        self._progress_gen += 1
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def announce(self, binlog_size: int) -> None:
+        """Return once every responsive tracker knows our binlog reached ``binlog_size``.
+
+        Called before acknowledging a change of an appender file, so a
+        tracker never counts a replica as holding a file it lacks. Bounded: a
+        tracker that does not answer in time is skipped until it answers.
+        """
+        own = self.server.config.server_id
+        if all(peer_id == own for peer_id in self.server.peers):
+            return  # no replica could be offered instead of us
+        self._announce_target = max(self._announce_target, binlog_size)
+        self._wake_up()
+        with trio.move_on_after(ANNOUNCE_TIMEOUT):
+            while True:
+                lagging = [
+                    v
+                    for v in self.views.values()
+                    if v.connected and v.responsive and v.acked_binlog < binlog_size
+                ]
+                if not lagging:
+                    return
+                await self._acked.wait()
+        for key, view in self.views.items():
+            if view.connected and view.responsive and view.acked_binlog < binlog_size:
+                log.info("tracker %s:%d did not confirm a change in time", *key)
+                view.responsive = False
+
+    # ------------------------------------------------------------ links
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -52,6 +167,7 @@ class TrackerReporter:
 
     async def _report_to(self, host: str, port: int) -> None:
         announced = False
+        view = self.views.setdefault((host, port), TrackerView())
         while True:
             try:
                 with trio.fail_after(CONNECT_TIMEOUT):
@@ -59,13 +175,15 @@ class TrackerReporter:
                 async with stream:
                     reader = FramedSocket(stream.socket, 64 * 1024)
                     await self._exchange(
-                        stream.socket, reader, PeerCmd.STORAGE_JOIN, self.join_info()
+                        stream.socket, reader, PeerCmd.STORAGE_JOIN, self.join_info(), view
                     )
+                    view.connected = True
                     if not announced:
                         log.info("joined tracker %s:%d", host, port)
                         announced = True
-                    await self._beat_forever(stream.socket, reader)
+                    await self._beat_forever(stream.socket, reader, view)
             except (OSError, PeerClosed, ProtocolError, trio.TooSlowError) as exc:
+                view.connected = False
                 if announced:
                     log.warning("tracker %s:%d link lost: %s", host, port, exc)
                     announced = False
@@ -73,19 +191,39 @@ class TrackerReporter:
                     log.debug("tracker %s:%d unreachable: %s", host, port, exc)
             await trio.sleep(RETRY_DELAY)
 
-    async def _beat_forever(self, sock: trio.socket.SocketType, reader: FramedSocket) -> None:
+    async def _beat_forever(
+        self, sock: trio.socket.SocketType, reader: FramedSocket, view: TrackerView
+    ) -> None:
         interval = self.server.config.heartbeat_interval
+        next_full = trio.current_time()
+        sent_gen = -1
         while True:
-            poked = self._poked
-            await self._exchange(sock, reader, PeerCmd.STORAGE_BEAT, self.beat_info())
-            sent_at = trio.current_time()
-            with trio.move_on_after(interval):
-                await poked.wait()
-            await trio.sleep_until(sent_at + MIN_BEAT_GAP)
+            now = trio.current_time()
+            full = now >= next_full
+            gen = self._progress_gen
+            info = self.beat_info() if full else self.progress_info()
+            await self._exchange(sock, reader, PeerCmd.STORAGE_BEAT, info, view)
+            sent_gen = gen
+            if full:
+                next_full = now + interval
+            while view.acked_binlog >= self._announce_target and not self._lease_wanted:
+                deadline = next_full
+                if self._progress_gen != sent_gen:
+                    deadline = min(deadline, now + MIN_BEAT_GAP)
+                if trio.current_time() >= deadline:
+                    break
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
 
     async def _exchange(
-        self, sock: trio.socket.SocketType, reader: FramedSocket, cmd: int, info: dict[str, Any]
+        self,
+        sock: trio.socket.SocketType,
+        reader: FramedSocket,
+        cmd: int,
+        info: dict[str, Any],
+        view: TrackerView,
     ) -> None:
+        sent_at = trio.current_time()
         body = encode_json(info)
         await send_all(sock, encode_header(len(body), cmd, 0) + body)
         with trio.fail_after(REPLY_TIMEOUT):
@@ -97,7 +235,25 @@ class TrackerReporter:
             reply = await reader.read_exact(header.length)
         if header.status != 0:
             raise ProtocolError(f"tracker refused cmd {cmd} with status {header.status}")
-        self.server.update_peers(decode_peer_list(decode_json(reply, "tracker reply")))
+        decoded = decode_json(reply, "tracker reply")
+        peers = decode_peer_list(decoded)
+        try:
+            offline_after = float(decoded.get("offline_after", DEFAULT_OFFLINE_AFTER))
+        except (TypeError, ValueError):
+            offline_after = DEFAULT_OFFLINE_AFTER
+        old = view.statuses
+        view.statuses = {p.storage_id: p.status for p in peers}
+        view.valid_until = sent_at + offline_after - LEASE_MARGIN
+        view.responsive = True
+        self._lease_wanted = False
+        if "binlog" in info:
+            view.acked_binlog = max(view.acked_binlog, int(info["binlog"][1]))
+        self._acked.set()
+        self._acked = trio.Event()
+        self.server.update_peers(peers)
+        if old and old != view.statuses:
+            # A peer came or went: say at once which foreign writes we take now.
+            self.poke()
 
     def join_info(self) -> dict[str, Any]:
         server = self.server
@@ -128,7 +284,17 @@ class TrackerReporter:
                 server.connections_current,
                 server.connections_max,
             ],
-            "synced": server.replicator.synced(),
-            "last_source_ts": server.binlog.last_source_ts,
             "time": int(time.time()),
+            **self.progress_info(),
+        }
+
+    def progress_info(self) -> dict[str, Any]:
+        """The part of a beat that routing and catch-up depend on."""
+        server = self.server
+        return {
+            "synced": server.replicator.synced(),
+            "synced_offsets": server.replicator.synced_offsets(),
+            "last_source_ts": server.binlog.last_source_ts,
+            "binlog": [server.binlog.generation, server.binlog.source_end],
+            "foreign_writes": self.foreign_writes(),
         }

@@ -10,6 +10,14 @@ bounded and notices a child that died, quoting the tail of its stderr log.
 A reader thread keeps draining stdout into a log file after the ready line, so a
 chatty child can never block on a full pipe.
 
+Dying with the owner: a SIGKILLed owner runs no ``finally`` and no
+``atexit``. Each child asks the kernel (``PR_SET_PDEATHSIG``) for SIGKILL when
+its parent *thread* exits, so every child is spawned by one long-lived
+launcher thread rather than by the short-lived worker that asked for it. A
+`Reaper` (a tiny process in its own session, `harness.reaper`) notices the
+owner's death as EOF on a pipe and kills the registered process groups and
+removes the registered directories.
+
 Ports: ``pick_free_port`` hands out ports below the kernel's ephemeral range, so
 the outgoing connections between nodes cannot grab a listening port between the
 moment it is picked and the moment the child binds it (or binds it again on a
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -29,12 +38,14 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +155,138 @@ def pick_free_port(host: str = "127.0.0.1", *more_hosts: str) -> int:
     raise ProcessError(f"no free port found on {', '.join(hosts)}")
 
 
+# ------------------------------------------------- dying with the owner
+
+_PR_SET_PDEATHSIG = 1
+try:
+    # Loaded here: a forked child must not load libraries before exec.
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _libc = None
+_T = TypeVar("_T")
+
+
+def _die_with_owner(owner_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn``: SIGKILL this child when the spawning thread's process goes."""
+
+    def preexec() -> None:
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != owner_pid:
+            os._exit(1)  # the owner died before the request took effect
+
+    return preexec
+
+
+class _Launcher:
+    """One daemon thread that lives as long as the process and spawns every child.
+
+    ``PR_SET_PDEATHSIG`` fires when the thread that forked the child exits,
+    so spawning from a thread pool's worker would kill the child as soon as
+    the pool shuts down.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[tuple[Callable[[], object], Future[object]]] = []
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def run(self, work: Callable[[], _T]) -> _T:
+        future: Future[object] = Future()
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._queue = []
+                self._thread = threading.Thread(
+                    target=self._serve, name="harness-launcher", daemon=True
+                )
+                self._thread.start()
+            self._queue.append((work, future))
+            self._wake.notify()
+        return future.result()  # type: ignore[return-value]
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._wake.wait()
+                work, future = self._queue.pop(0)
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+
+_launcher = _Launcher()
+
+
+class Reaper:
+    """Kills registered process groups and removes registered directories if we die.
+
+    A child process (`harness.reaper`) reads commands from a pipe; our end
+    closes when we die, however we die. `close` tells it that we cleaned up
+    ourselves. Without the helper (it failed to start) this is a no-op.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("reaper.py"))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            log.warning("no reaper for harness processes: %s", exc)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            if self._proc is None or self._proc.stdin is None:
+                return
+            try:
+                self._proc.stdin.write(line.encode() + b"\n")
+                self._proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                log.warning("the harness reaper is gone; a crash would leave processes behind")
+                self._proc.stdin = None
+
+    def watch_group(self, pgid: int) -> None:
+        self._send(f"pgid {pgid}")
+
+    def forget_group(self, pgid: int) -> None:
+        self._send(f"forget {pgid}")
+
+    def watch_dir(self, path: Path) -> None:
+        self._send(f"dir {path}")
+
+    def close(self) -> None:
+        """We cleaned up ourselves: let the reaper exit without doing anything."""
+        self._send("done")
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # -------------------------------------------------------------- processes
 
 _live: set[ChildProcess] = set()
@@ -211,8 +354,10 @@ class ChildProcess:
         startup_timeout: float = 30.0,
         terminate_timeout: float = 10.0,
         extra_logs: Sequence[Path] = (),
+        reaper: Reaper | None = None,
     ) -> None:
         self.argv = [str(a) for a in argv]
+        self.reaper = reaper
         self.name = name
         self.log_dir = Path(log_dir)
         self.cwd = cwd
@@ -272,20 +417,26 @@ class ChildProcess:
 
     def _spawn(self) -> None:
         marker = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.argv)}\n"
+        owner = os.getpid()
         with open(self.stderr_log, "ab") as stderr:
             stderr.write(marker.encode())
             stderr.flush()
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                cwd=self.cwd,
-                env=self.env,
-                start_new_session=True,
-                close_fds=True,
+            self._proc = _launcher.run(
+                lambda: subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    cwd=self.cwd,
+                    env=self.env,
+                    start_new_session=True,
+                    close_fds=True,
+                    preexec_fn=_die_with_owner(owner),
+                )
             )
         self._group_gone = False
+        if self.reaper is not None:
+            self.reaper.watch_group(self._proc.pid)
         log.debug("%s spawned pid %d: %s", self.name, self._proc.pid, " ".join(self.argv))
         assert self._proc.stdout is not None
         self._reader = threading.Thread(
@@ -427,6 +578,8 @@ class ChildProcess:
         if self._reader is not None:
             self._reader.join(timeout=1.0)
         if self._proc.poll() is not None:
+            if self.reaper is not None and self._group_gone:
+                self.reaper.forget_group(self._proc.pid)
             self._unregister()
 
     def _unregister(self) -> None:

@@ -8,7 +8,9 @@ peer's own changes (upper-case binlog lines) after a byte offset
 applies each one, and persists ``(generation, offset, synced_until)`` under
 ``<base>/sync/marks/<peer id>.mark``, so both sides can restart and resume.
 
-Applying a change copies the peer's *current* bytes (SYNC_FETCH): a whole
+Applying a change copies the peer's *current* bytes (SYNC_FETCH), which is
+right because one storage at a time changes a file and a storage catches up
+before it takes changes again (see `harness.heartbeat`): a whole
 file for C/U, the changed range for A/M, nothing for T/D/R. Since every later
 change of the same file is also in the log and applied later, the copy
 converges to the peer's file even when it was changed again meanwhile; a
@@ -17,7 +19,10 @@ lines after a crash is harmless for the same reason. Applied changes go to
 our own binlog in lower case, which peers do not pull (each storage pulls
 every other one directly).
 
-``synced_until`` is what the tracker routes reads by: after applying a line
+Storages report both ``(generation, offset)`` per peer, which the tracker
+compares with the end of the peer's own changes it last reported (see
+`harness.tracker_state`: appender files, catch-up before ACTIVE), and
+``synced_until``, which routes reads of normal files: after applying a line
 with timestamp ``x`` we hold every file the peer created before ``x``, and
 after reading to the end of the peer's log the peer's "horizon" (its clock
 before it read) covers every file created before that. See `harness.binlog`
@@ -160,6 +165,10 @@ class Replicator:
 
     def synced(self) -> dict[str, int]:
         return {peer_id: p.mark.synced_until for peer_id, p in self.pullers.items()}
+
+    def synced_offsets(self) -> dict[str, list[str | int]]:
+        """Per peer: the generation of its binlog and the offset applied up to."""
+        return {peer_id: [p.mark.generation, p.mark.offset] for peer_id, p in self.pullers.items()}
 
 
 class PeerPuller:

@@ -20,6 +20,11 @@ and dropped first). Files live in ``<base>/store<i>/data/HH/HH/<name>``
 `harness.binlog`) and pulled by the other storages of the group (see
 `harness.replication`).
 
+One writer per file: an append, modify or truncate this storage may not take
+now (it is not ACTIVE, its tracker lease lapsed, or the file's source is not
+OFFLINE; see `harness.heartbeat`) answers EAGAIN and changes nothing. Such a
+change is acknowledged only once the trackers know how far our binlog reaches.
+
 Disk full: while the file ``<base-dir>/.full`` (or ``<base-dir>/DISK_FULL``)
 exists the storage reports 0 MB free to the tracker and answers uploads and
 appends with ENOSPC (28); removing it restores normal service.
@@ -89,7 +94,7 @@ from fdfsmount.proto.storage import (
 )
 from fdfsmount.proto.wire import Header, decode_text, encode_header
 
-from . import serverutil
+from . import serverutil, synthetic
 from .binlog import LISTED_OPS, Binlog, SyncMarks
 from .heartbeat import TrackerReporter
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
@@ -106,6 +111,8 @@ SMALL_REPLY = 64 * 1024
 #: Payloads from this size on are received into two alternating buffers.
 PIPELINE_THRESHOLD = 8 << 20
 PIPELINE_CHUNK = 4 << 20
+#: Modifies up to this size keep the old bytes to undo them (see `recheck_writable`).
+UNDO_LIMIT = 1 << 20
 
 
 @dataclass
@@ -121,6 +128,7 @@ class StorageConfig:
     heartbeat_interval: float = 1.0
     id_in_filename: str = "ip"
     ip_size: int = 16
+    synthetic_files: int = 0  # made-up files cmd 26 lists on store path 0 (see harness.synthetic)
 
     @property
     def server_id(self) -> str:
@@ -209,6 +217,8 @@ class StorageServer:
         self.locks = FileLocks()
         self.counters = Counters()
         self.peers: dict[str, PeerAddr] = {}
+        #: Source id -> changes of its files under way here while it is OFFLINE.
+        self.foreign_in_flight: dict[str, int] = {}
         self.start_time = int(time.time())
         self.connections_current = 0
         self.connections_max = 0
@@ -249,6 +259,8 @@ class StorageServer:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.config.synthetic_files:  # generated before READY: listings start at once
+            await trio.to_thread.run_sync(self.synthetic_file)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
                 serverutil.serve, self.handle, self.config.bind, self.config.port
@@ -494,6 +506,50 @@ class StorageServer:
             raise RequestError(errno.EINVAL, f"{name} is not an appender file")
         return local, info
 
+    def source_of(self, name: str) -> str:
+        """The storage id (or IP) that created ``name``; "" if the name does not say."""
+        try:
+            info = decode_file_id(FileId(self.group, name))
+        except (InvalidFileId, ValueError):
+            return ""
+        return str(info.source_id) if info.source_id is not None else info.source_ip or ""
+
+    async def check_writable(self, name: str) -> None:
+        """Refuse (EAGAIN) a change this storage may not take now (see `harness.heartbeat`)."""
+        source = self.source_of(name)
+        why = await self.reporter.confirm_may_write(source or self.config.server_id)
+        if why is not None:
+            raise RequestError(errno.EAGAIN, f"not changing {name} now: {why}", close=False)
+
+    def recheck_writable(self, name: str, undo: Callable[[], object]) -> None:
+        """After receiving a change: if our lease lapsed meanwhile (we were frozen), undo it.
+
+        Peers may have taken writes on the file since; logging the change now
+        would replicate it over theirs.
+        """
+        why = self.reporter.may_write(self.source_of(name) or self.config.server_id)
+        if why is not None:
+            undo()
+            raise RequestError(errno.EAGAIN, f"change of {name} undone: {why}", close=False)
+
+    @asynccontextmanager
+    async def writing(self, name: str) -> AsyncIterator[None]:
+        """Hold ``name``'s lock for a change; count it while it changes a peer's file."""
+        source = self.source_of(name)
+        foreign = source not in ("", self.config.server_id)
+        async with self.locks.hold(name):
+            if foreign:
+                self.foreign_in_flight[source] = self.foreign_in_flight.get(source, 0) + 1
+            try:
+                yield
+            finally:
+                if foreign:
+                    left = self.foreign_in_flight[source] - 1
+                    if left:
+                        self.foreign_in_flight[source] = left
+                    else:
+                        del self.foreign_in_flight[source]
+
     async def read_fixed_head(self, conn: Conn, header: Header, fixed: int) -> bytes:
         """The fixed fields of 24/34 (EINVAL if the body cannot even hold them)."""
         if header.length <= fixed:
@@ -504,9 +560,10 @@ class StorageServer:
         raw_head = await self.read_fixed_head(conn, header, APPEND_FIXED)
         name_len, size = parse_append_head(raw_head, body_length=header.length)
         name = decode_text(await conn.reader.read_exact(name_len))
-        async with self.locks.hold(name):
+        async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
+                await self.check_writable(name)
                 if size and self.store.is_full():
                     raise RequestError(errno.ENOSPC, "disk full")
             except RequestError as exc:
@@ -517,6 +574,7 @@ class StorageServer:
                 fd = os.open(local.path, os.O_WRONLY)
                 try:
                     await self.receive_to(conn, fd, size, offset=start)
+                    self.recheck_writable(name, lambda: os.ftruncate(fd, start))
                 except BaseException:
                     os.ftruncate(fd, start)
                     self.counters.op("append", False, size)
@@ -526,36 +584,45 @@ class StorageServer:
                 self.binlog.record_source("A", name, f"{start} {size}")
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("append", True, size)
+        await self.reporter.announce(self.binlog.source_end)
         await send_reply(conn.sock)
 
     async def cmd_modify(self, conn: Conn, header: Header) -> None:
         raw_head = await self.read_fixed_head(conn, header, MODIFY_FIXED)
         name_len, offset, size = parse_modify_head(raw_head, body_length=header.length)
         name = decode_text(await conn.reader.read_exact(name_len))
-        async with self.locks.hold(name):
+        async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
+                await self.check_writable(name)
                 if offset > info.st_size:
                     raise RequestError(errno.EINVAL, f"offset {offset} > size {info.st_size}")
             except RequestError as exc:
                 self.counters.op("modify", False, size)
                 await self.fail_after_payload(conn, size, exc)
             if size:
-                fd = os.open(local.path, os.O_WRONLY)
+                fd = os.open(local.path, os.O_RDWR)
+                # Kept to undo the change should our lease lapse while it arrives.
+                before = os.pread(fd, size, offset) if size <= UNDO_LIMIT else None
                 try:
                     await self.receive_to(conn, fd, size, offset=offset)
+                    if before is not None:
+                        old = (before, info.st_size)
+                        self.recheck_writable(name, lambda: _restore(fd, offset, *old))
                 finally:
                     os.close(fd)
                 self.binlog.record_source("M", name, f"{offset} {size}")
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("modify", True, size)
+        await self.reporter.announce(self.binlog.source_end)
         await send_reply(conn.sock)
 
     async def cmd_truncate(self, conn: Conn, header: Header, body: bytes) -> None:
         name, new_size = parse_truncate_body(body)
-        async with self.locks.hold(name):
+        async with self.writing(name):
             try:
                 local, info = self.check_appender(name)
+                await self.check_writable(name)
             except RequestError:
                 self.counters.op("truncate", False)
                 raise
@@ -564,6 +631,7 @@ class StorageServer:
                 self.binlog.record_source("T", name, str(new_size))
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("truncate", True)
+        await self.reporter.announce(self.binlog.source_end)
         await send_reply(conn.sock)
 
     async def cmd_regenerate(self, conn: Conn, header: Header, body: bytes) -> None:
@@ -732,10 +800,32 @@ class StorageServer:
             if len(batch) >= 512:
                 await serverutil.send_all(conn.sock, b"".join(batch))
                 batch.clear()
+        if index == 0 and self.config.synthetic_files:
+            await serverutil.send_all(conn.sock, b"".join(batch))
+            batch.clear()
+            sent += await self.send_synthetic_lines(conn)
         batch.append(encode_binlog_trailer(sent))
         await serverutil.send_all(conn.sock, b"".join(batch))
         await serverutil.close_after_error(conn.sock)
         return True
+
+    def synthetic_file(self) -> Path:
+        return synthetic.ensure_synthetic_file(
+            self.config.base_dir / "synthetic-binlog",
+            self.config.synthetic_files,
+            synthetic.source_bytes(self.source),
+            self.store.subdir_count,
+        )
+
+    async def send_synthetic_lines(self, conn: Conn) -> int:
+        """Stream the synthetic files' lines (generated once into the base dir)."""
+        path = await trio.to_thread.run_sync(self.synthetic_file)
+        sent = 0
+        with open(path, "rb") as lines:
+            while chunk := lines.read(1 << 20):
+                await serverutil.send_all(conn.sock, chunk)
+                sent += len(chunk)
+        return sent
 
     def listed_lines(self, store_path_index: int) -> list[bytes]:
         """Binlog lines of the files of one store path that still exist (cmd 26)."""
@@ -759,6 +849,13 @@ class StorageServer:
         await serve_sync_fetch(self, conn.sock, body)
 
 
+def _restore(fd: int, offset: int, before: bytes, old_size: int) -> None:
+    """Put back the bytes (and size) a modify at ``offset`` replaced."""
+    write_chunk(fd, memoryview(before), offset, 0)
+    if os.fstat(fd).st_size > old_size:
+        os.ftruncate(fd, old_size)
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -778,6 +875,10 @@ def parse_args(argv: list[str] | None = None) -> StorageConfig:
     parser.add_argument("--store-paths", type=int, default=1)
     parser.add_argument("--subdirs", type=int, default=256)
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--synthetic-files", type=int, default=0,
+        help="list this many made-up files on store path 0 (listing tests at scale)",
+    )  # fmt: skip
     parser.add_argument("--id-in-filename", choices=("id", "ip"), default=None)
     parser.add_argument(
         "--ip-size", type=int, choices=(16, 46), default=16,
@@ -791,7 +892,7 @@ def parse_args(argv: list[str] | None = None) -> StorageConfig:
         group=args.group, bind=args.bind, port=args.port, base_dir=args.base_dir,
         trackers=args.tracker, storage_id=args.storage_id, store_paths=args.store_paths,
         subdirs=args.subdirs, heartbeat_interval=args.heartbeat_interval, id_in_filename=id_mode,
-        ip_size=args.ip_size,
+        ip_size=args.ip_size, synthetic_files=args.synthetic_files,
     )  # fmt: skip
 
 

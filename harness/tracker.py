@@ -147,7 +147,8 @@ class TrackerServer:
             await send_reply(sock, status=status)
             return storage
         peers = [p.to_json() for p in self.registry.peers_of(storage)]
-        await send_reply(sock, encode_json({"storages": peers}))
+        reply = {"storages": peers, "offline_after": self.registry.offline_after}
+        await send_reply(sock, encode_json(reply))
         return storage
 
     # ------------------------------------------------------------ client commands

@@ -1,8 +1,21 @@
 """The builtin tracker's view of the cluster and its routing rules (no I/O).
 
-Storages join and heartbeat (see `harness.heartbeat`); a storage is ACTIVE
-from its first heartbeat until heartbeats stop for ``offline_after`` seconds
-or its tracker link closes, then OFFLINE until it reports again.
+Storages join and heartbeat (see `harness.heartbeat`); a storage is OFFLINE
+once heartbeats stop for ``offline_after`` seconds or its tracker link closes.
+
+Catch-up before ACTIVE
+----------------------
+A storage that (re)joins is SYNCING, not ACTIVE, until it holds everything its
+ACTIVE peers logged: for every such peer, its replication mark of the peer's
+binlog (generation, offset) reaches the end of the last change the peer
+reported (and the same for an OFFLINE peer that took writes on its files), and
+the peer no longer takes writes on the joining storage's files ("foreign
+writes", which a replica takes while the source is OFFLINE; the peer reports
+the sources it still takes them for). Only then does the storage take writes
+again, so it never builds on a file that lacks a change acknowledged elsewhere
+(upstream's WAIT_SYNC/SYNCING, applied to every rejoin). Storages report their
+binlog size before acknowledging a change of an appender file (see
+`harness.heartbeat`), so the tracker knows what a replica must hold.
 
 Routing reads (QUERY_FETCH_ONE/ALL) and updates (QUERY_UPDATE)
 --------------------------------------------------------------
@@ -11,12 +24,16 @@ The file ID names the source storage (server id or IPv4) and the create time
 that peer created before that time (see `harness.replication`). Then:
 
 * normal files: the ACTIVE storages that are the source or whose progress
-  for the source is ``> t``;
+  for the source is ``> t`` (with the source gone, also those that applied
+  everything it reported: such a replica has the file or answers ENOENT);
 * appender and slave files, which change after ``t`` (or whose name carries
   the master's time): the source when ACTIVE, as upstream does; otherwise
-  the ACTIVE replicas that had caught up with everything the source logged
-  before it went away (progress ``>`` the source's last reported change);
-* QUERY_UPDATE: the source when ACTIVE, else the first replica chosen as above.
+  the ACTIVE replicas whose mark of the source's binlog reaches the end the
+  source last reported. A replica that misses a change the source
+  acknowledged is never chosen: no candidate rather than an old version;
+* QUERY_UPDATE: the source when ACTIVE, EAGAIN while it is SYNCING, else the
+  first replica chosen as above (which takes "foreign writes" only while it
+  too sees the source OFFLINE).
 
 No candidate: ENOENT. FETCH_ONE rotates over the candidates.
 """
@@ -66,6 +83,14 @@ class StorageNode:
     counters: dict[str, int] = field(default_factory=dict)
     synced: dict[str, int] = field(default_factory=dict)
     last_source_ts: int = 0
+    #: The storage's own binlog: (generation, size), as last reported.
+    binlog: tuple[str, int] = ("", 0)
+    #: How far it has applied each peer's binlog: peer id -> (generation, offset).
+    synced_offsets: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Sources whose files it currently takes writes for (their source being OFFLINE).
+    foreign_writes: frozenset[str] = frozenset()
+    #: Sources it ever reported in ``foreign_writes`` that have not caught up with it since.
+    owes: set[str] = field(default_factory=set)
     last_beat: float = 0.0  # monotonic
     last_beat_wall: int = 0
     link: object | None = None
@@ -73,6 +98,14 @@ class StorageNode:
     @property
     def active(self) -> bool:
         return self.status == StorageStatus.ACTIVE
+
+    def holds_log_of(self, peer: StorageNode) -> bool:
+        """This storage has applied everything ``peer`` reported to have logged."""
+        generation, size = peer.binlog
+        if size == 0:
+            return True
+        mine = self.synced_offsets.get(peer.storage_id)
+        return mine is not None and mine[0] == generation and mine[1] >= size
 
     def addr(self) -> PeerAddr:
         return PeerAddr(self.storage_id, self.ip, self.port, int(self.status))
@@ -194,6 +227,9 @@ class Registry:
         return node
 
     def beat(self, node: StorageNode, info: dict[str, Any]) -> None:
+        if node.active and time.monotonic() - node.last_beat > self.offline_after:
+            # It was frozen: whatever it did meanwhile, peers may have taken its writes.
+            self._set_offline(node, f"no heartbeat for {self.offline_after:g} s")
         node.total_mb = _as_int(info.get("total_mb"), node.total_mb)
         node.free_mb = _as_int(info.get("free_mb"), node.free_mb)
         counters = info.get("counters")
@@ -206,11 +242,66 @@ class Registry:
         if isinstance(conns, list) and len(conns) == 3:
             node.connections = (_as_int(conns[0], 0), _as_int(conns[1], 0), _as_int(conns[2], 0))
         node.last_source_ts = _as_int(info.get("last_source_ts"), node.last_source_ts)
+        binlog = info.get("binlog")
+        if isinstance(binlog, list) and len(binlog) == 2:
+            node.binlog = (str(binlog[0]), _as_int(binlog[1], 0))
+        offsets = info.get("synced_offsets")
+        if isinstance(offsets, dict):
+            node.synced_offsets = {
+                str(k): (str(v[0]), _as_int(v[1], 0))
+                for k, v in offsets.items()
+                if isinstance(v, list) and len(v) == 2
+            }
+        foreign = info.get("foreign_writes")
+        if isinstance(foreign, list):
+            node.foreign_writes = frozenset(str(x) for x in foreign)
+            node.owes |= node.foreign_writes
         node.last_beat = time.monotonic()
         node.last_beat_wall = int(time.time())
-        if node.status != StorageStatus.ACTIVE:
+        self._promote(node)
+        if node.active:
+            # Peers waiting for this one to stop foreign writes may be done now.
+            for peer in self.groups[node.group].storages.values():
+                if peer is not node and peer.status == StorageStatus.SYNCING:
+                    self._promote(peer)
+
+    def _promote(self, node: StorageNode) -> None:
+        """ACTIVE once caught up with every ACTIVE peer, else SYNCING."""
+        if node.active or node.last_beat == 0.0:
+            return
+        lagging = self.catch_up_pending(node)
+        if not lagging:
             log.info("storage %s of %s is ACTIVE", node.storage_id, node.group)
             node.status = StorageStatus.ACTIVE
+        elif node.status != StorageStatus.SYNCING:
+            log.info(
+                "storage %s of %s is SYNCING: catching up with %s",
+                node.storage_id, node.group, ", ".join(lagging),
+            )  # fmt: skip
+            node.status = StorageStatus.SYNCING
+
+    def catch_up_pending(self, node: StorageNode) -> list[str]:
+        """The peers ``node`` must still catch up with (or wait for to stop).
+
+        An ACTIVE peer counts; so does one that is not ACTIVE but took writes
+        on ``node``'s files which ``node`` has not pulled yet: taking writes
+        before it is back would build on files that lack them (nothing
+        acknowledged is given up for availability).
+        """
+        lagging = []
+        for peer in self.groups[node.group].sorted_storages():
+            if peer is node:
+                continue
+            holds = node.holds_log_of(peer)
+            # A peer that is not ACTIVE takes no writes (its lease ran out).
+            if holds and (not peer.active or node.storage_id not in peer.foreign_writes):
+                peer.owes.discard(node.storage_id)
+            if peer.active:
+                if node.storage_id in peer.foreign_writes or not holds:
+                    lagging.append(peer.storage_id)
+            elif node.storage_id in peer.owes:
+                lagging.append(f"{peer.storage_id} (not ACTIVE, took writes for it)")
+        return lagging
 
     def link_closed(self, link: object) -> None:
         for group in self.groups.values():
@@ -223,7 +314,8 @@ class Registry:
         now = time.monotonic()
         for group in self.groups.values():
             for node in group.storages.values():
-                if node.active and now - node.last_beat > self.offline_after:
+                live = node.status in (StorageStatus.ACTIVE, StorageStatus.SYNCING)
+                if live and now - node.last_beat > self.offline_after:
                     self._set_offline(node, f"no heartbeat for {self.offline_after:g} s")
 
     def _set_offline(self, node: StorageNode, why: str) -> None:
@@ -291,11 +383,20 @@ class Registry:
         created = info.create_time
 
         def holds(node: StorageNode) -> bool:
-            return node is source or node.synced.get(source_key, 0) > created
+            if node is source or node.synced.get(source_key, 0) > created:
+                return True
+            # With the source gone, a replica that applied all it reported is the best bet.
+            return source is not None and not source.active and node.holds_log_of(source)
 
         def caught_up(node: StorageNode) -> bool:
-            last_change = max(source.last_source_ts, created) if source else created
-            return node is not source and node.synced.get(source_key, 0) > last_change
+            if node is source:
+                return False
+            if source is None:
+                return node.synced.get(source_key, 0) > created
+            # Changes are reported before they are acknowledged: a replica
+            # that applied the source's log up to its last report has the
+            # newest acknowledged version, or no copy at all (then it says ENOENT).
+            return node.holds_log_of(source)
 
         if info.file_type in (FileType.NORMAL, FileType.TRUNK):
             holders = [n for n in active if holds(n)]
@@ -303,8 +404,14 @@ class Registry:
             holders = [source]
         else:
             holders = [n for n in active if caught_up(n)]
-        if cmd == Cmd.QUERY_UPDATE and source is not None and source.active:
+        updating = cmd == Cmd.QUERY_UPDATE and source is not None
+        if updating and source is not None and source.active:
             holders = [source]
+        elif updating and source is not None and source.status == StorageStatus.SYNCING:
+            # Its replicas stopped taking its writes and it is not ready yet.
+            raise TrackerError(
+                errno.EAGAIN, f"source of {group_name}/{remote_name} is catching up; retry"
+            )
         if not holders:
             raise TrackerError(errno.ENOENT, f"no active storage holds {group_name}/{remote_name}")
         if cmd == Cmd.QUERY_FETCH_ALL:

@@ -82,6 +82,9 @@ async def make_env(
                 yield Env(parts, client, cluster)
             finally:
                 parts.writer.catalog.close()
+                parts.listing.close()
+                if parts.disk_cache is not None:
+                    parts.disk_cache.close()
 
 
 async def walk(ops: pyfuse3.Operations, path: str) -> pyfuse3.EntryAttributes:

@@ -102,6 +102,23 @@ class Footprint:
             assert not self.base_dir.exists()
 
 
+def wait_gone(footprint: Footprint, timeout: float = 30.0) -> None:
+    """``assert_gone`` once it holds, within ``timeout`` (cleanup after a SIGKILL is async)."""
+
+    def gone() -> bool:
+        try:
+            footprint.assert_gone()
+        except (AssertionError, pytest.fail.Exception):
+            return False
+        return True
+
+    try:
+        wait_until(gone, timeout=timeout, what="the cluster's footprint to vanish")
+    except AssertionError:
+        footprint.assert_gone()  # fails again, saying what is left
+        raise
+
+
 def all_statuses(cluster: Cluster) -> dict[str, list[int | None]]:
     """Per storage, its status on each tracker."""
     return {
@@ -414,6 +431,66 @@ def test_no_leak_when_the_owner_gets_sigterm(tmp_path: Path) -> None:
         finally:
             owner.kill()
     footprint.assert_gone()
+
+
+OWNER_SCRIPT = """
+import json, sys, threading, time
+from harness.cluster import Cluster
+c = Cluster(groups={"group1": 2}, **json.loads(sys.argv[1]))
+# Started from a thread that ends at once: its children must outlive it.
+starter = threading.Thread(target=c.start)
+starter.start()
+starter.join()
+print(json.dumps({
+    "pids": [n.pid for n in c.nodes],
+    "ports": [(n.host, n.port) for n in c.nodes],
+    "base_dir": str(c.base_dir),
+}), flush=True)
+time.sleep(120)
+"""
+
+
+def test_nothing_left_when_the_owner_is_sigkilled(backend: str) -> None:
+    """No ``finally``, no ``atexit``: the nodes die with their owner, the dir goes too."""
+    with subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT, json.dumps(cluster_kwargs(backend))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as owner:
+        try:
+            footprint = Footprint.from_json(json.loads(read_line(owner, timeout=90)))
+            for pid in footprint.pids:
+                os.kill(pid, 0)  # alive after the starting thread ended
+            owner.kill()
+            owner.wait(timeout=30)
+        finally:
+            owner.kill()
+    wait_gone(footprint)
+
+
+def test_cli_up_sigkilled_leaves_nothing() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "harness", "up", "--groups", "group1:2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    ) as proc:
+        try:
+            info = json.loads(read_line(proc, timeout=90))
+            tracker_host, tracker_port = info["trackers"][0].rsplit(":", 1)
+            footprint = Footprint(
+                [s["pid"] for s in info["storages"]],
+                [(s["host"], s["port"]) for s in info["storages"]]
+                + [(tracker_host, int(tracker_port))],
+                Path(info["base_dir"]),
+            )
+            proc.kill()
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+    wait_gone(footprint)
 
 
 # ------------------------------------------------------------- fault controls

@@ -10,7 +10,6 @@ import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pyfuse3
 import pytest
@@ -35,7 +34,8 @@ from waiting import eventually
 from fdfsmount import listing as listing_mod
 from fdfsmount.listing import Listing
 from fdfsmount.namespace import Kind
-from fdfsmount.proto import FileId
+from fdfsmount.proto import FileId, ServerAddr
+from fdfsmount.proto.binlog import BinlogRecord
 from harness.pytest_plugin import ClusterFactory
 
 # ---------------------------------------------------------------- namespace
@@ -258,28 +258,19 @@ async def test_listing_is_cached_and_refreshed_in_the_background(
     cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=3.0):
-        streams = 0
-        real_list_files = env.client.list_files
 
-        @asynccontextmanager
-        async def counted_list_files(
-            group: str, real: Any = real_list_files
-        ) -> AsyncIterator[AsyncIterator[FileId]]:
-            nonlocal streams
-            streams += 1
-            async with real(group) as files:
-                yield files
+        def streams(env: Env = env) -> int:
+            return env.client.stats.requests.get("fetch_one_path_binlog", 0)
 
-        monkeypatch.setattr(env.client, "list_files", counted_list_files)
         first = await env.client.upload(b"one", ext="txt", group="group1")
         hi, lo = first.subdirs
         leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
         await listed_within(env, first, monkeypatch)
         # Within the TTL, listings come from the cached index: no binlog stream.
-        streamed = streams
+        streamed = streams()
         for _ in range(3):
             assert first.name in await listdir(env.ops, leaf.st_ino, monkeypatch)
-        assert streams == streamed
+        assert streams() == streamed
         second = await env.client.upload(b"two", ext="txt", group="group1")
         if second.subdirs != first.subdirs:
             pytest.skip("the two uploads landed in different directories")
@@ -292,7 +283,7 @@ async def test_listing_is_cached_and_refreshed_in_the_background(
 
         with trio.fail_after(15):
             await eventually(refreshed, interval=0.2, what="the refreshed listing")
-        assert streams > streamed
+        assert streams() > streamed
 
 
 @pytest.mark.expect_log_warnings
@@ -308,17 +299,19 @@ async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) ->
     hi, lo = fid.subdirs
     leaf = await walk(env.ops, f"group1/M00/{hi:02X}/{lo:02X}")
     release = trio.Event()
-    real_list_files = env.client.list_files
+    real_fetch_binlog = env.client.fetch_binlog
     passes_started, pass_started = trio.open_memory_channel[None](10)
 
     @asynccontextmanager
-    async def stalled_list_files(group: str) -> AsyncIterator[AsyncIterator[FileId]]:
+    async def stalled_fetch_binlog(
+        server: ServerAddr, group: str, index: int
+    ) -> AsyncIterator[AsyncIterator[BinlogRecord]]:
         passes_started.send_nowait(None)
         await release.wait()  # a storage streaming a huge group, slowly
-        async with real_list_files(group) as files:
-            yield files
+        async with real_fetch_binlog(server, group, index) as records:
+            yield records
 
-    monkeypatch.setattr(env.client, "list_files", stalled_list_files)
+    monkeypatch.setattr(env.client, "fetch_binlog", stalled_fetch_binlog)
     listed: list[str] = []
 
     async def list_leaf() -> None:
@@ -336,6 +329,11 @@ async def _check_a_stalled_listing(env: Env, monkeypatch: pytest.MonkeyPatch) ->
         assert not listed
         release.set()
     assert fid.name in listed
+    while True:  # the first pass read every storage of the group
+        try:
+            pass_started.receive_nowait()
+        except trio.WouldBlock:
+            break
     # A stale listing is served at once while its refresh is held up.
     release = trio.Event()
     await trio.sleep(0.6)

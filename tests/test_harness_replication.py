@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -239,3 +240,126 @@ def test_storages_rejoin_a_restarted_tracker(pair: BuiltinNodes) -> None:
     tracker.start()
     pair.wait_active(timeout=10)
     eventually(lambda: len(fetch_all(pair, remote)) == 2, what="progress reported again")
+
+
+def routed(pair: BuiltinNodes, cmd: int, remote: str) -> Addr | int:
+    """The storage the tracker names for ``remote`` (or the tracker's error status)."""
+    status, body = call(pair.tracker, T.query_fetch_request(cmd, GROUP, remote).encode())
+    if status:
+        return status
+    server = T.decode_fetch_reply(body).servers[0]
+    return (server.host, server.port)
+
+
+def change_via_tracker(
+    pair: BuiltinNodes, remote: str, request: bytes, *, timeout: float = 20.0
+) -> Addr:
+    """Send a change where the tracker routes updates, retrying until one acknowledges it.
+
+    Appends are not idempotent, so only refusals that leave the file alone are
+    retried: the tracker's or the storage's EAGAIN, the tracker's ENOENT.
+    """
+
+    def attempt() -> Addr | None:
+        target = routed(pair, Cmd.QUERY_UPDATE, remote)
+        if isinstance(target, int):
+            assert target in (errno.EAGAIN, errno.ENOENT), target
+            return None
+        status, _ = call(target, request)
+        assert status in (0, errno.EAGAIN), f"change refused with {errno.errorcode[status]}"
+        return target if status == 0 else None
+
+    return wait_until(attempt, timeout=timeout, what=f"a storage taking the change of {remote}")
+
+
+def reported_synced(pair: BuiltinNodes, storage_id: str) -> int:
+    for record in pair.list_storages(GROUP):
+        if record.storage_id == storage_id:
+            return int(record.counters.get("last_synced_timestamp", 0))
+    return 0
+
+
+def test_no_stale_appender_read_while_the_source_is_down(pair: BuiltinNodes) -> None:
+    """A replica that missed an acknowledged append is never offered for reads."""
+    source, replica = pair.storages
+    old = os.urandom(4096)
+    remote = upload(source, old, appender=True)
+    eventually(lambda: download(replica.addr, remote) == old, what="appender replicated")
+    # By timestamps alone the replica now looks caught up with the source.
+    created = int(time.time())
+    eventually(
+        lambda: reported_synced(pair, replica.spec.server_id) > created,
+        what="replica reports progress past the upload",
+    )
+    new = os.urandom(4096)
+    replica.proc.stop()  # it cannot pull the append below
+    try:
+        assert call(source.addr, S.append_request(remote, len(new)).encode() + new)[0] == 0
+        source.proc.kill()
+    finally:
+        replica.proc.cont()
+    eventually(
+        lambda: (
+            {r.storage_id: r.status for r in pair.list_storages(GROUP)}[source.spec.server_id]
+            == StorageStatus.OFFLINE
+        ),
+        what="tracker sees the source OFFLINE",
+    )
+    # Long enough for the replica to report (it beats every 0.5 s).
+    for _ in range(40):  # some 2 s: the replica reports twice meanwhile
+        target = routed(pair, Cmd.QUERY_FETCH_ONE, remote)
+        if not isinstance(target, int):
+            assert download(target, remote) == old + new, "a stale version was served"
+        time.sleep(0.05)
+    pair.start_storage(source)
+    pair.wait_active()
+    for node in pair.storages:
+        eventually(lambda n=node: download(n.addr, remote) == old + new, what=f"{node.addr}")
+    target = routed(pair, Cmd.QUERY_FETCH_ONE, remote)
+    assert not isinstance(target, int) and download(target, remote) == old + new
+
+
+def test_changes_taken_while_the_source_was_down_survive_its_return(
+    pair: BuiltinNodes,
+) -> None:
+    """Writes on the replica, then on the restarted source: nothing acknowledged is lost.
+
+    The replica is frozen while the source restarts, so the source cannot pull
+    the replica's changes before clients can reach it again.
+    """
+    source, replica = pair.storages
+    base = os.urandom(4096)
+    remote = upload(source, base, appender=True)
+    eventually(lambda: download(replica.addr, remote) == base, what="appender replicated")
+    created = int(time.time())
+    eventually(
+        lambda: reported_synced(pair, replica.spec.server_id) > created,
+        what="replica reports progress past the upload",
+    )
+    source.proc.kill()
+    while_down = os.urandom(4096)
+    taker = change_via_tracker(pair, remote, S.append_request(remote, 4096).encode() + while_down)
+    assert taker == replica.addr
+    patch = os.urandom(100)
+    change_via_tracker(pair, remote, S.modify_request(remote, 10, 100).encode() + patch)
+    after = os.urandom(4096)
+    replica.proc.stop()
+    try:
+        pair.start_storage(source)
+        # While the replica is frozen the source must not take changes yet.
+        for _ in range(10):
+            target = routed(pair, Cmd.QUERY_UPDATE, remote)
+            if target == source.addr:
+                status, _ = call(source.addr, S.append_request(remote, 4096).encode() + after)
+                assert status != 0, "the restarted source took a change before catching up"
+            time.sleep(0.05)
+    finally:
+        replica.proc.cont()
+    assert (
+        change_via_tracker(pair, remote, S.append_request(remote, 4096).encode() + after)
+        == source.addr
+    )
+    expected = bytearray(base + while_down + after)
+    expected[10:110] = patch
+    for node in pair.storages:
+        eventually(lambda n=node: download(n.addr, remote) == expected, what=f"{node.addr}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -186,3 +187,37 @@ def test_pick_free_port() -> None:
     assert all(port_is_free("127.0.0.2", p) for p in ports)
     with pytest.raises(ValueError):
         pick_free_port("0.0.0.0")
+
+
+def test_children_die_with_a_sigkilled_owner(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG: a child started from a thread that ended still dies with its owner."""
+    script = (
+        "import sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from harness.process import ChildProcess\n"
+        "child = ChildProcess([sys.executable, '-c', sys.argv[2], sys.argv[3]], name='c',\n"
+        "                     log_dir=Path(sys.argv[1]))\n"
+        "t = threading.Thread(target=child.start)\n"
+        "t.start(); t.join()\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    marker = f"harness-test-{uuid.uuid4().hex}"
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "node"), READY_THEN_SLEEP, marker],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as owner:
+        try:
+            assert owner.stdout is not None
+            pid = int(owner.stdout.readline())
+            os.kill(pid, 0)  # alive although the thread that started it ended
+            owner.kill()
+            owner.wait(timeout=30)
+        finally:
+            owner.kill()
+    wait_until(
+        lambda: not processes_mentioning(marker),
+        timeout=20,
+        what="the child to die with its SIGKILLed owner",
+    )
