@@ -1,10 +1,12 @@
 """Append throughput through the mount against the client, on a local builtin cluster.
 
-Measures, in one run: ``dd bs=1M`` of a 256 MiB file into a new file in
-``/<group>/`` (an appender upload followed by coalesced appends; the time
-includes close, which returns once the source storage has every byte) against
-a direct client appender upload of the same file. Prints both and the ratio
-(aim: >= 0.6). Runs alternate, so neither side gets all the cold starts.
+Measures, in one run: ``dd bs=1M conv=fsync`` of a 256 MiB file into a new
+file in ``/<group>/`` (an appender upload followed by coalesced appends; the
+time includes the fsync and close, which return once the source storage has
+every byte) against the strongest anchor, our client doing the same thing
+directly: an empty appender upload, then 8 MiB appends of the same file. Prints
+both and the ratio (aim: >= 0.8). Runs alternate, so neither side gets all the
+cold starts.
 
 Usage: .venv/bin/python bench/bench_mount_write.py [--size-mib 256] [--runs 3]
        [--storages 1] [--write-buffer 8M] [--backend builtin|native] [--json]
@@ -33,16 +35,24 @@ from harness.cluster import Cluster
 MIB = 1024 * 1024
 
 
-async def direct_upload(trackers: list[str], src: Path) -> tuple[float, FileId]:
-    async with Client(trackers) as client:
+APPEND = 8 * MIB
+
+
+async def direct_appends(trackers: list[str], src: Path) -> tuple[float, FileId]:
+    """An empty appender, then the file in 8 MiB appends (read as it goes, like dd)."""
+    async with Client(trackers) as client, await trio.open_file(src, "rb", buffering=0) as f:
         started = time.perf_counter()
-        fid = await client.upload(src, ext="bin", group="group1", appender=True)
+        fid = await client.upload(b"", ext="bin", group="group1", appender=True)
+        while chunk := await f.read(APPEND):
+            await client.append(fid, chunk)
         return time.perf_counter() - started, fid
 
 
 def dd_into(src: Path, dest: Path) -> float:
     started = time.perf_counter()
-    subprocess.run(["dd", f"if={src}", f"of={dest}", "bs=1M", "status=none"], check=True)
+    subprocess.run(
+        ["dd", f"if={src}", f"of={dest}", "bs=1M", "conv=fsync", "status=none"], check=True
+    )
     return time.perf_counter() - started
 
 
@@ -94,7 +104,7 @@ def main() -> int:
             cluster.trackers, Path(tmp) / "mnt", [*options, f"cache_dir={tmp}/cache"]
         ) as proc:
             for run in range(args.runs):
-                seconds, _ = trio.run(direct_upload, cluster.trackers, src)
+                seconds, _ = trio.run(direct_appends, cluster.trackers, src)
                 direct.append(seconds)
                 dest = proc.mountpoint / "group1" / f"bench-{run}.bin"
                 via_mount.append(dd_into(src, dest))
@@ -107,9 +117,10 @@ def main() -> int:
     d, m = statistics.median(direct), statistics.median(via_mount)
     results = {"direct_mib_s": mib / d, "mount_mib_s": mib / m, "ratio": d / m}
     print(f"append of {args.size_mib} MiB into a new appender file (median of {args.runs}):")
-    print(f"  direct client upload    {mib / d:8.1f} MiB/s   runs: {_fmt(direct)}")
-    print(f"  dd bs=1M to the mount   {mib / m:8.1f} MiB/s   runs: {_fmt(via_mount)}")
-    print(f"  ratio mount/direct      {d / m:8.2f}   (aim: >= 0.6)")
+    print(f"  client: appender + 8 MiB appends {mib / d:8.1f} MiB/s   runs: {_fmt(direct)}")
+    print(f"  dd bs=1M conv=fsync to the mount {mib / m:8.1f} MiB/s   runs: {_fmt(via_mount)}")
+    print(f"  ratio mount/client               {d / m:8.2f}   (aim: >= 0.8)")
+    print(f"  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if args.json:
         print(json.dumps(results))
     return 0

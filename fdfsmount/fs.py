@@ -1,8 +1,9 @@
 """The pyfuse3 `Operations` of the mount: thin handlers, and the one place errors become errnos.
 
 Reads go to the namespace, listing, read path and xattrs; changes go to the
-write path (`writepath.WritePath`), which also answers reads and attributes
-of files being written on this host.
+write path (`writepath.WritePath`). An open file's handle carries its writer
+when it was opened for writing; a read of a file being written on this host
+is answered by that file's writer, any other by the read path.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .proto.errors import (
     Timeout,
 )
 from .readpath import OpenFile, ReadPath
-from .writeback import WriteHandle
+from .writeback import WriteBackFailed, WriteHandle
 from .writepath import WritePath
 from .xattrs import NoAttribute, Xattrs
 
@@ -57,24 +58,44 @@ LOOKUP_FAILURE_MEMORY = 1.0
 
 
 def _leaf(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member groups (trio nurseries wrap errors)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    """The one error that stands for `exc`: trio nurseries wrap errors in groups, and
+    several parts of one request (blocks of a read) can fail together. The first error
+    without an errno wins (a bug shows as such), else the first one."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            pending[:0] = item.exceptions
+        else:
+            leaves.append(item)
+    for leaf in leaves:
+        if _errno_of_leaf(leaf) is None:
+            return leaf
+    return leaves[0] if leaves else exc
 
 
 def errno_for(exc: BaseException) -> int | None:
     """The errno a domain error stands for; None for an unexpected exception."""
-    exc = _leaf(exc)
+    return _errno_of_leaf(_leaf(exc))
+
+
+def _errno_of_leaf(exc: BaseException) -> int | None:
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
-    if isinstance(exc, Refused):
+    if isinstance(exc, Refused | WriteBackFailed):
         return exc.errno
     if isinstance(exc, NotFound | FileNotFound | InvalidFileId):
         return errno.ENOENT
     if isinstance(exc, NoAttribute):
         return pyfuse3.ENOATTR
     if isinstance(exc, ServerError):
+        # A storage's EAGAIN ("not synced yet, ask another") means nothing to a blocking
+        # call: read(2) would hand the application a non-blocking "try again".
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            return errno.EIO
         return exc.errno if 0 < exc.errno < 4096 else errno.EIO
     if isinstance(exc, Timeout | ConnectError | NoStorage | ProtocolError | trio.TooSlowError):
         return errno.EIO
@@ -154,6 +175,14 @@ def _describe(args: Sequence[object]) -> str:
 
 
 @dataclass(slots=True)
+class FileHandle:
+    """An open file: its read state, and its write handle when opened for writing."""
+
+    file: OpenFile
+    write: WriteHandle | None = None
+
+
+@dataclass(slots=True)
 class DirHandle:
     node: Node
     entries: list[tuple[str, Node]] | None = None  # snapshot taken by the first readdir
@@ -191,19 +220,18 @@ class Operations(pyfuse3.Operations):
         self.writer = writer
         self._handles = itertools.count(1)
         self._dirs: dict[int, DirHandle] = {}
-        self._files: dict[int, OpenFile] = {}
-        self._writes: dict[int, WriteHandle] = {}
+        self._files: dict[int, FileHandle] = {}
         self._failed_lookups: dict[tuple[int, str], tuple[int, float]] = {}
         self.op_stats = OpStats()
 
     # -- the error boundary ------------------------------------------------
 
     def fuse_error(self, op: str, args: Sequence[object], exc: Exception) -> pyfuse3.FUSEError:
-        code = errno_for(exc)
-        target = self._target(op, args)
         leaf = _leaf(exc)
+        code = _errno_of_leaf(leaf)
+        target = self._target(op, args)
         if code is None:
-            log.exception("%s %s: unexpected error", op, target, exc_info=exc)
+            log.error("%s %s: unexpected error", op, target, exc_info=leaf)
             return pyfuse3.FUSEError(errno.EIO)
         if code == errno.EIO:
             what = (
@@ -225,7 +253,7 @@ class Operations(pyfuse3.Operations):
         if op in _FH_OPS:
             f = self._files.get(handle)
             if f is not None:
-                return str(f.file_id)
+                return str(f.file.file_id)
             d = self._dirs.get(handle)
             return d.node.key if d is not None else f"fh {handle}"
         try:
@@ -304,7 +332,7 @@ class Operations(pyfuse3.Operations):
                 fstat = await self._stat(child)
             except FileNotFound:
                 if parent.kind is Kind.GROUP:  # an alias of a file deleted elsewhere
-                    self.writer.forget_missing_alias(parent.group, text, child.file_id)
+                    await self.writer.forget_missing_alias(parent.group, text, child.file_id)
                 raise
             live = self.table.remember(child)
             self.listing.note_file(child.file_id)
@@ -419,9 +447,7 @@ class Operations(pyfuse3.Operations):
             node.file_id, node.id_info, fstat.size, immutable=fstat.immutable, mtime=fstat.mtime
         )
         fh = next(self._handles)
-        self._files[fh] = f
-        if handle is not None:
-            self._writes[fh] = handle
+        self._files[fh] = FileHandle(f, handle)
         # Pages of immutable files stay valid forever: keep them across opens.
         keep = fstat.immutable and fstat.exact and handle is None
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
@@ -432,40 +458,44 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        f = self._files[fh]
-        local = await self.writer.read(f.file_id, off, size)
-        if local is not None:
-            return local
+        h = self._files[fh]
+        # This host's view while the file is written here (by this handle or another).
+        writer = h.write.writer if h.write is not None else self.writer.writer_of(h.file.file_id)
+        if writer is not None:
+            return await writer.read(off, size)
         try:
             # A memoryview saves a copy; pyfuse3 accepts any contiguous buffer (its stub
             # says bytes).
-            return cast(bytes, await self.readpath.read(f, off, size))
+            return cast(bytes, await self.readpath.read(h.file, off, size))
         except Exception as exc:
             if not isinstance(_leaf(exc), FileNotFound):
                 raise
             # Deleted since it was opened: the descriptor is stale (as NFS says it).
-            self.stats.note_missing(f.file_id)
-            log.info("read %s: deleted from the cluster since it was opened", f.file_id)
+            self.stats.note_missing(h.file.file_id)
+            log.info("read %s: deleted from the cluster since it was opened", h.file.file_id)
             raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    def _write_handle(self, fh: int | None) -> WriteHandle | None:
+        h = self._files.get(fh) if fh is not None else None
+        return h.write if h is not None else None
 
     @fuse_op
     async def flush(self, fh: FileHandleT) -> None:
-        handle = self._writes.get(fh)
+        handle = self._write_handle(fh)
         if handle is not None:
             await self.writer.flush(handle)
 
     @fuse_op
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        handle = self._writes.get(fh)
+        handle = self._write_handle(fh)
         if handle is not None:
             await self.writer.fsync(handle)
 
     @fuse_op
     async def release(self, fh: FileHandleT) -> None:
-        self._files.pop(fh, None)
-        handle = self._writes.pop(fh, None)
-        if handle is not None:
-            await self.writer.release(handle)
+        h = self._files.pop(fh, None)
+        if h is not None and h.write is not None:
+            await self.writer.release(h.write)
 
     # -- extended attributes -------------------------------------------------
 
@@ -525,14 +555,14 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             if node.kind is not Kind.FILE:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            handle = self._writes.get(fh) if fh is not None else None
+            handle = self._write_handle(fh)
             await self.writer.truncate(node, attr.st_size, handle)
             return await self._entry(node)
         return current
 
     @fuse_op
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
-        handle = self._writes.get(fh)
+        handle = self._write_handle(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         return await self.writer.write(handle, off, buf)
@@ -631,4 +661,4 @@ class Operations(pyfuse3.Operations):
     @property
     def readahead_window(self) -> int:
         """The largest readahead window among open files (0: nobody reads sequentially)."""
-        return max((f.readahead.window for f in self._files.values()), default=0)
+        return max((h.file.readahead.window for h in self._files.values()), default=0)

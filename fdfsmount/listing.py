@@ -107,6 +107,11 @@ class Listing:
         self._removed: dict[str, float] = {}  # deleted here -> when (wall clock)
         self._closed = False
 
+    @property
+    def remembered_deletions(self) -> int:
+        """How many deletions made here are kept to hide names until the next pass."""
+        return len(self._removed)
+
     def close(self) -> None:
         """Close every index file (at unmount); refreshes still running are cancelled and
         close theirs when they end."""

@@ -113,9 +113,9 @@ async def _signals_outside_the_mount(
 async def _status_listener(path: Path) -> trio.SocketListener | None:
     """Bind the status socket; None (and a warning) if that is impossible here."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # left by a daemon that died: a live one would have the mountpoint busy
+        await trio.Path(path.parent).mkdir(parents=True, exist_ok=True, mode=0o755)
+        # left by a daemon that died: a live one would have the mountpoint busy
+        await trio.Path(path).unlink(missing_ok=True)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await sock.bind(os.fspath(path))

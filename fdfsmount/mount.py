@@ -40,6 +40,9 @@ from .xattrs import Xattrs
 
 log = logging.getLogger(__name__)
 
+#: Requests served at once (pyfuse3 worker tasks; each holds a request buffer).
+FUSE_WORKERS = 99
+
 FIRST_LIST_WAIT = 10.0  # the first listing of a group is waited for at most this long
 FLUSH_ON_EXIT = 30.0  # how long pending writes may take to flush on unmount
 KERNEL_READAHEAD = 4 * 1024 * 1024  # kernel readahead window on the mount (set as root)
@@ -162,17 +165,18 @@ def build_operations(
         source_metadata=source_metadata,
     )
     trackers = getattr(client, "trackers", None) or opts.trackers or [opts.source]
+
     writer = WritePath(
         write_client,
         table=table,
         listing=listing,
         stats=stats,
-        readpath=readpath,
         xattrs=xattrs,
         catalog=AliasCatalog.for_cluster(opts.cache_dir, trackers),
-        nursery=nursery,
+        forget_blocks=readpath.invalidate,
         flush_size=opts.write_buffer,
         idle=opts.write_idle,
+        buffers=opts.write_buffers,
     )
     ops = Operations(
         opts,
@@ -439,6 +443,7 @@ async def _serve_with(
             nursery.cancel_scope.cancel()
         else:
             try:
+                await nursery.start(parts.writer.run)
                 parts.writer.kernel.attached = True
                 nursery.start_soon(parts.kernel_readahead.watch)
                 # Only now: pyfuse3.terminate() needs the session init() made.
@@ -446,7 +451,9 @@ async def _serve_with(
                 log.info("mounted %s at %s (%d groups)", opts.source, opts.mountpoint, len(groups))
                 if on_ready is not None:
                     on_ready(parts)
-                await pyfuse3.main()
+                # Workers are kept once started: pyfuse3 does not free the request buffer
+                # (max_write, 1 MiB) of a worker that ends, so bursts would leak memory.
+                await pyfuse3.main(min_tasks=FUSE_WORKERS, max_tasks=FUSE_WORKERS)
             finally:
                 await _shutdown(opts, parts, nursery)
     parts.listing.close()

@@ -74,6 +74,8 @@ mount options (-o name[=value],...; may be repeated):
   timeout=SECS         deadline of every file operation; EIO after it (default: 30)
   write_buffer=SIZE    writes to one file are sent in requests of up to this (default: 8M)
   write_idle=SECS      buffered writes are sent after this long without a new one (default: 1)
+  write_buffers=N      the whole mount buffers at most write_buffer x N bytes; writers
+                       wait for room beyond that (default: 16, i.e. 128M)
   cache_dir=DIR        where the names created here and the listing index are kept
                        (default: $XDG_CACHE_HOME/fdfsmount, /var/cache/fdfsmount for root)
   disk_cache=DIR       keep normal and slave files read here on local disk, across remounts

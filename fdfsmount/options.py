@@ -69,7 +69,7 @@ _DURATION_OPTIONS = {
     "timeout": "timeout",
     "write_idle": "write_idle",
 }
-_INT_OPTIONS = {"uid": "uid", "gid": "gid"}
+_INT_OPTIONS = {"uid": "uid", "gid": "gid", "write_buffers": "write_buffers"}
 _PATH_OPTIONS = {
     "conf": "conf",
     "logfile": "logfile",
@@ -120,6 +120,7 @@ class MountOptions:
     cache_dir: str | None = None  # alias catalog; None: $XDG_CACHE_HOME or /var/cache
     write_buffer: int = 8 * MIB  # largest coalesced append/modify per file
     write_idle: float = 1.0  # buffered writes are sent after this long without a new one
+    write_buffers: int = 16  # the whole mount buffers at most write_buffer x this many bytes
     metrics: tuple[str, int] | None = None  # (host, port) to serve Prometheus metrics on
     disk_cache: str | None = None  # local disk cache of immutable files; None: off
     disk_cache_size: int = 1 * GIB  # its largest size
@@ -267,6 +268,8 @@ def _check(opts: MountOptions) -> None:
         raise OptionError("trust_ids and verify_exists contradict each other: choose one")
     if not 4 * KIB <= opts.write_buffer <= 256 * MIB:
         raise OptionError("write_buffer must be between 4K and 256M")
+    if not 1 <= opts.write_buffers <= 4096:
+        raise OptionError("write_buffers must be between 1 and 4096")
     if opts.write_idle <= 0:
         raise OptionError("write_idle must be more than 0 seconds")
 

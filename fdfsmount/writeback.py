@@ -7,21 +7,33 @@ lands in the current *extent* (an offset and a bytearray) while it touches or
 continues it; a write elsewhere seals the extent and starts the next one. A
 hole between the end of the file and a write is zero bytes in the extent when
 small, and otherwise left to the storage (TRUNCATE_FILE grows a file with
-zeros). An extent is sealed when it reaches ``flush_size``, after an idle
+zeros). An extent is sealed when it reaches its size limit, after an idle
 time, and on fsync/flush/close; one sender task per file sends sealed extents
 in order to the file's source storage -- MODIFY_FILE for the part inside the
 stored file, APPEND_FILE for the rest. At most `MAX_QUEUED` sealed extents
 wait, so a writer faster than the storage is held to its pace with bounded
-memory, while the next extent fills during a send.
+memory, while the next extent fills during a send. The limit starts small
+(`FIRST_EXTENT`) and doubles with every full extent up to ``flush_size``, so
+the storage gets its first bytes early and a steady sequential writer gets
+large requests.
+
+Memory is bounded for the whole mount too: every writer counts the bytes it
+buffers against one `WriteBudget`. A write that would take the total past the
+budget waits (after sealing the writer's own extent, so that what it holds goes
+out) until acknowledged or dropped bytes make room -- writers wait, they do not
+grow. When the last buffered byte of the mount is released, freed memory is
+handed back to the system.
 
 Errors follow Linux's rule for write-back: a failed send is reported once to
 every handle that was open then -- by its next write, fsync or flush (close).
 The unsent data is dropped, the kernel is told to forget its pages, and the
-file's size is asked again before the next change.
+file's size is asked again before the next change. Handles get a `WriteBackFailed`
+(the storage's errno, else EIO; never ENOENT for a file open here).
 
 Reads while a writer exists lay every unacknowledged extent, oldest first,
 over the bytes the source storage returns, so this host sees its own writes at
-once whether or not they have been sent.
+once whether or not they have been sent. Only the part the storage has
+acknowledged is asked of it; past that, what no extent holds is a hole (zeros).
 
 A `SlaveSpool` is a slave file being created: FastDFS writes slaves once, so
 its bytes go to a spooled temporary file and are uploaded (UPLOAD_SLAVE_FILE)
@@ -30,6 +42,8 @@ at the first fsync or flush. Afterwards it is an ordinary read-only slave.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import logging
 import tempfile
@@ -44,21 +58,103 @@ import trio
 from .attrs import FileStat
 from .clientapi import WriteClient
 from .errors import Refused
-from .proto import FileId, FileIdInfo, FileType, decode_file_id
+from .proto import FdfsError, FileId, FileIdInfo, FileNotFound, FileType, decode_file_id
+from .proto.errors import ServerError
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 #: Queued extents per file besides the one filling: one in flight, one waiting.
 MAX_QUEUED = 2
+#: The first extent of a writer is sent at this size; the next ones double up to flush_size.
+FIRST_EXTENT = 1 * MIB
 #: A hole up to this size is sent as zeros with the write after it.
 GAP_FILL = 1 * MIB
 #: A slave's bytes stay in memory up to this size, then go to a temporary file.
 SLAVE_SPOOL_MEMORY = 4 * MIB
 
+#: Bytes buffered by the whole mount at which freed memory is handed back to the system.
+TRIM_AFTER = 16 * MIB
+
 Spawn = Callable[[Callable[[], Awaitable[None]], str], None]
 SizeQuery = Callable[[FileId], Awaitable[int]]
 RangeFetch = Callable[[FileId, int, int], Awaitable[bytes]]
+
+
+class WriteBackFailed(FdfsError):
+    """A change that could not be stored, as reported to a handle: the errno the storage
+    gave (ENOSPC...), else EIO. A storage that does not have a file open here (its
+    source is down, a replica answers) is EIO too, not ENOENT: the name is still there.
+
+    A new one is raised for every report: a kept exception would keep the frames it was
+    raised through, and with them the write buffers they hold."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
+
+    @classmethod
+    def of(cls, exc: BaseException, file_id: FileId) -> WriteBackFailed:
+        if isinstance(exc, WriteBackFailed):
+            return cls(exc.errno, str(exc))
+        if isinstance(exc, FileNotFound):
+            return cls(errno.EIO, f"{file_id}: the storage asked does not have the file: {exc}")
+        if isinstance(exc, ServerError) and 0 < exc.errno < 4096 and exc.errno != errno.EAGAIN:
+            return cls(exc.errno, str(exc))
+        return cls(errno.EIO, str(exc) or type(exc).__name__)
+
+
+class WriteBudget:
+    """Bytes buffered by every writer of the mount, held under `limit`: writers wait."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self.peak = 0
+        self.waits = 0  # writes that had to wait for room
+        self._high = 0  # most held since memory was last handed back
+        self._freed = trio.Event()
+
+    def room_for(self, n: int) -> bool:
+        """True when `n` more bytes fit (always when nothing is held: one huge write
+        must be able to go through)."""
+        return n <= 0 or self.used == 0 or self.used + n <= self.limit
+
+    def change(self, delta: int) -> None:
+        if delta > 0:
+            self.used += delta
+            self.peak = max(self.peak, self.used)
+            self._high = max(self._high, self.used)
+        elif delta < 0:
+            self.used += delta
+            self._freed.set()
+            self._freed = trio.Event()
+            if self.used <= 0 and self._high >= min(TRIM_AFTER, self.limit // 2):
+                self._high = 0
+                _trim_memory()
+
+    async def wait(self) -> None:
+        self.waits += 1
+        await self._freed.wait()
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim  # noqa: B018 -- glibc only
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+_LIBC = _load_libc()
+
+
+def _trim_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps big freed blocks otherwise)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 @dataclass(slots=True)
@@ -106,6 +202,7 @@ class AppenderWriter:
         fetch: RangeFetch,
         flush_size: int,
         stats: WriteStats,
+        budget: WriteBudget | None = None,
         on_failure: Callable[[AppenderWriter], None] = lambda w: None,
     ) -> None:
         self.client = client
@@ -115,17 +212,20 @@ class AppenderWriter:
         self.stored_size = size  # as the source storage has it, as far as we know
         self.mtime = time.time()
         self.flush_size = max(1, flush_size)
+        self.seal_at = min(self.flush_size, FIRST_EXTENT)  # grows while extents fill up
         self.handles = 0
         self.last_write = trio.current_time()
         self.current: Extent | None = None
         self.queue: deque[Extent] = deque()
         self.failures = 0  # count of failed sends; handles compare with their seen_errors
-        self.last_error: BaseException | None = None
+        self.last_error: WriteBackFailed | None = None
         self.stale = False  # the stored size is unknown after a failure: ask before changing
         self._spawn = spawn
         self._query_size = query_size
         self._fetch = fetch
         self._stats = stats
+        self._budget = budget if budget is not None else WriteBudget(1 << 62)
+        self._held = 0  # bytes of extents counted against the budget
         self._on_failure = on_failure
         self._sending = False
         self._changed = trio.Event()
@@ -155,7 +255,7 @@ class AppenderWriter:
         if report:
             handle.seen_errors = self.failures
         assert self.last_error is not None
-        raise self.last_error
+        raise WriteBackFailed.of(self.last_error, self.file_id)
 
     # -- writing -----------------------------------------------------------
 
@@ -168,19 +268,44 @@ class AppenderWriter:
         while len(self.queue) >= MAX_QUEUED:
             await self._wait_changed()
             self._check(handle, report=False)
+        while not self._budget.room_for(self._growth(handle, offset, len(data))):
+            # The mount holds all it may: let what this file holds go out, and wait.
+            self._seal()
+            await self._budget.wait()
+            self._check(handle, report=False)
         if self.stale:
             await self._refresh()
         if handle.append:
             offset = self.size
         self._place(offset, data)
+        self._account()
         self.size = max(self.size, offset + len(data))
         self.mtime = time.time()
         self.last_write = trio.current_time()
         self._stats.writes += 1
         self._stats.bytes_written += len(data)
-        if self.current is not None and len(self.current.data) >= self.flush_size:
+        if self.current is not None and len(self.current.data) >= self.seal_at:
+            self.seal_at = min(self.flush_size, self.seal_at * 2)
             self._seal()
         return len(data)
+
+    def _growth(self, handle: WriteHandle, offset: int, length: int) -> int:
+        """Bytes a write may add to what is buffered (an overwrite of the extent: none)."""
+        if handle.append:
+            offset = self.size
+        cur = self.current
+        if cur is not None and cur.offset <= offset and offset + length <= cur.end:
+            return 0
+        return length + max(0, min(offset - self.size, GAP_FILL))
+
+    def _account(self) -> None:
+        """Bring the budget in line with the bytes the extents hold now."""
+        held = sum(len(e.data) for e in self.queue)
+        if self.current is not None:
+            held += len(self.current.data)
+        if held != self._held:
+            delta, self._held = held - self._held, held
+            self._budget.change(delta)
 
     def _place(self, offset: int, data: bytes) -> None:
         cur = self.current
@@ -228,6 +353,7 @@ class AppenderWriter:
                     break
                 if self.queue and self.queue[0] is extent:
                     self.queue.popleft()
+                    self._account()
                 self._pulse()
         finally:
             self._sending = False
@@ -261,9 +387,10 @@ class AppenderWriter:
         log.warning("write-back of %s failed, %d bytes not stored: %s", self.file_id, lost, exc)
         self._stats.failures += 1
         self.failures += 1
-        self.last_error = exc
+        self.last_error = WriteBackFailed.of(exc, self.file_id)
         self.queue.clear()
         self.current = None
+        self._account()
         self.stale = True
         self.size = self.stored_size
         self._on_failure(self)
@@ -290,7 +417,10 @@ class AppenderWriter:
     async def _refresh(self) -> None:
         async with self._lock:
             if self.stale:
-                self.stored_size = self.size = await self._query_size(self.file_id)
+                try:
+                    self.stored_size = self.size = await self._query_size(self.file_id)
+                except FileNotFound as exc:
+                    raise WriteBackFailed.of(exc, self.file_id) from None
                 self.stale = False
 
     # -- changing the size ---------------------------------------------------
@@ -304,6 +434,9 @@ class AppenderWriter:
         async with self._lock:
             try:
                 await self.client.truncate(self.file_id, size)
+            except FileNotFound as exc:
+                self.stale = True
+                raise WriteBackFailed.of(exc, self.file_id) from None
             except BaseException:
                 self.stale = True  # it may or may not have happened
                 raise
@@ -318,9 +451,11 @@ class AppenderWriter:
         """Forget unsent data (the file is being deleted)."""
         self.queue.clear()
         self.current = None
+        self._account()
 
     def close(self) -> None:
-        """Nothing to free: extents go once acknowledged."""
+        """Nothing to free: extents are given back to the budget once acknowledged."""
+        self._account()
 
     # -- reading -------------------------------------------------------------
 
@@ -339,9 +474,13 @@ class AppenderWriter:
             lo, hi = max(extent.offset, offset), min(extent.end, end)
             pieces.append((lo, bytes(extent.data[lo - extent.offset : hi - extent.offset])))
         out = bytearray(end - offset)
-        if not _covers(pieces, offset, end):
-            stored = await self._fetch(self.file_id, offset, end - offset)
-            out[: len(stored)] = stored[: end - offset]
+        # Only what the storage has acknowledged is asked of it: past that, bytes not in
+        # an extent are a hole this host made (zeros). An append acknowledged meanwhile
+        # grows the stored file, never shrinks it, so the range stays inside it.
+        stored_end = min(end, self.stored_size)
+        if offset < stored_end and not _covers(pieces, offset, stored_end):
+            stored = await self._fetch(self.file_id, offset, stored_end - offset)
+            out[: len(stored)] = stored[: stored_end - offset]
         for lo, piece in pieces:
             out[lo - offset : lo - offset + len(piece)] = piece
         return bytes(out)

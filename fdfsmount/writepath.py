@@ -4,8 +4,10 @@
 `WritePath` keeps one write-back object per file open for writing on this
 host (`writeback.AppenderWriter`, `writeback.SlaveSpool`), shared by that
 file's handles and dropped with the last one. While one exists, reads and
-attributes of the file come from it, so this host sees its own writes at
-once; when it goes, the attribute and block caches learn the result.
+attributes of the file come from it (`fs` asks `writer_of` for an open file's
+writer), so this host sees its own writes at once; when it goes, the attribute
+and block caches learn the result. Every writer counts its buffers against one
+`writeback.WriteBudget` (``write_buffer`` x ``write_buffers``) for the mount.
 
 New files: a name created in ``/<group>/`` becomes an empty appender file
 uploaded at once (its file ID exists when `create` returns) plus an *alias*
@@ -15,9 +17,11 @@ file, of the form ``<master name without ext><prefix>.<ext>``, becomes a
 slave file of that master whose ID is exactly that path. Anything else is
 refused (`errors.Refused`, which `fs` turns into an errno and a log line).
 
-A background task in the mount's nursery seals extents that have been idle
-for ``idle`` seconds, so written data reaches the storage even when an
-application neither fills the buffer nor closes the file.
+Background work starts with `WritePath.run` (from the mount's lifecycle, not
+at construction): a task seals extents that have been idle for ``idle``
+seconds, so written data reaches the storage even when an application neither
+fills the buffer nor closes the file, and the senders of every file run in its
+nursery.
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ from .errors import Refused
 from .listing import Listing
 from .namespace import InodeTable, Kind, Node, NotFound
 from .proto import (
+    FdfsError,
     FileId,
     FileNotFound,
     FileType,
     InvalidFileId,
     ServerAddr,
+    StorageStatus,
     decode_file_id,
     parse_file_id,
 )
@@ -51,8 +57,14 @@ from .proto.constants import EXT_NAME_LEN
 from .proto.errors import LocalProtocolError
 from .proto.fileid import BASE64_LEN, slave_remote_name, split_ext
 from .proto.storage import FileInfo
-from .readpath import ReadPath
-from .writeback import AppenderWriter, SlaveSpool, SlaveTarget, WriteHandle, WriteStats
+from .writeback import (
+    AppenderWriter,
+    SlaveSpool,
+    SlaveTarget,
+    WriteBudget,
+    WriteHandle,
+    WriteStats,
+)
 from .xattrs import Xattrs
 
 log = logging.getLogger(__name__)
@@ -60,6 +72,7 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 FLUSH_SIZE = 8 * MIB  # largest coalesced request
 IDLE_FLUSH = 1.0  # seconds after the last write that buffered bytes are sent anyway
+WRITE_BUFFERS = 16  # buffers of `flush_size` the whole mount may hold
 _STORE_PATH_RE = re.compile(r"M[0-9A-Fa-f]{2}")
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -70,9 +83,12 @@ Writer = AppenderWriter | SlaveSpool
 class KernelCache:
     """Tells the kernel to forget what it caches; does nothing until the mount is live."""
 
-    def __init__(self, nursery: trio.Nursery | None) -> None:
+    def __init__(self, nursery: trio.Nursery | None = None) -> None:
         self._nursery = nursery
         self.attached = False
+
+    def use(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
 
     def forget_data(self, inode: int) -> None:
         """Drop the pages and attributes of `inode` (after a failed write-back)."""
@@ -103,29 +119,36 @@ class WritePath:
         table: InodeTable,
         listing: Listing,
         stats: FileStats,
-        readpath: ReadPath,
         xattrs: Xattrs,
         catalog: AliasCatalog,
-        nursery: trio.Nursery | None,
+        forget_blocks: Callable[[FileId], None],
         flush_size: int = FLUSH_SIZE,
         idle: float = IDLE_FLUSH,
+        buffers: int = WRITE_BUFFERS,
     ) -> None:
         self.client = client
         self.table = table
         self.listing = listing
         self.file_stats = stats
-        self.readpath = readpath
         self.xattrs = xattrs
         self.catalog = catalog
         self.flush_size = flush_size
         self.idle = idle
         self.stats = WriteStats()
-        self.kernel = KernelCache(nursery)
-        self._nursery = nursery
+        self.budget = WriteBudget(flush_size * max(1, buffers))
+        self.kernel = KernelCache()
+        self._forget_blocks = forget_blocks
+        self._nursery: trio.Nursery | None = None
         self._writers: dict[str, Writer] = {}
         self._load_aliases()
-        if nursery is not None:
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The write-back's background work (senders, idle flushes), until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.kernel.use(nursery)
             nursery.start_soon(self._flush_idle, name="write-back idle flush")
+            task_status.started()
 
     def _load_aliases(self) -> None:
         try:
@@ -150,13 +173,6 @@ class WritePath:
             return None  # after a failed write-back only the storage knows the size
         return writer.stat()
 
-    async def read(self, file_id: FileId, offset: int, size: int) -> bytes | None:
-        """This host's view of a file being written here; None when it is not."""
-        writer = self._writers.get(str(file_id))
-        if writer is None:
-            return None
-        return await writer.read(offset, size)
-
     def pending_files(self) -> int:
         """Open files with unflushed data (for status reports)."""
         return sum(1 for w in self._writers.values() if w.pending)
@@ -170,12 +186,14 @@ class WritePath:
             "write_requests": self.stats.requests,
             "write_bytes_sent": self.stats.bytes_sent,
             "write_failures": self.stats.failures,
+            "write_buffered_bytes": self.budget.used,
+            "write_buffer_waits": self.budget.waits,
         }
 
     # -- opening, writing, closing -----------------------------------------
 
     def _spawn(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
-        assert self._nursery is not None, "write-back needs the mount's nursery"
+        assert self._nursery is not None, "write-back needs WritePath.run to be running"
         self._nursery.start_soon(fn, name=name)
 
     def _new_appender(self, file_id: FileId, size: int) -> AppenderWriter:
@@ -188,30 +206,33 @@ class WritePath:
             fetch=self._fetch,
             flush_size=self.flush_size,
             stats=self.stats,
+            budget=self.budget,
             on_failure=self._forget_unstored,
         )
         self._writers[str(file_id)] = writer
         return writer
 
-    async def _source_first(self, file_id: FileId) -> list[ServerAddr]:
-        servers = await self.readpath.replicas.servers_for(file_id, decode_file_id(file_id))
-        return servers or []
+    async def _changes_go_to(self, file_id: FileId) -> ServerAddr:
+        """The storage this host's changes of a file go to now (QUERY_UPDATE: its source
+        while up, else a replica), which has everything acknowledged to this host. Asked
+        each time: where changes go moves with the source's outages, and a replica may
+        lag, so a writer's size and stored bytes are asked of this one only."""
+        return await self.client.update_server(file_id)
 
     async def _stored_size(self, file_id: FileId) -> int:
-        servers = await self._source_first(file_id)
-        info = await self.client.info(file_id, calc_crc32=False, servers=servers or None)
-        return info.size
+        addr = await self._changes_go_to(file_id)
+        return (await self.client.info(file_id, calc_crc32=False, servers=[addr])).size
 
     async def _fetch(self, file_id: FileId, offset: int, length: int) -> bytes:
-        servers = await self._source_first(file_id)
-        return bytes(await self.client.read_range(file_id, offset, length, servers=servers or None))
+        addr = await self._changes_go_to(file_id)
+        return bytes(await self.client.read_range(file_id, offset, length, servers=[addr]))
 
     def _forget_unstored(self, writer: AppenderWriter) -> None:
         """A write-back failed: the kernel's pages hold bytes the storage does not have."""
         node = self.table.find(str(writer.file_id))
         if node is not None:
             self.kernel.forget_data(node.inode)
-        self.readpath.invalidate(writer.file_id)
+        self._forget_blocks(writer.file_id)
         self.file_stats.invalidate(writer.file_id)
 
     async def open(self, node: Node, flags: int) -> WriteHandle:
@@ -226,8 +247,9 @@ class WritePath:
                     f"{node.file_id} is a {type_name(node.id_info.file_type)} file: "
                     "only appender files can be written",
                 )
-            fstat = await self.file_stats.get(node, fresh=True)  # close-to-open
-            writer = self._writers.get(key) or self._new_appender(node.file_id, fstat.size)
+            # Close-to-open, from where the changes will go: a replica may lag behind.
+            size = await self._stored_size(node.file_id)
+            writer = self._writers.get(key) or self._new_appender(node.file_id, size)
         elif isinstance(writer, SlaveSpool) and writer.uploaded:
             raise Refused(errno.EPERM, f"{node.file_id} is a slave file: slaves are written once")
         handle = writer.attach()
@@ -278,7 +300,7 @@ class WritePath:
             return
         del self._writers[key]
         writer.close()
-        self.readpath.invalidate(writer.file_id)
+        self._forget_blocks(writer.file_id)
         if isinstance(writer, AppenderWriter) and not writer.stale:
             # What this host wrote is what the source has: no need to ask it again.
             info = FileInfo(writer.size, int(writer.mtime), 0, "")
@@ -300,7 +322,7 @@ class WritePath:
             )
         await self.client.truncate(node.file_id, size)
         self.stats.requests += 1
-        self.readpath.invalidate(node.file_id)
+        self._forget_blocks(node.file_id)
         self.file_stats.note(node.file_id, FileInfo(size, int(time.time()), 0, ""))
 
     async def ensure_stored(self, node: Node) -> None:
@@ -458,7 +480,7 @@ class WritePath:
             self.kernel.forget_entry(leaf.inode, fid.name)
         self.listing.forget_file(fid)
         self.file_stats.invalidate(fid)
-        self.readpath.invalidate(fid)
+        self._forget_blocks(fid)
         self.xattrs.invalidate(fid)
 
     def _drop_alias(self, group: str, name: str) -> None:
@@ -468,11 +490,44 @@ class WritePath:
         except CatalogError as exc:
             log.error("%s; alias %s/%s may come back after a remount", exc, group, name)
 
-    def forget_missing_alias(self, group: str, name: str, file_id: FileId) -> None:
-        """An alias whose file no storage has any more (deleted elsewhere): drop it."""
-        if self.table.alias_target(group, name) == file_id:
+    async def forget_missing_alias(self, group: str, name: str, file_id: FileId) -> None:
+        """An alias whose file is gone (deleted elsewhere): drop it -- once its source
+        storage, up and asked directly, says so. "No storage has it" is also what the
+        tracker says while the source of a file not yet replicated is down, and the
+        name must outlive that (and while the file is open for writing here)."""
+        if self.table.alias_target(group, name) != file_id:
+            return
+        if self.writer_of(file_id) is None and await self._gone_from_source(file_id):
             log.info("%s/%s -> %s: the file is gone; alias removed", group, name, file_id)
             self._drop_alias(group, name)
+        else:
+            log.info("%s/%s -> %s: not found now; the source storage is not sure, alias kept",
+                     group, name, file_id)  # fmt: skip
+
+    async def _gone_from_source(self, file_id: FileId) -> bool:
+        info = decode_file_id(file_id)
+        try:
+            storages = await self.client.list_storages(file_id.group)
+        except FdfsError:
+            return False
+        for s in storages:
+            is_source = (
+                s.storage_id == str(info.source_id)
+                if info.source_id is not None
+                else s.ip_addr == info.source_ip
+            )
+            if is_source:
+                if s.status != StorageStatus.ACTIVE or s.storage_port <= 0:
+                    return False
+                addr = ServerAddr(s.ip_addr, s.storage_port)
+                try:
+                    await self.client.info(file_id, calc_crc32=False, servers=[addr])
+                except FileNotFound:
+                    return True
+                except FdfsError:
+                    return False
+                return False
+        return False  # a source the tracker does not list: cannot tell
 
     async def rename(
         self, old_parent: Node, old: str, new_parent: Node, new: str, flags: int

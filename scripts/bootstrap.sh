@@ -18,9 +18,10 @@ VENV="$REPO_ROOT/.venv"
 # attr: getfattr/setfattr for the xattr tests. systemd: systemd-analyze verify.
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev attr systemd)
 # The test path also installs the programs the tests run on a mount: nginx (its
-# smallest build), rsync, ImageMagick (identify) and file.
+# smallest build), rsync, ImageMagick (identify) and file; fio verifies through
+# the mount in the fault tests.
 if [[ ",$EXTRAS," == *",test,"* ]]; then
-    APT_PACKAGES+=(nginx-light rsync imagemagick file)
+    APT_PACKAGES+=(nginx-light rsync imagemagick file fio)
 fi
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }

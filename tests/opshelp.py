@@ -78,6 +78,7 @@ async def make_env(
             cluster.trackers, connect_timeout=connect, network_timeout=network
         ) as client:
             parts = build_operations(opts, client, nursery)
+            await nursery.start(parts.writer.run)
             try:
                 yield Env(parts, client, cluster)
             finally:

@@ -160,3 +160,12 @@ def test_command_line_in_mount8_order() -> None:
     assert opts.read_only and opts.no_list and opts.foreground
     opts = parse_command_line(["-o", "debug", "h:1", "/mnt", "-n", "-s"])
     assert opts.debug and not opts.foreground
+
+
+def test_write_back_bound_for_the_whole_mount() -> None:
+    assert build_options("h:1", "/mnt", []).write_buffers == 16
+    opts = build_options("h:1", "/mnt", ["write_buffer=2M,write_buffers=4"])
+    assert opts.write_buffer * opts.write_buffers == 8 * MIB
+    for item in ("write_buffers=0", "write_buffers=5000", "write_buffers=many"):
+        with pytest.raises(OptionError, match="write_buffers"):
+            build_options("h:1", "/mnt", [item])

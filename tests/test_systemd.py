@@ -333,7 +333,7 @@ def test_sigterm_flushes_pending_writes(
     async def download_and_delete(client: Client) -> bytes:
         data = await client.download(file_id)
         await client.delete(file_id)
-        return data
+        return bytes(data)
 
     assert _client_run(fdfs_cluster, download_and_delete) == payload
 

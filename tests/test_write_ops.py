@@ -84,7 +84,7 @@ async def create(env: Env, name: str, group: str = "group1") -> tuple[int, int, 
 
 
 async def stored(env: Env, fid: FileId) -> bytes:
-    return await env.client.download(fid)
+    return bytes(await env.client.download(fid))
 
 
 # ---------------------------------------------------------------- creating and writing
@@ -250,6 +250,36 @@ async def test_reads_and_stat_see_pending_writes_at_once(env: Env) -> None:
     await env.ops.release(fi.fh)
     assert await env.client.download(fid) == b"Stored part|pending"
     assert await read_all(env.ops, ino) == b"Stored part|pending"
+
+
+async def test_reads_inside_pending_writes_are_exact_while_an_append_is_in_flight(
+    env: Env,
+) -> None:
+    """Bytes past what the storage holds come from this host: pending extents, and zeros
+    only in the hole between them -- never a download past the stored end."""
+    fh, _, fid = await create(env, "in-flight.bin")
+    model = bytearray(os.urandom(121_567))
+    await env.ops.write(fh, 0, bytes(model))
+    await env.ops.fsync(fh, False)
+    more = os.urandom(8_265)
+    await env.ops.write(fh, len(model), more)
+    model += more
+    far = len(model) + MIB + 4_321
+    tail = os.urandom(2_796)
+    await env.ops.write(fh, far, tail)  # seals the 8,265 bytes: their append is under way
+    model += bytes(far - len(model)) + tail
+    count = Counter(env.client)
+    downloads = sent(env.client, "download_file") + sent(env.client, "query_file_info")
+    # Wholly past what the storage holds: from this host alone, no request at all.
+    assert await env.ops.read(fh, 126_976, 4096) == bytes(model[126_976:131_072])
+    assert sent(env.client, "download_file") + sent(env.client, "query_file_info") == downloads
+    assert count() == {}
+    for offset, size in ((126_976, 4096), (121_000, 65_536), (129_000, 8192), (far - 10, 100)):
+        assert await env.ops.read(fh, offset, size) == bytes(model[offset : offset + size])
+    await env.ops.fsync(fh, False)
+    assert await env.ops.read(fh, 126_976, 4096) == bytes(model[126_976:131_072])
+    await env.ops.release(fh)
+    assert await stored(env, fid) == bytes(model)
 
 
 async def test_buffers_are_sent_when_full_and_when_idle(
