@@ -47,11 +47,12 @@ from typing import Any, ClassVar, Literal
 
 import trio
 
-from fdfsmount.proto.constants import HEADER_SIZE, StorageStatus
+from fdfsmount.proto.constants import StorageStatus
 from fdfsmount.proto.errors import FdfsError, LocalProtocolError, ProtocolError
 from fdfsmount.proto.records import StorageStat
+from fdfsmount.proto.sockframes import new_decoder, receive_reply
 from fdfsmount.proto.tracker import decode_storages_reply, list_storages_request
-from fdfsmount.proto.wire import decode_header, validate_group_name
+from fdfsmount.proto.wire import validate_group_name
 
 from .process import (
     ChildProcess,
@@ -276,23 +277,14 @@ def tracker_storages(tracker: str, group: str, timeout: float = 2.0) -> list[Sto
     host, _, port = tracker.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(list_storages_request(group).encode())
-        header = decode_header(_recv_exactly(sock, HEADER_SIZE))
-        body = _recv_exactly(sock, header.length) if header.length < 1 << 20 else b""
-        if header.status == errno.ENOENT:
+        reply = receive_reply(sock, new_decoder(1 << 20), peer=f"tracker {tracker}")
+        if reply.header.status == errno.ENOENT:
             return []
-        if header.status != 0:
-            raise ProtocolError(f"tracker {tracker} answered cmd 92 with status {header.status}")
-        return decode_storages_reply(body)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(buf)} of {size} bytes")
-        buf += chunk
-    return bytes(buf)
+        if reply.header.status != 0:
+            raise ProtocolError(
+                f"tracker {tracker} answered cmd 92 with status {reply.header.status}"
+            )
+        return decode_storages_reply(reply.body)
 
 
 def _status_name(status: int | None) -> str:

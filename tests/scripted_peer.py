@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import json
-import struct
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,9 +26,11 @@ import trio
 import trio.testing
 
 from fdfsmount.proto import ServerAddr
+from fdfsmount.proto.constants import Cmd
+from fdfsmount.proto.frames import FrameDecoder, NeedData
+from fdfsmount.proto.wire import encode_header
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden" / "fastdfs-6.16.1"
-_HEADER = struct.Struct(">QBB")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def load_golden(mode: str = "storage-id-mode") -> dict[str, Golden]:
 
 def reply(status: int = 0, body: bytes = b"") -> bytes:
     """A reply message: header (command 100) plus body."""
-    return _HEADER.pack(len(body), 100, status) + body
+    return encode_header(len(body), Cmd.RESP, status) + body
 
 
 # ------------------------------------------------------------------ actions
@@ -163,21 +164,24 @@ class ScriptedServer:
     async def serve(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         self.open_connections += 1
+        decoder = FrameDecoder(max_body=1 << 30)
         try:
             while True:
-                head = await _receive_exactly(stream, 10)
-                if head is None:
-                    return
-                length, cmd, status = _HEADER.unpack(head)
+                header = decoder.next_header()
+                if isinstance(header, NeedData):
+                    if not await _receive(stream, decoder):
+                        return
+                    continue
+                cmd, status, head = header.cmd, header.status, header.encode()
                 queued = self._by_cmd.get(cmd)
                 if queued and isinstance(refusal := queued[0], Refuse):
                     queued.popleft()
                     self.requests.append(Received(cmd, status, b"", head))
                     await stream.send_all(refusal.data)
                     return
-                body = await _receive_exactly(stream, length)
-                if body is None:
-                    return
+                while isinstance(body := decoder.read_body(header.length), NeedData):
+                    if not await _receive(stream, decoder):
+                        return
                 received = Received(cmd, status, body, head + body)
                 self.requests.append(received)
                 action = self._answer(received)
@@ -196,14 +200,11 @@ class ScriptedServer:
             await trio.aclose_forcefully(stream)
 
 
-async def _receive_exactly(stream: trio.abc.Stream, size: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)
+async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder) -> bool:
+    """Feed what arrives next to ``decoder``; False once the client closed."""
+    chunk = await stream.receive_some()
+    decoder.feed(chunk)
+    return bool(chunk)
 
 
 class ScriptedNetwork:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import random
+import socket
+import threading
 from collections.abc import Callable, Iterator
 
 import golden
 import pytest
 
 from fdfsmount.proto.constants import HEADER_SIZE, Cmd
-from fdfsmount.proto.errors import LocalProtocolError, ProtocolError
-from fdfsmount.proto.frames import NEED_DATA, Frame, FrameDecoder
+from fdfsmount.proto.errors import ConnectionClosed, LocalProtocolError, ProtocolError
+from fdfsmount.proto.frames import NEED_DATA, Frame, FrameDecoder, NeedData
 from fdfsmount.proto.message import Request
-from fdfsmount.proto.wire import Header, decode_header, encode_header
+from fdfsmount.proto.sockframes import new_decoder, receive_reply
+from fdfsmount.proto.wire import Header, decode_header, decode_header_at, encode_header
 
 
 def frame(body: bytes = b"", cmd: int = Cmd.RESP, status: int = 0) -> Frame:
@@ -193,6 +196,7 @@ def test_header_round_trip(raw: bytes, header: Header) -> None:
     assert decode_header(raw) == header
     assert decode_header(memoryview(raw)) == header
     assert decode_header(bytearray(raw)) == header
+    assert decode_header_at(bytearray(b"xyz" + raw + b"trailing"), 3) == header
     assert header.encode() == raw
 
 
@@ -319,3 +323,165 @@ def test_views_survive_compaction_of_the_buffer() -> None:
     receive(decoder, b"b" * 18)  # needs the room taken by consumed bytes
     assert bytes(decoder.take_body()) == b"aa" + b"b" * 18
     assert decoder.body_remaining == 0
+
+
+# ------------------------------------------------- the client's receive loop
+
+
+class FakeSocket:
+    """Delivers ``chunks`` as a socket would: one recv returns at most what one chunk holds."""
+
+    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
+        self.pending = [bytes(c) for c in chunks]
+        self.calls = 0
+
+    def recv_into(self, view: memoryview) -> int:
+        self.calls += 1
+        if not self.pending:
+            return 0
+        chunk = self.pending[0]
+        n = min(len(view), len(chunk))
+        view[:n] = chunk[:n]
+        if n == len(chunk):
+            self.pending.pop(0)
+        else:
+            self.pending[0] = chunk[n:]
+        return n
+
+    @property
+    def rest(self) -> bytes:
+        return b"".join(self.pending)
+
+
+def client_receive(decoder: FrameDecoder, sock: FakeSocket) -> tuple[Frame, int] | None:
+    """One reply as `Connection` reads it: the header into the decoder's buffer,
+    the body into a buffer of its final size -- copied from what the header read
+    picked up, the rest received straight into it. Returns the frame and the
+    body bytes that went through the decoder's buffer; None at EOF."""
+    while True:
+        header = decoder.next_header()
+        if not isinstance(header, NeedData):
+            break
+        n = sock.recv_into(decoder.recv_buffer())
+        if not n:
+            return None
+        decoder.received(n)
+    body = bytearray(header.length)
+    view = memoryview(body)
+    got = copied = 0
+    while decoder.body_remaining:
+        if decoder.buffered:
+            part = decoder.take_body(len(body) - got)
+            view[got : got + len(part)] = part
+            copied += len(part)
+            got += len(part)
+        else:
+            n = sock.recv_into(view[got : got + decoder.body_remaining])
+            assert n, "EOF inside a body"
+            decoder.body_received(n)
+            got += n
+    return Frame(header, bytes(body)), copied
+
+
+CLIENT_BUFFER = 64
+
+
+@pytest.mark.parametrize("trailer", [b"", *TRAILERS], ids=["none", "1 byte", "9 bytes", "more"])
+@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
+@pytest.mark.parametrize(("name", "stream", "expected"), CASES, ids=CASE_IDS)
+def test_client_receive_loop(
+    name: str, stream: bytes, expected: list[Frame], feeder: str, trailer: bytes
+) -> None:
+    if feeder == "byte by byte" and len(stream) > 100_000:
+        feeder = "random chunks"
+    decoder = FrameDecoder(buffer_size=CLIENT_BUFFER)
+    sock = FakeSocket(FEEDERS[feeder](stream + trailer))
+    for want in expected:
+        got = client_receive(decoder, sock)
+        assert got is not None
+        frame_got, copied = got
+        assert frame_got == want
+        # Zero copy: only what the header read picked up went through the buffer.
+        assert copied <= CLIENT_BUFFER - HEADER_SIZE
+        assert decoder.body_remaining == 0
+    # Nothing read past the last reply is lost or invented: it is either still
+    # buffered (picked up by a header read) or unread.
+    assert decoder.trailing + sock.rest == trailer
+    # The buffer never grew, and a drained one offers all its room again.
+    if decoder.buffered == 0:
+        assert len(decoder.recv_buffer()) == CLIENT_BUFFER
+
+
+def test_small_exchanges_take_one_receive_each() -> None:
+    """Replies that fit the buffer arrive with one recv, however many came before."""
+    decoder = FrameDecoder(buffer_size=CLIENT_BUFFER)
+    reply = wire(frame(b"r" * 40))
+    for _ in range(50):
+        sock = FakeSocket(iter([reply]))
+        got = client_receive(decoder, sock)
+        assert got is not None and got[0] == frame(b"r" * 40)
+        assert sock.calls == 1
+        assert decoder.buffered == 0
+
+
+# ------------------------------------------------- one reply on a blocking socket
+
+REPLY_CASES = [case for case in CASES if all(f.header.cmd == Cmd.RESP for f in case[2])]
+
+
+@pytest.mark.parametrize("trailer", [b"", *TRAILERS], ids=["none", "1 byte", "9 bytes", "more"])
+@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
+@pytest.mark.parametrize(
+    ("name", "stream", "expected"), REPLY_CASES, ids=[c[0] for c in REPLY_CASES]
+)
+def test_receive_reply(
+    name: str, stream: bytes, expected: list[Frame], feeder: str, trailer: bytes
+) -> None:
+    if feeder == "byte by byte" and len(stream) > 100_000:
+        feeder = "random chunks"
+    decoder = new_decoder(max_body=1 << 20)
+    sock = FakeSocket(FEEDERS[feeder](stream + trailer))
+    for want in expected:
+        assert receive_reply(sock, decoder, peer="storage 127.0.0.1:23000") == want
+    assert decoder.trailing + sock.rest == trailer
+    if not trailer:
+        assert receive_reply(sock, decoder, peer="s", allow_eof=True) is None
+
+
+def test_receive_reply_small_reply_is_one_recv() -> None:
+    sock = FakeSocket(iter([wire(frame(b"x" * 4096))]))
+    assert receive_reply(sock, new_decoder(4096), peer="s") == frame(b"x" * 4096)
+    assert sock.calls == 1
+
+
+@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
+@pytest.mark.parametrize(
+    ("stream", "error", "message"),
+    [
+        (b"", ConnectionClosed, "storage s closed the connection in the middle of a reply"),
+        (wire(frame(b"abc"))[:5], ConnectionClosed, "in the middle of a reply"),
+        (wire(frame(b"x" * 90))[:60], ConnectionClosed, "with 40 reply bytes outstanding"),
+        (wire(frame(b"abc", Cmd.ACTIVE_TEST)), ProtocolError, "replied with command 111"),
+        (wire(frame(b"y" * 101)), ProtocolError, "sent a 101-byte reply body .limit 100"),
+    ],
+    ids=["nothing", "half a header", "half a body", "not a reply", "too large"],
+)
+def test_receive_reply_errors(
+    stream: bytes, error: type[Exception], message: str, feeder: str
+) -> None:
+    sock = FakeSocket(FEEDERS[feeder](stream))
+    with pytest.raises(error, match=message):
+        receive_reply(sock, new_decoder(100), peer="storage s")
+
+
+def test_receive_reply_over_a_socket_pair() -> None:
+    """Header, then a body larger than the decoder's buffer, then trailing bytes."""
+    body = bytes(range(256)) * 1024
+    left, right = socket.socketpair()
+    with left, right:
+        sender = threading.Thread(target=right.sendall, args=(wire(frame(body)) + b"more",))
+        sender.start()
+        decoder = new_decoder(max_body=len(body))
+        assert receive_reply(left, decoder, peer="s") == frame(body)
+        sender.join()
+        assert decoder.trailing + left.recv(10) == b"more"

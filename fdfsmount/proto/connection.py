@@ -9,17 +9,22 @@ Whatever interrupts an exchange -- an error, a timeout, a cancellation, a
 caller that stops reading -- therefore leaves it BUSY (or BROKEN), and the
 pool closes it instead of reusing it; no error path has to remember to mark it.
 
-Receiving: trio streams have no ``recv_into``. For TCP the connection takes
-the stream's socket over as a plain non-blocking socket and calls
-``send``/``recv_into`` on it itself, parking in trio only when the kernel
-says EAGAIN -- and, right after a request went out, waiting for the reply
-before the first ``recv`` (it cannot be there yet). So bulk data lands in the
-caller's buffer with no copy, and a small exchange costs one ``send``, one
-wait and one ``recv``, with one trip through trio's scheduler instead of
-five. Other streams (memory streams in tests) go through ``receive_some``
-plus one copy. Reads never ask for more than the current
-reply still owes, except the header read, which may also pick up the start
-of the body into a small scratch buffer -- so a small reply costs one read.
+Receiving: the reply is framed by a `FrameDecoder` (frames.py, the same
+framer the builtin servers use) over a small receive buffer. The header read
+receives into that buffer and may also pick up the start of the body -- or
+all of a small reply, so a small reply costs one read. The rest of a body is
+received straight into the caller's memory and reported to the decoder with
+``body_received``: reads never ask for more than the current reply still
+owes, and bytes found buffered once a reply is complete are bytes beyond it
+(the connection is then broken). trio streams have no ``recv_into``, so for
+TCP the connection takes the stream's socket over as a plain non-blocking
+socket and calls ``send``/``recv_into`` on it itself, parking in trio only
+when the kernel says EAGAIN -- and, right after a request went out, waiting
+for the reply before the first ``recv`` (it cannot be there yet). So bulk
+data lands in the caller's buffer with no copy, and a small exchange costs
+one ``send``, one wait and one ``recv``, with one trip through trio's
+scheduler instead of five. Other streams (memory streams in tests) go
+through ``receive_some`` plus one copy.
 
 Deadlines are not this module's business (trio's rule): callers wrap calls in
 `trio.fail_after`. A caller that wants "no progress for N seconds" rather than
@@ -42,11 +47,12 @@ from typing import BinaryIO, Literal
 
 import trio
 
-from .constants import HEADER_SIZE, Cmd
+from .constants import Cmd
 from .errors import ConnectionClosed, LocalProtocolError, ProtocolError, server_error
+from .frames import FrameDecoder, NeedData
 from .message import Request, ServerAddr
 from .stats import ClientStats
-from .wire import Header, decode_header
+from .wire import Header
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,8 @@ CHUNK_SIZE = 256 * 1024
 MAX_REPLY_SIZE = 64 << 20
 #: Payloads up to this size go out in the same write as the request head.
 _COALESCE_LIMIT = 64 * 1024
-_SCRATCH_SIZE = 64 * 1024
+#: Receive buffer of a connection: what one read may pick up beyond a reply header.
+_RECV_BUFFER_SIZE = 64 * 1024
 #: Bytes a transfer may move without waiting before it lets other tasks run.
 _YIELD_EVERY = 1 << 20
 
@@ -96,11 +103,8 @@ class Connection:
             self._sock.setblocking(False)
         self._reply_due = False  # a request went out and no reply byte was tried for yet
         self._unyielded = 0  # bytes moved since the last trip through trio's scheduler
-        self._scratch = bytearray(_SCRATCH_SIZE)
-        self._head = 0  # first unconsumed byte in _scratch
-        self._tail = 0  # end of received bytes in _scratch
+        self._frames = FrameDecoder(max_body=0, buffer_size=_RECV_BUFFER_SIZE)
         self._state = ConnState.IDLE
-        self._left = 0  # body bytes the current reply still owes
         self._reply_bytes = 0  # bytes received in the current exchange
         #: Completed exchanges; > 0 means the connection came from the pool.
         self.uses = 0
@@ -132,12 +136,12 @@ class Connection:
     @property
     def body_buffered(self) -> int:
         """Body bytes of the current reply already received (readable without waiting)."""
-        return min(self._tail - self._head, self._left)
+        return min(self._frames.buffered, self._frames.body_remaining)
 
     @property
     def body_remaining(self) -> int:
         """Body bytes of the current reply not yet read."""
-        return self._left
+        return self._frames.body_remaining
 
     def mark_broken(self, reason: str) -> None:
         if self._state is not ConnState.CLOSED:
@@ -196,7 +200,6 @@ class Connection:
         if self._state is not ConnState.IDLE:
             raise LocalProtocolError(f"connection to {self.addr} is {self._state.value}")
         self._state = ConnState.BUSY
-        self._left = 0
         self._reply_bytes = 0
         try:
             await self._send_request(request, payload)
@@ -388,23 +391,20 @@ class Connection:
         return await self._read_header()
 
     async def _read_header(self) -> Header:
-        while self._tail - self._head < HEADER_SIZE:
-            if self._head:
-                pending = self._tail - self._head
-                self._scratch[:pending] = self._scratch[self._head : self._tail]
-                self._head, self._tail = 0, pending
-            n = await self._recv_into(memoryview(self._scratch)[self._tail :])
+        frames = self._frames
+        while True:
+            header = frames.next_header()
+            if not isinstance(header, NeedData):
+                break
+            n = await self._recv_into(frames.recv_buffer())
             if not n:
                 raise self._closed_early("in the middle of a reply header")
-            self._tail += n
-        header = decode_header(bytes(self._scratch[self._head : self._head + HEADER_SIZE]))
-        self._head += HEADER_SIZE
+            frames.received(n)
         if header.cmd != Cmd.RESP:
             self.mark_broken(f"reply with command {header.cmd}")
             raise ProtocolError(
                 f"{self.role} {self.addr} replied with command {header.cmd}, expected {Cmd.RESP}"
             )
-        self._left = header.length
         self._finish_if_complete()
         return header
 
@@ -422,19 +422,19 @@ class Connection:
 
     async def receive_into(self, view: memoryview) -> int:
         """Read up to ``len(view)`` bytes of the reply body; 0 once it is complete."""
-        if self._left == 0:
+        frames = self._frames
+        left = frames.body_remaining
+        if left == 0:
             return 0
-        want = min(len(view), self._left)
-        pending = self._tail - self._head
-        if pending:
-            n = min(want, pending)
-            view[:n] = self._scratch[self._head : self._head + n]
-            self._head += n
+        if frames.buffered:
+            part = frames.take_body(len(view))
+            n = len(part)
+            view[:n] = part
         else:
-            n = await self._recv_into(view[:want])
+            n = await self._recv_into(view[: min(len(view), left)])
             if not n:
-                raise self._closed_early(f"with {self._left} reply bytes outstanding")
-        self._left -= n
+                raise self._closed_early(f"with {left} reply bytes outstanding")
+            frames.body_received(n)
         self._finish_if_complete()
         return n
 
@@ -444,42 +444,40 @@ class Connection:
         For results returned as bytes this beats `receive_into`: the bytes
         come straight from the socket, with no zeroed buffer to copy out of.
         """
-        if self._left == 0:
+        frames = self._frames
+        left = frames.body_remaining
+        if left == 0:
             return b""
-        want = min(max_size, self._left)
-        pending = self._tail - self._head
-        if pending:
-            n = min(want, pending)
-            data = bytes(self._scratch[self._head : self._head + n])
-            self._head += n
+        if frames.buffered:
+            data = bytes(frames.take_body(max_size))
         else:
-            data = await self._recv(want)
+            data = await self._recv(min(max_size, left))
             if not data:
-                raise self._closed_early(f"with {self._left} reply bytes outstanding")
-        self._left -= len(data)
+                raise self._closed_early(f"with {left} reply bytes outstanding")
+            frames.body_received(len(data))
         self._finish_if_complete()
         return data
 
     async def receive_exactly_into(self, view: memoryview) -> None:
         """Fill ``view`` from the reply body (which must hold that many bytes)."""
-        if len(view) > self._left:
-            raise LocalProtocolError(f"want {len(view)} bytes, the reply owes {self._left}")
+        left = self._frames.body_remaining
+        if len(view) > left:
+            raise LocalProtocolError(f"want {len(view)} bytes, the reply owes {left}")
         got = 0
         while got < len(view):
             got += await self.receive_into(view[got:])
 
     async def receive_body(self, max_size: int = MAX_REPLY_SIZE) -> bytes:
         """The rest of the reply body as bytes; `ProtocolError` beyond ``max_size``."""
-        size = self._left
+        frames = self._frames
+        size = frames.body_remaining
         if size > max_size:
             self.mark_broken(f"reply body of {size} bytes")
             raise ProtocolError(
                 f"{self.role} {self.addr} sent a {size}-byte reply body (limit {max_size})"
             )
-        if size <= self._tail - self._head:
-            body = bytes(self._scratch[self._head : self._head + size])
-            self._head += size
-            self._left = 0
+        if size <= frames.buffered:
+            body = bytes(frames.take_body(size))
             self._finish_if_complete()
             return body
         buf = bytearray(size)
@@ -492,10 +490,10 @@ class Connection:
         The memoryview handed to ``sink`` is reused: copy what you keep. ``sink``
         may be a plain function or return an awaitable.
         """
-        buf = bytearray(min(chunk_size, max(self._left, 1)))
+        buf = bytearray(min(chunk_size, max(self._frames.body_remaining, 1)))
         view = memoryview(buf)
         total = 0
-        while self._left:
+        while self._frames.body_remaining:
             n = await self.receive_into(view)
             result = sink(view[:n])
             if inspect.isawaitable(result):
@@ -507,25 +505,30 @@ class Connection:
     async def receive_until_close_into(self, view: memoryview) -> int:
         """Read a reply that ends when the server closes (FETCH_ONE_PATH_BINLOG); 0 at EOF.
 
-        Such a connection can never be reused.
+        Its header announces a length no stream reaches (`BINLOG_STREAM_LENGTH`),
+        so the framer counts it down like any body. Such a connection can never
+        be reused.
         """
         self.mark_broken("reply ends with the server closing")
-        pending = self._tail - self._head
-        if pending:
-            n = min(len(view), pending)
-            view[:n] = self._scratch[self._head : self._head + n]
-            self._head += n
-            return n
-        return await self._recv_into(view)
+        frames = self._frames
+        if frames.buffered:
+            part = frames.take_body(len(view))
+            view[: len(part)] = part
+            return len(part)
+        if not frames.body_remaining:
+            return 0
+        n = await self._recv_into(view[: min(len(view), frames.body_remaining)])
+        if n:
+            frames.body_received(n)
+        return n
 
     def _finish_if_complete(self) -> None:
-        if self._left or self._state is not ConnState.BUSY:
+        if self._state is not ConnState.BUSY or self._frames.body_remaining:
             return
-        if self._tail != self._head:
-            extra = self._tail - self._head
+        extra = self._frames.buffered
+        if extra:
             self.mark_broken(f"{extra} bytes beyond the reply")
             raise ProtocolError(f"{self.role} {self.addr} sent {extra} bytes beyond its reply")
-        self._head = self._tail = 0
         self._state = ConnState.IDLE
         self.uses += 1
         self.idle_since = trio.current_time()

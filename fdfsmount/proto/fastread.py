@@ -28,7 +28,7 @@ from .constants import Cmd
 from .errors import FdfsError
 from .fileid import FileId, decode_file_id
 from .message import Request, ServerAddr
-from .wire import HEADER_SIZE, decode_header
+from .sockframes import new_decoder, receive_reply
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +104,19 @@ class FastReads:
         data = request.encode()
         for attempt in range(2):
             sock, reused = self._acquire(addr, fresh=attempt > 0)
+            decoder = new_decoder(max_body)
             done = False
             try:
                 sock.sendall(data)
-                head = _recv_exactly(sock, HEADER_SIZE, allow_eof=reused)
-                if head is None:
+                reply = receive_reply(sock, decoder, peer=str(addr), allow_eof=reused)
+                if reply is None:
                     continue  # the server had closed the idle connection
-                header = decode_header(head)
-                if header.status != 0:
-                    raise _Miss(f"status {header.status} from {addr}")
-                if header.length > max_body:
-                    raise _Miss(f"reply of {header.length} bytes from {addr}")
-                body = _recv_exactly(sock, header.length) or b""
+                if reply.header.status != 0:
+                    raise _Miss(f"status {reply.header.status} from {addr}")
+                if decoder.buffered:
+                    raise _Miss(f"{addr} sent bytes beyond its reply")
                 done = True
-                return body
+                return reply.body
             finally:
                 if done:
                     self._release(addr, sock)
@@ -165,20 +164,6 @@ class FastReads:
         for socks in idle.values():
             for sock in socks:
                 sock.close()
-
-
-def _recv_exactly(sock: socket.socket, size: int, *, allow_eof: bool = False) -> bytes | None:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            if allow_eof and got == 0:
-                return None
-            raise _Miss("connection closed mid-reply")
-        got += n
-    return bytes(buf)
 
 
 __all__ = ["FAST_READ_LIMIT", "FastReads"]

@@ -37,11 +37,19 @@ it with `body_received`, so the decoder stays in step without copying.
 `want` tells the I/O layer how much the current message still needs beyond
 the buffer, so that it never reads past a message it means to stream.
 
+A client waiting for one reply receives the header into the buffer (which
+may also pick up the start of the body, or the whole of a small reply), then
+for the rest of a large body alternates: `take_body` while `buffered`, else
+receive straight into the caller's buffer and report it with
+`body_received`. Once a reply is consumed, anything still `buffered` is
+bytes beyond it.
+
 Views from `recv_buffer` and `take_body` point into the receive buffer and
 are valid until the next `feed`, `recv_buffer` or `received` call. The
 buffer grows only when one header plus a `read_body` needs more room; bytes
 are never moved while a view is in use by the I/O layer, because it only
-asks for a new `recv_buffer` after using the previous view.
+asks for a new `recv_buffer` after using the previous view. A drained
+buffer offers all its room again.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ from typing import Final
 
 from .constants import HEADER_SIZE
 from .errors import LocalProtocolError, ProtocolError
-from .wire import Header, decode_header
+from .wire import Header, decode_header_at
 
 #: Default size of the receive buffer (upstream's default ``buff_size``).
 RECV_BUFFER_SIZE = 256 * 1024
@@ -109,7 +117,10 @@ class FrameDecoder:
 
     def recv_buffer(self, min_size: int = 1) -> memoryview:
         """Free space at the end of the buffer to receive into (at least ``min_size``)."""
-        self._make_room(min_size)
+        if self._start == self._end:
+            self._start = self._end = 0  # the common case of a drained buffer, inline
+        if len(self._buf) - self._end < min_size:
+            self._make_room(min_size)
         return self._view[self._end :]
 
     def received(self, n: int) -> None:
@@ -119,6 +130,10 @@ class FrameDecoder:
         self._end += n
 
     def _make_room(self, n: int) -> None:
+        if self._start == self._end:
+            # Drained: the whole buffer is free again, so a connection that
+            # runs one small exchange after another receives each in one call.
+            self._start = self._end = 0
         if len(self._buf) - self._end >= n:
             return
         kept = self._end - self._start
@@ -154,7 +169,7 @@ class FrameDecoder:
         if self._end - self._start < HEADER_SIZE:
             self._header = None
             return NEED_DATA
-        header = decode_header(self._view[self._start : self._start + HEADER_SIZE])
+        header = decode_header_at(self._buf, self._start)
         self._start += HEADER_SIZE
         self._header = header
         self._remaining = header.length

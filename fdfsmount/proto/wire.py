@@ -53,6 +53,12 @@ def decode_header(data: bytes | bytearray | memoryview) -> Header:
     return Header(length, cmd, status)
 
 
+def decode_header_at(buffer: bytes | bytearray | memoryview, offset: int) -> Header:
+    """The header at ``offset`` of ``buffer``, which must hold its 10 bytes there."""
+    length, cmd, status = _HEADER.unpack_from(buffer, offset)
+    return Header(length, cmd, status)
+
+
 def pack_int(value: int) -> bytes:
     """An 8-byte big-endian signed integer field."""
     try:
