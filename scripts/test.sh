@@ -28,10 +28,14 @@ tmp_before="$(mktemp)"
 trap 'rm -f "$tmp_before"' EXIT
 tmp_snapshot >"$tmp_before"
 
-echo "== pytest $*"
+# Test files are spread over workers (a file's tests stay together, so module
+# fixtures such as a mount are set up once); most tests wait on servers and
+# processes rather than compute. `-n 0` among the arguments runs them in order.
+workers=(-n "${PYTEST_WORKERS:-4}" --dist loadfile)
+echo "== pytest ${workers[*]} $*"
 started=$SECONDS
 status=0
-"$BIN/python" -m pytest "$@" || status=$?
+"$BIN/python" -m pytest "${workers[@]}" "$@" || status=$?
 elapsed=$((SECONDS - started))
 
 left="$(tmp_snapshot | comm -13 "$tmp_before" -)"

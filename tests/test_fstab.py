@@ -4,7 +4,6 @@ for real, plus the calling convention and the install-helper step it needs."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hostlock import usr_local_bin_locked
 from mounthelp import upload_bytes
 from waiting import wait_until
 
@@ -109,13 +109,11 @@ def helper_where_mount_finds_it() -> Iterator[None]:
     """``fdfsmount`` in /usr/local/bin for the test (mount(8) runs helpers without our PATH).
 
     Installed with ``install-helper`` and removed afterwards unless it was there
-    before; a lock on the directory itself keeps concurrent runs of this test from
-    removing it under each other, and leaves no lock file behind.
+    before; `usr_local_bin_locked` keeps concurrent tests from removing it under
+    each other or seeing it appear.
     """
     target = Path(DEFAULT_PREFIX) / "fdfsmount"
-    lock = os.open(DEFAULT_PREFIX, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with usr_local_bin_locked():
         present = target.exists() or target.is_symlink()
         if present and not is_ours(target, installed_script()):
             pytest.skip(f"{target} exists and belongs to another installation")
@@ -127,8 +125,6 @@ def helper_where_mount_finds_it() -> Iterator[None]:
         finally:
             if not present:
                 fdfsmount("install-helper", "--remove")
-    finally:
-        os.close(lock)
 
 
 @pytest.mark.mount

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hostlock import usr_local_bin_locked
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install.sh"
@@ -50,6 +51,12 @@ def run_install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_install_into_a_temporary_prefix_and_uninstall_leaves_nothing(tmp_path: Path) -> None:
+    # Other tests link fdfsmount into the real /usr/local/bin for a while: not meanwhile.
+    with usr_local_bin_locked():
+        install_and_uninstall(tmp_path)
+
+
+def install_and_uninstall(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     (root / "usr").mkdir()  # one destination's parent exists already, the rest do not
