@@ -47,8 +47,17 @@ def _with_deadline(
     return bounded
 
 
+#: Fixtures that start OS processes (a cluster, a mount): their tests are the
+#: `processes` tier, which the quick inner loop (`-m "not processes"`) leaves out.
+_PROCESS_FIXTURES = {"fdfs_cluster", "fdfs_cluster_factory", "fdfs_client", "fdfs_mount"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Bound every async test body by a trio deadline, so a hang fails instead of stalling."""
+    """Mark the `processes` tier; bound every async test body by a trio deadline."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _PROCESS_FIXTURES or item.get_closest_marker("mount"):
+            item.add_marker(pytest.mark.processes)
     for item in items:
         test = getattr(item, "obj", None)
         # Hypothesis tests are wrapped by pytest-trio one level down; leave them be.

@@ -257,6 +257,7 @@ def test_ctrl_c_while_loading_is_one_line(
     assert capsys.readouterr().err == "fdfs: interrupted\n"
 
 
+@pytest.mark.processes
 def test_ctrl_c_during_a_request_is_one_line(tmp_path: Path) -> None:
     """SIGINT while the (silent) tracker is being waited for: exit 130, one line, no traceback."""
     with socket.socket() as silent:

@@ -45,6 +45,8 @@ from harness.cluster import (
 )
 from harness.process import ChildExited, port_is_listening, processes_mentioning
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 ROOT = Path(__file__).resolve().parent.parent
 ACTIVE = StorageStatus.ACTIVE
 

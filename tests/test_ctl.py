@@ -26,6 +26,7 @@ from fdfsmount.status import locate
 from harness.cluster import Cluster
 
 pytestmark = [
+    pytest.mark.processes,
     pytest.mark.mount,
     pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
 ]

@@ -16,6 +16,8 @@ from fdfsmount.namespace import GROUPS_TTL, GroupDirectory
 from fdfsmount.proto import GroupStat
 from harness.pytest_plugin import ClusterFactory
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 
 async def test_a_known_group_list_is_served_while_its_refresh_waits(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock

@@ -20,6 +20,8 @@ import importlib.metadata, urllib.request
 import trio
 from fdfsmount.metrics import MetricsServer, MountCollector
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 async def main() -> None:
     token = trio.lowlevel.current_trio_token()
     snapshot = lambda: {"state": "starting", "mountpoint": "/mnt/x", "source": "s"}

@@ -18,6 +18,8 @@ from fdfsmount.proto.sync import Client
 from fdfsmount.urls import check_token
 from harness.cluster import Cluster
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

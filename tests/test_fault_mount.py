@@ -27,6 +27,7 @@ from harness.cluster import Cluster
 from harness.pytest_plugin import ClusterFactory
 
 pytestmark = [
+    pytest.mark.processes,
     pytest.mark.mount,
     pytest.mark.fault,
     pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),

@@ -23,6 +23,8 @@ from fdfsmount.mountproc import fuse_available, is_mounted
 from fdfsmount.status import find_mount, locate
 from harness.cluster import Cluster
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 #: What fstab, systemd and mount(8) may hand a helper that means nothing to fdfsmount.
 GENERIC = [
     "_netdev", "nofail", "x-systemd.automount", "x-systemd.idle-timeout=10min",

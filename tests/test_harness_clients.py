@@ -32,7 +32,7 @@ from fdfsmount.proto.message import Request
 from fdfsmount.proto.metadata import decode_metadata
 from fdfsmount.proto.wire import Header, decode_header
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 GROUP = "group1"
 

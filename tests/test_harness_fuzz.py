@@ -22,7 +22,7 @@ from fdfsmount.proto import storage as S
 from fdfsmount.proto.tracker import active_test_request
 from fdfsmount.proto.wire import decode_header, encode_header, pack_int
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 GROUP = "group1"
 STORAGE_CMDS = [11, 12, 13, 14, 15, 16, 17, 21, 22, 23, 24, 26, 34, 36, 38, 82, 111, 0, 199, 255]

@@ -25,7 +25,7 @@ from fdfsmount.proto.constants import BINLOG_STREAM_LENGTH
 from fdfsmount.proto.fileid import FileId, decode_file_id
 from fdfsmount.proto.wire import decode_header
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 _NAME_RE = re.compile(rb"M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_-]{27}[A-Za-z0-9_.-]*")
 _BINLOG_LINE = re.compile(rb"\d+ [Cc] M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/\S+\n")

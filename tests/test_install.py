@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from hostlock import usr_local_bin_locked
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install.sh"
 REAL_PLACES = [

@@ -35,6 +35,7 @@ PROGRAMS = ("rsync", "tar", "sha256sum", "file", "identify", "find", "cp", "mv")
 MISSING = [p for p in PROGRAMS if shutil.which(p) is None] + ([] if NGINX else ["nginx"])
 
 pytestmark = [
+    pytest.mark.processes,
     pytest.mark.mount,
     pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
     pytest.mark.skipif(

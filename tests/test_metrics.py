@@ -22,6 +22,8 @@ from fdfsmount.mountproc import fuse_available, mounted
 from fdfsmount.status import escape_path
 from harness.cluster import Cluster
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 MIB = 1024 * 1024
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -22,6 +22,7 @@ from fdfsmount.mountproc import (
 from harness.cluster import Cluster
 
 pytestmark = [
+    pytest.mark.processes,
     pytest.mark.mount,
     pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
 ]

@@ -162,6 +162,7 @@ def test_command_line_in_mount8_order() -> None:
     assert opts.debug and not opts.foreground
 
 
+@pytest.mark.processes
 def test_usage_errors_exit_1_as_help_says(tmp_path: os.PathLike[str]) -> None:
     """`fdfsmount --help` documents exit status 1 for every error; a usage error is one too."""
     import subprocess

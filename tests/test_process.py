@@ -24,6 +24,8 @@ from harness.process import (
     processes_mentioning,
 )
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 
 def python_child(code: str, tmp_path: Path, **kwargs: object) -> ChildProcess:
     # A unique marker in argv lets the test find the child (and its children) in /proc.

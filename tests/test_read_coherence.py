@@ -19,6 +19,7 @@ from fdfsmount.proto.client import Client
 from harness.cluster import Cluster
 
 pytestmark = [
+    pytest.mark.processes,
     pytest.mark.mount,
     pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse and fusermount3"),
 ]

@@ -20,6 +20,8 @@ from fdfsmount.status import ask
 from harness.pytest_plugin import ClusterFactory
 from harness.synthetic import source_bytes, synthetic_name
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 MIB = 1024 * 1024
 
 

@@ -27,6 +27,8 @@ from fdfsmount.sdnotify import notify
 from fdfsmount.status import ask, escape_path
 from harness.cluster import Cluster
 
+pytestmark = pytest.mark.processes  # starts servers, mounts or programs
+
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 SERVICE = UNITS / "fdfsmount@.service"
 

@@ -25,6 +25,7 @@ from harness.process import ChildProcess, pick_free_port, port_is_listening
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 pytestmark = [
+    pytest.mark.processes,
     pytest.mark.mount,
     pytest.mark.skipif(NGINX is None, reason="nginx is not installed"),
 ]
