@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 import trio
 from mounthelp import upload_bytes
-from opshelp import Env, make_env, read_all, walk
+from opshelp import ClusterView, Env, inprocess_cluster, make_env, read_all, walk
 from waiting import eventually
 
 from fdfsmount.clientapi import ReadClient
@@ -30,6 +30,12 @@ from harness.cluster import Cluster
 KIB = 1024
 
 
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> ClusterView:
+    """The builtin servers as tasks of this test."""
+    return await inprocess_cluster(nursery, tmp_path / "servers")
+
+
 def downloads(env: Env) -> int:
     return env.client.stats.requests.get("download_file", 0)
 
@@ -42,7 +48,7 @@ async def filled(env: Env, count: int, seconds: float = 10) -> None:
 
 
 async def test_a_file_read_before_a_remount_comes_from_disk_after_it(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     data = random.Random(1).randbytes(64 * KIB)
     options = {"disk_cache": str(tmp_path / "dc"), "disk_cache_min_free": 0}
@@ -66,7 +72,7 @@ async def test_a_file_read_before_a_remount_comes_from_disk_after_it(
 
 @pytest.mark.expect_log_warnings
 async def test_a_damaged_cache_file_is_discarded_and_downloaded_again(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     data = random.Random(2).randbytes(64 * KIB)
     options = {"disk_cache": str(tmp_path / "dc"), "disk_cache_min_free": 0}
@@ -89,7 +95,7 @@ async def test_a_damaged_cache_file_is_discarded_and_downloaded_again(
 
 
 async def test_big_files_are_assembled_from_the_reads_and_slaves_are_checked_by_the_server(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     big = random.Random(3).randbytes(3 * MIB + 123)
     options = {"disk_cache": str(tmp_path / "dc"), "disk_cache_min_free": 0, "readahead": 0}
@@ -110,7 +116,7 @@ async def test_big_files_are_assembled_from_the_reads_and_slaves_are_checked_by_
 
 
 async def test_appender_files_are_not_cached_on_disk(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     options = {"disk_cache": str(tmp_path / "dc"), "disk_cache_min_free": 0}
     async for env in make_env(cluster, nursery, **options):

@@ -4,14 +4,20 @@ of one fails with ENOENT, also for a file ID inside it."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 import trio
-from opshelp import CTX, ROOT, expect_errno, listdir, make_env, walk
+from opshelp import CTX, ROOT, ClusterView, expect_errno, inprocess_cluster, listdir, make_env, walk
 
 from fdfsmount.mount_cli import parse_command_line
 from fdfsmount.options import OptionError
-from harness.cluster import Cluster
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> ClusterView:
+    """The builtin servers as tasks of this test."""
+    return await inprocess_cluster(nursery, tmp_path / "servers")
 
 
 def test_groups_option_keeps_its_commas_and_other_options_follow() -> None:
@@ -29,7 +35,7 @@ def test_groups_option_keeps_its_commas_and_other_options_follow() -> None:
 
 
 async def test_only_the_named_groups_are_mounted(
-    cluster: Cluster, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, groups=("group2",)):
         with trio.fail_after(30):

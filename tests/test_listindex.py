@@ -9,16 +9,21 @@ from pathlib import Path
 
 import pytest
 import trio
-from opshelp import Env, listdir, make_env, walk
+from opshelp import ClusterView, Env, inprocess_cluster, listdir, make_env, walk
 from waiting import eventually
 
 from fdfsmount.listindex import GroupIndexDB, pack_dir
 from fdfsmount.listing import Listing, ListingStats
 from fdfsmount.proto import FileId, ServerAddr
 from fdfsmount.proto.binlog import BinlogRecord
-from harness.cluster import Cluster
 
 # ---------------------------------------------------------------- the index file
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, tmp_path: Path) -> ClusterView:
+    """The builtin servers as tasks of this test."""
+    return await inprocess_cluster(nursery, tmp_path / "servers")
 
 
 def test_tables_swap_whole_and_union_over_storages(tmp_path: Path) -> None:
@@ -96,7 +101,7 @@ def binlog_streams(env: Env) -> int:
 
 
 async def test_an_unchanged_group_is_refreshed_without_any_binlog_stream(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=0.1, cache_dir=str(tmp_path)):
         fid = await env.client.upload(b"counted once", ext="txt", group="group1")
@@ -120,7 +125,7 @@ async def test_an_unchanged_group_is_refreshed_without_any_binlog_stream(
 
 
 async def test_a_new_file_is_found_by_rereading_its_storage(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=0.1, cache_dir=str(tmp_path)):
         await env.parts.listing.names("group2", 0, 0, 0)
@@ -136,7 +141,7 @@ async def test_a_new_file_is_found_by_rereading_its_storage(
 
 
 async def test_deleted_files_leave_the_index(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=0.1, cache_dir=str(tmp_path)):
         keep = await env.client.upload(b"stays", ext="txt", group="group1")
@@ -150,7 +155,7 @@ async def test_deleted_files_leave_the_index(
 
 
 async def test_a_remount_serves_the_last_index_at_once(
-    cluster: Cluster, nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: ClusterView, nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async for env in make_env(cluster, nursery, list_ttl=60, cache_dir=str(tmp_path)):
         fid = await env.client.upload(b"before the remount", ext="txt", group="group1")
