@@ -45,7 +45,7 @@ from fdfsmount.proto.constants import Cmd
 from fdfsmount.proto.errors import ProtocolError
 from fdfsmount.proto.wire import FieldReader, encode_header, pack_int
 
-from .binlog import BinlogEntry, SyncMark
+from .binlog import BinlogEntry, SyncMark, split_epoch
 from .peerproto import (
     MAX_JSON_BODY,
     SYNC_BATCH,
@@ -166,6 +166,15 @@ class Replicator:
     def synced(self) -> dict[str, int]:
         return {peer_id: p.mark.synced_until for peer_id, p in self.pullers.items()}
 
+    def holds(self, peer_id: str, generation: str, end: int) -> bool:
+        """Whether we applied ``peer_id``'s binlog (of ``generation``) up to ``end``."""
+        puller = self.pullers.get(peer_id)
+        return (
+            puller is not None
+            and puller.mark.generation == generation
+            and (puller.mark.offset >= end)
+        )
+
     def synced_offsets(self) -> dict[str, list[str | int]]:
         """Per peer: the generation of its binlog and the offset applied up to."""
         return {peer_id: [p.mark.generation, p.mark.offset] for peer_id, p in self.pullers.items()}
@@ -271,10 +280,26 @@ class PeerPuller:
         local: LocalFile,
     ) -> bool:
         op = entry.op
+        extra, epoch = split_epoch(entry.extra)
+        mine = self.server.binlog.file_epoch(entry.name)
+        if op in "AMT" and epoch != mine:
+            if epoch < mine:
+                # Made by an owner the file has had since (it was frozen or
+                # down meanwhile, and this change was never acknowledged).
+                log.info(
+                    "skipping %s of %s from %s: epoch %d is older than this copy's %d",
+                    op, entry.name, self.peer_id, epoch, mine,
+                )  # fmt: skip
+                return False
+            # A newer owner: our copy may lack or hold changes its copy does
+            # not, so take the whole file rather than the changed range.
+            return await self._fetch(sock, reader, local)
         if op in "CU":
+            if mine and local.path.is_file():
+                return False  # replayed: the file has changed here since
             return await self._fetch(sock, reader, local, mtime=entry.timestamp)
         if op in "AM":
-            start, _, length = entry.extra.partition(" ")
+            start, _, length = extra.partition(" ")
             try:
                 offset, count = int(start), int(length)
             except ValueError:
@@ -285,7 +310,7 @@ class PeerPuller:
             return await self._fetch(sock, reader, local)
         if op == "T":
             if local.path.is_file():
-                os.truncate(local.path, int(entry.extra or 0))
+                os.truncate(local.path, int(extra or 0))
                 return True
             return await self._fetch(sock, reader, local)
         if op == "D":
