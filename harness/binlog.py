@@ -145,9 +145,8 @@ class Binlog:
                 self.file_epochs[name] = epoch
         elif op in "Dd":
             self.file_epochs.pop(name, None)
-        elif op in "Rr":
-            if extra in self.file_epochs:
-                self.file_epochs[name] = self.file_epochs.pop(extra)
+        elif op in "Rr" and extra in self.file_epochs:
+            self.file_epochs[name] = self.file_epochs.pop(extra)
 
     def file_epoch(self, name: str) -> int:
         return self.file_epochs.get(name, 0)

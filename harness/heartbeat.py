@@ -95,6 +95,9 @@ class TrackerReporter:
                 return "this storage is not ACTIVE yet"
             if source == own:
                 continue
+            if len(views) < len(self.views):
+                # The silent tracker may be the one that knows the source's last change.
+                return "not every tracker confirmed the source OFFLINE recently"
             if view.statuses.get(source) != StorageStatus.OFFLINE:
                 return f"the file's source {source} is not OFFLINE"
             # A change built on a copy that lacks one the source acknowledged
@@ -131,6 +134,17 @@ class TrackerReporter:
             while not self._fresh_views():
                 await self._acked.wait()
         return self.may_write(source)
+
+    def confirmed(self, binlog_end: int) -> bool:
+        """Whether a tracker whose view is still fresh knows our binlog reaches ``binlog_end``.
+
+        With one such tracker, no replica is let take our files' writes before
+        it holds that much of our log (see `may_write`).
+        """
+        own = self.server.config.server_id
+        if all(peer_id == own for peer_id in self.server.peers):
+            return True  # alone in the group: no replica could take over
+        return any(v.acked_binlog >= binlog_end for v in self._fresh_views())
 
     def foreign_writes(self) -> list[str]:
         """Peers whose files we take writes for now (or still have such a write under way)."""

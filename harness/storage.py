@@ -543,11 +543,17 @@ class StorageServer:
         may have taken writes on a copy without this change. The change then
         stays logged but loses to theirs, so it must not be acknowledged.
         """
-        await self.reporter.announce(self.binlog.source_end)
+        end = self.binlog.source_end
+        await self.reporter.announce(end)
         if epoch is None:
             return
         source = self.source_of(name) or self.config.server_id
         now = self.reporter.write_epoch(source)
+        if not self.reporter.confirmed(end):
+            log.info("change of %s not acknowledged: no tracker confirmed it in time", name)
+            raise RequestError(
+                errno.EIO, f"change of {name} not confirmed by any tracker", close=False
+            )
         if now != epoch:
             log.info(
                 "change of %s not acknowledged: its owner changed while it was reported "
