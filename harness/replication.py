@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 MAX_PULL_WAIT = 5.0
 CONNECT_TIMEOUT = 3.0
 RETRY_DELAY = 0.3
+#: How long a peer may take to start answering a fetch.
+FETCH_TIMEOUT = 3.0
 
 
 # ---------------------------------------------------------------- serving side
@@ -341,7 +343,10 @@ class PeerPuller:
         """Copy the peer's current bytes; False if the peer no longer has the file."""
         request = encode_sync_fetch(local.remote_name, offset, length)
         await send_all(sock, encode_header(len(request), PeerCmd.SYNC_FETCH, 0) + request)
-        header = await reader.read_header()
+        # The file's lock is held meanwhile: a frozen peer must not keep it
+        # from the writes this storage may take once that peer is OFFLINE.
+        with trio.fail_after(FETCH_TIMEOUT):
+            header = await reader.read_header()
         if header is None:
             raise PeerClosed("peer closed the sync link")
         if header.status == errno.ENOENT:
