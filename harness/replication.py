@@ -8,7 +8,11 @@ peer's own changes (upper-case binlog lines) after a byte offset
 applies each one, and persists ``(generation, offset, synced_until)`` under
 ``<base>/sync/marks/<peer id>.mark``, so both sides can restart and resume.
 
-Applying a change copies the peer's *current* bytes (SYNC_FETCH), which is
+Changes carry the ownership epoch they were made in (see `harness.binlog`):
+a line of an older epoch than our copy's last change is skipped (its owner
+was frozen or down meanwhile and it was never acknowledged), one of a newer
+epoch is applied by copying the peer's whole file. Within one epoch,
+applying a change copies the peer's *current* bytes (SYNC_FETCH), which is
 right because one storage at a time changes a file and a storage catches up
 before it takes changes again (see `harness.heartbeat`): a whole
 file for C/U, the changed range for A/M, nothing for T/D/R. Since every later
