@@ -40,13 +40,12 @@ APPEND = 8 * MIB
 
 async def direct_appends(trackers: list[str], src: Path) -> tuple[float, FileId]:
     """An empty appender, then the file in 8 MiB appends (read as it goes, like dd)."""
-    async with Client(trackers) as client:
-        with open(src, "rb", buffering=0) as f:
-            started = time.perf_counter()
-            fid = await client.upload(b"", ext="bin", group="group1", appender=True)
-            while chunk := f.read(APPEND):
-                await client.append(fid, chunk)
-            return time.perf_counter() - started, fid
+    async with Client(trackers) as client, await trio.open_file(src, "rb", buffering=0) as f:
+        started = time.perf_counter()
+        fid = await client.upload(b"", ext="bin", group="group1", appender=True)
+        while chunk := await f.read(APPEND):
+            await client.append(fid, chunk)
+        return time.perf_counter() - started, fid
 
 
 def dd_into(src: Path, dest: Path) -> float:

@@ -121,6 +121,12 @@ class InfoCache:
     def invalidate(self, file_id: FileId) -> None:
         self._entries.pop(str(file_id), None)
 
+    def clear(self) -> int:
+        """Forget everything; how many entries were dropped."""
+        dropped = len(self._entries)
+        self._entries.clear()
+        return dropped
+
 
 class FileStats:
     """`FileStat` of a file node, from its ID or from a cached QUERY_FILE_INFO.
@@ -237,6 +243,12 @@ class FileStats:
         self._missing.pop(str(file_id), None)
         self.info.invalidate(file_id)
         self.confirmed.invalidate(file_id)
+
+    def clear(self) -> int:
+        """Forget everything (``fdfsmount ctl drop-caches``); how many entries were dropped."""
+        dropped = self.info.clear() + self.confirmed.clear() + len(self._missing)
+        self._missing.clear()
+        return dropped
 
 
 class AttrFactory:

@@ -9,11 +9,12 @@ from typing import Protocol
 from .proto import FileId, GroupStat, ServerAddr, StorageStat
 from .proto.binlog import BinlogRecord
 from .proto.payload import Data
+from .proto.replicas import StorageLister
 from .proto.storage import FileInfo
 
 
-class ReadClient(Protocol):
-    """What `fdfsmount.proto.client.Client` offers for reading (and fakes mimic)."""
+class RangeClient(StorageLister, Protocol):
+    """Ranged downloads and replica lookups: all that `readpath.ReadPath` asks of a client."""
 
     async def read_range(
         self,
@@ -23,6 +24,10 @@ class ReadClient(Protocol):
         *,
         servers: Sequence[ServerAddr] | None = None,
     ) -> bytes | bytearray: ...
+
+
+class ReadClient(RangeClient, Protocol):
+    """What `fdfsmount.proto.client.Client` offers for reading (and fakes mimic)."""
 
     async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]: ...
 

@@ -38,6 +38,7 @@ from .proto.errors import (
     ServerError,
     Timeout,
 )
+from .proto.stats import LatencyHistogram
 from .readpath import OpenFile, ReadPath
 from .writeback import WriteBackFailed, WriteHandle
 from .writepath import WritePath
@@ -124,6 +125,13 @@ class OpStats:
     errors: dict[str, dict[str, int]] = field(default_factory=dict)
     bytes_read: int = 0
     bytes_written: int = 0
+    latency: dict[str, LatencyHistogram] = field(default_factory=dict)  # by operation
+
+    def observe_latency(self, op: str, seconds: float) -> None:
+        hist = self.latency.get(op)
+        if hist is None:
+            hist = self.latency[op] = LatencyHistogram()
+        hist.observe(seconds)
 
     def count_result(self, op: str, result: object) -> None:
         if op == "read" and isinstance(result, bytes | bytearray | memoryview):
@@ -149,6 +157,7 @@ def fuse_op(
             log.debug("%s %s", op, _describe(args))
         stats = self.op_stats
         stats.requests[op] = stats.requests.get(op, 0) + 1
+        started = trio.current_time()
         try:
             with trio.fail_after(self.timeout):
                 result = await fn(self, *args, **kwargs)
@@ -156,6 +165,8 @@ def fuse_op(
             error = self.fuse_error(op, args, exc)
             stats.count_error(op, error.errno)
             raise error from None
+        finally:
+            stats.observe_latency(op, trio.current_time() - started)
         stats.count_result(op, result)
         return result
 

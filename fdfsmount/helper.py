@@ -83,7 +83,9 @@ def remove(prefix: Path) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .mount_cli import UsageParser
+
+    p = UsageParser(
         prog=PROG,
         description=(
             "Link this installation's fdfsmount into a directory on the fixed PATH mount(8)\n"

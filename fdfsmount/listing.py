@@ -29,7 +29,7 @@ import math
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,11 @@ class Listing:
         self._known_by_dir: dict[tuple[str, DirKey], set[str]] = {}
         self._removed: dict[str, float] = {}  # deleted here -> when (wall clock)
         self._closed = False
+
+    @property
+    def remembered_deletions(self) -> int:
+        """How many deletions made here are kept to hide names until the next pass."""
+        return len(self._removed)
 
     def close(self) -> None:
         """Close every index file (at unmount); refreshes still running are cancelled and
@@ -231,6 +236,27 @@ class Listing:
         if state.error is not None:
             raise state.error
         return db
+
+    async def refresh(self, groups: Iterable[str]) -> dict[str, int | str]:
+        """List `groups` again now (not waiting for `ttl`) and wait for the passes:
+        files found per group, or the error that stopped its pass."""
+        if not self.enabled:
+            return {}
+        waits: dict[str, tuple[_GroupState, trio.Event]] = {}
+        for group in groups:
+            state = self._state(group)
+            if state.refreshing is None:
+                self._start_refresh(group, state)
+            assert state.refreshing is not None
+            waits[group] = (state, state.refreshing)
+        out: dict[str, int | str] = {}
+        for group, (state, done) in waits.items():
+            await done.wait()
+            if state.error is not None:  # cleared by a pass that completes
+                out[group] = str(state.error) or type(state.error).__name__
+            else:
+                out[group] = state.db.files
+        return out
 
     def _start_refresh(self, group: str, state: _GroupState) -> None:
         state.refreshing = trio.Event()

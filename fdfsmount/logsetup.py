@@ -12,6 +12,7 @@ says how many and shows the last one. DEBUG records are never limited:
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from .options import MountOptions
 
@@ -206,3 +208,21 @@ def setup_logging(opts: MountOptions, *, daemon: bool) -> LogControl:
         # pyfuse3 logs every unmount-time detail at INFO; keep ours readable.
         logging.getLogger("pyfuse3").setLevel(logging.WARNING)
     return LogControl(rate_filter)
+
+
+def reopen_log_files() -> int:
+    """Reopen every log file the process writes to (after logrotate moved it); how many.
+
+    SIGHUP does this, as daemons conventionally do, so a `copytruncate`-free
+    logrotate needs no restart.
+    """
+    reopened = 0
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        stream = open(handler.baseFilename, handler.mode, encoding=handler.encoding)  # noqa: SIM115
+        old = handler.setStream(cast(io.TextIOWrapper, stream))
+        if old is not None:
+            old.close()
+        reopened += 1
+    return reopened

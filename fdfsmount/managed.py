@@ -6,7 +6,10 @@ What systemd, fstab and monitoring need beyond serving files:
   `sdnotify.when_mount_answers`): then ``READY=1`` goes to ``$NOTIFY_SOCKET``
   and the daemonizing parent is told to exit 0;
 - the status socket and state file `fdfsmount status` reads (`status`);
-- Prometheus metrics on the ``-o metrics=`` address (`metrics`).
+- Prometheus metrics on the ``-o metrics=`` address (`metrics`);
+- systemd's watchdog: ``WATCHDOG=1`` from the event loop itself, from the
+  moment the mount answers until it is unmounted, so a wedged loop (one that
+  serves no request) stops the pings and systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ import trio
 from .metrics import MetricsServer, MountCollector, Snapshot, take_snapshot
 from .mount import MountError, MountParts, serve
 from .options import MountOptions
-from .sdnotify import notify, when_mount_answers
+from .proto.errors import FdfsError
+from .sdnotify import notify, watchdog_interval, when_mount_answers
 from .status import (
+    Action,
+    ControlError,
     StatePaths,
     remove_state,
     runtime_dir,
@@ -59,10 +65,33 @@ class ManagedMount:
         }
         self.not_answering: str | None = None
         self.interrupted = ""  # the signal that ended the start, if one did
+        self.serving = trio.Event()  # set once the mount answers requests
         self._token = trio.lowlevel.current_trio_token()
 
     def snapshot(self) -> Snapshot:
         return take_snapshot(self.parts, self.info)
+
+    def actions(self) -> dict[str, Action]:
+        """The control actions of `fdfsmount ctl`, served on the status socket."""
+
+        def mounted() -> MountParts:
+            if self.parts is None:
+                raise ControlError("the mount is still starting")
+            return self.parts
+
+        async def refresh(request: dict[str, Any]) -> str:
+            group = request.get("group")
+            if group is not None and not isinstance(group, str):
+                raise ControlError("refresh: GROUP must be a string")
+            try:
+                return await mounted().refresh(group)
+            except (MountError, FdfsError) as exc:
+                raise ControlError(f"refresh: {exc}") from None
+
+        async def drop_caches(request: dict[str, Any]) -> str:
+            return mounted().drop_caches()
+
+        return {"refresh": refresh, "drop-caches": drop_caches}
 
     def on_ready(self, parts: MountParts) -> None:
         """The kernel has the mount (the FUSE loop starts right after this returns)."""
@@ -77,6 +106,8 @@ class ManagedMount:
     def _answered(self) -> None:  # in the readiness thread
         log.debug("the mount at %s answers", self.opts.mountpoint)
         notify(f"READY=1\nSTATUS=Mounted {self.info['source']} at {self.opts.mountpoint}")
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(self.serving.set, trio_token=self._token)
         if self.on_live is not None:
             self.on_live()
 
@@ -102,7 +133,9 @@ async def _signals_outside_the_mount(
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
-            if managed.parts is None:
+            if signum == signal.SIGHUP and managed.parts is None:
+                log.info("SIGHUP received before the mount was up: nothing to refresh yet")
+            elif managed.parts is None:
                 log.info("%s received before the mount was up: giving up", name)
                 managed.interrupted = name
                 startup.cancel()
@@ -110,12 +143,27 @@ async def _signals_outside_the_mount(
                 log.info("%s received: already unmounting", name)
 
 
+async def feed_watchdog(
+    interval: float, serving: trio.Event, *, environ: dict[str, str] | None = None
+) -> None:
+    """Send ``WATCHDOG=1`` every `interval`/2 seconds once `serving` is set; runs until cancelled.
+
+    It runs as a task of the mount's own event loop, never in a thread: when
+    the loop is wedged (a blocking call, a busy loop), no ping goes out.
+    """
+    await serving.wait()
+    log.debug("feeding the systemd watchdog every %.3gs", interval / 2)
+    while True:
+        notify("WATCHDOG=1", environ=environ)
+        await trio.sleep(interval / 2)
+
+
 async def _status_listener(path: Path) -> trio.SocketListener | None:
     """Bind the status socket; None (and a warning) if that is impossible here."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # left by a daemon that died: a live one would have the mountpoint busy
+        await trio.Path(path.parent).mkdir(parents=True, exist_ok=True, mode=0o755)
+        # left by a daemon that died: a live one would have the mountpoint busy
+        await trio.Path(path).unlink(missing_ok=True)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await sock.bind(os.fspath(path))
@@ -149,9 +197,12 @@ async def run(opts: MountOptions, on_live: Callable[[], None] | None = None) -> 
             startup = trio.CancelScope()
             # Signals are ours before the status socket shows the daemon to anyone.
             await nursery.start(_signals_outside_the_mount, managed, startup)
+            interval = watchdog_interval()
+            if interval is not None:
+                nursery.start_soon(feed_watchdog, interval, managed.serving)
             listener = await _status_listener(managed.paths.socket)
             if listener is not None:
-                nursery.start_soon(serve_status, listener, managed.snapshot)
+                nursery.start_soon(serve_status, listener, managed.snapshot, managed.actions())
             try:
                 with startup:
                     await serve(opts, on_ready=managed.on_ready)

@@ -20,13 +20,14 @@ from prometheus_client import CollectorRegistry, ProcessCollector, start_http_se
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
-    SummaryMetricFamily,
 )
 
 from . import __version__
 from .mount import MountError, MountParts
+from .proto.stats import LATENCY_BOUNDS
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def take_snapshot(parts: MountParts | None, info: dict[str, Any]) -> Snapshot:
     snap["fuse"] = {
         "requests": dict(ops.requests),
         "errors": {op: dict(by_errno) for op, by_errno in ops.errors.items()},
+        "latency": {op: hist.as_dict() for op, hist in ops.latency.items()},
     }
     stats = getattr(parts.client, "stats", None)
     if stats is not None:
@@ -63,10 +65,29 @@ def take_snapshot(parts: MountParts | None, info: dict[str, Any]) -> Snapshot:
                 server: [count, stats.latency_sum.get(server, 0.0)]
                 for server, count in stats.latency_count.items()
             },
+            "latency_histograms": _by_server_and_op(stats.latency),
             "connections_opened": stats.connections_opened,
             "connections_reused": stats.connections_reused,
         }
     return snap
+
+
+def _by_server_and_op(histograms: dict[tuple[str, str], Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for (server, op), hist in histograms.items():
+        out.setdefault(server, {})[op] = hist.as_dict()
+    return out
+
+
+def _histogram_buckets(hist: dict[str, Any]) -> list[tuple[str, float]]:
+    """Cumulative ``(le, count)`` pairs, +Inf last, from an `as_dict` histogram."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, n in zip(LATENCY_BOUNDS, hist["buckets"], strict=False):
+        running += n
+        out.append((repr(bound), running))
+    out.append(("+Inf", hist["count"]))
+    return out
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -113,7 +134,7 @@ def _disk_cache_and_listing(counters: dict[str, int]) -> Iterator[Metric]:
 
 
 def metric_families(snap: Snapshot) -> Iterator[Metric]:
-    """Prometheus metric families for a snapshot (names as in the README's table)."""
+    """Prometheus metric families for a snapshot (names as in docs/operations.md)."""
     info = InfoMetricFamily("fdfsmount", "The mount: version, source and mount point")
     info.add_metric(
         [],
@@ -146,6 +167,14 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         for name, n in sorted(by_errno.items()):
             errors.add_metric([op, name], n)
     yield errors
+    fuse_latency = HistogramMetricFamily(
+        "fdfsmount_fuse_request_seconds",
+        "Time to answer a FUSE request, by operation",
+        labels=["op"],
+    )
+    for op, hist in sorted(fuse.get("latency", {}).items()):
+        fuse_latency.add_metric([op], _histogram_buckets(hist), hist["sum"])
+    yield fuse_latency
     yield _counter(
         "fdfsmount_read_bytes", "Bytes returned to read requests", counters["fuse_bytes_read"]
     )
@@ -227,13 +256,14 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     for op, n in sorted(client["errors"].items()):
         proto_errors.add_metric([op], n)
     yield proto_errors
-    latency = SummaryMetricFamily(
+    latency = HistogramMetricFamily(
         "fdfsmount_server_request_seconds",
-        "Time from sending a request to having its whole reply, per server",
-        labels=["server"],
+        "Time from sending a request to having its whole reply, by server and command",
+        labels=["server", "op"],
     )
-    for server, (count, total) in sorted(client["latency"].items()):
-        latency.add_metric([server], count, total)
+    for server, by_op in sorted(client.get("latency_histograms", {}).items()):
+        for op, hist in sorted(by_op.items()):
+            latency.add_metric([server, op], _histogram_buckets(hist), hist["sum"])
     yield latency
     yield _counter(
         "fdfsmount_client_sent_bytes", "Bytes sent to servers", counters["client_bytes_sent"]

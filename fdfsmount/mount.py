@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from .clientapi import ReadClient, WriteClient
 from .diskcache import DiskCache
 from .fs import Operations
 from .listing import Listing
+from .logsetup import reopen_log_files
 from .namespace import GroupDirectory, InodeTable, Node
 from .options import MountOptions
 from .proto import FileId, GroupStat, decode_file_id
@@ -66,6 +67,38 @@ class MountParts:
     client: ReadClient
     kernel_readahead: KernelReadahead
     disk_cache: DiskCache | None = None
+
+    async def refresh(self, group: str | None = None) -> str:
+        """Ask the tracker for the groups and list `group` (default: every group) again now;
+        one line saying what was found. `MountError` for a group that is not mounted."""
+        groups = await self.groups.all(max_age=0)
+        if group is not None and group not in groups:
+            raise MountError(
+                f"no group {group} in this mount (it has {', '.join(sorted(groups)) or 'none'})"
+            )
+        names = [group] if group is not None else sorted(groups)
+        if not self.listing.enabled:
+            return f"groups refreshed ({len(groups)}); listing is off (nolist)"
+        found = await self.listing.refresh(names)
+        shown = ", ".join(
+            f"{name} {n} files" if isinstance(n, int) else f"{name} failed: {n}"
+            for name, n in found.items()
+        )
+        log.info("listing refreshed: %s", shown or "no groups")
+        return f"refreshed {shown or 'no groups'}"
+
+    def drop_caches(self) -> str:
+        """Forget cached blocks, file attributes and metadata (not unsent writes)."""
+        blocks, size = len(self.cache), self.cache.size
+        self.cache.clear()
+        infos = self.ops.stats.clear()
+        metadata = self.ops.xattrs.clear()
+        log.info("caches dropped: %d blocks (%d bytes), %d file infos, %d metadata",
+                 blocks, size, infos, metadata)  # fmt: skip
+        return (
+            f"dropped {blocks} cached blocks ({size} bytes), {infos} file attributes, "
+            f"{metadata} metadata entries"
+        )
 
     def counters(self) -> dict[str, int]:
         """Live counters of the mount (for status reports and metrics exporters)."""
@@ -105,9 +138,9 @@ def build_operations(
     groups: list[GroupStat] | None = None,
 ) -> MountParts:
     """Wire the caches and the `Operations` around `client`; background work goes to `nursery`."""
-    directory = GroupDirectory(client.list_groups, nursery=nursery)
+    directory = GroupDirectory(_listed_groups(client, opts.groups), nursery=nursery)
     if groups is not None:
-        directory.seed(groups)
+        directory.seed(g for g in groups if not opts.groups or g.group_name in opts.groups)
     table = InodeTable(directory)
     stats = FileStats(
         lambda fid: client.info(fid),
@@ -226,6 +259,19 @@ def listing_index_dir(opts: MountOptions, client: ReadClient) -> Path:
     return base / f"index-{cluster_key(trackers)}"
 
 
+def _listed_groups(
+    client: ReadClient, only: tuple[str, ...]
+) -> Callable[[], Awaitable[list[GroupStat]]]:
+    """The tracker's group list, cut down to `only` (``-o groups=``) when given."""
+    if not only:
+        return client.list_groups
+
+    async def list_some() -> list[GroupStat]:
+        return [g for g in await client.list_groups() if g.group_name in only]
+
+    return list_some
+
+
 def check_mountpoint(path: str) -> None:
     """Refuse a missing, non-directory, stale or already mounted mountpoint."""
     try:
@@ -319,6 +365,10 @@ async def check_cluster(client: ReadClient, opts: MountOptions) -> list[GroupSta
         raise MountError(f"cannot reach the FastDFS cluster at {where}: {exc}") from None
     if not groups:
         log.warning("the tracker at %s knows no groups yet; the mount starts empty", where)
+    missing = [name for name in opts.groups if name not in {g.group_name for g in groups}]
+    if missing and groups:
+        log.warning("groups=: the cluster at %s has no group %s (yet); it has %s",
+                    where, ", ".join(missing), ", ".join(g.group_name for g in groups))  # fmt: skip
     return groups
 
 
@@ -390,8 +440,27 @@ class KernelReadahead:
             await trio.sleep(0.1)
 
 
-async def _unmount_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """End the FUSE loop on SIGTERM/SIGINT/SIGHUP; `serve` then flushes and unmounts.
+async def _hang_up(parts: MountParts) -> None:
+    """SIGHUP: reopen the log file (logrotate) and list every group again."""
+    try:
+        reopened = reopen_log_files()
+    except OSError as exc:
+        log.error("SIGHUP: cannot reopen the log file: %s", exc)
+    else:
+        log.info("SIGHUP received: %d log files reopened, refreshing the listings", reopened)
+    try:
+        await parts.refresh()
+    except (FdfsError, MountError) as exc:
+        log.warning("SIGHUP: refreshing the listings failed: %s", exc)
+
+
+async def _unmount_on_signal(
+    parts: MountParts,
+    nursery: trio.Nursery,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """End the FUSE loop on SIGTERM/SIGINT; `serve` then flushes and unmounts.
+    SIGHUP reopens the log file and refreshes the listings (`_hang_up`).
 
     Keeps receiving afterwards, so a second signal cannot kill the process
     halfway through the unmount."""
@@ -402,6 +471,9 @@ async def _unmount_on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STAT
             name = signal.Signals(signum).name
             if terminated:
                 log.info("%s received: already unmounting", name)
+                continue
+            if signum == signal.SIGHUP:
+                nursery.start_soon(_hang_up, parts)
                 continue
             log.info("%s received: unmounting", name)
             terminated = True
@@ -447,7 +519,7 @@ async def _serve_with(
                 parts.writer.kernel.attached = True
                 nursery.start_soon(parts.kernel_readahead.watch)
                 # Only now: pyfuse3.terminate() needs the session init() made.
-                await nursery.start(_unmount_on_signal)
+                await nursery.start(_unmount_on_signal, parts, nursery)
                 log.info("mounted %s at %s (%d groups)", opts.source, opts.mountpoint, len(groups))
                 if on_ready is not None:
                     on_ready(parts)
@@ -478,5 +550,5 @@ async def _shutdown(opts: MountOptions, parts: MountParts, nursery: trio.Nursery
         nursery.cancel_scope.cancel()
         parts.writer.kernel.attached = False
         pyfuse3.close(unmount=True)
-        parts.writer.catalog.close()
+        await trio.to_thread.run_sync(parts.writer.catalog.close)
         log.info("unmounted %s", opts.mountpoint)

@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import trio
 
@@ -45,7 +46,7 @@ rm deletes, mv renames aliases, setfattr edits metadata.
 
 Without -f the command returns once the mount is live and the file system keeps
 running in the background; unmount with `fusermount3 -u MOUNTPOINT` (or `umount`),
-or send the process SIGTERM.
+or send the process SIGTERM. SIGHUP reopens the log file and refreshes the listings.
 """
 
 EPILOG = """\
@@ -56,6 +57,7 @@ SOURCE:
 mount options (-o name[=value],...; may be repeated):
   conf=FILE            FastDFS client.conf (tracker_server, connect_timeout, network_timeout)
   ro                   refuse every change with EROFS
+  groups=G1[,G2...]    mount only these groups (the others are not listed: ENOENT)
   allow_other          let other users see the mount (needs user_allow_other in /etc/fuse.conf)
   default_permissions  let the kernel check file modes
   uid=N, gid=N         owner of every file and directory (default: the mounting user)
@@ -98,13 +100,16 @@ examples:
 
 other commands:
   fdfsmount status MOUNTPOINT [--json]         live counters of a running mount
+  fdfsmount ctl MOUNTPOINT refresh [GROUP]     list the groups again now
+  fdfsmount ctl MOUNTPOINT drop-caches         forget cached blocks and attributes
   fdfsmount warmup MOUNTPOINT PATH...          read files (or whole directories) into the
                                                mount's disk cache ahead of time
   fdfsmount install-helper [--prefix DIR]      link fdfsmount into /usr/local/bin for
                                                fstab and .mount units (mount(8) runs
                                                helpers without the caller's PATH)
 
-exit status: 0 once mounted (or, with -f, after a clean unmount); 1 on any error.
+exit status: 0 once mounted (or, with -f, after a clean unmount); 1 on any error,
+a usage error included.
 """
 
 #: Exit codes of the daemon child, read by the waiting parent only as a fallback.
@@ -112,11 +117,19 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 
 
+class UsageParser(argparse.ArgumentParser):
+    """A usage mistake is one line and exit status 1, as `--help` documents (and mount(8)
+    expects of a helper: 1 is "incorrect invocation")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_FAIL, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = UsageParser(
         prog=PROG,
         usage="%(prog)s SOURCE MOUNTPOINT [-o opt[,opt...]] [-f]\n"
-        "       %(prog)s status MOUNTPOINT | install-helper [--prefix DIR]\n"
+        "       %(prog)s status MOUNTPOINT | ctl MOUNTPOINT ACTION | install-helper\n"
         "       %(prog)s warmup MOUNTPOINT PATH...",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -182,7 +195,7 @@ def run_mount(opts: MountOptions, on_live: Callable[[], None] | None) -> str | N
     return None
 
 
-SUBCOMMANDS = ("status", "install-helper", "warmup")
+SUBCOMMANDS = ("status", "ctl", "install-helper", "warmup")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .status import status_main
 
         return status_main(argv[1:])
+    if argv and argv[0] == "ctl":
+        from .status import ctl_main
+
+        return ctl_main(argv[1:])
     if argv and argv[0] == "warmup":
         from .warmup import warmup_main
 

@@ -82,6 +82,7 @@ _TRACKER_RE = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})"
 )
 _SIZE_RE = re.compile(r"(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[kKmMgG]?)(?:i?[bB])?")
+_GROUP_RE = re.compile(r"[A-Za-z0-9_.-]{1,16}")  # FDFS_GROUP_NAME_MAX_LEN is 16
 _DURATION_RE = re.compile(r"(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?")
 
 
@@ -122,6 +123,7 @@ class MountOptions:
     write_idle: float = 1.0  # buffered writes are sent after this long without a new one
     write_buffers: int = 16  # the whole mount buffers at most write_buffer x this many bytes
     metrics: tuple[str, int] | None = None  # (host, port) to serve Prometheus metrics on
+    groups: tuple[str, ...] = ()  # mount only these groups; empty: every group
     disk_cache: str | None = None  # local disk cache of immutable files; None: off
     disk_cache_size: int = 1 * GIB  # its largest size
     disk_cache_min_free: int = 1 * GIB  # free space it always leaves on its file system
@@ -198,8 +200,40 @@ def parse_listen(text: str, what: str) -> tuple[str, int]:
 
 
 def split_option_list(text: str) -> list[str]:
-    """Split ``a,b=c,d`` (as `-o` takes it); empty items are dropped."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+    """Split ``a,b=c,d`` (as `-o` takes it); empty items are dropped.
+
+    ``groups=g1,g2,g3`` stays one item: the names after ``groups=`` that are
+    not options themselves belong to it."""
+    items: list[str] = []
+    in_groups = False
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if in_groups and "=" not in item and not _is_option_word(item):
+            items[-1] += f",{item}"
+            continue
+        in_groups = item.startswith("groups=")
+        items.append(item)
+    return items
+
+
+def _is_option_word(item: str) -> bool:
+    return (
+        item in IGNORED_OPTIONS or item in FUSE_PASSTHROUGH or item in _BOOL_OPTIONS
+        or item.startswith(IGNORED_PREFIXES)
+    )  # fmt: skip
+
+
+def parse_groups(text: str) -> tuple[str, ...]:
+    """``group1,group2`` -> the group names, in order, without repeats."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        if not _GROUP_RE.fullmatch(name):
+            raise OptionError(f"groups: {name!r} is not a FastDFS group name")
+    if not names:
+        raise OptionError("option groups needs a value (groups=group1[,group2...])")
+    return tuple(dict.fromkeys(names))
 
 
 def apply_options(opts: MountOptions, items: Iterable[str]) -> MountOptions:
@@ -220,7 +254,8 @@ def apply_options(opts: MountOptions, items: Iterable[str]) -> MountOptions:
             continue
         if not has_value or not value:
             if name in (
-                *_SIZE_OPTIONS, *_DURATION_OPTIONS, *_INT_OPTIONS, *_PATH_OPTIONS, "metrics"
+                *_SIZE_OPTIONS, *_DURATION_OPTIONS, *_INT_OPTIONS, *_PATH_OPTIONS, "metrics",
+                "groups",
             ):  # fmt: skip
                 raise OptionError(f"option {name} needs a value ({name}=...)")
             raise OptionError(f"unknown mount option {item!r} (see fdfsmount --help)")
@@ -246,6 +281,8 @@ def apply_options(opts: MountOptions, items: Iterable[str]) -> MountOptions:
             changes[_PATH_OPTIONS[name]] = os.path.abspath(value) if absolute else value
         elif name == "metrics":
             changes["metrics"] = parse_listen(value, name)
+        elif name == "groups":
+            changes["groups"] = parse_groups(value)
         else:
             raise OptionError(f"unknown mount option {item!r} (see fdfsmount --help)")
     result = replace(opts, fuse_extra=frozenset(extra), **changes)  # type: ignore[arg-type]

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .blockcache import Block, BlockCache, FileKey
-from .clientapi import ReadClient
+from .clientapi import RangeClient
 from .diskcache import DiskCache
 from .proto import FileId, FileIdInfo
 from .proto.errors import ConnectError, FdfsError, ProtocolError, Timeout
@@ -145,7 +145,7 @@ class ReadPath:
 
     def __init__(
         self,
-        client: ReadClient,
+        client: RangeClient,
         cache: BlockCache,
         *,
         readahead: int,

@@ -4,7 +4,9 @@
 named by ``$NOTIFY_SOCKET`` (a leading ``@`` means the abstract namespace), as
 libsystemd's ``sd_notify`` does; without that variable it does nothing. Under
 ``Type=notify`` the daemon says ``READY=1`` once the mount answers and
-``STOPPING=1`` when it starts to unmount.
+``STOPPING=1`` when it starts to unmount. With ``WatchdogSec=`` systemd sets
+``$WATCHDOG_USEC``; `watchdog_interval` reads it and the mount's event loop
+sends ``WATCHDOG=1`` (see `managed.feed_watchdog`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,27 @@ def notify(state: str, *, environ: dict[str, str] | None = None) -> bool:
         return False
     log.debug("notified the service manager: %s", state.replace("\n", " "))
     return True
+
+
+def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
+    """Seconds within which systemd wants ``WATCHDOG=1`` (``$WATCHDOG_USEC``); None: no watchdog.
+
+    As ``sd_watchdog_enabled``: a ``$WATCHDOG_PID`` naming another process
+    (a forked child of the service's main process) means the watchdog is not ours.
+    """
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC", "")
+    if not usec:
+        return None
+    pid = env.get("WATCHDOG_PID", "")
+    if pid and pid != str(os.getpid()):
+        return None
+    try:
+        value = int(usec)
+    except ValueError:
+        log.warning("ignoring WATCHDOG_USEC=%r: not a number", usec)
+        return None
+    return value / 1e6 if value > 0 else None
 
 
 def mount_answers(mountpoint: str) -> bool:

@@ -6,11 +6,15 @@ for root, else ``$XDG_RUNTIME_DIR/fdfsmount`` or ``/tmp/fdfsmount-<uid>``;
 ``systemd-escape -p`` does (``/mnt/fdfs`` -> ``mnt-fdfs``):
 
 - ``<name>.json``: pid, mount point, source, status socket and metrics URL;
-- ``<name>.sock``: a unix socket that answers every connection with one JSON
-  snapshot (`metrics.take_snapshot`) and closes it.
+- ``<name>.sock``: a unix socket (mode 0600) that takes one request line per
+  connection -- ``{"action": "status"}`` (also an empty request) or a control
+  action such as ``{"action": "refresh", "group": "group1"}`` -- answers with
+  one JSON line and closes.
 
 So ``status`` works whether or not ``-o metrics=`` was given, and shows the
-same numbers Prometheus would scrape.
+same numbers Prometheus would scrape. Control actions (``fdfsmount ctl``) are
+taken only from root and from the user the daemon runs as: the socket's mode
+keeps others out, and the daemon checks each caller's ``SO_PEERCRED`` too.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import json
 import logging
 import os
 import socket
+import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +39,16 @@ from typing import Any
 import trio
 
 from .options import human_size
+from .proto.stats import LATENCY_BOUNDS, LatencyHistogram
 
 log = logging.getLogger(__name__)
 
 PROG = "fdfsmount status"
+CTL_PROG = "fdfsmount ctl"
 FSTYPE = "fuse.fdfsmount"
 QUERY_TIMEOUT = 10.0
+CONTROL_TIMEOUT = 600.0  # a refresh lists whole groups: it may take minutes
+REQUEST_LIMIT = 4096
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less the terminating NUL
 
 
@@ -158,21 +167,94 @@ def sweep_stale(base: Path) -> int:
     return removed
 
 
+#: A control action: takes the request's arguments, returns one line for the caller;
+#: raises `ControlError` with the reason it could not be done.
+Action = Callable[[dict[str, Any]], Awaitable[str]]
+
+
+class ControlError(Exception):
+    """A control action could not be done; the message is for the caller."""
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int:
+    """The uid of the process at the other end of a unix socket (``SO_PEERCRED``)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+async def _read_request(stream: trio.SocketStream) -> dict[str, Any]:
+    data = b""
+    while b"\n" not in data and len(data) < REQUEST_LIMIT:
+        chunk = await stream.receive_some(REQUEST_LIMIT)
+        if not chunk:
+            break
+        data += chunk
+    line = data.split(b"\n", 1)[0].strip()
+    if not line:
+        return {"action": "status"}
+    request = json.loads(line)
+    if not isinstance(request, dict) or not isinstance(request.get("action"), str):
+        raise ValueError("a request is a JSON object with an 'action'")
+    return request
+
+
 async def serve_status(
-    listener: trio.SocketListener, snapshot: Callable[[], dict[str, Any]]
+    listener: trio.SocketListener,
+    snapshot: Callable[[], dict[str, Any]],
+    actions: Mapping[str, Action] | None = None,
+    *,
+    owner_uid: int | None = None,
 ) -> None:
-    """Answer each connection on the status socket with one JSON snapshot."""
+    """Answer each connection on the status socket: a snapshot, or the result of an action.
+
+    Actions are run for root and `owner_uid` (default: this process's user) only.
+    """
+    actions = actions or {}
+    owner = os.geteuid() if owner_uid is None else owner_uid
+
+    async def act(stream: trio.SocketStream, request: dict[str, Any]) -> dict[str, Any]:
+        name = request["action"]
+        action = actions.get(name)
+        if action is None:
+            known = ", ".join(["status", *actions])
+            return {"ok": False, "error": f"unknown action {name!r} (known: {known})"}
+        uid = peer_uid(stream.socket)
+        if uid not in (0, owner):
+            log.warning("refused %s from uid %d (only root and uid %d may)", name, uid, owner)
+            return {
+                "ok": False,
+                "error": f"permission denied: only root and the user who mounted it "
+                f"(uid {owner}) may run {name}; you are uid {uid}",
+            }
+        log.info("%s requested by uid %d", name, uid)
+        try:
+            with trio.fail_after(CONTROL_TIMEOUT):
+                return {"ok": True, "message": await action(request)}
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        except trio.TooSlowError:
+            return {"ok": False, "error": f"{name} did not finish within {CONTROL_TIMEOUT:g}s"}
 
     async def answer(stream: trio.SocketStream) -> None:
         async with stream:
-            with trio.move_on_after(QUERY_TIMEOUT):
-                try:
-                    body = json.dumps(snapshot()).encode() + b"\n"
-                    await stream.send_all(body)
-                except trio.BrokenResourceError:
-                    pass
-                except Exception:
-                    log.exception("status request failed")
+            try:
+                with trio.fail_after(QUERY_TIMEOUT):
+                    request = await _read_request(stream)
+                if request["action"] == "status":
+                    reply: dict[str, Any] = snapshot()
+                else:
+                    reply = await act(stream, request)
+                with trio.move_on_after(QUERY_TIMEOUT):
+                    await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                pass
+            except ValueError as exc:  # not JSON, or not a request
+                with contextlib.suppress(trio.BrokenResourceError):
+                    reply = {"ok": False, "error": f"bad request: {exc}"}
+                    await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except Exception:
+                log.exception("status request failed")
 
     await trio.serve_listeners(answer, [listener])
 
@@ -278,11 +360,15 @@ def locate(mountpoint: str) -> tuple[MountEntry, dict[str, Any]]:
     )
 
 
-def query(socket_path: str, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
-    """One snapshot from a running mount's status socket."""
+def query(
+    socket_path: str, request: dict[str, Any] | None = None, timeout: float = QUERY_TIMEOUT
+) -> dict[str, Any]:
+    """Send one request (default: a snapshot) to a running mount's status socket; its answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(socket_path)
+        sock.sendall(json.dumps(request or {"action": "status"}).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -290,8 +376,11 @@ def query(socket_path: str, timeout: float = QUERY_TIMEOUT) -> dict[str, Any]:
     return result
 
 
-def ask(mountpoint: str) -> dict[str, Any]:
-    """The live snapshot of the fdfsmount mount at `mountpoint`; `StatusError` says why not."""
+def ask(
+    mountpoint: str, request: dict[str, Any] | None = None, timeout: float = QUERY_TIMEOUT
+) -> dict[str, Any]:
+    """The live snapshot of the fdfsmount mount at `mountpoint` (or its answer to `request`);
+    `StatusError` says why not."""
     _entry, state = locate(mountpoint)
     pid = state.get("pid")
     if isinstance(pid, int) and not _pid_alive(pid):
@@ -300,11 +389,15 @@ def ask(mountpoint: str) -> dict[str, Any]:
             f"'Transport endpoint is not connected', clear it with: fusermount3 -u -z {mountpoint}"
         )
     try:
-        return query(state["socket"])
+        return query(state["socket"], request, timeout)
     except PermissionError:
+        try:
+            owner = f"uid {os.stat(state['socket']).st_uid}"
+        except OSError:
+            owner = "the user that mounted it"
         raise StatusError(
-            f"{mountpoint}: permission denied on {state['socket']} "
-            "(ask as the user that mounted it, or as root)"
+            f"{mountpoint}: permission denied on {state['socket']}: only root and "
+            f"{owner} (who mounted it) may ask; you are uid {os.geteuid()}"
         ) from None
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -336,6 +429,25 @@ def _top(counts: dict[str, int], limit: int = 8) -> str:
     if len(ranked) > limit:
         shown += f", ... ({len(ranked) - limit} more)"
     return shown
+
+
+def _merge(histograms: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One histogram summing several (the operations of one server)."""
+    merged: dict[str, Any] = {"buckets": [0] * (len(LATENCY_BOUNDS) + 1), "sum": 0.0, "count": 0}
+    for hist in histograms:
+        merged["buckets"] = [a + b for a, b in zip(merged["buckets"], hist["buckets"], strict=True)]
+        merged["sum"] += hist["sum"]
+        merged["count"] += hist["count"]
+    return merged
+
+
+def _ms(bound: float | None) -> str:
+    """A quantile read off a histogram: the bucket bound it is under."""
+    if bound is None:
+        return "-"
+    if bound == float("inf"):
+        return f"> {LATENCY_BOUNDS[-1]:g} s"
+    return f"<= {bound * 1000:g} ms"
 
 
 def format_status(snap: dict[str, Any]) -> str:
@@ -398,14 +510,22 @@ def format_status(snap: dict[str, Any]) -> str:
             f"  protocol    {_top(client['requests'])}",
             f"  proto errs  {_top(client['errors'])}",
         ]
+        histograms = client.get("latency_histograms", {})
         for server, (count, total) in sorted(client["latency"].items()):
             average = 1000 * total / count if count else 0.0
-            lines.append(f"  server      {server}: {count} requests, average {average:.1f} ms")
+            merged = _merge(histograms.get(server, {}).values())
+            lines.append(
+                f"  server      {server}: {count} requests, average {average:.1f} ms, "
+                f"p50 {_ms(LatencyHistogram.quantile(merged, 0.5))}, "
+                f"p99 {_ms(LatencyHistogram.quantile(merged, 0.99))}"
+            )
     return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .mount_cli import UsageParser
+
+    p = UsageParser(
         prog=PROG,
         description="Show the live counters of a running fdfsmount mount.",
         epilog="exit status: 0 with a report; 1 when MOUNTPOINT is not a live fdfsmount mount",
@@ -415,22 +535,88 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ask_or_fail(
+    mountpoint: str, request: dict[str, Any] | None = None, timeout: float = QUERY_TIMEOUT
+) -> dict[str, Any] | None:
+    """`ask`, with every failure printed as one line (None then)."""
+    try:
+        return ask(mountpoint, request, timeout)
+    except StatusError as exc:
+        print(f"fdfsmount: {exc}", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        print(f"fdfsmount: {mountpoint}: {exc.strerror}", file=sys.stderr)
+    return None
+
+
+def write_stdout(text: str) -> int:
+    """Print `text`; a reader that went away (``| head``) is no error and no traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that is quiet too.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def status_main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     mountpoint = os.path.realpath(args.mountpoint)
-    try:
-        snap = ask(mountpoint)
-    except StatusError as exc:
-        print(f"fdfsmount: {exc}", file=sys.stderr)
+    snap = _ask_or_fail(mountpoint)
+    if snap is None:
         return 1
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            print(f"fdfsmount: {mountpoint}: {exc.strerror}", file=sys.stderr)
-            return 1
-        raise
     if args.json:
-        json.dump(snap, sys.stdout, indent=1, sort_keys=True)
-        print()
-    else:
-        print(format_status(snap))
-    return 0
+        return write_stdout(json.dumps(snap, indent=1, sort_keys=True) + "\n")
+    return write_stdout(format_status(snap) + "\n")
+
+
+CTL_EPILOG = """\
+actions:
+  refresh [GROUP]   ask the tracker for the groups and list GROUP (default: every
+                    group) again now, instead of after list_ttl; waits for the listing
+  drop-caches       forget cached file blocks, attributes and metadata (unsent
+                    writes are kept); the next reads ask the storages again
+
+Only root and the user who mounted MOUNTPOINT may run actions. SIGHUP to the
+daemon reopens its log file and refreshes every group (systemctl reload).
+
+exit status: 0 when the action was done; 1 otherwise (with one line saying why)
+"""
+
+
+def ctl_parser() -> argparse.ArgumentParser:
+    from .mount_cli import UsageParser
+
+    p = UsageParser(
+        prog=CTL_PROG,
+        description="Ask a running fdfsmount mount to do something now.",
+        epilog=CTL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    actions = p.add_subparsers(
+        dest="action", metavar="ACTION", required=True, parser_class=UsageParser
+    )
+    refresh = actions.add_parser("refresh", help="list the groups again now")
+    refresh.add_argument("group", metavar="GROUP", nargs="?", help="only this group")
+    actions.add_parser("drop-caches", help="forget cached blocks, attributes and metadata")
+    return p
+
+
+def ctl_main(argv: Sequence[str]) -> int:
+    args = ctl_parser().parse_args(argv)
+    mountpoint = os.path.realpath(args.mountpoint)
+    request: dict[str, Any] = {"action": args.action}
+    if args.action == "refresh" and args.group:
+        request["group"] = args.group
+    reply = _ask_or_fail(mountpoint, request, CONTROL_TIMEOUT + QUERY_TIMEOUT)
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        print(f"fdfsmount: {mountpoint}: {reply.get('error', 'failed')}", file=sys.stderr)
+        return 1
+    return write_stdout(f"{mountpoint}: {reply.get('message', 'done')}\n")

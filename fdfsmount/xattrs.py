@@ -139,6 +139,12 @@ class Xattrs:
         """Forget cached metadata (the write side calls this after SET_METADATA)."""
         self._metadata.pop(str(file_id), None)
 
+    def clear(self) -> int:
+        """Forget all cached metadata; how many files' worth."""
+        dropped = len(self._metadata)
+        self._metadata.clear()
+        return dropped
+
     def _remember(self, file_id: FileId, meta: dict[str, str]) -> None:
         key = str(file_id)
         self._metadata[key] = (meta, trio.current_time())

@@ -862,8 +862,8 @@ class StorageServer:
         """Stream the synthetic files' lines (generated once into the base dir)."""
         path = await trio.to_thread.run_sync(self.synthetic_file)
         sent = 0
-        with open(path, "rb") as lines:
-            while chunk := lines.read(1 << 20):
+        async with await trio.open_file(path, "rb") as lines:
+            while chunk := await lines.read(1 << 20):
                 await serverutil.send_all(conn.sock, chunk)
                 sent += len(chunk)
         return sent

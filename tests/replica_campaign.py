@@ -239,7 +239,7 @@ class Campaign:
     async def _read_replica(self, fid: FileId, addr: ServerAddr, size: int) -> bytes | None:
         try:
             with trio.fail_after(ATTEMPT_TIMEOUT):
-                return await self.client.read_range(fid, 0, size + BLOCK, servers=[addr])
+                return bytes(await self.client.read_range(fid, 0, size + BLOCK, servers=[addr]))
         except (FdfsError, trio.TooSlowError, OSError):
             return None
 

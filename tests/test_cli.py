@@ -484,3 +484,35 @@ def test_cluster_agrees_with_upstream_tools(
     c_tool(upstream_tool("fdfs_append_file"), conf, appender, str(tmp_path / "data.bin"))
     cli(capsys, cluster, "download", appender, "appended.bin")
     assert (tmp_path / "appended.bin").read_bytes() == data * 2
+
+
+@pytest.mark.expect_log_warnings
+@pytest.mark.parametrize("source", ["--tracker", "--conf", "FDFS_TRACKERS", "default"])
+def test_connection_errors_say_where_the_trackers_came_from(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    source: str,
+) -> None:
+    """A client.conf nobody asked for (e.g. an upstream sample in /etc/fdfs) is named."""
+    dead = "127.0.0.2:1"  # nothing listens there: connection refused
+    conf = tmp_path / "client.conf"
+    conf.write_text(f"tracker_server = {dead}\nconnect_timeout = 2\n")
+    argv = ["--timeout", "5", "groups"]
+    expected = {
+        "--tracker": "from --tracker",
+        "--conf": f"from --conf {conf}",
+        "FDFS_TRACKERS": "from FDFS_TRACKERS",
+        "default": f"from {conf}, read because no --tracker, --conf or FDFS_TRACKERS was given",
+    }[source]
+    if source == "--tracker":
+        argv = ["--tracker", dead, *argv]
+    elif source == "--conf":
+        argv = ["--conf", str(conf), *argv]
+    elif source == "FDFS_TRACKERS":
+        monkeypatch.setenv("FDFS_TRACKERS", dead)
+    else:
+        monkeypatch.setattr(fdfs, "DEFAULT_CONF", str(conf))
+    code, out, err = run(capsys, None, *argv)
+    assert code == 1 and out == ""
+    assert_one_error_line(err, f"[trackers {dead} {expected}]")

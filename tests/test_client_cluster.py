@@ -180,7 +180,7 @@ async def test_appender_operations_reach_every_replica(cluster: Cluster, client:
             data = await client.read_range(fid, 0, 1 << 20, servers=[addr])
             if data != expected:  # replicas apply the changes one after another
                 raise FileNotFound(f"{addr} not caught up yet")
-            return data
+            return bytes(data)
 
         await on_every_replica(cluster, fid, whole_when_current)
 
@@ -237,7 +237,7 @@ async def test_reads_survive_the_death_of_the_source(fdfs_cluster_factory: Any) 
             for fid in fids:
 
                 async def last_byte(addr: ServerAddr, fid: FileId = fid) -> bytes:
-                    return await client.read_range(fid, len(DATA) - 1, 1, servers=[addr])
+                    return bytes(await client.read_range(fid, len(DATA) - 1, 1, servers=[addr]))
 
                 await on_every_replica(own, fid, last_byte)
                 # Without the source, the tracker routes only to replicas it knows have caught up.

@@ -15,6 +15,7 @@ import pytest
 import trio
 from mounthelp import upload_bytes
 from opshelp import Env, make_env, read_all, walk
+from waiting import eventually
 
 from fdfsmount.clientapi import ReadClient
 from fdfsmount.diskcache import DiskCache
@@ -37,8 +38,7 @@ async def filled(env: Env, count: int, seconds: float = 10) -> None:
     cache = env.parts.disk_cache
     assert cache is not None
     with trio.fail_after(seconds):
-        while cache.stats.fills < count:
-            await trio.sleep(0.02)
+        await eventually(lambda: cache.stats.fills >= count, interval=0.02)
 
 
 async def test_a_file_read_before_a_remount_comes_from_disk_after_it(
@@ -76,9 +76,9 @@ async def test_a_damaged_cache_file_is_discarded_and_downloaded_again(
         await filled(env, 1)
         assert env.parts.disk_cache is not None
         cached = env.parts.disk_cache.path_of(str(fid))
-    with open(cached, "r+b") as f:  # flip a few bytes in the middle
-        f.seek(30_000)
-        f.write(bytes(b ^ 0xFF for b in data[30_000:30_008]))
+    flipped = bytearray(cached.read_bytes())  # flip a few bytes in the middle
+    flipped[30_000:30_008] = bytes(b ^ 0xFF for b in data[30_000:30_008])
+    await trio.Path(cached).write_bytes(flipped)
     async for env in make_env(cluster, nursery, **options):
         assert await read_all(env.ops, (await walk(env.ops, str(fid))).st_ino) == data
         cache = env.parts.disk_cache
@@ -247,8 +247,7 @@ async def test_files_being_assembled_stay_within_the_cache_size(
         }
         # Two would be 1.2 MiB of a 1 MiB cache: one is kept (whichever came last).
         with trio.fail_after(10):
-            while len(kept := list(partial_dir.iterdir())) != 1:
-                await trio.sleep(0.01)
+            await eventually(lambda: len(list(partial_dir.iterdir())) == 1, interval=0.01)
             await trio.sleep(0.1)  # and no other comes back
             kept = list(partial_dir.iterdir())
         assert len(kept) == 1
@@ -256,8 +255,7 @@ async def test_files_being_assembled_stay_within_the_cache_size(
         last, blob = names[kept[0].name]
         cache.offer(last, decode_file_id(last), len(blob), 128 * KIB, blob[128 * KIB :])
         with trio.fail_after(10):
-            while not cache.contains(last):
-                await trio.sleep(0.01)
+            await eventually(lambda: cache.contains(last), interval=0.01)
         assert await cache.read(last, 0, 600 * KIB) == blob
     finally:
         cache.close()

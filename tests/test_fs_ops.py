@@ -371,7 +371,7 @@ def test_deletions_are_not_remembered_forever(monkeypatch: pytest.MonkeyPatch) -
             listing.note_file(fid)
             listing.forget_file(fid)
             assert not listing.has_file(fid)
-    assert len(off._removed) == 0 and len(on._removed) == 100
+    assert off.remembered_deletions == 0 and on.remembered_deletions == 100
 
 
 async def test_sparse_hides_empty_subdirectories(

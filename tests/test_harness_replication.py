@@ -11,6 +11,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,11 @@ def upload(node: StorageNode, data: bytes, *, ext: str = "bin", appender: bool =
 def download(addr: Addr, remote: str) -> bytes | int:
     status, body = call(addr, S.download_request(GROUP, remote).encode())
     return body if status == 0 else status
+
+
+def holds(node: StorageNode, remote: str, expected: bytes) -> bool:
+    """Whether ``node`` serves exactly ``expected`` for ``remote``."""
+    return download(node.addr, remote) == expected
 
 
 def fetch_all(nodes: BuiltinNodes, remote: str) -> list[Addr]:
@@ -315,7 +321,7 @@ def test_no_stale_appender_read_while_the_source_is_down(pair: BuiltinNodes) -> 
     pair.start_storage(source)
     pair.wait_active()
     for node in pair.storages:
-        eventually(lambda n=node: download(n.addr, remote) == old + new, what=f"{node.addr}")
+        eventually(partial(holds, node, remote, old + new), what=f"{node.addr}")
     target = routed(pair, Cmd.QUERY_FETCH_ONE, remote)
     assert not isinstance(target, int) and download(target, remote) == old + new
 
@@ -363,7 +369,7 @@ def test_changes_taken_while_the_source_was_down_survive_its_return(
     expected = bytearray(base + while_down + after)
     expected[10:110] = patch
     for node in pair.storages:
-        eventually(lambda n=node: download(n.addr, remote) == expected, what=f"{node.addr}")
+        eventually(partial(holds, node, remote, bytes(expected)), what=f"{node.addr}")
 
 
 @pytest.fixture
@@ -375,6 +381,10 @@ def slow_pair(tmp_path: Path) -> Iterator[BuiltinNodes]:
     ) as nodes:
         nodes.wait_synced()
         yield nodes
+
+
+def _holds_one_of(node: StorageNode, remote: str, allowed: list[bytes]) -> bool:
+    return download(node.addr, remote) in allowed
 
 
 def test_a_change_the_trackers_never_learned_of_cannot_undo_later_ones(
@@ -431,5 +441,5 @@ def test_a_change_the_trackers_never_learned_of_cannot_undo_later_ones(
         [base + unreported + taken] if status == 0 else [base + taken, base + unreported + taken]
     )
     for node in pair.storages:
-        eventually(lambda n=node: download(n.addr, remote) in allowed, what=f"{node.addr}")
+        eventually(partial(_holds_one_of, node, remote, allowed), what=f"{node.addr}")
     assert download(source.addr, remote) == download(replica.addr, remote)

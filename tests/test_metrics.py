@@ -174,6 +174,18 @@ def test_metrics_move_by_what_was_read(fdfs_cluster: Cluster, tmp_path: Path) ->
             total(after, "fdfsmount_server_request_seconds_count")
             - total(before, "fdfsmount_server_request_seconds_count")
         ) >= delta("fdfsmount_client_requests_total", op="download_file")
+        # Histograms per server and command, and per FUSE operation.
+        downloads = sum(
+            v for (n, labels), v in after.items()
+            if n == "fdfsmount_server_request_seconds_count" and ("op", "download_file") in labels
+        )  # fmt: skip
+        assert downloads >= delta("fdfsmount_client_requests_total", op="download_file")
+        assert value(after, "fdfsmount_fuse_request_seconds_count", op="read") == value(
+            after, "fdfsmount_fuse_requests_total", op="read"
+        )
+        assert value(after, "fdfsmount_fuse_request_seconds_bucket", op="read", le="+Inf") == value(
+            after, "fdfsmount_fuse_request_seconds_count", op="read"
+        )
         lookups = delta("fdfsmount_cache_hits_total") + delta("fdfsmount_cache_misses_total")
         assert lookups >= size // (128 * 1024)
         assert value(after, "fdfsmount_written_bytes_total") == 0
@@ -280,3 +292,73 @@ def test_entries_of_dead_daemons_are_swept(tmp_path: Path) -> None:
         listening.listen()
         assert sweep_stale(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt-live.json", "still-starting.sock"]
+
+
+# ---------------------------------------------------------------- latency histograms
+
+
+def test_latency_histograms_per_server_and_operation_render_for_prometheus() -> None:
+    from collections.abc import Iterator
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import Metric
+
+    from fdfsmount.metrics import metric_families
+    from fdfsmount.proto.stats import ClientStats, LatencyHistogram
+
+    stats = ClientStats()
+    for seconds in (0.0004, 0.003, 0.003, 0.2, 40.0):
+        stats.observe_latency("127.0.0.10:23000", seconds, "download_file")
+    stats.observe_latency("127.0.0.2:22122", 0.001, "query_fetch_one")
+    fuse = LatencyHistogram()
+    fuse.observe(0.002)
+    snap = {
+        "state": "mounted",
+        "counters": {name: 0 for name in COUNTER_NAMES},
+        "cache_capacity": 0,
+        "readahead_max": 0,
+        "fuse": {"requests": {"read": 1}, "errors": {}, "latency": {"read": fuse.as_dict()}},
+        "client": {
+            "requests": {}, "errors": {}, "latency": {},
+            "latency_histograms": {
+                server: {op: hist.as_dict()} for (server, op), hist in stats.latency.items()
+            },
+            "connections_opened": 0, "connections_reused": 0,
+        },
+    }  # fmt: skip
+
+    class Fixed:
+        def collect(self) -> Iterator[Metric]:
+            return metric_families(snap)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())
+    text = generate_latest(registry).decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    storage = {"server": "127.0.0.10:23000", "op": "download_file"}
+    name = "fdfsmount_server_request_seconds"
+    assert value(samples, f"{name}_count", **storage) == 5
+    assert value(samples, f"{name}_bucket", le="0.0005", **storage) == 1
+    assert value(samples, f"{name}_bucket", le="0.005", **storage) == 3
+    assert value(samples, f"{name}_bucket", le="30.0", **storage) == 4  # 40 s is beyond
+    assert value(samples, f"{name}_bucket", le="+Inf", **storage) == 5
+    assert value(samples, f"{name}_sum", **storage) == pytest.approx(40.2064)
+    tracker = {"server": "127.0.0.2:22122", "op": "query_fetch_one"}
+    assert value(samples, f"{name}_count", **tracker) == 1
+    assert value(samples, "fdfsmount_fuse_request_seconds_bucket", op="read", le="0.0025") == 1
+    assert not any(n.endswith("_quantile") or "quantile" in dict(lbl) for n, lbl in samples)
+    # status reads quantiles off the same buckets.
+    merged = stats.latency[("127.0.0.10:23000", "download_file")].as_dict()
+    assert LatencyHistogram.quantile(merged, 0.5) == 0.005
+    assert LatencyHistogram.quantile(merged, 0.99) == float("inf")
+
+
+COUNTER_NAMES = (
+    "fuse_bytes_read", "fuse_bytes_written", "cache_hits", "cache_misses", "cache_evictions",
+    "cache_bytes", "read_downloads", "read_bytes_downloaded", "read_prefetch_chunks",
+    "read_prefetch_failures", "readahead_window", "open_files", "pending_write_files", "inodes",
+    "client_bytes_sent", "client_bytes_received",
+)  # fmt: skip

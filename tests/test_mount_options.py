@@ -162,6 +162,26 @@ def test_command_line_in_mount8_order() -> None:
     assert opts.debug and not opts.foreground
 
 
+def test_usage_errors_exit_1_as_help_says(tmp_path: os.PathLike[str]) -> None:
+    """`fdfsmount --help` documents exit status 1 for every error; a usage error is one too."""
+    import subprocess
+    import sys
+
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fdfsmount", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "1 on any error" in help_text
+    for argv in (
+        ["--bogus", "127.0.0.1:22122", os.fspath(tmp_path)], [], ["status"], ["ctl", "/mnt"],
+        ["install-helper", "--bogus"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "fdfsmount", *argv], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 1, (argv, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "--help" in done.stderr, done.stderr
+
+
 def test_write_back_bound_for_the_whole_mount() -> None:
     assert build_options("h:1", "/mnt", []).write_buffers == 16
     opts = build_options("h:1", "/mnt", ["write_buffer=2M,write_buffers=4"])

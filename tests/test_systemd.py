@@ -230,11 +230,15 @@ def notify_socket(tmp_path: Path) -> Iterator[Notifications]:
 
 
 def start_daemon(
-    cluster: Cluster, mountpoint: Path, notify_path: Path, options: list[str]
+    cluster: Cluster,
+    mountpoint: Path,
+    notify_path: Path,
+    options: list[str],
+    env: dict[str, str] | None = None,
 ) -> MountProcess:
     mountpoint.mkdir(parents=True, exist_ok=True)
     log_path = mountpoint.with_name("daemon.log")
-    env = {**os.environ, "NOTIFY_SOCKET": os.fspath(notify_path)}
+    env = {**os.environ, "NOTIFY_SOCKET": os.fspath(notify_path), **(env or {})}
     with open(log_path, "ab") as log_out:
         process = subprocess.Popen(
             [sys.executable, "-m", "fdfsmount", ",".join(cluster.trackers), os.fspath(mountpoint),
@@ -333,7 +337,7 @@ def test_sigterm_flushes_pending_writes(
     async def download_and_delete(client: Client) -> bytes:
         data = await client.download(file_id)
         await client.delete(file_id)
-        return data
+        return bytes(data)
 
     assert _client_run(fdfs_cluster, download_and_delete) == payload
 
@@ -386,3 +390,96 @@ def test_sigterm_before_the_mount_is_up_gives_up_cleanly(tmp_path: Path) -> None
                 process.wait()
     assert process.returncode == 1 and "interrupted by SIGTERM" in output, output
     assert not is_mounted(mountpoint) and not list(run_dir.iterdir())
+
+
+# ---------------------------------------------------------------- the watchdog
+
+
+def test_watchdog_interval_follows_systemd_rules() -> None:
+    from fdfsmount.sdnotify import watchdog_interval
+
+    assert watchdog_interval({}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000"}) == 60.0
+    assert watchdog_interval({"WATCHDOG_USEC": "500000", "WATCHDOG_PID": str(os.getpid())}) == 0.5
+    # Meant for another process (our parent, before a fork), or switched off.
+    assert watchdog_interval({"WATCHDOG_USEC": "500000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
+
+
+def _drain(sock: socket.socket) -> list[bytes]:
+    got = []
+    sock.setblocking(False)
+    while True:
+        try:
+            got.append(sock.recv(4096))
+        except BlockingIOError:
+            return got
+
+
+def wedge_the_loop(seconds: float) -> None:
+    """Block the calling thread -- called from a trio task, the whole event loop."""
+    time.sleep(seconds)
+
+
+def test_a_wedged_event_loop_sends_no_watchdog_pings(tmp_path: Path) -> None:
+    """Pings come from the event loop: none before the mount serves, none while the loop is
+    blocked, and they resume when it runs again."""
+    from fdfsmount.managed import feed_watchdog
+
+    path = tmp_path / "notify.sock"
+    environ = {"NOTIFY_SOCKET": os.fspath(path)}
+    with _datagram_socket(os.fspath(path)) as sock:
+
+        async def wait_for_ping() -> None:
+            await trio.lowlevel.wait_readable(sock)
+            got = _drain(sock)
+            assert got and set(got) == {b"WATCHDOG=1"}
+
+        async def main() -> None:
+            serving = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: feed_watchdog(0.05, serving, environ=environ))
+                await trio.sleep(0.2)
+                assert _drain(sock) == []  # not serving yet: no pings
+                serving.set()
+                with trio.fail_after(10):
+                    await wait_for_ping()
+                    await wait_for_ping()  # and again
+                _drain(sock)
+                wedge_the_loop(0.5)  # ten ping intervals pass...
+                assert _drain(sock) == []  # ...and not one ping went out
+                with trio.fail_after(10):
+                    await wait_for_ping()  # the loop runs again: so do the pings
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+
+
+@pytest.mark.mount
+def test_the_daemon_feeds_the_watchdog_only_while_it_runs(
+    fdfs_cluster: Cluster, tmp_path: Path, notify_socket: Notifications
+) -> None:
+    """Under WatchdogSec= the mounted daemon pings; stopped (SIGSTOP), it does not."""
+    if not fuse_available():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    mountpoint = tmp_path / "mnt"
+    proc = start_daemon(
+        fdfs_cluster, mountpoint, notify_socket.path, ["timeout=10"],
+        env={"WATCHDOG_USEC": "400000"},
+    )  # fmt: skip
+    try:
+        assert notify_socket.next(60, proc).get("READY") == "1"
+        assert notify_socket.next(30, proc) == {"WATCHDOG": "1"}
+        assert notify_socket.next(30, proc) == {"WATCHDOG": "1"}
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            _drain(notify_socket.sock)  # what was sent before it stopped
+            time.sleep(1.0)  # five ping intervals
+            assert _drain(notify_socket.sock) == []
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert notify_socket.next(30, proc) == {"WATCHDOG": "1"}
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.process.wait(30) == 0
+    finally:
+        unmount(proc)

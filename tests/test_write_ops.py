@@ -84,7 +84,7 @@ async def create(env: Env, name: str, group: str = "group1") -> tuple[int, int, 
 
 
 async def stored(env: Env, fid: FileId) -> bytes:
-    return await env.client.download(fid)
+    return bytes(await env.client.download(fid))
 
 
 # ---------------------------------------------------------------- creating and writing
@@ -135,9 +135,11 @@ def test_each_cluster_has_its_own_catalog(tmp_path: Path) -> None:
     assert one.load() == [] and not one.path.exists()  # nothing written for nothing
     one.add("group1", "a.log", fid)
     one.rename("group1", "a.log", "b.log")
+    one.flush()  # changes are written by the catalog's own thread
     assert same.load() == [("group1", "b.log", fid)]
     assert other.load() == []
     one.remove("group1", "b.log")
+    one.flush()
     assert same.load() == []
     for catalog in (one, same, other):
         catalog.close()

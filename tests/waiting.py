@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+    check: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> T:
     """Blocking: call `check` every `interval` seconds until it returns a truthy value."""
     deadline = time.monotonic() + timeout
@@ -38,12 +38,14 @@ def wait_until(
 
 @overload
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, interval: float = 0.05, what: str = ""
+    check: Callable[[], Awaitable[T | None]], *, interval: float = 0.05, what: str = ""
 ) -> T: ...
 
 
 @overload
-async def eventually(check: Callable[[], T], *, interval: float = 0.05, what: str = "") -> T: ...
+async def eventually(
+    check: Callable[[], T | None], *, interval: float = 0.05, what: str = ""
+) -> T: ...
 
 
 async def eventually(

@@ -24,6 +24,7 @@ import trio
 from fdfsmount.proto import FdfsError, FileId, InvalidFileId, ServerAddr, StorageStatus
 from fdfsmount.proto.client import Client
 from fdfsmount.proto.clientconf import parse_server_addr
+from fdfsmount.proto.errors import ConnectError, NoStorage, ProtocolError, Timeout
 from fdfsmount.proto.fileid import FileType, decode_file_id, parse_file_id, split_ext
 from fdfsmount.proto.pool import ConnectFn
 
@@ -40,10 +41,11 @@ _CHUNK = 1 << 20
 DESCRIPTION = """\
 Upload, download and inspect files in a FastDFS cluster.
 
-Trackers come from --tracker HOST:PORT (repeatable), from --conf FILE (a FastDFS
-client.conf: tracker_server, connect_timeout, network_timeout), from the
-FDFS_TRACKERS environment variable (comma-separated HOST:PORT list), or else
-from /etc/fdfs/client.conf. Options may come before or after the subcommand.
+Trackers come from the first of: --tracker HOST:PORT (repeatable), --conf FILE
+(a FastDFS client.conf: tracker_server, connect_timeout, network_timeout), the
+FDFS_TRACKERS environment variable (comma-separated HOST:PORT list), and
+/etc/fdfs/client.conf. An error reaching a server names the trackers and where
+they came from. Options may come before or after the subcommand.
 """
 
 EPILOG = """\
@@ -63,7 +65,7 @@ examples:
   fdfs url --base-url http://img.example.com ID   # the nginx URL (signed: see url --help)
 
 exit status: 0 success; 1 error (for exists: the file does not exist);
-2 usage error.
+2 usage error (a bad option or argument, no tracker given); 130 interrupted.
 """
 
 
@@ -162,7 +164,13 @@ def _add_common(parser: argparse.ArgumentParser, *, in_subcommand: bool) -> None
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """A usage mistake is one line naming the command, not argparse's usage block."""
+    """A usage mistake is one line naming the command, not argparse's usage block.
+
+    `commands` holds the subcommands' parsers by name (the man page shows each)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -187,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_common(sub, in_subcommand=True)
+        parser.commands[name] = sub
         return sub
 
     p = command(
@@ -263,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     meta = p.add_subparsers(dest="meta_command", metavar="get|set", required=True)
     mp = meta.add_parser("get", help="print NAME=VALUE lines", description="print NAME=VALUE lines")
     _add_common(mp, in_subcommand=True)
+    parser.commands["meta get"] = mp
     mp.add_argument("file_id", metavar="ID", type=file_id_arg)
     mp.add_argument("--json", action="store_true", help="print one JSON object")
     mp = meta.add_parser(
@@ -271,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="merge NAME=VALUE pairs into the metadata (--overwrite replaces it all)",
     )
     _add_common(mp, in_subcommand=True)
+    parser.commands["meta set"] = mp
     mp.add_argument("file_id", metavar="ID", type=file_id_arg)
     mp.add_argument("pairs", metavar="NAME=VALUE", type=pair_arg, nargs="+")
     mp.add_argument("--overwrite", action="store_true", help="drop names not given")
@@ -288,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("group", metavar="GROUP")
 
-    _add_url_command(commands)
+    parser.commands["url"] = _add_url_command(commands)
     return parser
 
 
@@ -305,8 +316,8 @@ examples:
 """
 
 
-def _add_url_command(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_url_command(commands: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = commands.add_parser(
         "url",
         help="print the HTTP URL of files (with an anti-steal token when a secret is given)",
         description="print the HTTP URL of files, one per line",
@@ -352,12 +363,14 @@ def _add_url_command(commands: Any) -> None:
         "(upstream's sample programs)",
     )
     p.add_argument("--download-name", metavar="NAME", help="add filename=NAME (attachment name)")
+    return p
 
 
 # ---------------------------------------------------------------- running
 
 
 def client_from_args(args: argparse.Namespace, connect: ConnectFn | None = None) -> Client:
+    """The client the options ask for; `args.tracker_source` says where its trackers came from."""
     overrides: dict[str, Any] = {}
     if connect is not None:
         overrides["connect"] = connect
@@ -366,7 +379,10 @@ def client_from_args(args: argparse.Namespace, connect: ConnectFn | None = None)
             overrides["trackers"] = [parse_server_addr(t) for t in args.tracker]
         except ValueError as exc:
             raise UsageError(f"--tracker: {exc}") from None
+        args.tracker_source = "--tracker"
     conf = args.conf
+    if conf is not None:
+        args.tracker_source = args.tracker_source if args.tracker else f"--conf {conf}"
     if conf is None and "trackers" not in overrides:
         env = os.environ.get("FDFS_TRACKERS", "").strip()
         if env:
@@ -374,8 +390,12 @@ def client_from_args(args: argparse.Namespace, connect: ConnectFn | None = None)
                 overrides["trackers"] = [parse_server_addr(t) for t in env.split(",") if t.strip()]
             except ValueError as exc:
                 raise UsageError(f"FDFS_TRACKERS: {exc}") from None
+            args.tracker_source = "FDFS_TRACKERS"
         elif os.path.exists(DEFAULT_CONF):
             conf = DEFAULT_CONF
+            args.tracker_source = (
+                f"{DEFAULT_CONF}, read because no --tracker, --conf or FDFS_TRACKERS was given"
+            )
         else:
             raise UsageError(
                 "no tracker given: use --tracker HOST:PORT, --conf client.conf "
@@ -410,6 +430,7 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
         format=f"{PROG}: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    client: Client | None = None
     try:
         if args.command == "url":  # builds URLs only: no tracker needed
             return cmd_url(args)
@@ -431,8 +452,20 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
             return 1
         if args.debug or not isinstance(error, FdfsError | OSError | ValueError):
             log.error("unexpected error", exc_info=error)
-        print(f"{PROG}: error: {describe_error(error)}", file=sys.stderr)
+        message = describe_error(error)
+        if _is_connection_error(error) and client is not None:
+            trackers = ",".join(str(t) for t in client.trackers)
+            source = getattr(args, "tracker_source", "")
+            message += f" [trackers {trackers} from {source}]" if source else ""
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Could not reach, lost or could not understand a server: the trackers may be wrong."""
+    if isinstance(exc, ConnectError | Timeout | ProtocolError | NoStorage):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, FdfsError) and exc.filename is None
 
 
 def _interrupted(exc: BaseException) -> bool:

@@ -31,6 +31,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
+import trio
+
 from . import filelist
 from . import storage as st
 from . import tracker as tr
@@ -446,7 +448,7 @@ class Client:
         """
         if isinstance(dest, str | os.PathLike):
             path = os.fspath(dest)
-            with open(path, "wb") as file:
+            with await trio.to_thread.run_sync(open, path, "wb") as file:
                 try:
                     return await self.download_to(
                         file_id, file, offset=offset, length=length, progress=progress

@@ -337,7 +337,7 @@ class RangeReader:
     async def _finish_if_done(self) -> None:
         conn = self._conn
         if conn is not None and conn.body_remaining == 0 and self._addr is not None:
-            self._exchanger.count_success(self._addr, self._started_at)
+            self._exchanger.count_success(self._addr, self._started_at, "download_file")
             await self._release()
 
     async def _release(self) -> None:

@@ -85,8 +85,8 @@ class Exchanger:
         if isinstance(exc, TRANSPORT_ERRORS):
             self.health.failed(addr)
 
-    def count_success(self, addr: ServerAddr, started: float) -> None:
-        self.stats.observe_latency(str(addr), trio.current_time() - started)
+    def count_success(self, addr: ServerAddr, started: float, op: str = "other") -> None:
+        self.stats.observe_latency(str(addr), trio.current_time() - started, op)
         self.health.succeeded(addr)
 
     async def open_reply(
@@ -164,7 +164,7 @@ class Exchanger:
             raise ProtocolError(f"{what}: {exc}") from exc
         finally:
             await self.pool.release(conn)
-        self.count_success(addr, started)
+        self.count_success(addr, started, op_name(request.cmd))
         return result
 
 

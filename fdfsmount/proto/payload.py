@@ -16,6 +16,8 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, BinaryIO
 
+import trio
+
 from .connection import Payload
 from .errors import LocalProtocolError
 
@@ -55,7 +57,8 @@ async def prepare_payload(data: Data, size: int | None = None) -> AsyncIterator[
             _check_size(size, len(view))
             yield PreparedPayload(len(view), view)
         elif isinstance(data, os.PathLike):
-            file = stack.enter_context(open(os.fspath(data), "rb"))  # noqa: SIM115
+            # Opening may block (a FIFO waits for its writer): not on the event loop.
+            file = stack.enter_context(await trio.to_thread.run_sync(open, os.fspath(data), "rb"))
             if size is None:
                 size = os.fstat(file.fileno()).st_size
             yield PreparedPayload(size, file, file, 0)

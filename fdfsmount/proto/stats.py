@@ -1,9 +1,49 @@
-"""Counters kept by the client: requests, errors, bytes and per-server latency."""
+"""Counters kept by the client: requests, errors, bytes and latency histograms."""
 
 from __future__ import annotations
 
+import bisect
 import copy
 from dataclasses import dataclass, field
+from typing import Any
+
+#: Upper bounds (seconds) of the latency histograms' buckets, as Prometheus' ``le``.
+LATENCY_BOUNDS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """Observations counted into `LATENCY_BOUNDS` buckets (the last one is +Inf)."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able: per-bucket (not cumulative) counts, sum and count."""
+        return {"buckets": list(self.buckets), "sum": self.total, "count": self.count}
+
+    @staticmethod
+    def quantile(hist: dict[str, Any], q: float) -> float | None:
+        """The upper bound of the bucket holding quantile `q` of an `as_dict` histogram
+        (None if empty; inf if it lies beyond the last bound)."""
+        count = hist.get("count", 0)
+        if not count:
+            return None
+        rank = q * count
+        seen = 0
+        for bound, n in zip((*LATENCY_BOUNDS, float("inf")), hist["buckets"], strict=True):
+            seen += n
+            if seen >= rank:
+                return bound
+        return float("inf")
 
 
 @dataclass
@@ -13,7 +53,8 @@ class ClientStats:
     ``requests`` and ``errors`` are keyed by wire operation (the command name in
     lower case: ``download_file``, ``query_fetch_one``, ...), because one client
     call may send several requests. Latency is the time from sending a request
-    to having its whole reply, summed per server (``host:port``).
+    to having its whole reply, summed per server (``host:port``) and counted
+    into a histogram per server and operation (`latency`).
     """
 
     requests: dict[str, int] = field(default_factory=dict)
@@ -22,6 +63,7 @@ class ClientStats:
     bytes_received: int = 0
     latency_sum: dict[str, float] = field(default_factory=dict)
     latency_count: dict[str, int] = field(default_factory=dict)
+    latency: dict[tuple[str, str], LatencyHistogram] = field(default_factory=dict)
     connections_opened: int = 0
     connections_reused: int = 0
 
@@ -31,9 +73,13 @@ class ClientStats:
     def count_error(self, op: str) -> None:
         self.errors[op] = self.errors.get(op, 0) + 1
 
-    def observe_latency(self, server: str, seconds: float) -> None:
+    def observe_latency(self, server: str, seconds: float, op: str = "other") -> None:
         self.latency_sum[server] = self.latency_sum.get(server, 0.0) + seconds
         self.latency_count[server] = self.latency_count.get(server, 0) + 1
+        hist = self.latency.get((server, op))
+        if hist is None:
+            hist = self.latency[(server, op)] = LatencyHistogram()
+        hist.observe(seconds)
 
     def snapshot(self) -> ClientStats:
         """A copy that later updates do not change."""
