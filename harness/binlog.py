@@ -17,6 +17,12 @@ timestamp ``x`` holds every file of ours created before ``x``; and a peer
 that has read to our end of file after we looked at the clock at ``h`` holds
 every file created before ``h`` (any later line carries a timestamp >= h).
 
+Changes to an existing file (A, M, T and their lower-case copies) end with
+``e<epoch>``: the ownership epoch of the file's source when the change was
+made (see `harness.tracker_state`). `Binlog.file_epochs` keeps, per file, the
+epoch of the last change made or applied here; replication never applies a
+change of an older epoch over it (see `harness.replication`).
+
 The file has a generation id (``binlog.id``): a peer whose mark names
 another generation (we were wiped and restarted) starts again from 0.
 """
@@ -60,6 +66,21 @@ class BinlogEntry:
         return self.op in SOURCE_OPS
 
 
+EPOCHED_OPS = frozenset("AMTamt")
+
+
+def with_epoch(extra: str, epoch: int) -> str:
+    return f"{extra} e{epoch}"
+
+
+def split_epoch(extra: str) -> tuple[str, int]:
+    """``(extra without the epoch, epoch)``; epoch 0 for lines written without one."""
+    head, _, last = extra.rpartition(" ")
+    if head and last.startswith("e") and last[1:].isdigit():
+        return head, int(last[1:])
+    return extra, 0
+
+
 def parse_line(line: bytes, end: int = 0) -> BinlogEntry | None:
     try:
         ts, op, rest = line.decode("ascii").rstrip("\n").split(" ", 2)
@@ -87,6 +108,8 @@ class Binlog:
         #: Byte offset just past the last upper-case line: a peer that applied
         #: our log up to here holds every change made here.
         self.source_end = 0
+        #: Per file: the epoch of the last change made or applied here.
+        self.file_epochs: dict[str, int] = {}
         self.last_source_ts = self._scan_last_source_ts()
         self._grown = trio.Event()
 
@@ -109,10 +132,24 @@ class Binlog:
     def _scan_last_source_ts(self) -> int:
         last = 0
         for entry in self.read_entries(0):
+            self._note_epoch(entry.op, entry.name, entry.extra)
             if entry.is_source:
                 last = max(last, entry.timestamp)
                 self.source_end = entry.end
         return last
+
+    def _note_epoch(self, op: str, name: str, extra: str) -> None:
+        if op in EPOCHED_OPS:
+            epoch = split_epoch(extra)[1]
+            if epoch:
+                self.file_epochs[name] = epoch
+        elif op in "Dd":
+            self.file_epochs.pop(name, None)
+        elif op in "Rr" and extra in self.file_epochs:
+            self.file_epochs[name] = self.file_epochs.pop(extra)
+
+    def file_epoch(self, name: str) -> int:
+        return self.file_epochs.get(name, 0)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -127,6 +164,7 @@ class Binlog:
         line = BinlogEntry(timestamp, op, name, extra).line()
         os.write(self._fd, line)
         self.size += len(line)
+        self._note_epoch(op, name, extra)
         if op in SOURCE_OPS:
             self.last_source_ts = max(self.last_source_ts, timestamp)
             self.source_end = self.size

@@ -59,6 +59,8 @@ class TrackerView:
     """What one tracker last told us, and how far it knows our binlog."""
 
     statuses: dict[str, int] = field(default_factory=dict)
+    #: Per storage: (ownership epoch, binlog generation, binlog end it reported).
+    ownership: dict[str, tuple[int, str, int]] = field(default_factory=dict)
     valid_until: float = 0.0  # trio clock
     acked_binlog: int = -1
     connected: bool = False
@@ -91,9 +93,31 @@ class TrackerReporter:
         for view in views:
             if view.statuses.get(own) != StorageStatus.ACTIVE:
                 return "this storage is not ACTIVE yet"
-            if source != own and view.statuses.get(source) != StorageStatus.OFFLINE:
+            if source == own:
+                continue
+            if len(views) < len(self.views):
+                # The silent tracker may be the one that knows the source's last change.
+                return "not every tracker confirmed the source OFFLINE recently"
+            if view.statuses.get(source) != StorageStatus.OFFLINE:
                 return f"the file's source {source} is not OFFLINE"
+            # A change built on a copy that lacks one the source acknowledged
+            # would later win over it: only with the source's whole log applied.
+            _, generation, end = view.ownership.get(source, (0, "", 0))
+            if end and not self.server.replicator.holds(source, generation, end):
+                return f"this storage has not applied all of {source}'s changes yet"
         return None
+
+    def write_epoch(self, source: str) -> int | None:
+        """The epoch to stamp a change of a ``source`` file with now; None if not allowed.
+
+        Every fresh tracker view agrees on who owns the file (see `may_write`);
+        the epoch is the latest change of ownership they report. A change made
+        in a later epoch wins over one made in an earlier one (see
+        `harness.replication`).
+        """
+        if self.may_write(source) is not None:
+            return None
+        return max(view.ownership.get(source, (0, "", 0))[0] for view in self._fresh_views())
 
     async def confirm_may_write(self, source: str) -> str | None:
         """`may_write`, after renewing a lapsed lease first (bounded by `ANNOUNCE_TIMEOUT`).
@@ -110,6 +134,17 @@ class TrackerReporter:
             while not self._fresh_views():
                 await self._acked.wait()
         return self.may_write(source)
+
+    def confirmed(self, binlog_end: int) -> bool:
+        """Whether a tracker whose view is still fresh knows our binlog reaches ``binlog_end``.
+
+        With one such tracker, no replica is let take our files' writes before
+        it holds that much of our log (see `may_write`).
+        """
+        own = self.server.config.server_id
+        if all(peer_id == own for peer_id in self.server.peers):
+            return True  # alone in the group: no replica could take over
+        return any(v.acked_binlog >= binlog_end for v in self._fresh_views())
 
     def foreign_writes(self) -> list[str]:
         """Peers whose files we take writes for now (or still have such a write under way)."""
@@ -243,6 +278,7 @@ class TrackerReporter:
             offline_after = DEFAULT_OFFLINE_AFTER
         old = view.statuses
         view.statuses = {p.storage_id: p.status for p in peers}
+        view.ownership = _decode_ownership(decoded.get("ownership"))
         view.valid_until = sent_at + offline_after - LEASE_MARGIN
         view.responsive = True
         self._lease_wanted = False
@@ -298,3 +334,16 @@ class TrackerReporter:
             "binlog": [server.binlog.generation, server.binlog.source_end],
             "foreign_writes": self.foreign_writes(),
         }
+
+
+def _decode_ownership(raw: Any) -> dict[str, tuple[int, str, int]]:
+    if not isinstance(raw, dict):
+        return {}
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, list) and len(value) == 3:
+            try:
+                out[str(key)] = (int(value[0]), str(value[1]), int(value[2]))
+            except (TypeError, ValueError):
+                continue
+    return out

@@ -8,7 +8,11 @@ peer's own changes (upper-case binlog lines) after a byte offset
 applies each one, and persists ``(generation, offset, synced_until)`` under
 ``<base>/sync/marks/<peer id>.mark``, so both sides can restart and resume.
 
-Applying a change copies the peer's *current* bytes (SYNC_FETCH), which is
+Changes carry the ownership epoch they were made in (see `harness.binlog`):
+a line of an older epoch than our copy's last change is skipped (its owner
+was frozen or down meanwhile and it was never acknowledged), one of a newer
+epoch is applied by copying the peer's whole file. Within one epoch,
+applying a change copies the peer's *current* bytes (SYNC_FETCH), which is
 right because one storage at a time changes a file and a storage catches up
 before it takes changes again (see `harness.heartbeat`): a whole
 file for C/U, the changed range for A/M, nothing for T/D/R. Since every later
@@ -45,7 +49,7 @@ from fdfsmount.proto.constants import Cmd
 from fdfsmount.proto.errors import ProtocolError
 from fdfsmount.proto.wire import FieldReader, encode_header, pack_int
 
-from .binlog import BinlogEntry, SyncMark
+from .binlog import BinlogEntry, SyncMark, split_epoch
 from .peerproto import (
     MAX_JSON_BODY,
     SYNC_BATCH,
@@ -67,6 +71,8 @@ log = logging.getLogger(__name__)
 MAX_PULL_WAIT = 5.0
 CONNECT_TIMEOUT = 3.0
 RETRY_DELAY = 0.3
+#: How long a peer may take to start answering a fetch.
+FETCH_TIMEOUT = 3.0
 
 
 # ---------------------------------------------------------------- serving side
@@ -165,6 +171,15 @@ class Replicator:
 
     def synced(self) -> dict[str, int]:
         return {peer_id: p.mark.synced_until for peer_id, p in self.pullers.items()}
+
+    def holds(self, peer_id: str, generation: str, end: int) -> bool:
+        """Whether we applied ``peer_id``'s binlog (of ``generation``) up to ``end``."""
+        puller = self.pullers.get(peer_id)
+        return (
+            puller is not None
+            and puller.mark.generation == generation
+            and (puller.mark.offset >= end)
+        )
 
     def synced_offsets(self) -> dict[str, list[str | int]]:
         """Per peer: the generation of its binlog and the offset applied up to."""
@@ -271,10 +286,26 @@ class PeerPuller:
         local: LocalFile,
     ) -> bool:
         op = entry.op
+        extra, epoch = split_epoch(entry.extra)
+        mine = self.server.binlog.file_epoch(entry.name)
+        if op in "AMT" and epoch != mine:
+            if epoch < mine:
+                # Made by an owner the file has had since (it was frozen or
+                # down meanwhile, and this change was never acknowledged).
+                log.info(
+                    "skipping %s of %s from %s: epoch %d is older than this copy's %d",
+                    op, entry.name, self.peer_id, epoch, mine,
+                )  # fmt: skip
+                return False
+            # A newer owner: our copy may lack or hold changes its copy does
+            # not, so take the whole file rather than the changed range.
+            return await self._fetch(sock, reader, local)
         if op in "CU":
+            if mine and local.path.is_file():
+                return False  # replayed: the file has changed here since
             return await self._fetch(sock, reader, local, mtime=entry.timestamp)
         if op in "AM":
-            start, _, length = entry.extra.partition(" ")
+            start, _, length = extra.partition(" ")
             try:
                 offset, count = int(start), int(length)
             except ValueError:
@@ -285,7 +316,7 @@ class PeerPuller:
             return await self._fetch(sock, reader, local)
         if op == "T":
             if local.path.is_file():
-                os.truncate(local.path, int(entry.extra or 0))
+                os.truncate(local.path, int(extra or 0))
                 return True
             return await self._fetch(sock, reader, local)
         if op == "D":
@@ -316,7 +347,10 @@ class PeerPuller:
         """Copy the peer's current bytes; False if the peer no longer has the file."""
         request = encode_sync_fetch(local.remote_name, offset, length)
         await send_all(sock, encode_header(len(request), PeerCmd.SYNC_FETCH, 0) + request)
-        header = await reader.read_header()
+        # The file's lock is held meanwhile: a frozen peer must not keep it
+        # from the writes this storage may take once that peer is OFFLINE.
+        with trio.fail_after(FETCH_TIMEOUT):
+            header = await reader.read_header()
         if header is None:
             raise PeerClosed("peer closed the sync link")
         if header.status == errno.ENOENT:

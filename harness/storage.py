@@ -95,7 +95,7 @@ from fdfsmount.proto.storage import (
 from fdfsmount.proto.wire import Header, decode_text, encode_header
 
 from . import serverutil, synthetic
-from .binlog import LISTED_OPS, Binlog, SyncMarks
+from .binlog import LISTED_OPS, Binlog, SyncMarks, with_epoch
 from .heartbeat import TrackerReporter
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
 from .serverutil import FramedSocket, PeerClosed, RequestError, send_reply
@@ -521,16 +521,47 @@ class StorageServer:
         if why is not None:
             raise RequestError(errno.EAGAIN, f"not changing {name} now: {why}", close=False)
 
-    def recheck_writable(self, name: str, undo: Callable[[], object]) -> None:
+    def recheck_writable(self, name: str, undo: Callable[[], object]) -> int:
         """After receiving a change: if our lease lapsed meanwhile (we were frozen), undo it.
 
         Peers may have taken writes on the file since; logging the change now
-        would replicate it over theirs.
+        would replicate it over theirs. Returns the epoch to log the change with.
         """
-        why = self.reporter.may_write(self.source_of(name) or self.config.server_id)
-        if why is not None:
+        source = self.source_of(name) or self.config.server_id
+        epoch = self.reporter.write_epoch(source)
+        if epoch is None:
+            why = self.reporter.may_write(source) or "ownership changed"
             undo()
             raise RequestError(errno.EAGAIN, f"change of {name} undone: {why}", close=False)
+        return epoch
+
+    async def confirm_change(self, name: str, epoch: int | None) -> None:
+        """Acknowledge a logged change only if the trackers learned of it in its epoch.
+
+        `TrackerReporter.announce` reports our binlog end; had we been frozen
+        meanwhile, the file may have changed owner (another epoch) and a peer
+        may have taken writes on a copy without this change. The change then
+        stays logged but loses to theirs, so it must not be acknowledged.
+        """
+        end = self.binlog.source_end
+        await self.reporter.announce(end)
+        if epoch is None:
+            return
+        source = self.source_of(name) or self.config.server_id
+        now = self.reporter.write_epoch(source)
+        if not self.reporter.confirmed(end):
+            log.info("change of %s not acknowledged: no tracker confirmed it in time", name)
+            raise RequestError(
+                errno.EIO, f"change of {name} not confirmed by any tracker", close=False
+            )
+        if now != epoch:
+            log.info(
+                "change of %s not acknowledged: its owner changed while it was reported "
+                "(epoch %d, now %s)", name, epoch, now,
+            )  # fmt: skip
+            raise RequestError(
+                errno.EIO, f"change of {name} not confirmed: ownership changed", close=False
+            )
 
     @asynccontextmanager
     async def writing(self, name: str) -> AsyncIterator[None]:
@@ -569,22 +600,23 @@ class StorageServer:
             except RequestError as exc:
                 self.counters.op("append", False, size)
                 await self.fail_after_payload(conn, size, exc)
+            epoch: int | None = None
             if size:
                 start = info.st_size
                 fd = os.open(local.path, os.O_WRONLY)
                 try:
                     await self.receive_to(conn, fd, size, offset=start)
-                    self.recheck_writable(name, lambda: os.ftruncate(fd, start))
+                    epoch = self.recheck_writable(name, lambda: os.ftruncate(fd, start))
                 except BaseException:
                     os.ftruncate(fd, start)
                     self.counters.op("append", False, size)
                     raise
                 finally:
                     os.close(fd)
-                self.binlog.record_source("A", name, f"{start} {size}")
+                self.binlog.record_source("A", name, with_epoch(f"{start} {size}", epoch))
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("append", True, size)
-        await self.reporter.announce(self.binlog.source_end)
+        await self.confirm_change(name, epoch)
         await send_reply(conn.sock)
 
     async def cmd_modify(self, conn: Conn, header: Header) -> None:
@@ -600,6 +632,7 @@ class StorageServer:
             except RequestError as exc:
                 self.counters.op("modify", False, size)
                 await self.fail_after_payload(conn, size, exc)
+            epoch: int | None = None
             if size:
                 fd = os.open(local.path, os.O_RDWR)
                 # Kept to undo the change should our lease lapse while it arrives.
@@ -608,13 +641,19 @@ class StorageServer:
                     await self.receive_to(conn, fd, size, offset=offset)
                     if before is not None:
                         old = (before, info.st_size)
-                        self.recheck_writable(name, lambda: _restore(fd, offset, *old))
+                        epoch = self.recheck_writable(name, lambda: _restore(fd, offset, *old))
+                    else:
+                        # Too big to undo: logged in no epoch (it loses to every
+                        # other change) and refused, if our lease lapsed meanwhile.
+                        source = self.source_of(name) or self.config.server_id
+                        epoch = self.reporter.write_epoch(source)
                 finally:
                     os.close(fd)
-                self.binlog.record_source("M", name, f"{offset} {size}")
+                self.binlog.record_source("M", name, with_epoch(f"{offset} {size}", epoch or 0))
+                epoch = -1 if epoch is None else epoch
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("modify", True, size)
-        await self.reporter.announce(self.binlog.source_end)
+        await self.confirm_change(name, epoch)
         await send_reply(conn.sock)
 
     async def cmd_truncate(self, conn: Conn, header: Header, body: bytes) -> None:
@@ -626,12 +665,14 @@ class StorageServer:
             except RequestError:
                 self.counters.op("truncate", False)
                 raise
+            epoch: int | None = None
             if new_size != info.st_size:
+                epoch = self.recheck_writable(name, lambda: None)
                 os.truncate(local.path, new_size)
-                self.binlog.record_source("T", name, str(new_size))
+                self.binlog.record_source("T", name, with_epoch(str(new_size), epoch))
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("truncate", True)
-        await self.reporter.announce(self.binlog.source_end)
+        await self.confirm_change(name, epoch)
         await send_reply(conn.sock)
 
     async def cmd_regenerate(self, conn: Conn, header: Header, body: bytes) -> None:

@@ -147,7 +147,11 @@ class TrackerServer:
             await send_reply(sock, status=status)
             return storage
         peers = [p.to_json() for p in self.registry.peers_of(storage)]
-        reply = {"storages": peers, "offline_after": self.registry.offline_after}
+        reply = {
+            "storages": peers,
+            "offline_after": self.registry.offline_after,
+            "ownership": self.registry.ownership_of(storage),
+        }
         await send_reply(sock, encode_json(reply))
         return storage
 

@@ -91,6 +91,9 @@ class StorageNode:
     foreign_writes: frozenset[str] = frozenset()
     #: Sources it ever reported in ``foreign_writes`` that have not caught up with it since.
     owes: set[str] = field(default_factory=set)
+    #: Ownership epoch: the wall-clock time (microseconds) of its last change to
+    #: or from ACTIVE. Changes to its files carry the epoch they were made in.
+    epoch: int = 0
     last_beat: float = 0.0  # monotonic
     last_beat_wall: int = 0
     link: object | None = None
@@ -273,6 +276,7 @@ class Registry:
         if not lagging:
             log.info("storage %s of %s is ACTIVE", node.storage_id, node.group)
             node.status = StorageStatus.ACTIVE
+            node.epoch = _new_epoch(node.epoch)
         elif node.status != StorageStatus.SYNCING:
             log.info(
                 "storage %s of %s is SYNCING: catching up with %s",
@@ -321,10 +325,23 @@ class Registry:
     def _set_offline(self, node: StorageNode, why: str) -> None:
         if node.status != StorageStatus.OFFLINE:
             log.info("storage %s of %s is OFFLINE: %s", node.storage_id, node.group, why)
+            if node.status == StorageStatus.ACTIVE:
+                node.epoch = _new_epoch(node.epoch)
             node.status = StorageStatus.OFFLINE
 
     def peers_of(self, node: StorageNode) -> list[PeerAddr]:
         return [s.addr() for s in self.groups[node.group].sorted_storages()]
+
+    def ownership_of(self, node: StorageNode) -> dict[str, list[str | int]]:
+        """Per storage of ``node``'s group: [epoch, binlog generation, binlog end reported].
+
+        A storage stamps its changes with the epoch of the file's source; a
+        replica takes a source's writes only once it applied that binlog end.
+        """
+        return {
+            s.storage_id: [s.epoch, s.binlog[0], s.binlog[1]]
+            for s in self.groups[node.group].sorted_storages()
+        }
 
     # ------------------------------------------------------------ uploads
 
@@ -421,6 +438,10 @@ class Registry:
         chosen = holders[group.read_cursor % len(holders)]
         group.read_cursor += 1
         return group, [chosen]
+
+
+def _new_epoch(previous: int) -> int:
+    return max(time.time_ns() // 1000, previous + 1)
 
 
 def _as_int(value: Any, default: int) -> int:

@@ -86,6 +86,7 @@ def test_new_files_replicate_and_fetch_routes_only_to_holders(pair: BuiltinNodes
         for addr in fetch_all(pair, remote):
             assert download(addr, remote) == data
     for remote, data in remotes:
+
         def on_both(remote: str = remote) -> bool:
             return len(fetch_all(pair, remote)) == 2
 
@@ -369,3 +370,76 @@ def test_changes_taken_while_the_source_was_down_survive_its_return(
     expected[10:110] = patch
     for node in pair.storages:
         eventually(partial(holds, node, remote, bytes(expected)), what=f"{node.addr}")
+
+
+@pytest.fixture
+def slow_pair(tmp_path: Path) -> Iterator[BuiltinNodes]:
+    """A pair whose leases outlast a frozen tracker for a few seconds."""
+    specs = [StorageSpec(GROUP, "127.0.0.23", "100003"), StorageSpec(GROUP, "127.0.0.24", "100004")]
+    with BuiltinNodes(
+        tmp_path, specs, tracker_host="127.0.0.25", tracker_args=("--offline-after", "4")
+    ) as nodes:
+        nodes.wait_synced()
+        yield nodes
+
+
+def _holds_one_of(node: StorageNode, remote: str, allowed: list[bytes]) -> bool:
+    return download(node.addr, remote) in allowed
+
+
+def test_a_change_the_trackers_never_learned_of_cannot_undo_later_ones(
+    slow_pair: BuiltinNodes,
+) -> None:
+    """The source logs an append the tracker never hears of, then freezes; the replica
+    takes the file over and acknowledges an append; the source returns.
+
+    The source's unreported append must not be acknowledged (nothing would keep
+    it), and when the source returns, its log must not be replayed over the
+    replica's acknowledged change: every storage ends with every acknowledged byte.
+    """
+    pair = slow_pair
+    source, replica = pair.storages
+    tracker = pair.tracker_proc
+    assert tracker is not None
+    base = os.urandom(4096)
+    remote = upload(source, base, appender=True)
+    eventually(lambda: download(replica.addr, remote) == base, what="appender replicated")
+    created = int(time.time())
+    eventually(
+        lambda: reported_synced(pair, replica.spec.server_id) > created,
+        what="replica reports progress past the upload",
+    )
+    unreported = os.urandom(4096)
+    tracker.stop()
+    replica.proc.stop()  # it cannot pull the append below
+    try:
+        # A beat is now awaiting the tracker's reply, so the append's report
+        # cannot even be sent; the source's lease (3.7 s) is still valid.
+        time.sleep(0.8)
+        status, _ = call(source.addr, S.append_request(remote, 4096).encode() + unreported)
+        assert status in (0, errno.EIO, errno.EAGAIN), status
+        source.proc.stop()
+    finally:
+        replica.proc.cont()
+        tracker.cont()
+    try:
+        eventually(
+            lambda: (
+                {r.storage_id: r.status for r in pair.list_storages(GROUP)}[source.spec.server_id]
+                == StorageStatus.OFFLINE
+            ),
+            what="tracker sees the frozen source OFFLINE",
+        )
+        taken = os.urandom(4096)
+        taker = change_via_tracker(pair, remote, S.append_request(remote, 4096).encode() + taken)
+        assert taker == replica.addr
+    finally:
+        source.proc.cont()
+    pair.wait_active()
+    # Unacknowledged, the source's append may or may not survive; acknowledged, it must.
+    allowed = (
+        [base + unreported + taken] if status == 0 else [base + taken, base + unreported + taken]
+    )
+    for node in pair.storages:
+        eventually(partial(_holds_one_of, node, remote, allowed), what=f"{node.addr}")
+    assert download(source.addr, remote) == download(replica.addr, remote)
