@@ -20,7 +20,7 @@ from fdfsmount.proto.fileid import decode_file_id
 from fdfsmount.proto.message import ServerAddr
 from harness.cluster import Cluster
 
-pytestmark = [pytest.mark.fault, pytest.mark.slow]
+pytestmark = [pytest.mark.processes, pytest.mark.fault, pytest.mark.slow]
 
 
 @pytest.fixture

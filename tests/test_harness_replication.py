@@ -23,7 +23,7 @@ from fdfsmount.proto import tracker as T
 from fdfsmount.proto.constants import Cmd, StorageStatus
 from fdfsmount.proto.wire import decode_header
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 GROUP = "group1"
 
