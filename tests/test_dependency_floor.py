@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.processes  # installs packages and runs a metrics server
+
 REPO = Path(__file__).resolve().parent.parent
 
 SCRAPE = """
 import importlib.metadata, urllib.request
 import trio
 from fdfsmount.metrics import MetricsServer, MountCollector
-
-pytestmark = pytest.mark.processes  # starts servers, mounts or programs
 
 async def main() -> None:
     token = trio.lowlevel.current_trio_token()
