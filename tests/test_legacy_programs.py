@@ -7,11 +7,9 @@ Against the builtin servers, and (``native`` marker) against the upstream server
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import random
 import shutil
-import socket
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from mounthelp import client_run
+from nginxhelp import NGINX, Nginx, serving
 from waiting import wait_until
 
 from fdfsmount.demo import sample_png
@@ -28,9 +27,7 @@ from fdfsmount.proto import FileId, parse_file_id
 from fdfsmount.proto.client import Client
 from fdfsmount.proto.fileid import make_remote_name
 from harness.cluster import Cluster
-from harness.process import ChildProcess, pick_free_port
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 PROGRAMS = ("rsync", "tar", "sha256sum", "file", "identify", "find", "cp", "mv")
 MISSING = [p for p in PROGRAMS if shutil.which(p) is None] + ([] if NGINX else ["nginx"])
 
@@ -129,83 +126,11 @@ def quiet(*argv: str | os.PathLike[str], cwd: Path | None = None) -> str:
 
 # ---------------------------------------------------------------- nginx
 
-NGINX_CONF = """\
-master_process off;
-daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    sendfile on;
-    types {{ text/plain txt; image/png png; }}
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{plain};
-        root {root};
-    }}
-    server {{
-        listen 127.0.0.1:{cached};
-        root {root};
-        open_file_cache max=1000 inactive=60s;
-        open_file_cache_valid 1s;
-        open_file_cache_errors on;
-    }}
-}}
-"""
-
-
-@dataclass
-class Nginx:
-    ports: dict[str, int]
-    process: ChildProcess
-
-    def request(
-        self, flavour: str, method: str, path: str, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports[flavour], timeout=60)
-        try:
-            conn.request(method, "/" + path, headers=headers or {})
-            response = conn.getresponse()
-            body = response.read()  # IncompleteRead if the body is cut short
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-        finally:
-            conn.close()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def nginx(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     """nginx as a child of the test, on 127.0.0.1 with its own prefix; killed at teardown."""
-    assert NGINX is not None
-    prefix = tmp_path_factory.mktemp("nginx")
-    ports = {"plain": pick_free_port(), "cached": pick_free_port()}
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, root=site.mnt, **ports))
-    process = ChildProcess(
-        [NGINX, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
-        name="nginx",
-        log_dir=prefix / "logs",
-        ready_line=None,
-        ready_probe=lambda: all(_listening(p) for p in ports.values()),
-        extra_logs=[prefix / "error.log"],
-    )
-    process.start()
-    try:
-        yield Nginx(ports, process)
-    finally:
-        process.terminate()
+    with serving(site.mnt, tmp_path_factory.mktemp("nginx")) as server:
+        yield server
 
 
 FLAVOURS = ["plain", "cached"]  # without and with open_file_cache

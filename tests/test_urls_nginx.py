@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from nginxhelp import NGINX, serving
 
 from fdfsmount.mountproc import MountProcess
 from fdfsmount.proto.sync import Client
 from fdfsmount.urls import url_for
 from harness.cluster import Cluster
-from harness.process import ChildProcess, pick_free_port, port_is_listening
-
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 pytestmark = [
     pytest.mark.processes,
@@ -30,48 +27,10 @@ pytestmark = [
     pytest.mark.skipif(NGINX is None, reason="nginx is not installed"),
 ]
 
-NGINX_CONF = """\
-master_process off;
-daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-    }}
-}}
-"""
-
-
 @pytest.fixture
 def nginx_base(fdfs_mount: MountProcess, tmp_path: Path) -> Iterator[str]:
-    assert NGINX is not None
-    port = pick_free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=tmp_path, root=fdfs_mount.mountpoint, port=port))
-    process = ChildProcess(
-        [NGINX, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
-        name="nginx",
-        log_dir=tmp_path / "logs",
-        ready_line=None,
-        ready_probe=lambda: port_is_listening("127.0.0.1", port),
-        extra_logs=[tmp_path / "error.log"],
-    )
-    process.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
+    with serving(fdfs_mount.mountpoint, tmp_path) as server:
+        yield server.url()
 
 
 def fetch(url: str) -> tuple[int, bytes]:
