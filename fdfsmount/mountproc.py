@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .status import pid_alive
+
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -72,16 +74,6 @@ class MountState(enum.Enum):
     LIVE = "live"  # a mount that answers, or that we cannot prove dead: leave it
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def state_file_pid(mountpoint: str | os.PathLike[str]) -> int | None:
     """The daemon pid an fdfsmount mount recorded for `mountpoint` (None: no state file)."""
     from .status import StatusError, locate
@@ -105,7 +97,7 @@ def mount_state(mountpoint: str | os.PathLike[str]) -> MountState:
     if not is_mounted(mountpoint):
         return MountState.FREE
     pid = state_file_pid(mountpoint)
-    if pid is not None and not _pid_alive(pid):
+    if pid is not None and not pid_alive(pid):
         return MountState.STALE
     return MountState.LIVE
 

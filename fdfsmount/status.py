@@ -144,7 +144,7 @@ def sweep_stale(base: Path) -> int:
             pid = info["pid"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if not isinstance(pid, int) or _pid_alive(pid):
+        if not isinstance(pid, int) or pid_alive(pid):
             continue
         for path in (state, Path(info.get("socket") or state.with_suffix(".sock"))):
             if path.parent == base:
@@ -309,7 +309,8 @@ def find_mount(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> Moun
     return found
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -383,7 +384,7 @@ def ask(
     `StatusError` says why not."""
     _entry, state = locate(mountpoint)
     pid = state.get("pid")
-    if isinstance(pid, int) and not _pid_alive(pid):
+    if isinstance(pid, int) and not pid_alive(pid):
         raise StatusError(
             f"{mountpoint}: its fdfsmount process ({pid}) is gone; if the mount says "
             f"'Transport endpoint is not connected', clear it with: fusermount3 -u -z {mountpoint}"
