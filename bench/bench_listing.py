@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,39 +29,9 @@ from typing import Any
 from fdfsmount.mountproc import mounted
 from fdfsmount.status import ask
 from harness.cluster import Cluster
+from harness.process import RssSampler, rss_mib
 
 GROUP = "big"
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class RssSampler:
-    """Peak RSS of a process, sampled every 50 ms in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mib(self.pid))
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def count_files(root: Path) -> tuple[int, float]:
@@ -116,7 +85,7 @@ def run(files: int, work: Path) -> dict[str, Any]:
                 found, mount_find_s = count_files(mnt / GROUP)
             results["find_count"] = found
             results["find_mount_s"] = mount_find_s
-            results["rss_peak_while_listing_mib"] = sampler.peak
+            results["rss_peak_while_listing_mib"] = sampler.peak_mib
             time.sleep(1)
             results["rss_after_mib"] = rss_mib(m.pid)
             before = counters(mnt)

@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +53,7 @@ from fdfsmount.proto.client import Client
 from fdfsmount.proto.constants import HEADER_SIZE
 from fdfsmount.proto.wire import decode_header
 from harness.cluster import BackendUnavailable, Cluster, make_backend
+from harness.process import RssSampler
 
 MIB = 1024 * 1024
 SMALL_SIZES = (4096, 64 * 1024)
@@ -158,35 +158,6 @@ def null_mount(where: Path, files: dict[str, int]) -> Iterator[Path]:
             proc.kill()
             proc.wait()
         spec.unlink(missing_ok=True)
-
-
-class RssSampler:
-    """Peak VmRSS of a process, sampled every 20 ms in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_kib = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-            except OSError:
-                return
-            self._stop.wait(0.02)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ---------------------------------------------------------------- raw-socket anchors
@@ -409,14 +380,14 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
                 # The same after all of the above (writes included), for information.
                 with RssSampler(proc.pid) as rss:
                     run("dd", f"if={mnt / str(up.huge)}", "of=/dev/null", "bs=1M", "status=none")
-                res.rss_long_lived_mib = rss.peak_kib / 1024
+                res.rss_long_lived_mib = rss.peak_mib
         if up.huge is not None:
             # A fresh daemon streaming 1 GiB: what the read path holds.
             with mounted(trackers, tmp / "mnt-rss", ["timeout=30"]) as proc:
                 with RssSampler(proc.pid) as rss:
                     run("dd", f"if={proc.mountpoint / str(up.huge)}", "of=/dev/null", "bs=1M",
                         "status=none")  # fmt: skip
-                res.rss_peak_mib = rss.peak_kib / 1024
+                res.rss_peak_mib = rss.peak_mib
         big_local.unlink()
 
         null_files = {str(f): s for s, fids in up.plot.items() for f in fids}

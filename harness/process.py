@@ -656,3 +656,45 @@ def kill_processes_mentioning(text: str, timeout: float = 5.0) -> list[int]:
     while victims and processes_mentioning(text) and time.monotonic() < deadline:
         time.sleep(_POLL_INTERVAL)
     return victims
+
+
+# ---------------------------------------------------------------- memory of a process
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory of process `pid` in MiB (VmRSS); ProcessLookupError once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    raise ProcessLookupError(f"no process {pid} (or no memory of its own: a zombie)")
+
+
+class RssSampler:
+    """Peak resident memory of a process, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_mib = max(self.peak_mib, rss_mib(self.pid))
+            except ProcessLookupError:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

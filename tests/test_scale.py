@@ -17,6 +17,7 @@ from fdfsmount.listing import ListingStats
 from fdfsmount.mountproc import fuse_available, mounted
 from fdfsmount.proto import decode_file_id, parse_file_id
 from fdfsmount.status import ask
+from harness.process import rss_mib
 from harness.pytest_plugin import ClusterFactory
 from harness.synthetic import source_bytes, synthetic_name
 
@@ -25,12 +26,7 @@ pytestmark = pytest.mark.processes  # starts servers, mounts or programs
 MIB = 1024 * 1024
 
 
-def rss_mib(pid: int | str = "self") -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+
 
 
 def refreshed_and_skipped(stats: ListingStats) -> bool:
