@@ -62,8 +62,8 @@ def take_snapshot(parts: MountParts | None, info: dict[str, Any]) -> Snapshot:
             "requests": dict(stats.requests),
             "errors": dict(stats.errors),
             "latency": {
-                server: [count, stats.latency_sum.get(server, 0.0)]
-                for server, count in stats.latency_count.items()
+                server: [count, total]
+                for server, (count, total) in stats.latency_by_server().items()
             },
             "latency_histograms": _by_server_and_op(stats.latency),
             "connections_opened": stats.connections_opened,

@@ -53,16 +53,14 @@ class ClientStats:
     ``requests`` and ``errors`` are keyed by wire operation (the command name in
     lower case: ``download_file``, ``query_fetch_one``, ...), because one client
     call may send several requests. Latency is the time from sending a request
-    to having its whole reply, summed per server (``host:port``) and counted
-    into a histogram per server and operation (`latency`).
+    to having its whole reply, counted into a histogram per server (``host:port``)
+    and operation (`latency`); `latency_by_server` sums them per server.
     """
 
     requests: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     bytes_sent: int = 0
     bytes_received: int = 0
-    latency_sum: dict[str, float] = field(default_factory=dict)
-    latency_count: dict[str, int] = field(default_factory=dict)
     latency: dict[tuple[str, str], LatencyHistogram] = field(default_factory=dict)
     connections_opened: int = 0
     connections_reused: int = 0
@@ -74,12 +72,18 @@ class ClientStats:
         self.errors[op] = self.errors.get(op, 0) + 1
 
     def observe_latency(self, server: str, seconds: float, op: str = "other") -> None:
-        self.latency_sum[server] = self.latency_sum.get(server, 0.0) + seconds
-        self.latency_count[server] = self.latency_count.get(server, 0) + 1
         hist = self.latency.get((server, op))
         if hist is None:
             hist = self.latency[(server, op)] = LatencyHistogram()
         hist.observe(seconds)
+
+    def latency_by_server(self) -> dict[str, tuple[int, float]]:
+        """Per server (``host:port``): requests timed and their summed seconds, all ops."""
+        out: dict[str, tuple[int, float]] = {}
+        for (server, _), hist in self.latency.items():
+            count, total = out.get(server, (0, 0.0))
+            out[server] = (count + hist.count, total + hist.total)
+        return out
 
     def snapshot(self) -> ClientStats:
         """A copy that later updates do not change."""
