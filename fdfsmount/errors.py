@@ -1,4 +1,5 @@
-"""Errors of the mount's own making (the protocol's live in `proto.errors`)."""
+"""Errors of the mount's own making (the protocol's live in `proto.errors`), and
+`sole_error` for the commands' reports."""
 
 from __future__ import annotations
 
@@ -22,3 +23,11 @@ class Refused(Exception):
 
     def __str__(self) -> str:
         return f"{super().__str__()} ({os.strerror(self.errno)})"
+
+
+def sole_error(exc: BaseException) -> BaseException:
+    """The one error inside nested single-member exception groups (trio nurseries wrap
+    what fails in them), or `exc` itself when it holds several or none."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

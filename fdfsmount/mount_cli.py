@@ -18,6 +18,7 @@ from typing import NoReturn
 import trio
 
 from . import __version__
+from .errors import sole_error
 from .logsetup import setup_logging
 from .mount import MountError
 from .options import MountOptions, OptionError, build_options
@@ -183,9 +184,7 @@ def run_mount(opts: MountOptions, on_live: Callable[[], None] | None) -> str | N
     try:
         trio.run(managed.run, opts, on_live)
     except BaseException as exc:  # report, never a traceback on the terminal
-        leaf: BaseException = exc
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
+        leaf = sole_error(exc)
         if isinstance(leaf, MountError):
             return str(leaf)
         if isinstance(leaf, KeyboardInterrupt):

@@ -28,6 +28,7 @@ from fdfsmount.proto.errors import ConnectError, NoStorage, ProtocolError, Timeo
 from fdfsmount.proto.fileid import FileType, decode_file_id, parse_file_id, split_ext
 from fdfsmount.proto.pool import ConnectFn
 
+from ..errors import sole_error
 from ..options import human_size
 from ..urls import DEFAULT_SERVER_TTL, read_http_conf, url_for
 from .progress import PROGRESS_THRESHOLD, ProgressBar
@@ -443,7 +444,7 @@ def main(argv: Sequence[str] | None = None, *, connect: ConnectFn | None = None)
         if _interrupted(exc):
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
-        error = _single(exc)
+        error = sole_error(exc)
         if isinstance(error, SystemExit):
             raise
         if isinstance(error, BrokenPipeError):
@@ -473,12 +474,6 @@ def _interrupted(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(KeyboardInterrupt) is not None
     return isinstance(exc, KeyboardInterrupt)
-
-
-def _single(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def describe_error(exc: BaseException) -> str:
