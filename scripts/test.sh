@@ -28,9 +28,10 @@ tmp_before="$(mktemp)"
 trap 'rm -f "$tmp_before"' EXIT
 tmp_snapshot >"$tmp_before"
 
-# Test files are spread over two workers (one per core) (a file's tests stay together, so module
-# fixtures such as a mount are set up once); most tests wait on servers and
-# processes rather than compute. `-n 0` among the arguments runs them in order.
+# Test files are spread over two workers, one per core (a file's tests stay
+# together, so module fixtures such as a mount are set up once); more workers
+# starve the timing-sensitive cluster tests. `-n 0` among the arguments runs
+# everything in one process.
 workers=(-n "${PYTEST_WORKERS:-2}" --dist loadfile)
 echo "== pytest ${workers[*]} $*"
 started=$SECONDS
