@@ -80,6 +80,7 @@ def main() -> int:
                 continue
             reports.append(report)
             print(report.line(), flush=True)
+            print(f"  time: {report.time_line()}", flush=True)
     slowest = max((r.slowest_call for r in reports), default=0.0)
     summary = {
         "runs": args.seeds,

@@ -76,6 +76,10 @@ class ModelReport:
     slowest_call: float = 0.0
     slowest_op: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per operation kind
+
+    def spent(self, what: str, since: float) -> None:
+        self.seconds[what] = self.seconds.get(what, 0.0) + time.monotonic() - since
 
     def line(self) -> str:
         return (
@@ -84,6 +88,11 @@ class ModelReport:
             f"{self.bytes_acknowledged} bytes acknowledged at the end, "
             f"slowest call {self.slowest_call:.2f}s ({self.slowest_op})"
         )
+
+    def time_line(self) -> str:
+        """Where the run's wall time went, largest first."""
+        spent = sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{what} {secs:.1f}s" for what, secs in spent)
 
 
 class _Faults:
@@ -277,6 +286,7 @@ class _Run:
             choices.append(("fault", 1))
         op = rng.choices([c for c, _ in choices], weights=[w for _, w in choices])[0]
         self.report.counts[op] = self.report.counts.get(op, 0) + 1
+        began = time.monotonic()
         try:
             getattr(self, f"op_{op}")()
         except OSError as exc:
@@ -285,15 +295,20 @@ class _Run:
             if self.faults is None:
                 raise self.fail(f"{op} failed without a fault: {exc}") from exc
             self.certain = False
+        self.report.spent(op, began)
         self.report.ops += 1
         if self.faults is not None and self.faults.active:
             self.ops_in_fault += 1
             if self.ops_in_fault >= OPS_PER_FAULT:
                 # Enough calls met this fault: wait it out, so that most operations of a
                 # run are checked against the model rather than made while it is unsure.
+                began = time.monotonic()
                 self.faults.settle()
+                self.report.spent("settle", began)
         if not self.certain and (self.faults is None or not self.faults.active):
+            began = time.monotonic()
             self.resync()
+            self.report.spent("resync", began)
 
     def _length(self) -> int:
         r = self.rng.random()
@@ -558,7 +573,9 @@ def run_model(
         run.setup()
         for _ in range(ops):
             run.step()
+        began = time.monotonic()
         run.finish()
+        run.report.spent("finish", began)
     finally:
         run.cleanup()
     log.info("%s", run.report.line())
