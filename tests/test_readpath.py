@@ -24,6 +24,7 @@ from fdfsmount.proto import (
 from fdfsmount.proto.errors import FileNotFound, ServerError, Timeout
 from fdfsmount.proto.fileid import make_remote_name
 from fdfsmount.proto.health import ServerHealth
+from fdfsmount.proto.replicas import HOLDERS_TTL
 from fdfsmount.proto.storage import FileInfo
 from fdfsmount.readpath import DOWN_MEMORY, MIB, WHOLE_FILE_LIMIT, OpenFile, Readahead, ReadPath
 
@@ -159,6 +160,11 @@ class FakeClient:
         self.fail: Exception | None = None
         self.frozen: set[ServerAddr] = set()
         self.health = ServerHealth()
+        self.fetches: list[str] = []
+        # (server, file) -> what a replica that has not caught up yet serves instead.
+        self.lagging: dict[tuple[ServerAddr | None, str], bytes] = {}
+        # What the tracker names as holding a file's newest version (source first).
+        self.holders = [ServerAddr("127.0.0.10", 23000), ServerAddr("127.0.0.11", 23001)]
 
     def add(self, data: bytes, *, appender: bool = False) -> FileId:
         remote = make_remote_name(
@@ -182,14 +188,16 @@ class FakeClient:
             await trio.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
+        served_by: ServerAddr | None = None
         for addr in servers or ():
             if addr not in self.frozen:
+                served_by = addr
                 break
             self.health.failed(addr)  # timed out: the client fails over to the next
         else:
             if servers:
                 raise Timeout(f"every replica of {file_id} timed out")
-        data = self.files.get(str(file_id))
+        data = self.lagging.get((served_by, str(file_id)), self.files.get(str(file_id)))
         if data is None:
             raise FileNotFound(str(file_id))
         return data[offset : offset + length]
@@ -201,7 +209,9 @@ class FakeClient:
         ]
 
     async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]:
-        raise AssertionError("the group's storages should be enough")
+        # The tracker: asked for appender files only (normal ones go by the group's list).
+        self.fetches.append(str(file_id))
+        return list(self.holders)
 
     # The rest of ReadClient: the read path never calls these.
     async def info(self, file_id: FileId | str, *, calc_crc32: bool = True) -> FileInfo:
@@ -305,6 +315,32 @@ async def test_appender_blocks_follow_the_version_seen_at_open() -> None:
     assert await rp.read(f1, 0, 4096) == b"x" * 1000 + b"y" * 500
     f2 = rp.open(fid, decode_file_id(fid), 1500, immutable=False, mtime=2)
     assert await rp.read(f2, 1000, 4096) == b"y" * 500
+
+
+async def test_appender_reads_skip_a_lagging_replica_after_the_source_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A source that timed out a moment ago goes last for immutable files; but an
+    appender file's replica may lack its newest changes: only the storages the
+    tracker names as holding them are asked, the source first."""
+    client = FakeClient()
+    fid = client.add(b"new" * 1000, appender=True)
+    client.lagging[(REPLICA, str(fid))] = b"old" * 900
+    client.holders = [SOURCE]  # the tracker: the replica has not caught up
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5, health=client.health)
+    client.health.failed(SOURCE)  # e.g. it was frozen a moment ago
+    f = rp.open(fid, decode_file_id(fid), 3000, immutable=False)
+    assert await rp.read(f, 0, 4096) == b"new" * 1000
+    assert client.requests[-1][3] == (SOURCE,)
+    assert client.fetches == [str(fid)]
+    # The source is gone and the replica caught up: the tracker names only the replica.
+    await trio.sleep(HOLDERS_TTL)
+    client.holders = [REPLICA]
+    client.lagging.clear()
+    client.files[str(fid)] += b"more"
+    f = rp.open(fid, decode_file_id(fid), 3004, immutable=False)
+    assert await rp.read(f, 0, 4096) == b"new" * 1000 + b"more"
+    assert client.requests[-1][3] == (REPLICA,)
 
 
 async def test_failed_prefetch_lets_the_reader_try_itself(nursery: trio.Nursery) -> None:

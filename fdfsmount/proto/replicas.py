@@ -19,7 +19,7 @@ from typing import Protocol
 import trio
 
 from .constants import StorageStatus
-from .errors import FdfsError, InvalidFileId
+from .errors import FdfsError, FileNotFound, InvalidFileId
 from .fileid import FileId, FileIdInfo, FileType, decode_file_id
 from .health import ServerHealth
 from .message import ServerAddr
@@ -28,6 +28,9 @@ from .records import StorageStat
 log = logging.getLogger(__name__)
 
 STORAGES_TTL = 30.0
+#: How long the tracker's holders of an appender file are trusted while its source is
+#: among them (the source has every change while it is up); without it, not at all.
+HOLDERS_TTL = 1.0
 FRESH_FILE_AGE = 300  # seconds: younger files may not have reached every replica yet
 
 
@@ -63,6 +66,7 @@ class ReplicaDirectory:
         self._groups: dict[str, tuple[float, list[tuple[str, str, ServerAddr]]]] = {}
         self._per_file: OrderedDict[str, list[ServerAddr]] = OrderedDict()
         self._failed_at: dict[str, float] = {}
+        self._holders: OrderedDict[str, tuple[float, list[ServerAddr]]] = OrderedDict()
 
     async def servers_for(
         self, file_id: FileId, info: FileIdInfo | None = None, *, rotate: int = 0
@@ -74,6 +78,10 @@ class ReplicaDirectory:
             except InvalidFileId:
                 return None
         storages = await self._group_storages(file_id.group)
+        if info.file_type is FileType.APPENDER:
+            holders = await self._appender_holders(file_id, info, storages)
+            if holders is not None:
+                return holders or None  # none: the tracker is asked again, and says why
         if storages:
             source = [a for (sid, ip, a) in storages if _is_source(info, sid, ip)]
             others = [a for (sid, ip, a) in storages if not _is_source(info, sid, ip)]
@@ -86,6 +94,41 @@ class ReplicaDirectory:
             return None
         turn = rotate % len(servers)
         return self.health.order(servers[turn:] + servers[:turn])
+
+    async def _appender_holders(
+        self, file_id: FileId, info: FileIdInfo, storages: list[tuple[str, str, ServerAddr]]
+    ) -> list[ServerAddr] | None:
+        """The storages the tracker says hold the newest version of an appender file,
+        source first (None: the tracker did not answer).
+
+        An appender file changes in place, and replication runs behind: a replica
+        may lack a change its source acknowledged a moment ago, however healthy
+        both look. So reads (and the size asked at open) go only to storages the
+        tracker names (QUERY_FETCH_ALL), in its order with the source first, and
+        a source that failed lately is not put behind a replica that may lag.
+        """
+        key = str(file_id)
+        now = trio.current_time()
+        cached = self._holders.get(key)
+        if cached is not None and now - cached[0] < HOLDERS_TTL:
+            return cached[1]
+        try:
+            holders = await self._client.fetch_servers(file_id)
+        except FileNotFound:
+            return []  # gone, or no storage has the newest version: never an older one
+        except FdfsError as exc:
+            log.debug("QUERY_FETCH_ALL for %s failed (%s); using the group's storages", key, exc)
+            return None
+        source = {a for (sid, ip, a) in storages if _is_source(info, sid, ip)}
+        holders = sorted(holders, key=lambda a: a not in source)
+        if holders and holders[0] in source:
+            self._holders[key] = (now, holders)
+            self._holders.move_to_end(key)
+            if len(self._holders) > 10_000:
+                self._holders.popitem(last=False)
+        else:
+            self._holders.pop(key, None)
+        return holders
 
     async def _group_storages(self, group: str) -> list[tuple[str, str, ServerAddr]]:
         now = trio.current_time()
