@@ -14,6 +14,7 @@ the slowest single call against ``timeout`` + 1 s.
 
 Usage: .venv/bin/python bench/fault_campaign.py [--seeds 20] [--ops 5000]
        [--first-seed 1] [--no-faults | --short-faults] [--one-mount] [--timeout 5] [--json]
+       [--log-dir DIR]
 """
 
 from __future__ import annotations
@@ -47,16 +48,35 @@ def main() -> int:
     parser.add_argument("--one-mount", action="store_true", help="no reads through mount B")
     parser.add_argument("--timeout", type=float, default=5.0, help="the mounts' -o timeout")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        help="keep the mounts' logs here (mount-a.log, mount-b.log); default: deleted",
+    )
     args = parser.parse_args()
     options = [f"timeout={args.timeout:g}", "attr_timeout=1", "entry_timeout=1"]
     reports: list[ModelReport] = []
     failures: list[str] = []
     started = time.monotonic()
+    logs: dict[str, Path | None] = {"a": None, "b": None}
+    if args.log_dir is not None:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+        logs = {name: args.log_dir / f"mount-{name}.log" for name in logs}
     with (
         tempfile.TemporaryDirectory(prefix="fdfs-campaign-") as tmp,
         Cluster(groups={"group1": 2}) as cluster,
-        mounted(cluster.trackers, Path(tmp) / "a", [*options, f"cache_dir={tmp}/ca"]) as a,
-        mounted(cluster.trackers, Path(tmp) / "b", [*options, f"cache_dir={tmp}/cb"]) as b,
+        mounted(
+            cluster.trackers,
+            Path(tmp) / "a",
+            [*options, f"cache_dir={tmp}/ca"],
+            log_path=logs["a"],
+        ) as a,
+        mounted(
+            cluster.trackers,
+            Path(tmp) / "b",
+            [*options, f"cache_dir={tmp}/cb"],
+            log_path=logs["b"],
+        ) as b,
     ):
         print(
             f"builtin cluster {cluster.trackers[0]}, group1 with 2 storages; "
