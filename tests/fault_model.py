@@ -53,6 +53,7 @@ KIB = 1024
 MIB = 1024 * KIB
 MAX_SIZE = 6 * MIB  # truncates become likelier past this
 REPLICATION_WAIT = 60.0
+DIAGNOSIS_WAIT = 15.0  # how long a failure report waits for the storages to agree
 OPS_PER_FAULT = 40  # operations made during one fault before waiting for it to end
 
 
@@ -207,19 +208,29 @@ class _Run:
         )
 
     def storage_sizes(self) -> str:
-        """What each storage of the group has of the file (for failure messages)."""
+        """What each storage of the group has of the file (for failure messages), once
+        they agree: replication runs behind, so storages measured at once may differ
+        only because the last change has not reached a replica yet."""
         if self.file_id is None:
             return "-"
         fid, model = self.file_id, bytes(self.model)
 
         async def sizes() -> str:
-            out = []
             async with Client(self.cluster.trackers) as client:
-                for node in self.cluster.storages_of(self.group):
-                    got = await _content_on(client, node, fid)
-                    same = "" if got is None else (", = model" if got == model else ", differs")
-                    out.append(f"{node.name}: {'none' if got is None else len(got)}{same}")
-            return "; ".join(out)
+                nodes = self.cluster.storages_of(self.group)
+                waited = time.monotonic()
+                while True:
+                    contents = [await _content_on(client, node, fid) for node in nodes]
+                    agree = len(set(contents)) == 1
+                    if agree or time.monotonic() - waited > DIAGNOSIS_WAIT:
+                        break
+                    await trio.sleep(0.2)
+            out = []
+            for node, got in zip(nodes, contents, strict=True):
+                same = "" if got is None else (", = model" if got == model else ", differs")
+                out.append(f"{node.name}: {'none' if got is None else len(got)}{same}")
+            verdict = "agree" if agree else f"still differ after {DIAGNOSIS_WAIT:g}s"
+            return "; ".join(out) + f" ({verdict})"
 
         try:
             return trio.run(sizes)
