@@ -210,6 +210,7 @@ def build_operations(
         flush_size=opts.write_buffer,
         idle=opts.write_idle,
         buffers=opts.write_buffers,
+        retry_for=opts.timeout,
     )
     ops = Operations(
         opts,

@@ -75,6 +75,11 @@ SLAVE_SPOOL_MEMORY = 4 * MIB
 
 #: Bytes buffered by the whole mount at which freed memory is handed back to the system.
 TRIM_AFTER = 16 * MIB
+#: How long a send refused with EAGAIN is retried (the mount passes its ``timeout``).
+RETRY_FOR = 30.0
+#: The first pause between such retries; it doubles up to `RETRY_PAUSE_MAX`.
+RETRY_PAUSE = 0.05
+RETRY_PAUSE_MAX = 0.5
 
 Spawn = Callable[[Callable[[], Awaitable[None]], str], None]
 SizeQuery = Callable[[FileId], Awaitable[int]]
@@ -204,8 +209,10 @@ class AppenderWriter:
         stats: WriteStats,
         budget: WriteBudget | None = None,
         on_failure: Callable[[AppenderWriter], None] = lambda w: None,
+        retry_for: float = RETRY_FOR,
     ) -> None:
         self.client = client
+        self.retry_for = retry_for
         self.file_id = file_id
         self.id_info: FileIdInfo = decode_file_id(file_id)
         self.size = size  # as this host shows it: stored + pending
@@ -347,7 +354,7 @@ class AppenderWriter:
                 extent = self.queue[0]
                 try:
                     async with self._lock:
-                        await self._send(extent)
+                        await self._send_retrying(extent)
                 except Exception as exc:
                     self._fail(exc)
                     break
@@ -358,6 +365,29 @@ class AppenderWriter:
         finally:
             self._sending = False
             self._pulse()
+
+    async def _send_retrying(self, extent: Extent) -> None:
+        """`_send`, again while the cluster answers EAGAIN, for up to `retry_for` seconds.
+
+        EAGAIN is a refusal that changed nothing: the file's source is catching up
+        after an outage (the tracker sends no changes anywhere meanwhile), or a storage
+        may not take changes of the file just now. Dropping the extent would lose
+        bytes a write() took; the moment passes, usually within a second or two.
+        A retry sends the extent whole again: a modify rewrites the same bytes, and
+        an append already made moved `stored_size`, so it becomes a modify.
+        """
+        deadline = trio.current_time() + self.retry_for
+        pause = RETRY_PAUSE
+        while True:
+            try:
+                await self._send(extent)
+                return
+            except ServerError as exc:
+                if exc.errno != errno.EAGAIN or trio.current_time() + pause > deadline:
+                    raise
+                log.debug("write-back of %s: %s; retrying in %.2fs", self.file_id, exc, pause)
+            await trio.sleep(pause)
+            pause = min(pause * 2, RETRY_PAUSE_MAX)
 
     async def _send(self, extent: Extent) -> None:
         fid = self.file_id

@@ -58,6 +58,7 @@ from .proto.errors import LocalProtocolError
 from .proto.fileid import BASE64_LEN, slave_remote_name, split_ext
 from .proto.storage import FileInfo
 from .writeback import (
+    RETRY_FOR,
     AppenderWriter,
     SlaveSpool,
     SlaveTarget,
@@ -125,8 +126,10 @@ class WritePath:
         flush_size: int = FLUSH_SIZE,
         idle: float = IDLE_FLUSH,
         buffers: int = WRITE_BUFFERS,
+        retry_for: float = RETRY_FOR,
     ) -> None:
         self.client = client
+        self.retry_for = retry_for
         self.table = table
         self.listing = listing
         self.file_stats = stats
@@ -208,6 +211,7 @@ class WritePath:
             stats=self.stats,
             budget=self.budget,
             on_failure=self._forget_unstored,
+            retry_for=self.retry_for,
         )
         self._writers[str(file_id)] = writer
         return writer
