@@ -146,8 +146,14 @@ class _Faults:
     def _thaw(self, node: Node, hold: float) -> None:
         time.sleep(hold)
         self.cluster.cont(node)
-        with self._lock:
-            self._frozen.discard(node.name)
+        try:
+            # Over only once the storage is back in service, as after a restart: a
+            # freeze that outlasted the trackers' patience makes it rejoin and catch up
+            # first (the trackers send no changes to it meanwhile).
+            self.cluster.wait_active([node])
+        finally:
+            with self._lock:
+                self._frozen.discard(node.name)
 
     def _restart(self, node: Node, hold: float) -> None:
         time.sleep(hold)
