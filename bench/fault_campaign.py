@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -34,7 +35,14 @@ from fdfsmount.mountproc import mounted
 from harness.cluster import Cluster
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> int:
+    # A campaign in the background is stopped with SIGTERM: unmount and stop the
+    # cluster on the way out, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupted)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=20, help="runs, one seed each")
     parser.add_argument("--first-seed", type=int, default=1)
