@@ -24,7 +24,7 @@ from fdfsmount.proto import (
 from fdfsmount.proto.errors import FileNotFound, ServerError, Timeout
 from fdfsmount.proto.fileid import make_remote_name
 from fdfsmount.proto.health import ServerHealth
-from fdfsmount.proto.replicas import HOLDERS_TTL
+from fdfsmount.proto.replicas import HOLDERS_RETRY, HOLDERS_TTL
 from fdfsmount.proto.storage import FileInfo
 from fdfsmount.readpath import DOWN_MEMORY, MIB, WHOLE_FILE_LIMIT, OpenFile, Readahead, ReadPath
 
@@ -165,6 +165,7 @@ class FakeClient:
         self.lagging: dict[tuple[ServerAddr | None, str], bytes] = {}
         # What the tracker names as holding a file's newest version (source first).
         self.holders = [ServerAddr("127.0.0.10", 23000), ServerAddr("127.0.0.11", 23001)]
+        self.tracker_down = False
 
     def add(self, data: bytes, *, appender: bool = False) -> FileId:
         remote = make_remote_name(
@@ -211,6 +212,8 @@ class FakeClient:
     async def fetch_servers(self, file_id: FileId | str) -> list[ServerAddr]:
         # The tracker: asked for appender files only (normal ones go by the group's list).
         self.fetches.append(str(file_id))
+        if self.tracker_down:
+            raise Timeout("query_fetch_all on tracker 127.0.0.2:22122: no answer within 2s")
         return list(self.holders)
 
     # The rest of ReadClient: the read path never calls these.
@@ -341,6 +344,27 @@ async def test_appender_reads_skip_a_lagging_replica_after_the_source_failed(
     f = rp.open(fid, decode_file_id(fid), 3004, immutable=False)
     assert await rp.read(f, 0, 4096) == b"new" * 1000 + b"more"
     assert client.requests[-1][3] == (REPLICA,)
+
+
+async def test_appender_reads_go_by_the_group_list_while_the_tracker_does_not_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client = FakeClient()
+    fid = client.add(b"z" * 5000, appender=True)
+    client.tracker_down = True
+    rp = ReadPath(client, BlockCache(8 * MIB), readahead=0, timeout=5, health=client.health)
+    f = rp.open(fid, decode_file_id(fid), 5000, immutable=False)
+    for _ in range(3):
+        assert await rp.read(f, 0, 4096) == b"z" * 4096
+    asked = [servers for (_, _, _, servers) in client.requests]
+    assert asked == [(SOURCE, REPLICA)] * 3
+    assert len(client.fetches) == 1  # not one tracker timeout per read
+    await trio.sleep(HOLDERS_RETRY)
+    client.tracker_down = False
+    client.holders = [SOURCE]
+    assert await rp.read(f, 0, 4096) == b"z" * 4096
+    asked = [servers for (_, _, _, servers) in client.requests]
+    assert asked[-1] == (SOURCE,) and len(client.fetches) == 2
 
 
 async def test_failed_prefetch_lets_the_reader_try_itself(nursery: trio.Nursery) -> None:

@@ -31,6 +31,8 @@ STORAGES_TTL = 30.0
 #: How long the tracker's holders of an appender file are trusted while its source is
 #: among them (the source has every change while it is up); without it, not at all.
 HOLDERS_TTL = 1.0
+#: After the trackers failed to name holders, how long the group's list serves instead.
+HOLDERS_RETRY = 5.0
 FRESH_FILE_AGE = 300  # seconds: younger files may not have reached every replica yet
 
 
@@ -67,6 +69,7 @@ class ReplicaDirectory:
         self._per_file: OrderedDict[str, list[ServerAddr]] = OrderedDict()
         self._failed_at: dict[str, float] = {}
         self._holders: OrderedDict[str, tuple[float, list[ServerAddr]]] = OrderedDict()
+        self._holders_failed_at: dict[str, float] = {}
 
     async def servers_for(
         self, file_id: FileId, info: FileIdInfo | None = None, *, rotate: int = 0
@@ -112,12 +115,15 @@ class ReplicaDirectory:
         cached = self._holders.get(key)
         if cached is not None and now - cached[0] < HOLDERS_TTL:
             return cached[1]
+        if now - self._holders_failed_at.get(file_id.group, -math.inf) < HOLDERS_RETRY:
+            return None  # the trackers did not answer just now: do not wait for them per read
         try:
             holders = await self._client.fetch_servers(file_id)
         except FileNotFound:
             return []  # gone, or no storage has the newest version: never an older one
         except FdfsError as exc:
             log.debug("QUERY_FETCH_ALL for %s failed (%s); using the group's storages", key, exc)
+            self._holders_failed_at[file_id.group] = now
             return None
         source = {a for (sid, ip, a) in storages if _is_source(info, sid, ip)}
         holders = sorted(holders, key=lambda a: a not in source)
