@@ -54,7 +54,12 @@ def main() -> int:
         help="as the tests: freezes shorter than a request's timeout, kills of replicas only",
     )
     parser.add_argument("--one-mount", action="store_true", help="no reads through mount B")
-    parser.add_argument("--timeout", type=float, default=5.0, help="the mounts' -o timeout")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="the mounts' -o timeout; long freezes last from it to 4 s more",
+    )
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     parser.add_argument(
         "--log-dir",
@@ -101,6 +106,7 @@ def main() -> int:
                     ops=args.ops,
                     faults=not args.no_faults,
                     long_faults=not args.short_faults,
+                    mount_timeout=args.timeout,
                 )
             except ModelFailure as exc:
                 failures.append(str(exc))

@@ -54,6 +54,8 @@ MIB = 1024 * KIB
 MAX_SIZE = 6 * MIB  # truncates become likelier past this
 REPLICATION_WAIT = 60.0
 DIAGNOSIS_WAIT = 15.0  # how long a failure report waits for the storages to agree
+#: The mounts' ``timeout``: long freezes last from it to 4 s more, so calls fail in them.
+MOUNT_TIMEOUT = 5.0
 OPS_PER_FAULT = 40  # operations made during one fault before waiting for it to end
 
 
@@ -100,9 +102,16 @@ class _Faults:
     """Freezes, kills and restarts storages in the background; `settle` waits for all."""
 
     def __init__(
-        self, cluster: Cluster, storages: list[Node], rng: random.Random, *, long: bool
+        self,
+        cluster: Cluster,
+        storages: list[Node],
+        rng: random.Random,
+        *,
+        long: bool,
+        mount_timeout: float = MOUNT_TIMEOUT,
     ) -> None:
         self.long = long
+        self.mount_timeout = mount_timeout
         self.cluster = cluster
         self.storages = storages
         self.rng = rng
@@ -128,7 +137,11 @@ class _Faults:
         # Long ones outlast the mount's timeout: calls fail with EIO, and a change the
         # frozen storage still holds may be applied when it wakes (see the module doc).
         long = self.long and self.rng.random() >= 0.7
-        hold = self.rng.uniform(5, 9) if long else self.rng.uniform(0.2, 1.2)
+        hold = (
+            self.rng.uniform(self.mount_timeout, self.mount_timeout + 4)
+            if long
+            else self.rng.uniform(0.2, 1.2)
+        )
         if kind == "freeze":
             self.cluster.stop(node)
             with self._lock:
@@ -180,6 +193,7 @@ class _Run:
         faults: bool,
         long_faults: bool,
         group: str,
+        mount_timeout: float = MOUNT_TIMEOUT,
     ) -> None:
         self.rng = random.Random(seed)
         self.report = ModelReport(seed)
@@ -195,7 +209,11 @@ class _Run:
         self.fds: dict[str, int] = {}
         self.history: list[str] = []
         storages = cluster.storages_of(group)
-        self.faults = _Faults(cluster, storages, self.rng, long=long_faults) if faults else None
+        self.faults = (
+            _Faults(cluster, storages, self.rng, long=long_faults, mount_timeout=mount_timeout)
+            if faults
+            else None
+        )
         self.file_id: FileId | None = None
         self.ops_in_fault = 0  # operations made since the current fault began
 
@@ -583,9 +601,19 @@ def run_model(
     faults: bool = False,
     long_faults: bool = True,
     group: str = "group1",
+    mount_timeout: float = MOUNT_TIMEOUT,
 ) -> ModelReport:
     """`ops` random operations with `seed`; raises `ModelFailure` naming the seed."""
-    run = _Run(seed, cluster, mount_a, mount_b, faults=faults, long_faults=long_faults, group=group)
+    run = _Run(
+        seed,
+        cluster,
+        mount_a,
+        mount_b,
+        faults=faults,
+        long_faults=long_faults,
+        group=group,
+        mount_timeout=mount_timeout,
+    )
     try:
         run.setup()
         for _ in range(ops):
