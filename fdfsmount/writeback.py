@@ -367,25 +367,32 @@ class AppenderWriter:
             self._pulse()
 
     async def _send_retrying(self, extent: Extent) -> None:
-        """`_send`, again while the cluster answers EAGAIN, for up to `retry_for` seconds.
+        """`_send`, again while the cluster answers EAGAIN (see `_retrying`).
+
+        A retry sends the extent whole again: a modify rewrites the same bytes, and
+        an append already made moved `stored_size`, so it becomes a modify.
+        """
+        await self._retrying(lambda: self._send(extent))
+
+    async def _retrying(self, change: Callable[[], Awaitable[None]]) -> None:
+        """`change()`, again while the cluster answers EAGAIN, for up to `retry_for` s.
 
         EAGAIN is a refusal that changed nothing: the file's source is catching up
         after an outage (the tracker sends no changes anywhere meanwhile), or a storage
-        may not take changes of the file just now. Dropping the extent would lose
-        bytes a write() took; the moment passes, usually within a second or two.
-        A retry sends the extent whole again: a modify rewrites the same bytes, and
-        an append already made moved `stored_size`, so it becomes a modify.
+        may not take changes of the file just now. Failing at once would drop bytes a
+        write() took, or fail a truncate; the moment passes, usually within a second
+        or two.
         """
         deadline = trio.current_time() + self.retry_for
         pause = RETRY_PAUSE
         while True:
             try:
-                await self._send(extent)
+                await change()
                 return
             except ServerError as exc:
                 if exc.errno != errno.EAGAIN or trio.current_time() + pause > deadline:
                     raise
-                log.debug("write-back of %s: %s; retrying in %.2fs", self.file_id, exc, pause)
+                log.debug("change of %s: %s; retrying in %.2fs", self.file_id, exc, pause)
             await trio.sleep(pause)
             pause = min(pause * 2, RETRY_PAUSE_MAX)
 
@@ -463,7 +470,7 @@ class AppenderWriter:
             return  # e.g. O_TRUNC of an empty file
         async with self._lock:
             try:
-                await self.client.truncate(self.file_id, size)
+                await self._retrying(lambda: self.client.truncate(self.file_id, size))
             except FileNotFound as exc:
                 self.stale = True
                 raise WriteBackFailed.of(exc, self.file_id) from None

@@ -105,3 +105,14 @@ async def test_refusals_past_the_retry_window_fail_the_write_back(
     assert failed.value.errno == errno.EIO  # EAGAIN means nothing to a blocking call
     assert trio.current_time() - began <= 2.0  # the window is kept (mock clock: exact)
     assert bytes(storage.content) == b"start|"
+
+
+async def test_a_refused_truncate_is_retried(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    storage = RefusingStorage(b"0123456789", refusals=3)
+    writer = writer_on(storage, nursery, retry_for=5.0)
+    await writer.truncate(4)
+    assert storage.refused == 3
+    assert bytes(storage.content) == b"0123"
+    assert writer.size == writer.stored_size == 4 and not writer.stale
