@@ -191,6 +191,27 @@ class ReadPath:
         """Forget cached content of `file_id` (the write side calls this after changes)."""
         self.cache.drop_file(str(file_id))
 
+    def read_now(
+        self, f: OpenFile, offset: int, size: int
+    ) -> bytes | bytearray | memoryview | None:
+        """`read` when the cache holds every block it needs (no I/O); else None."""
+        end = min(offset + size, f.size) if f.immutable else offset + size
+        if offset >= end or size <= 0:
+            self.stats.reads += 1
+            return b""
+        first, last = offset // self.block, (end - 1) // self.block
+        blocks: list[Block] = []
+        for index in range(first, last + 1):
+            data = self.cache.get(f.key, index)
+            if data is None:
+                return None
+            blocks.append(data)
+            if len(data) < self.block:
+                break  # end of file
+        self.stats.reads += 1
+        ahead = f.readahead.on_read(offset, end)
+        return self._answer(f, offset, end, blocks, ahead)
+
     async def read(self, f: OpenFile, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`; short only at the end of the file.
 
@@ -205,9 +226,21 @@ class ReadPath:
         ahead = f.readahead.on_read(offset, end)
         first, last = offset // self.block, (end - 1) // self.block
         blocks = await self._blocks(f, first, last)
+        return self._answer(f, offset, end, blocks, ahead)
+
+    def _answer(
+        self,
+        f: OpenFile,
+        offset: int,
+        end: int,
+        blocks: list[Block],
+        ahead: tuple[int, int] | None,
+    ) -> bytes | bytearray | memoryview:
+        """The bytes [offset, end) out of `blocks` (which start at `offset`'s block)."""
+        first = offset // self.block
         if ahead is not None and self.nursery is not None:
             # Only now, and only past this read's blocks: readahead never delays its reader.
-            self._prefetch(f, max(ahead[0], (last + 1) * self.block), ahead[1])
+            self._prefetch(f, max(ahead[0], (first + len(blocks)) * self.block), ahead[1])
         skip = offset - first * self.block
         want = min(end - offset, sum(len(b) for b in blocks) - skip)
         if all(b.follows(a) for a, b in itertools.pairwise(blocks)):
