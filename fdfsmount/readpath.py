@@ -44,7 +44,7 @@ import trio
 from .blockcache import Block, BlockCache, FileKey
 from .clientapi import RangeClient
 from .diskcache import DiskCache
-from .proto import FileId, FileIdInfo
+from .proto import FileId, FileIdInfo, FileType
 from .proto.errors import ConnectError, FdfsError, ProtocolError, Timeout
 from .proto.health import DOWN_MEMORY, ServerHealth
 from .proto.replicas import ReplicaDirectory
@@ -59,6 +59,9 @@ MAX_CHUNK = 8 * MIB
 MAX_PARALLEL_CHUNKS = 8  # prefetch downloads in flight, whole mount
 #: Normal files up to this size are fetched whole by their first read.
 WHOLE_FILE_LIMIT = 512 * 1024
+#: Normal files up to this size have their existence confirmed by downloading them
+#: whole (`fetch_to_confirm`): one round trip where a query and a read would be two.
+FETCH_TO_CONFIRM_LIMIT = 64 * 1024
 
 __all__ = ["DOWN_MEMORY", "OpenFile", "ReadPath", "Readahead", "ReplicaDirectory"]
 
@@ -186,6 +189,28 @@ class ReadPath:
             hook()
         version = None if immutable else next(self._opens)
         return OpenFile(file_id, id_info, size, version, Readahead(self.max_window))
+
+    async def fetch_to_confirm(self, file_id: FileId, id_info: FileIdInfo) -> bool:
+        """Confirm that a small normal file exists by downloading it whole into the cache.
+
+        A lookup confirms existence, and the open and read that usually follow
+        would download the file: for a small file, one download does both. False
+        (nothing asked) when the file is not small, not immutable, or already
+        cached in memory or on disk (then a query is cheaper); `FileNotFound` if no replica has it.
+        The disk cache is not asked: only a server can say the file still exists.
+        """
+        size = id_info.size
+        if (
+            size is None
+            or not 0 < size <= FETCH_TO_CONFIRM_LIMIT
+            or id_info.file_type not in (FileType.NORMAL, FileType.TRUNK)
+            or self.cache.contains((str(file_id), None), 0)
+            or (self.disk_cache is not None and self.disk_cache.contains(file_id))
+        ):
+            return False
+        f = OpenFile(file_id, id_info, size, None, Readahead(0))
+        await self._download(f, 0, -(-size // self.block), local_ok=False)
+        return True
 
     def invalidate(self, file_id: FileId) -> None:
         """Forget cached content of `file_id` (the write side calls this after changes)."""
@@ -337,6 +362,7 @@ class ReadPath:
         *,
         rotate: int = 0,
         claimed: dict[tuple[FileKey, int], _Pending] | None = None,
+        local_ok: bool = True,
     ) -> dict[int, Block]:
         """Download blocks [first, stop) as one ranged request; cache and return them.
 
@@ -357,7 +383,7 @@ class ReadPath:
         blocks: dict[int, Block] = {}
         try:
             data: bytes | bytearray = b""
-            local = await self._from_disk(f, offset, length) if length > 0 else None
+            local = await self._from_disk(f, offset, length) if length > 0 and local_ok else None
             if local is not None:
                 data = local
             elif length > 0:

@@ -586,7 +586,8 @@ async def test_eio_within_the_timeout_when_every_replica_is_stopped(
 ) -> None:
     cluster = await fdfs_cluster_factory.start_async(groups={"group1": 1})
     async for env in make_env(cluster, nursery, timeout=2.0):
-        fid = await env.client.upload(b"frozen" * 1000, ext="bin")
+        # Too big to be fetched whole by the lookup: the read goes to the storage.
+        fid = await env.client.upload(b"frozen" * 20_000, ext="bin")
         attr = await walk(env.ops, str(fid))
         fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
         (storage,) = cluster.storages
