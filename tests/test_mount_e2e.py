@@ -277,11 +277,13 @@ def test_eio_within_the_timeout_when_every_replica_is_stopped(
     tmp_path: Path, fdfs_cluster_factory: ClusterFactory
 ) -> None:
     cluster = fdfs_cluster_factory(groups={"group1": 2})
-    (fid,) = client_run(cluster, lambda c: _upload_many(c, [b"unreachable" * 100]))
-    wait_replicated(cluster, fid, 1100)
+    # Bigger than what a lookup fetches whole: the read itself goes to the storages.
+    content = b"unreachable" * 7000
+    (fid,) = client_run(cluster, lambda c: _upload_many(c, [content]))
+    wait_replicated(cluster, fid, len(content))
     with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=3"]) as proc:
         target = path_of(proc.mountpoint, fid)
-        assert target.stat().st_size == 1100  # from the ID: no server needed
+        assert target.stat().st_size == len(content)
         nodes = cluster.storages_of("group1")
         for node in nodes:
             cluster.stop(node)
@@ -299,7 +301,7 @@ def test_eio_within_the_timeout_when_every_replica_is_stopped(
         # The mount is usable again once the storages are (after a short back-off).
         def reads_again() -> bool:
             try:
-                return target.read_bytes() == b"unreachable" * 100
+                return target.read_bytes() == content
             except OSError:
                 return False
 
