@@ -34,6 +34,7 @@ from .namespace import GroupDirectory, InodeTable, Node
 from .options import MountOptions
 from .proto import FileId, GroupStat, decode_file_id
 from .proto.errors import FdfsError
+from .proto.replicas import decoded_file_id
 from .proto.storage import FileInfo
 from .readpath import ReadPath
 from .sdnotify import notify
@@ -146,7 +147,7 @@ def build_operations(
 
     async def confirm(fid: FileId) -> FileInfo:
         # A small file is downloaded whole instead: that answers the read to come too.
-        ident = decode_file_id(fid)
+        ident = decoded_file_id(fid)
         if await readpath.fetch_to_confirm(fid, ident):
             assert ident.size is not None
             return FileInfo(ident.size, ident.create_time, 0, ident.source_ip or "")
