@@ -11,7 +11,7 @@ bash scripts/bootstrap.sh test
 BIN="$REPO_ROOT/.venv/bin"
 
 lint_paths=()
-for dir in fdfsmount harness tests bench; do
+for dir in fdfsmount harness tests bench scripts; do
     [[ -d "$dir" ]] && lint_paths+=("$dir")
 done
 
@@ -44,7 +44,8 @@ run_tmp="$(mktemp -d -p "$(pick_tmp_parent)" fdfs-tests.XXXXXX)"
 # Files over 1 MB that the run leaves in /tmp or in its own directory are
 # reported and fail it: tests delete what they write (pytest keeps only failed
 # tests' temp directories, under the run's directory).
-tmp_snapshot() { find /tmp "$run_tmp" -xdev -type f -size +1M 2>/dev/null | sort; }
+# (find fails when a file vanishes under it; what it listed is still right.)
+tmp_snapshot() { { find /tmp "$run_tmp" -xdev -type f -size +1M 2>/dev/null || true; } | sort; }
 tmp_before="$(mktemp -p "$run_tmp")"
 status=0
 cleanup() {
@@ -62,11 +63,13 @@ cleanup() {
 trap cleanup EXIT
 tmp_snapshot >"$tmp_before"
 
-# Test files are spread over two workers, one per core (a file's tests stay
-# together, so module fixtures such as a mount are set up once); more workers
-# starve the timing-sensitive cluster tests. `-n 0` among the arguments runs
-# everything in one process.
-workers=(-n "${PYTEST_WORKERS:-2}" --dist loadfile)
+# Tests are spread over two workers, one per core; more starve the
+# timing-sensitive cluster tests. Each test belongs to a group (a module, or a
+# share of a module of many independent cluster tests), which runs on one
+# worker so module fixtures such as a mount are set up once; the costliest groups
+# go first (tests/conftest.py, costs in tests/test_costs.json). `-n 0` among the
+# arguments runs everything in one process.
+workers=(-n "${PYTEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder)
 echo "== pytest ${workers[*]} $*"
 started=$SECONDS
 echo "== temporary files of the run: $run_tmp"

@@ -85,12 +85,11 @@ def send_and_hang_up(addr: Addr, data: bytes) -> None:
 
     A server that keeps a half-closed connection open fails the example (timeout).
     """
-    with socket.create_connection(addr, timeout=5) as sock:
-        with contextlib.suppress(ConnectionError):
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-            while sock.recv(65536):
-                pass
+    with socket.create_connection(addr, timeout=5) as sock, contextlib.suppress(ConnectionError):
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
 
 
 def assert_serving(addr: Addr) -> None:
