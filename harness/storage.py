@@ -141,6 +141,7 @@ class Conn:
     sock: trio.socket.SocketType
     reader: FramedSocket
     client: str
+    fd: int = -1
     _payload_buffers: tuple[memoryview, memoryview] | None = None
 
     def payload_buffers(self) -> tuple[memoryview, memoryview]:
@@ -293,7 +294,7 @@ class StorageServer:
             client = str(sock.getpeername()[0])
         except OSError:
             client = "?"
-        conn = Conn(sock, FramedSocket(sock), client)
+        conn = Conn(sock, FramedSocket(sock), client, sock.fileno())
         self.connections_current += 1
         self.connections_max = max(self.connections_max, self.connections_current)
         try:
@@ -321,7 +322,7 @@ class StorageServer:
                     exc,
                     exc.status,
                 )
-                await send_reply(conn.sock, status=exc.status)
+                await send_reply(conn.fd, status=exc.status)
                 if exc.close:
                     await serverutil.close_after_error(conn.sock)
                     return
@@ -445,7 +446,7 @@ class StorageServer:
         remote = self.place_new_file(temp, index, head.size, crc, head.ext, appender)
         self.counters.op(op, True, head.size)
         self.counters.values["last_source_update"] = int(time.time())
-        await send_reply(conn.sock, encode_file_id_reply(self.group, remote))
+        await send_reply(conn.fd, encode_file_id_reply(self.group, remote))
 
     def place_new_file(
         self, temp: Path, index: int, size: int, crc: int, ext: str, appender: bool
@@ -459,7 +460,7 @@ class StorageServer:
                 subdirs=self.store.next_subdirs(), rng=self.rng,
             )  # fmt: skip
             local = self.store.resolve(remote)
-            if not os.path.exists(local.path):
+            if not os.path.exists(local.file):
                 self.store.place(temp, local)
                 self.binlog.append(ts, "C", remote)
                 return remote
@@ -495,7 +496,7 @@ class StorageServer:
         self.binlog.record_source("C", slave_name)
         self.counters.op("upload", True, head.size)
         self.counters.values["last_source_update"] = int(time.time())
-        await send_reply(conn.sock, encode_file_id_reply(self.group, slave_name))
+        await send_reply(conn.fd, encode_file_id_reply(self.group, slave_name))
 
     # ------------------------------------------------------------ appender files
 
@@ -617,7 +618,7 @@ class StorageServer:
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("append", True, size)
         await self.confirm_change(name, epoch)
-        await send_reply(conn.sock)
+        await send_reply(conn.fd)
 
     async def cmd_modify(self, conn: Conn, header: Header) -> None:
         raw_head = await self.read_fixed_head(conn, header, MODIFY_FIXED)
@@ -654,7 +655,7 @@ class StorageServer:
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("modify", True, size)
         await self.confirm_change(name, epoch)
-        await send_reply(conn.sock)
+        await send_reply(conn.fd)
 
     async def cmd_truncate(self, conn: Conn, header: Header, body: bytes) -> None:
         name, new_size = parse_truncate_body(body)
@@ -673,7 +674,7 @@ class StorageServer:
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("truncate", True)
         await self.confirm_change(name, epoch)
-        await send_reply(conn.sock)
+        await send_reply(conn.fd)
 
     async def cmd_regenerate(self, conn: Conn, header: Header, body: bytes) -> None:
         name = parse_regenerate_body(body)
@@ -693,7 +694,7 @@ class StorageServer:
                 raise RequestError(errno.EBUSY, "regenerated name exists", close=False)
             os.rename(local.path, target.path)
             self.binlog.append(ts, "R", new_name, name)
-        await send_reply(conn.sock, encode_file_id_reply(self.group, new_name))
+        await send_reply(conn.fd, encode_file_id_reply(self.group, new_name))
 
     # ------------------------------------------------------------ reads
 
@@ -702,7 +703,7 @@ class StorageServer:
         self.check_group(group)
         local = self.store.resolve(name)
         try:
-            fd = os.open(local.path, os.O_RDONLY)
+            fd = os.open(local.file, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             self.counters.op("download", False)
             raise RequestError(errno.ENOENT, f"no such file {local.remote_name}") from None
@@ -716,9 +717,9 @@ class StorageServer:
                 if count <= SMALL_REPLY:
                     # One write for header and content: one segment, one wake-up.
                     data = os.pread(fd, count, offset)
-                    await serverutil.send_all(conn.sock, encode_header(count, Cmd.RESP) + data)
+                    await serverutil.send_all(conn.fd, encode_header(count, Cmd.RESP) + data)
                 else:
-                    await serverutil.send_all(conn.sock, encode_header(count, Cmd.RESP, 0))
+                    await serverutil.send_all(conn.fd, encode_header(count, Cmd.RESP, 0))
                     await serverutil.send_file(conn.sock, fd, offset, count)
             except PeerClosed:
                 self.counters.op("download", False, count)
@@ -744,7 +745,7 @@ class StorageServer:
             self.counters.op("get_meta", False)
             raise
         self.counters.op("get_meta", True)
-        await send_reply(conn.sock, meta)
+        await send_reply(conn.fd, meta)
 
     async def cmd_query_file_info(self, conn: Conn, header: Header, body: bytes) -> None:
         local = self.group_file(body)
@@ -768,11 +769,11 @@ class StorageServer:
         else:
             source_ip = decoded.source_ip or ""
         reply = FileInfo(info.st_size, int(info.st_mtime), crc, source_ip)
-        await send_reply(conn.sock, encode_file_info_reply(reply, self.config.ip_size))
+        await send_reply(conn.fd, encode_file_info_reply(reply, self.config.ip_size))
 
     async def cmd_active_test(self, conn: Conn, header: Header, body: bytes) -> None:
         expect_empty(body, "active test")
-        await send_reply(conn.sock)
+        await send_reply(conn.fd)
 
     # ------------------------------------------------------------ delete, metadata
 
@@ -784,14 +785,17 @@ class StorageServer:
             except RequestError:
                 self.counters.op("delete", False)
                 raise
-            local.path.unlink()
+            os.unlink(local.file)
             self.binlog.record_source("D", local.remote_name)
-            if local.meta_path.exists():
-                local.meta_path.unlink()
+            try:
+                os.unlink(local.meta_file)
+            except FileNotFoundError:
+                pass
+            else:
                 self.binlog.record_source("D", local.remote_name + "-m")
             self.counters.op("delete", True)
             self.counters.values["last_source_update"] = int(time.time())
-        await send_reply(conn.sock)
+        await send_reply(conn.fd)
 
     async def cmd_set_metadata(self, conn: Conn, header: Header, body: bytes) -> None:
         request = parse_set_metadata_body(body)
@@ -805,7 +809,7 @@ class StorageServer:
                 raise
             self.apply_metadata(local, request.meta, overwrite=request.overwrite)
             self.counters.op("set_meta", True)
-        await send_reply(conn.sock)
+        await send_reply(conn.fd)
 
     def apply_metadata(self, local: LocalFile, new_meta: Metadata, *, overwrite: bool) -> None:
         meta_name = local.remote_name + "-m"
@@ -832,21 +836,21 @@ class StorageServer:
         # Scanning the log and checking each file can take a while on a big
         # store: do it off the event loop.
         lines = await trio.to_thread.run_sync(self.listed_lines, index)
-        await serverutil.send_all(conn.sock, encode_header(BINLOG_STREAM_LENGTH, Cmd.RESP, 0))
+        await serverutil.send_all(conn.fd, encode_header(BINLOG_STREAM_LENGTH, Cmd.RESP, 0))
         sent = 0
         batch: list[bytes] = []
         for line in lines:
             batch.append(line)
             sent += len(line)
             if len(batch) >= 512:
-                await serverutil.send_all(conn.sock, b"".join(batch))
+                await serverutil.send_all(conn.fd, b"".join(batch))
                 batch.clear()
         if index == 0 and self.config.synthetic_files:
-            await serverutil.send_all(conn.sock, b"".join(batch))
+            await serverutil.send_all(conn.fd, b"".join(batch))
             batch.clear()
             sent += await self.send_synthetic_lines(conn)
         batch.append(encode_binlog_trailer(sent))
-        await serverutil.send_all(conn.sock, b"".join(batch))
+        await serverutil.send_all(conn.fd, b"".join(batch))
         await serverutil.close_after_error(conn.sock)
         return True
 
@@ -864,7 +868,7 @@ class StorageServer:
         sent = 0
         async with await trio.open_file(path, "rb") as lines:
             while chunk := await lines.read(1 << 20):
-                await serverutil.send_all(conn.sock, chunk)
+                await serverutil.send_all(conn.fd, chunk)
                 sent += len(chunk)
         return sent
 
