@@ -1,12 +1,14 @@
 """Plumbing shared by the builtin tracker and storage servers.
 
-A trio socket wrapped by `FramedSocket` (the trio shell over
-`fdfsmount.proto.frames.FrameDecoder`: one receive buffer per connection,
-bulk payloads streamed through it or received straight into the caller's
-memory, ``TCP_QUICKACK`` re-armed after every receive) and `send_all` /
-`send_file` (os.sendfile on the socket fd), the replies every server sends,
-the accept loop, and the command-line scaffolding: logging to stderr, the
-``READY <port>`` line the launcher waits for, and a clean exit on SIGTERM.
+The accept loop (`serve_in_threads`: each client connection is served by
+its own thread with a plain blocking socket read through
+`BlockingFramedSocket`), the trio shell over the same framer for links and
+handlers that run in the event loop (`FramedSocket`, `send_all`,
+`send_file`), both over `fdfsmount.proto.frames.FrameDecoder` (one receive
+buffer per connection, ``TCP_QUICKACK`` armed while a message is partly
+received), the replies every server sends, and the command-line
+scaffolding: logging to stderr, the ``READY <port>`` line the launcher waits
+for, and a clean exit on SIGTERM.
 """
 
 from __future__ import annotations
@@ -74,9 +76,16 @@ class FramedSocket:
     `read_header` yields once when the previous message never had to wait.
     """
 
-    def __init__(self, sock: trio.socket.SocketType, bufsize: int = RECV_BUFFER_SIZE) -> None:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        bufsize: int = RECV_BUFFER_SIZE,
+        *,
+        decoder: FrameDecoder | None = None,
+    ) -> None:
         self.sock = sock
-        self.decoder = FrameDecoder(max_body=bufsize, buffer_size=bufsize)
+        # A connection handed over from its thread keeps its one decoder (and buffered bytes).
+        self.decoder = decoder or FrameDecoder(max_body=bufsize, buffer_size=bufsize)
         self._fd = sock.fileno()
         self._quickack = quick_ack(sock)
         self._waited = True
@@ -196,18 +205,18 @@ class BlockingFramedSocket:
         bufsize: int = RECV_BUFFER_SIZE,
         *,
         max_body: int | None = None,
-        timeout: float = 60.0,
+        timeout: float | None = 60.0,
     ) -> None:
         self.sock = sock
         self.decoder = FrameDecoder(max_body=max_body or bufsize, buffer_size=bufsize)
-        self._fd = sock.fileno()
         sock.setblocking(True)
-        # Bounds a receive at the OS level, so a blocking recv needs no poll first.
-        seconds = int(timeout)
-        micros = int((timeout - seconds) * 1e6)
-        sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
-        )
+        if timeout is not None:
+            # Bounds a receive at the OS level, so a blocking recv needs no poll first.
+            seconds = int(timeout)
+            micros = int((timeout - seconds) * 1e6)
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
+            )
         self._quickack = QUICKACK is not None
 
     def _fill(self, partial: bool = True) -> int:
@@ -252,6 +261,37 @@ class BlockingFramedSocket:
             if self._fill() == 0:
                 raise PeerClosed(f"connection closed, {size - decoder.buffered} bytes short")
 
+    def receive_body(self) -> None:
+        """Receive more of the current body into the buffer (`PeerClosed` at EOF)."""
+        if self._fill() == 0:
+            remaining = self.decoder.body_remaining
+            raise PeerClosed(f"connection closed, {remaining} payload bytes short")
+
+    def discard(self, size: int) -> None:
+        decoder = self.decoder
+        while size:
+            chunk = decoder.take_body(size)
+            if chunk:
+                size -= len(chunk)
+            else:
+                self.receive_body()
+
+    def close_after_error(self) -> None:
+        """Half-close, then drain briefly so pending input does not cause a RST."""
+        sock = self.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(CLOSE_DRAIN_SECONDS)
+            scratch = bytearray(65536)
+            total = 0
+            while total < (16 << 20):
+                n = sock.recv_into(scratch)
+                if n == 0:
+                    return
+                total += n
+        except OSError:  # includes the drain's timeout
+            return
+
     def send(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self.sock.sendall(data)
@@ -260,6 +300,30 @@ class BlockingFramedSocket:
 
     def send_reply(self, body: bytes = b"", status: int = 0) -> None:
         self.send(encode_header(len(body), Cmd.RESP, status) + body)
+
+    def send_file(self, fd: int, offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``fd`` from ``offset`` (os.sendfile, else read+send)."""
+        end = offset + count
+        out_fd = self.sock.fileno()
+        try:
+            while offset < end:
+                try:
+                    sent = os.sendfile(out_fd, fd, offset, min(end - offset, SENDFILE_CHUNK))
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    break
+                if sent == 0:
+                    raise PeerClosed(f"file ended {end - offset} bytes early")
+                offset += sent
+            while offset < end:
+                chunk = os.pread(fd, min(end - offset, RECV_BUFFER_SIZE), offset)
+                if not chunk:
+                    raise PeerClosed(f"file ended {end - offset} bytes early")
+                self.sock.sendall(chunk)
+                offset += len(chunk)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise PeerClosed(str(exc)) from exc
 
 
 #: ``TCP_QUICKACK`` where the platform has it (Linux), else None.
@@ -368,39 +432,6 @@ async def close_after_error(sock: trio.socket.SocketType) -> None:
             total += n
 
 
-ConnectionHandler = Callable[[trio.SocketStream], Awaitable[None]]
-
-
-async def serve(
-    handler: ConnectionHandler,
-    host: str,
-    port: int,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Accept connections on host:port forever; report the bound port."""
-    if not host.startswith("127."):
-        raise ValueError(f"refusing to bind {host}: the harness binds loopback addresses only")
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-
-    async def guarded(stream: trio.SocketStream) -> None:
-        try:
-            await handler(stream)
-        except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except OSError as exc:
-            log.debug("connection ended: %s", exc)
-        except Exception:
-            log.exception("connection handler failed")
-        finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-
-    task_status.started(bound)
-    await trio.serve_listeners(guarded, listeners)
-
-
 BlockingHandler = Callable[[socket.socket], None]
 #: Connection threads are not limited by trio's default thread limiter.
 _CONNECTION_THREADS = trio.CapacityLimiter(1 << 20)
@@ -428,8 +459,8 @@ async def serve_in_threads(
     def guarded(sock: socket.socket) -> None:
         try:
             handler(sock)
-        except PeerClosed:
-            pass
+        except (PeerClosed, trio.RunFinishedError, trio.Cancelled):
+            pass  # the peer left, or the server stopped while serving a handed-over request
         except OSError as exc:
             log.debug("connection ended: %s", exc)
         except Exception:

@@ -1,4 +1,4 @@
-"""Builtin FastDFS storage server (trio), byte-compatible with upstream 6.16.1.
+"""Builtin FastDFS storage server, byte-compatible with upstream 6.16.1.
 
 Usage::
 
@@ -25,6 +25,10 @@ now (it is not ACTIVE, its tracker lease lapsed, or the file's source is not
 OFFLINE; see `harness.heartbeat`) answers EAGAIN and changes nothing. Such a
 change is acknowledged only once the trackers know how far our binlog reaches.
 
+Each client connection is served by its own thread; commands that wait on
+trackers, peers or other tasks run in the trio loop (see `StorageServer.handle`
+and docs/builtin-servers.md).
+
 Disk full: while the file ``<base-dir>/.full`` (or ``<base-dir>/DISK_FULL``)
 exists the storage reports 0 MB free to the tracker and answers uploads and
 appends with ENOSPC (28); removing it restores normal service.
@@ -38,9 +42,12 @@ import ipaddress
 import logging
 import os
 import random
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -98,7 +105,7 @@ from . import serverutil, synthetic
 from .binlog import LISTED_OPS, Binlog, SyncMarks, with_epoch
 from .heartbeat import TrackerReporter
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
-from .serverutil import FramedSocket, PeerClosed, RequestError, send_reply
+from .serverutil import BlockingFramedSocket, FramedSocket, PeerClosed, RequestError, send_reply
 from .store import LOGIC_PATH_LEN, LocalFile, Store, crc32, file_crc32, is_appender_name
 
 log = logging.getLogger(__name__)
@@ -154,6 +161,24 @@ class Conn:
         return self._payload_buffers
 
 
+@dataclass
+class ThreadConn:
+    """A client connection as its own thread serves it (see `StorageServer.handle`)."""
+
+    sock: socket.socket
+    reader: BlockingFramedSocket
+    client: str
+    _in_trio: Conn | None = None
+
+    def in_trio(self) -> Conn:
+        """The same connection (and receive buffer) for a handler that runs in trio."""
+        if self._in_trio is None:
+            trio_sock = trio.socket.from_stdlib_socket(self.sock)
+            reader = FramedSocket(trio_sock, decoder=self.reader.decoder)
+            self._in_trio = Conn(trio_sock, reader, self.client, self.sock.fileno())
+        return self._in_trio
+
+
 def write_chunk(fd: int, chunk: memoryview, pos: int | None, crc: int) -> int:
     """Write a payload chunk (appending when ``pos`` is None); return the running crc32."""
     crc = crc32(chunk, crc)
@@ -167,35 +192,93 @@ def write_chunk(fd: int, chunk: memoryview, pos: int | None, crc: int) -> int:
 
 
 class FileLocks:
-    """One lock per remote name, so changes to one file never interleave."""
+    """One lock per remote name, so changes to one file never interleave.
+
+    Taken by trio tasks (`hold`) and by connection threads (`hold_blocking`)
+    alike: a name is free or held, with a queue of waiters to hand it to.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, trio.Lock] = {}
+        self._mutex = threading.Lock()
+        self._queues: dict[str, deque[trio.Event | threading.Event]] = {}
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._loop_thread = threading.get_ident()
+
+    def bind(self, token: trio.lowlevel.TrioToken) -> None:
+        """The trio run whose tasks take these locks (called from that run)."""
+        self._token = token
+        self._loop_thread = threading.get_ident()
+
+    def _acquire(self, name: str, waiter: trio.Event | threading.Event) -> bool:
+        with self._mutex:
+            queue = self._queues.get(name)
+            if queue is None:
+                self._queues[name] = deque()
+                return True
+            queue.append(waiter)
+            return False
+
+    def _release(self, name: str) -> None:
+        with self._mutex:
+            queue = self._queues[name]
+            if not queue:
+                del self._queues[name]
+                return
+            waiter = queue.popleft()
+        if isinstance(waiter, threading.Event) or threading.get_ident() == self._loop_thread:
+            waiter.set()
+        else:
+            assert self._token is not None
+            self._token.run_sync_soon(waiter.set)
 
     @asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(name, trio.Lock())
+        event = trio.Event()
+        if not self._acquire(name, event):
+            try:
+                await event.wait()
+            except BaseException:
+                with self._mutex:
+                    queue = self._queues[name]
+                    waiting = event in queue
+                    if waiting:
+                        queue.remove(event)
+                if not waiting:  # it was handed to us meanwhile: hand it on
+                    self._release(name)
+                raise
         try:
-            async with lock:
-                yield
+            yield
         finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._locks.pop(name, None)
+            self._release(name)
+
+    @contextmanager
+    def hold_blocking(self, name: str) -> Iterator[None]:
+        event = threading.Event()
+        if not self._acquire(name, event):
+            event.wait()
+        try:
+            yield
+        finally:
+            self._release(name)
 
 
 @dataclass
 class Counters:
     values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_COUNTER_NAMES, 0))
+    #: Connection threads and trio tasks both count.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def op(self, name: str, ok: bool, nbytes: int = 0) -> None:
-        self.values[f"total_{name}_count"] += 1
-        if ok:
-            self.values[f"success_{name}_count"] += 1
+        values = self.values
         bytes_key = f"total_{name}_bytes"
-        if bytes_key in self.values:
-            self.values[bytes_key] += nbytes
+        with self.lock:
+            values[f"total_{name}_count"] += 1
             if ok:
-                self.values[f"success_{name}_bytes"] += nbytes
+                values[f"success_{name}_count"] += 1
+            if bytes_key in values:
+                values[bytes_key] += nbytes
+                if ok:
+                    values[f"success_{name}_bytes"] += nbytes
 
 
 #: Command handlers; they return True when the connection must be closed.
@@ -234,25 +317,34 @@ class StorageServer:
             self.source = str(ipaddress.IPv4Address(config.bind))
         self.reporter = TrackerReporter(self)
         self.replicator = Replicator(self)
-        # Commands whose content is streamed to disk read their own bodies.
-        self._payload_handlers: dict[int, PayloadHandler] = {
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._conn_lock = threading.Lock()
+        # Each connection is served by its own thread (`handle`). The commands
+        # every client sends all the time run right there; those that wait on
+        # trackers, peers or other tasks are handed to the trio loop.
+        self._thread_payload_handlers: dict[int, Callable[[ThreadConn, Header], None]] = {
             Cmd.UPLOAD_FILE: self.cmd_upload,
             Cmd.UPLOAD_APPENDER_FILE: self.cmd_upload,
+        }
+        self._thread_body_handlers: dict[int, Callable[[ThreadConn, Header, bytes], None]] = {
+            Cmd.DOWNLOAD_FILE: self.cmd_download,
+            Cmd.QUERY_FILE_INFO: self.cmd_query_file_info,
+            Cmd.GET_METADATA: self.cmd_get_metadata,
+            Cmd.DELETE_FILE: self.cmd_delete,
+            Cmd.SET_METADATA: self.cmd_set_metadata,
+            Cmd.ACTIVE_TEST: self.cmd_active_test,
+        }
+        # Handed to trio: commands whose content is streamed to disk read their own bodies.
+        self._payload_handlers: dict[int, PayloadHandler] = {
             Cmd.UPLOAD_SLAVE_FILE: self.cmd_upload_slave,
             Cmd.APPEND_FILE: self.cmd_append,
             Cmd.MODIFY_FILE: self.cmd_modify,
         }
         # The others get their whole (small) body.
         self._body_handlers: dict[int, BodyHandler] = {
-            Cmd.DELETE_FILE: self.cmd_delete,
-            Cmd.SET_METADATA: self.cmd_set_metadata,
-            Cmd.DOWNLOAD_FILE: self.cmd_download,
-            Cmd.GET_METADATA: self.cmd_get_metadata,
-            Cmd.QUERY_FILE_INFO: self.cmd_query_file_info,
             Cmd.TRUNCATE_FILE: self.cmd_truncate,
             Cmd.REGENERATE_APPENDER_FILENAME: self.cmd_regenerate,
             Cmd.FETCH_ONE_PATH_BINLOG: self.cmd_fetch_binlog,
-            Cmd.ACTIVE_TEST: self.cmd_active_test,
             PeerCmd.SYNC_PULL: self.cmd_sync_pull,
             PeerCmd.SYNC_FETCH: self.cmd_sync_fetch,
         }
@@ -262,9 +354,12 @@ class StorageServer:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         if self.config.synthetic_files:  # generated before READY: listings start at once
             await trio.to_thread.run_sync(self.synthetic_file)
+        self._token = trio.lowlevel.current_trio_token()
+        self.locks.bind(self._token)
+        self.binlog.bind(self._token)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
-                serverutil.serve, self.handle, self.config.bind, self.config.port
+                serverutil.serve_in_threads, self.handle, self.config.bind, self.config.port
             )
             self.config.port = port
             log.info(
@@ -288,27 +383,30 @@ class StorageServer:
 
     # ------------------------------------------------------------ dispatch
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        sock = stream.socket
+    def handle(self, sock: socket.socket) -> None:
+        """Serve one client connection, in its own thread (see `serverutil.serve_in_threads`)."""
         try:
             client = str(sock.getpeername()[0])
         except OSError:
             client = "?"
-        conn = Conn(sock, FramedSocket(sock), client, sock.fileno())
-        self.connections_current += 1
-        self.connections_max = max(self.connections_max, self.connections_current)
+        conn = ThreadConn(sock, BlockingFramedSocket(sock, timeout=None), client)
+        with self._conn_lock:
+            self.connections_current += 1
+            self.connections_max = max(self.connections_max, self.connections_current)
         try:
-            await self._serve_connection(conn)
+            self._serve_connection(conn)
         finally:
-            self.connections_current -= 1
+            with self._conn_lock:
+                self.connections_current -= 1
 
-    async def _serve_connection(self, conn: Conn) -> None:
+    def _serve_connection(self, conn: ThreadConn) -> None:
+        reader = conn.reader
         while True:
-            header = await conn.reader.read_header()
+            header = reader.read_header()
             if header is None or header.cmd == Cmd.QUIT:
                 return
             try:
-                if await self._dispatch(conn, header):
+                if self._dispatch_here(conn, header):
                     return
             except RequestError as exc:
                 level = (
@@ -322,10 +420,39 @@ class StorageServer:
                     exc,
                     exc.status,
                 )
-                await send_reply(conn.fd, status=exc.status)
+                reader.send_reply(status=exc.status)
                 if exc.close:
-                    await serverutil.close_after_error(conn.sock)
+                    reader.close_after_error()
                     return
+
+    def _dispatch_here(self, conn: ThreadConn, header: Header) -> bool | None:
+        """Run a command in the connection's thread, or hand it to trio."""
+        cmd = header.cmd
+        try:
+            streamed = self._thread_payload_handlers.get(cmd)
+            if streamed is not None:
+                streamed(conn, header)
+                return None
+            handler = self._thread_body_handlers.get(cmd)
+            if handler is None:
+                if cmd not in self._payload_handlers and cmd not in self._body_handlers:
+                    raise RequestError(errno.EINVAL, f"unknown cmd {cmd}")
+                return self._hand_to_trio(conn, header)
+            if header.length > MAX_SMALL_BODY:
+                raise RequestError(errno.EINVAL, f"body of {header.length} bytes is too large")
+            handler(conn, header, conn.reader.read_exact(header.length))
+            return None
+        except ProtocolError as exc:
+            raise RequestError(errno.EINVAL, str(exc)) from exc
+
+    def _hand_to_trio(self, conn: ThreadConn, header: Header) -> bool | None:
+        """Run the command in the trio loop (the socket is non-blocking meanwhile)."""
+        in_trio = conn.in_trio()
+        conn.sock.setblocking(False)
+        try:
+            return trio.from_thread.run(self._dispatch, in_trio, header)
+        finally:
+            conn.sock.setblocking(True)
 
     async def _dispatch(self, conn: Conn, header: Header) -> bool | None:
         """Run the command's handler; a request the codec refuses is answered EINVAL."""
@@ -421,12 +548,38 @@ class StorageServer:
             raise
         return temp, crc
 
-    async def cmd_upload(self, conn: Conn, header: Header) -> None:
+    def receive_new_file_here(
+        self, conn: ThreadConn, store_path_index: int, size: int
+    ) -> tuple[Path, int]:
+        """Receive an upload's content into a new temp file, in the connection's thread."""
+        temp = self.store.new_temp_path(store_path_index)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                crc = 0
+                reader = conn.reader
+                decoder = reader.decoder
+                remaining = size
+                while remaining:
+                    chunk = decoder.take_body(remaining)
+                    if not chunk:
+                        reader.receive_body()
+                        continue
+                    crc = write_chunk(fd, chunk, None, crc)
+                    remaining -= len(chunk)
+            finally:
+                os.close(fd)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return temp, crc
+
+    def cmd_upload(self, conn: ThreadConn, header: Header) -> None:
         appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
         op = "upload"
         if header.length < UPLOAD_FIXED:
             raise RequestError(errno.EINVAL, "upload body too short")
-        raw_head = await conn.reader.read_exact(UPLOAD_FIXED)
+        raw_head = conn.reader.read_exact(UPLOAD_FIXED)
         head = parse_upload_head(raw_head, body_length=header.length)
         index = head.store_path_index
         if index == STORE_PATH_ANY:
@@ -437,33 +590,40 @@ class StorageServer:
             self.store.check_space(head.size)
         except RequestError as exc:
             self.counters.op(op, False, head.size)
-            await self.fail_after_payload(conn, head.size, exc)
+            if not exc.close:
+                conn.reader.discard(head.size)
+            raise
         try:
-            temp, crc = await self.receive_new_file(conn, index, head.size)
+            temp, crc = self.receive_new_file_here(conn, index, head.size)
         except PeerClosed:
             self.counters.op(op, False, head.size)
             raise
         remote = self.place_new_file(temp, index, head.size, crc, head.ext, appender)
         self.counters.op(op, True, head.size)
         self.counters.values["last_source_update"] = int(time.time())
-        await send_reply(conn.fd, encode_file_id_reply(self.group, remote))
+        conn.reader.send_reply(encode_file_id_reply(self.group, remote))
 
     def place_new_file(
         self, temp: Path, index: int, size: int, crc: int, ext: str, appender: bool
     ) -> str:
-        """Name, move into place and log a finished upload (no await inside)."""
+        """Name, move into place and log a finished upload.
+
+        The name's timestamp and its ``C`` line are taken under the binlog's
+        lock (see `harness.binlog` for why).
+        """
         for _ in range(10):
-            ts = self.binlog.next_source_timestamp()
-            remote = make_remote_name(
-                source=self.source, create_time=ts, size=size, crc32=crc,
-                ext=ext, appender=appender, store_path_index=index,
-                subdirs=self.store.next_subdirs(), rng=self.rng,
-            )  # fmt: skip
-            local = self.store.resolve(remote)
-            if not os.path.exists(local.file):
-                self.store.place(temp, local)
-                self.binlog.append(ts, "C", remote)
-                return remote
+            with self.binlog.lock:
+                ts = self.binlog.next_source_timestamp()
+                remote = make_remote_name(
+                    source=self.source, create_time=ts, size=size, crc32=crc,
+                    ext=ext, appender=appender, store_path_index=index,
+                    subdirs=self.store.next_subdirs(), rng=self.rng,
+                )  # fmt: skip
+                local = self.store.resolve(remote)
+                if not os.path.exists(local.file):
+                    self.store.place(temp, local)
+                    self.binlog.append(ts, "C", remote)
+                    return remote
         temp.unlink(missing_ok=True)
         raise RequestError(errno.EBUSY, "could not generate a unique file name", close=False)
 
@@ -682,23 +842,26 @@ class StorageServer:
             local, info = self.check_appender(name)
             crc = await trio.to_thread.run_sync(file_crc32, local.path)
             # Only now, with the content known, take the timestamp and rename.
-            ts = self.binlog.next_source_timestamp()
-            fresh = make_remote_name(
-                source=self.source, create_time=ts, size=info.st_size, crc32=crc,
-                store_path_index=local.store_path_index, subdirs=local.subdirs, rng=self.rng,
-            )  # fmt: skip
-            # Upstream keeps the old name's random digits and extension.
-            new_name = fresh[: LOGIC_PATH_LEN + BASE64_LEN] + name[LOGIC_PATH_LEN + BASE64_LEN :]
-            target = self.store.resolve(new_name)
-            if target.path.exists():
-                raise RequestError(errno.EBUSY, "regenerated name exists", close=False)
-            os.rename(local.path, target.path)
-            self.binlog.append(ts, "R", new_name, name)
+            with self.binlog.lock:
+                ts = self.binlog.next_source_timestamp()
+                fresh = make_remote_name(
+                    source=self.source, create_time=ts, size=info.st_size, crc32=crc,
+                    store_path_index=local.store_path_index, subdirs=local.subdirs, rng=self.rng,
+                )  # fmt: skip
+                # Upstream keeps the old name's random digits and extension.
+                new_name = (
+                    fresh[: LOGIC_PATH_LEN + BASE64_LEN] + name[LOGIC_PATH_LEN + BASE64_LEN :]
+                )
+                target = self.store.resolve(new_name)
+                if target.path.exists():
+                    raise RequestError(errno.EBUSY, "regenerated name exists", close=False)
+                os.rename(local.path, target.path)
+                self.binlog.append(ts, "R", new_name, name)
         await send_reply(conn.fd, encode_file_id_reply(self.group, new_name))
 
     # ------------------------------------------------------------ reads
 
-    async def cmd_download(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_download(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         offset, length, group, name = parse_download_body(body)
         self.check_group(group)
         local = self.store.resolve(name)
@@ -717,10 +880,10 @@ class StorageServer:
                 if count <= SMALL_REPLY:
                     # One write for header and content: one segment, one wake-up.
                     data = os.pread(fd, count, offset)
-                    await serverutil.send_all(conn.fd, encode_header(count, Cmd.RESP) + data)
+                    conn.reader.send(encode_header(count, Cmd.RESP) + data)
                 else:
-                    await serverutil.send_all(conn.fd, encode_header(count, Cmd.RESP, 0))
-                    await serverutil.send_file(conn.sock, fd, offset, count)
+                    conn.reader.send(encode_header(count, Cmd.RESP, 0))
+                    conn.reader.send_file(fd, offset, count)
             except PeerClosed:
                 self.counters.op("download", False, count)
                 raise
@@ -734,7 +897,7 @@ class StorageServer:
         self.check_group(group)
         return self.store.resolve(name)
 
-    async def cmd_get_metadata(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_get_metadata(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         local = self.group_file(body)
         try:
             self.store.stat(local)
@@ -745,9 +908,9 @@ class StorageServer:
             self.counters.op("get_meta", False)
             raise
         self.counters.op("get_meta", True)
-        await send_reply(conn.fd, meta)
+        conn.reader.send_reply(meta)
 
-    async def cmd_query_file_info(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_query_file_info(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         local = self.group_file(body)
         info = self.store.stat(local)
         name = local.remote_name
@@ -758,10 +921,8 @@ class StorageServer:
         except (InvalidFileId, ValueError) as exc:
             raise RequestError(errno.EINVAL, str(exc)) from exc
         if decoded.file_type in (FileType.APPENDER, FileType.SLAVE):
-            if header.status & QUERY_FINFO_NO_CRC32:
-                crc = 0
-            else:
-                crc = await trio.to_thread.run_sync(file_crc32, local.path)
+            # Computed right here: this is the connection's own thread.
+            crc = 0 if header.status & QUERY_FINFO_NO_CRC32 else file_crc32(local.path)
         else:
             crc = decoded.crc32 or 0
         if decoded.source_id is not None:
@@ -769,17 +930,17 @@ class StorageServer:
         else:
             source_ip = decoded.source_ip or ""
         reply = FileInfo(info.st_size, int(info.st_mtime), crc, source_ip)
-        await send_reply(conn.fd, encode_file_info_reply(reply, self.config.ip_size))
+        conn.reader.send_reply(encode_file_info_reply(reply, self.config.ip_size))
 
-    async def cmd_active_test(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_active_test(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         expect_empty(body, "active test")
-        await send_reply(conn.fd)
+        conn.reader.send_reply()
 
     # ------------------------------------------------------------ delete, metadata
 
-    async def cmd_delete(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_delete(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         local = self.group_file(body)
-        async with self.locks.hold(local.remote_name):
+        with self.locks.hold_blocking(local.remote_name):
             try:
                 self.store.stat(local)
             except RequestError:
@@ -795,13 +956,13 @@ class StorageServer:
                 self.binlog.record_source("D", local.remote_name + "-m")
             self.counters.op("delete", True)
             self.counters.values["last_source_update"] = int(time.time())
-        await send_reply(conn.fd)
+        conn.reader.send_reply()
 
-    async def cmd_set_metadata(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_set_metadata(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         request = parse_set_metadata_body(body)
         self.check_group(request.group)
         local = self.store.resolve(request.remote_name)
-        async with self.locks.hold(local.remote_name + "-m"):
+        with self.locks.hold_blocking(local.remote_name + "-m"):
             try:
                 self.store.stat(local)
             except RequestError:
@@ -809,7 +970,7 @@ class StorageServer:
                 raise
             self.apply_metadata(local, request.meta, overwrite=request.overwrite)
             self.counters.op("set_meta", True)
-        await send_reply(conn.fd)
+        conn.reader.send_reply()
 
     def apply_metadata(self, local: LocalFile, new_meta: Metadata, *, overwrite: bool) -> None:
         meta_name = local.remote_name + "-m"
