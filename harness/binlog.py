@@ -119,6 +119,8 @@ class Binlog:
         self._token: trio.lowlevel.TrioToken | None = None
         self._loop_thread = threading.get_ident()
         self._wake_pending = False
+        #: Tasks in `wait_for_growth` (counted under the lock, so none is missed).
+        self._waiting = 0
 
     def bind(self, token: trio.lowlevel.TrioToken) -> None:
         """The trio run whose tasks follow the log (called from that run)."""
@@ -181,6 +183,8 @@ class Binlog:
             if op in SOURCE_OPS:
                 self.last_source_ts = max(self.last_source_ts, timestamp)
                 self.source_end = self.size
+            if not self._waiting:
+                return
         if threading.get_ident() == self._loop_thread:
             self._wake()
         elif self._token is not None and not self._wake_pending:
@@ -242,8 +246,17 @@ class Binlog:
 
     async def wait_for_growth(self, offset: int) -> None:
         """Return once the file extends past ``offset``."""
-        while self.size <= offset:
-            await self._grown.wait()
+        while True:
+            with self.lock:
+                if self.size > offset:
+                    return
+                self._waiting += 1
+                grown = self._grown
+            try:
+                await grown.wait()
+            finally:
+                with self.lock:
+                    self._waiting -= 1
 
 
 @dataclass(slots=True)

@@ -25,9 +25,9 @@ now (it is not ACTIVE, its tracker lease lapsed, or the file's source is not
 OFFLINE; see `harness.heartbeat`) answers EAGAIN and changes nothing. Such a
 change is acknowledged only once the trackers know how far our binlog reaches.
 
-Each client connection is served by its own thread; commands that wait on
-trackers, peers or other tasks run in the trio loop (see `StorageServer.handle`
-and docs/builtin-servers.md).
+Each client connection is served by its own thread; slave uploads, appender
+renames, binlog fetches and replication pulls run in the trio loop (see
+`StorageServer.handle` and docs/builtin-servers.md).
 
 Disk full: while the file ``<base-dir>/.full`` (or ``<base-dir>/DISK_FULL``)
 exists the storage reports 0 MB free to the tracker and answers uploads and
@@ -303,6 +303,7 @@ class StorageServer:
         self.peers: dict[str, PeerAddr] = {}
         #: Source id -> changes of its files under way here while it is OFFLINE.
         self.foreign_in_flight: dict[str, int] = {}
+        self.foreign_lock = threading.Lock()
         self.start_time = int(time.time())
         self.connections_current = 0
         self.connections_max = 0
@@ -320,11 +321,13 @@ class StorageServer:
         self._token: trio.lowlevel.TrioToken | None = None
         self._conn_lock = threading.Lock()
         # Each connection is served by its own thread (`handle`). The commands
-        # every client sends all the time run right there; those that wait on
-        # trackers, peers or other tasks are handed to the trio loop.
+        # clients send all the time run right there; the others are handed to
+        # the trio loop.
         self._thread_payload_handlers: dict[int, Callable[[ThreadConn, Header], None]] = {
             Cmd.UPLOAD_FILE: self.cmd_upload,
             Cmd.UPLOAD_APPENDER_FILE: self.cmd_upload,
+            Cmd.APPEND_FILE: self.cmd_append,
+            Cmd.MODIFY_FILE: self.cmd_modify,
         }
         self._thread_body_handlers: dict[int, Callable[[ThreadConn, Header, bytes], None]] = {
             Cmd.DOWNLOAD_FILE: self.cmd_download,
@@ -333,16 +336,14 @@ class StorageServer:
             Cmd.DELETE_FILE: self.cmd_delete,
             Cmd.SET_METADATA: self.cmd_set_metadata,
             Cmd.ACTIVE_TEST: self.cmd_active_test,
+            Cmd.TRUNCATE_FILE: self.cmd_truncate,
         }
         # Handed to trio: commands whose content is streamed to disk read their own bodies.
         self._payload_handlers: dict[int, PayloadHandler] = {
             Cmd.UPLOAD_SLAVE_FILE: self.cmd_upload_slave,
-            Cmd.APPEND_FILE: self.cmd_append,
-            Cmd.MODIFY_FILE: self.cmd_modify,
         }
         # The others get their whole (small) body.
         self._body_handlers: dict[int, BodyHandler] = {
-            Cmd.TRUNCATE_FILE: self.cmd_truncate,
             Cmd.REGENERATE_APPENDER_FILENAME: self.cmd_regenerate,
             Cmd.FETCH_ONE_PATH_BINLOG: self.cmd_fetch_binlog,
             PeerCmd.SYNC_PULL: self.cmd_sync_pull,
@@ -357,6 +358,7 @@ class StorageServer:
         self._token = trio.lowlevel.current_trio_token()
         self.locks.bind(self._token)
         self.binlog.bind(self._token)
+        self.reporter.bind()
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
                 serverutil.serve_in_threads, self.handle, self.config.bind, self.config.port
@@ -548,6 +550,22 @@ class StorageServer:
             raise
         return temp, crc
 
+    def receive_to_here(self, conn: ThreadConn, fd: int, size: int, offset: int) -> int:
+        """Write ``size`` payload bytes to ``fd`` at ``offset``, in the connection's thread."""
+        crc = 0
+        reader = conn.reader
+        decoder = reader.decoder
+        remaining = size
+        while remaining:
+            chunk = decoder.take_body(remaining)
+            if not chunk:
+                reader.receive_body()
+                continue
+            crc = write_chunk(fd, chunk, offset, crc)
+            remaining -= len(chunk)
+            offset += len(chunk)
+        return crc
+
     def receive_new_file_here(
         self, conn: ThreadConn, store_path_index: int, size: int
     ) -> tuple[Path, int]:
@@ -675,10 +693,16 @@ class StorageServer:
             return ""
         return str(info.source_id) if info.source_id is not None else info.source_ip or ""
 
-    async def check_writable(self, name: str) -> None:
-        """Refuse (EAGAIN) a change this storage may not take now (see `harness.heartbeat`)."""
-        source = self.source_of(name)
-        why = await self.reporter.confirm_may_write(source or self.config.server_id)
+    def check_writable(self, name: str) -> None:
+        """Refuse (EAGAIN) a change this storage may not take now (see `harness.heartbeat`).
+
+        Decided from the cached tracker leases; only a lapsed lease is renewed
+        first, in trio (a frozen storage asks at once rather than refusing).
+        """
+        source = self.source_of(name) or self.config.server_id
+        why = self.reporter.may_write(source)
+        if why is not None and not self.reporter.has_fresh_view():
+            why = trio.from_thread.run(self.reporter.confirm_may_write, source)
         if why is not None:
             raise RequestError(errno.EAGAIN, f"not changing {name} now: {why}", close=False)
 
@@ -696,16 +720,16 @@ class StorageServer:
             raise RequestError(errno.EAGAIN, f"change of {name} undone: {why}", close=False)
         return epoch
 
-    async def confirm_change(self, name: str, epoch: int | None) -> None:
+    def confirm_change(self, name: str, epoch: int | None) -> None:
         """Acknowledge a logged change only if the trackers learned of it in its epoch.
 
-        `TrackerReporter.announce` reports our binlog end; had we been frozen
+        `TrackerReporter.announce_blocking` reports our binlog end; had we been frozen
         meanwhile, the file may have changed owner (another epoch) and a peer
         may have taken writes on a copy without this change. The change then
         stays logged but loses to theirs, so it must not be acknowledged.
         """
         end = self.binlog.source_end
-        await self.reporter.announce(end)
+        self.reporter.announce_blocking(end)
         if epoch is None:
             return
         source = self.source_of(name) or self.config.server_id
@@ -724,49 +748,59 @@ class StorageServer:
                 errno.EIO, f"change of {name} not confirmed: ownership changed", close=False
             )
 
-    @asynccontextmanager
-    async def writing(self, name: str) -> AsyncIterator[None]:
+    @contextmanager
+    def writing(self, name: str) -> Iterator[None]:
         """Hold ``name``'s lock for a change; count it while it changes a peer's file."""
         source = self.source_of(name)
         foreign = source not in ("", self.config.server_id)
-        async with self.locks.hold(name):
+        with self.locks.hold_blocking(name):
             if foreign:
-                self.foreign_in_flight[source] = self.foreign_in_flight.get(source, 0) + 1
+                with self.foreign_lock:
+                    self.foreign_in_flight[source] = self.foreign_in_flight.get(source, 0) + 1
             try:
                 yield
             finally:
                 if foreign:
-                    left = self.foreign_in_flight[source] - 1
-                    if left:
-                        self.foreign_in_flight[source] = left
-                    else:
-                        del self.foreign_in_flight[source]
+                    with self.foreign_lock:
+                        left = self.foreign_in_flight[source] - 1
+                        if left:
+                            self.foreign_in_flight[source] = left
+                        else:
+                            del self.foreign_in_flight[source]
 
-    async def read_fixed_head(self, conn: Conn, header: Header, fixed: int) -> bytes:
+    def read_fixed_head(self, conn: ThreadConn, header: Header, fixed: int) -> bytes:
         """The fixed fields of 24/34 (EINVAL if the body cannot even hold them)."""
         if header.length <= fixed:
             raise RequestError(errno.EINVAL, "body too short")
-        return await conn.reader.read_exact(fixed)
+        return conn.reader.read_exact(fixed)
 
-    async def cmd_append(self, conn: Conn, header: Header) -> None:
-        raw_head = await self.read_fixed_head(conn, header, APPEND_FIXED)
+    def fail_after_payload_here(
+        self, conn: ThreadConn, remaining: int, error: RequestError
+    ) -> NoReturn:
+        """Answer a non-closing error only once the request's payload is consumed."""
+        if not error.close:
+            conn.reader.discard(remaining)
+        raise error
+
+    def cmd_append(self, conn: ThreadConn, header: Header) -> None:
+        raw_head = self.read_fixed_head(conn, header, APPEND_FIXED)
         name_len, size = parse_append_head(raw_head, body_length=header.length)
-        name = decode_text(await conn.reader.read_exact(name_len))
-        async with self.writing(name):
+        name = decode_text(conn.reader.read_exact(name_len))
+        with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                await self.check_writable(name)
+                self.check_writable(name)
                 if size and self.store.is_full():
                     raise RequestError(errno.ENOSPC, "disk full")
             except RequestError as exc:
                 self.counters.op("append", False, size)
-                await self.fail_after_payload(conn, size, exc)
+                self.fail_after_payload_here(conn, size, exc)
             epoch: int | None = None
             if size:
                 start = info.st_size
                 fd = os.open(local.path, os.O_WRONLY)
                 try:
-                    await self.receive_to(conn, fd, size, offset=start)
+                    self.receive_to_here(conn, fd, size, offset=start)
                     epoch = self.recheck_writable(name, lambda: os.ftruncate(fd, start))
                 except BaseException:
                     os.ftruncate(fd, start)
@@ -777,29 +811,29 @@ class StorageServer:
                 self.binlog.record_source("A", name, with_epoch(f"{start} {size}", epoch))
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("append", True, size)
-        await self.confirm_change(name, epoch)
-        await send_reply(conn.fd)
+        self.confirm_change(name, epoch)
+        conn.reader.send_reply()
 
-    async def cmd_modify(self, conn: Conn, header: Header) -> None:
-        raw_head = await self.read_fixed_head(conn, header, MODIFY_FIXED)
+    def cmd_modify(self, conn: ThreadConn, header: Header) -> None:
+        raw_head = self.read_fixed_head(conn, header, MODIFY_FIXED)
         name_len, offset, size = parse_modify_head(raw_head, body_length=header.length)
-        name = decode_text(await conn.reader.read_exact(name_len))
-        async with self.writing(name):
+        name = decode_text(conn.reader.read_exact(name_len))
+        with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                await self.check_writable(name)
+                self.check_writable(name)
                 if offset > info.st_size:
                     raise RequestError(errno.EINVAL, f"offset {offset} > size {info.st_size}")
             except RequestError as exc:
                 self.counters.op("modify", False, size)
-                await self.fail_after_payload(conn, size, exc)
+                self.fail_after_payload_here(conn, size, exc)
             epoch: int | None = None
             if size:
                 fd = os.open(local.path, os.O_RDWR)
                 # Kept to undo the change should our lease lapse while it arrives.
                 before = os.pread(fd, size, offset) if size <= UNDO_LIMIT else None
                 try:
-                    await self.receive_to(conn, fd, size, offset=offset)
+                    self.receive_to_here(conn, fd, size, offset=offset)
                     if before is not None:
                         old = (before, info.st_size)
                         epoch = self.recheck_writable(name, lambda: _restore(fd, offset, *old))
@@ -814,15 +848,15 @@ class StorageServer:
                 epoch = -1 if epoch is None else epoch
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("modify", True, size)
-        await self.confirm_change(name, epoch)
-        await send_reply(conn.fd)
+        self.confirm_change(name, epoch)
+        conn.reader.send_reply()
 
-    async def cmd_truncate(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_truncate(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         name, new_size = parse_truncate_body(body)
-        async with self.writing(name):
+        with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                await self.check_writable(name)
+                self.check_writable(name)
             except RequestError:
                 self.counters.op("truncate", False)
                 raise
@@ -833,8 +867,8 @@ class StorageServer:
                 self.binlog.record_source("T", name, with_epoch(str(new_size), epoch))
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("truncate", True)
-        await self.confirm_change(name, epoch)
-        await send_reply(conn.fd)
+        self.confirm_change(name, epoch)
+        conn.reader.send_reply()
 
     async def cmd_regenerate(self, conn: Conn, header: Header, body: bytes) -> None:
         name = parse_regenerate_body(body)
