@@ -65,9 +65,7 @@ from fdfsmount.proto.errors import InvalidFileId, ProtocolError
 from fdfsmount.proto.fileid import (
     BASE64_LEN,
     MAX_SERVER_ID,
-    FileId,
     FileType,
-    decode_file_id,
     make_remote_name,
     slave_remote_name,
 )
@@ -106,7 +104,15 @@ from .binlog import LISTED_OPS, Binlog, SyncMarks, with_epoch
 from .heartbeat import TrackerReporter
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
 from .serverutil import BlockingFramedSocket, FramedSocket, PeerClosed, RequestError, send_reply
-from .store import LOGIC_PATH_LEN, LocalFile, Store, crc32, file_crc32, is_appender_name
+from .store import (
+    LOGIC_PATH_LEN,
+    LocalFile,
+    Store,
+    crc32,
+    decoded_name,
+    file_crc32,
+    is_appender_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -688,7 +694,7 @@ class StorageServer:
     def source_of(self, name: str) -> str:
         """The storage id (or IP) that created ``name``; "" if the name does not say."""
         try:
-            info = decode_file_id(FileId(self.group, name))
+            info = decoded_name(self.group, name)
         except (InvalidFileId, ValueError):
             return ""
         return str(info.source_id) if info.source_id is not None else info.source_ip or ""
@@ -951,7 +957,7 @@ class StorageServer:
         if len(name) < LOGIC_PATH_LEN + BASE64_LEN:
             raise RequestError(errno.EINVAL, f"file name {name!r} too short")
         try:
-            decoded = decode_file_id(FileId(self.group, name))
+            decoded = decoded_name(self.group, name)
         except (InvalidFileId, ValueError) as exc:
             raise RequestError(errno.EINVAL, str(exc)) from exc
         if decoded.file_type in (FileType.APPENDER, FileType.SLAVE):

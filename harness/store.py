@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -30,6 +31,9 @@ from fdfsmount.proto.fileid import (
     APPENDER_FLAG,
     BASE64_LEN,
     NORMAL_REMOTE_NAME_LEN,
+    FileId,
+    FileIdInfo,
+    decode_file_id,
 )
 
 from .serverutil import RequestError
@@ -84,6 +88,17 @@ class DiskUsage:
     total_mb: int
     free_mb: int
     reserved_mb: int
+
+
+@functools.lru_cache(maxsize=8192)
+def decoded_name(group: str, remote_name: str) -> FileIdInfo:
+    """`decode_file_id` of a file ID, remembered: a name always decodes the same.
+
+    The servers decode the name of every request they route or answer (the
+    tracker to find a file's source, the storage for file info and fencing);
+    a client usually names a file several times in a row.
+    """
+    return decode_file_id(FileId(group, remote_name))
 
 
 def is_appender_name(remote_name: str) -> bool:
