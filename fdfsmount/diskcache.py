@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -79,6 +80,11 @@ class _Partial:
     path: Path
     size: int
     ranges: list[tuple[int, int]] = field(default_factory=list)  # merged, sorted [start, end)
+    writing: int = 0  # writes in flight; the file is whole when all ranges are in and none is
+    dropped: bool = False  # given up for room or after a failed write; the last writer unlinks
+
+    def covers(self, start: int, end: int) -> bool:
+        return any(s <= start and end <= e for s, e in self.ranges)
 
     def add(self, start: int, end: int) -> None:
         merged: list[tuple[int, int]] = []
@@ -152,6 +158,9 @@ class DiskCache:
         self._touched: dict[str, float] = {}
         self._partials: OrderedDict[str, _Partial] = OrderedDict()
         self._filling: set[str] = set()
+        # Each assembly gets a path of its own: a file read again while its first
+        # copy is being verified and moved in must not write into that copy.
+        self._generation = itertools.count()
 
     def close(self) -> None:
         with self._lock:
@@ -172,6 +181,10 @@ class DiskCache:
             ("fills", s.fills), ("fill_failures", s.fill_failures), ("corrupt", s.corrupt),
             ("evictions", s.evictions), ("skipped_no_space", s.skipped_no_space),
         ]  # fmt: skip
+
+    def _partial_path(self, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.directory / "partial" / f"{digest}.{next(self._generation)}"
 
     def path_of(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -272,7 +285,7 @@ class DiskCache:
         try:
             partial = self._partials.get(key)
             if partial is None:
-                if self._entry(key) is not None:
+                if key in self._filling or self._entry(key) is not None:
                     return
                 # Files being assembled count too: together at most the cache's size,
                 # and never below the free-space floor.
@@ -281,24 +294,39 @@ class DiskCache:
                     or sum(p.size for p in self._partials.values()) + size > self.capacity
                 ):
                     _, dropped = self._partials.popitem(last=False)
-                    with contextlib.suppress(OSError):
-                        dropped.path.unlink()
+                    dropped.dropped = True
+                    if not dropped.writing:
+                        with contextlib.suppress(OSError):
+                            dropped.path.unlink()
                 if self._free_bytes() - size < self.min_free:
                     self.stats.skipped_no_space += 1
                     return
-                digest = hashlib.sha256(key.encode()).hexdigest()
-                partial = _Partial(self.directory / "partial" / digest, size)
+                partial = _Partial(self._partial_path(key), size)
                 self._partials[key] = partial
             else:
                 self._partials.move_to_end(key)
             end = min(size, offset + len(data))
-            await trio.to_thread.run_sync(_pwrite, partial.path, offset, data[: end - offset])
-            if self._partials.get(key) is not partial:  # dropped for room meanwhile
-                with contextlib.suppress(OSError):
-                    partial.path.unlink()
+            if partial.covers(offset, end):  # read again (readahead, another reader)
                 return
+            # Claimed before it is written, so a read of the same bytes meanwhile adds
+            # nothing, and the file is moved in only once no write is in flight.
             partial.add(offset, end)
-            if partial.complete and key not in self._filling:
+            partial.writing += 1
+            try:
+                await trio.to_thread.run_sync(write_at, partial.path, offset, data[: end - offset])
+            except BaseException:
+                partial.dropped = True
+                if self._partials.get(key) is partial:
+                    del self._partials[key]
+                raise
+            finally:
+                partial.writing -= 1
+                if partial.dropped and not partial.writing:
+                    with contextlib.suppress(OSError):
+                        partial.path.unlink()
+            if partial.dropped:
+                return
+            if partial.complete and not partial.writing and key not in self._filling:
                 self._filling.add(key)
                 del self._partials[key]
                 try:
@@ -340,8 +368,13 @@ class DiskCache:
             return False
         target = self.path_of(key)
         target.parent.mkdir(exist_ok=True)
-        os.replace(source, target)
         with self._lock:
+            # Stored twice (a warmup racing a read): the second copy replaces the first.
+            row = self._db.execute("SELECT size FROM entries WHERE file_id = ?", (key,)).fetchone()
+            if row is not None:
+                self.files -= 1
+                self.bytes -= int(row[0])
+            os.replace(source, target)
             self._db.execute(
                 "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", (key, size, crc, time.time())
             )
@@ -363,15 +396,14 @@ class DiskCache:
         if self.contains(file_id):
             return True
         key = str(file_id)
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        partial = _Partial(self.directory / "partial" / f"{digest}.fill", size)
+        partial = _Partial(self._partial_path(key), size)
         try:
             offset = 0
             while offset < size:
                 data = await download(file_id, offset, min(chunk, size - offset))
                 if not data:
                     raise ValueError(f"download of {file_id} ended at {offset} of {size} bytes")
-                await trio.to_thread.run_sync(_pwrite, partial.path, offset, data)
+                await trio.to_thread.run_sync(write_at, partial.path, offset, data)
                 offset += len(data)
             partial.add(0, size)
             await self._commit(file_id, info, partial)
@@ -438,7 +470,7 @@ def _pread(path: Path, offset: int, length: int) -> bytes:
         os.close(fd)
 
 
-def _pwrite(path: Path, offset: int, data: bytes | bytearray) -> None:
+def write_at(path: Path, offset: int, data: bytes | bytearray) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         view = memoryview(data)

@@ -77,10 +77,14 @@ def _read(path: str) -> int:
     return total
 
 
-def _cache_progress(mountpoint: str) -> tuple[int, int]:
+def _cache_progress(mountpoint: str) -> tuple[int, int, int]:
+    """Files stored, files that failed to be kept, files held."""
     counters = ask(mountpoint).get("counters") or {}
-    done = sum(counters.get(f"disk_cache_{k}", 0) for k in ("fills", "fill_failures"))
-    return done, counters.get("disk_cache_files", 0)
+    return (
+        counters.get("disk_cache_fills", 0),
+        counters.get("disk_cache_fill_failures", 0),
+        counters.get("disk_cache_files", 0),
+    )
 
 
 def warmup_main(argv: Sequence[str]) -> int:
@@ -101,7 +105,7 @@ def warmup_main(argv: Sequence[str]) -> int:
     except (ValueError, OSError) as exc:
         print(f"fdfsmount: {exc}", file=sys.stderr)
         return 1
-    before, _ = _cache_progress(root)
+    before = _cache_progress(root)
 
     def one(path: str) -> None:
         if _is_appender(path):
@@ -128,7 +132,9 @@ def warmup_main(argv: Sequence[str]) -> int:
     if not args.quiet:
         print(
             f"read {tally.files} files ({human_size(tally.bytes)}); "
-            f"{last[0] - before} stored in the disk cache, which holds {last[1]} files"
+            f"{last[0] - before[0]} stored in the disk cache, which holds {last[2]} files"
+            + (f"; {last[1] - before[1]} could not be kept (see the mount's log)"
+               if last[1] > before[1] else "")
             + (f"; skipped {tally.appenders} appender files" if tally.appenders else "")
         )
     return 1 if tally.failed else 0

@@ -215,15 +215,25 @@ install_all() {
         say "creating the virtualenv $PREFIX with $python"
         "$python" -m venv -- "$PREFIX"
     fi
-    say "installing fdfsmount from $REPO_ROOT into $PREFIX"
     # Built from a copy: setuptools leaves build/ and *.egg-info in the tree it builds in.
-    local source
+    local source stamp="$PREFIX/.source-sha256" digest
     source="$(mktemp -d)"
     tar -C "$REPO_ROOT" --exclude=./.venv --exclude=./.git --exclude=./build \
         --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$source" -xf -
-    if ! "$PREFIX/bin/python" -m pip install --disable-pip-version-check -q "$source"; then
-        rm -rf -- "$source"
-        die "pip could not install fdfsmount into $PREFIX"
+    # The same source again (and the install still importable): pip has nothing to do.
+    digest="$(cd "$source" && find . -type f -print0 | LC_ALL=C sort -z |
+        xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]] &&
+        "$PREFIX/bin/python" -c 'import fdfsmount' 2>/dev/null; then
+        say "fdfsmount from $REPO_ROOT is installed in $PREFIX already"
+    else
+        say "installing fdfsmount from $REPO_ROOT into $PREFIX"
+        rm -f -- "$stamp"
+        if ! "$PREFIX/bin/python" -m pip install --disable-pip-version-check -q "$source"; then
+            rm -rf -- "$source"
+            die "pip could not install fdfsmount into $PREFIX"
+        fi
+        printf '%s\n' "$digest" >"$stamp"
     fi
     rm -rf -- "$source"
 

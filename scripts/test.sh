@@ -11,37 +11,88 @@ bash scripts/bootstrap.sh test
 BIN="$REPO_ROOT/.venv/bin"
 
 lint_paths=()
-for dir in fdfsmount harness tests bench; do
+for dir in fdfsmount harness tests bench scripts; do
     [[ -d "$dir" ]] && lint_paths+=("$dir")
 done
 
 echo "== ruff check ${lint_paths[*]}"
 "$BIN/ruff" check "${lint_paths[@]}"
 
-echo "== mypy"
-"$BIN/mypy"
 
-# Files over 1 MB that the run leaves in /tmp are reported and fail it: tests
-# delete what they write (pytest keeps only failed tests' temp directories).
-tmp_snapshot() { find /tmp -xdev -type f -size +1M 2>/dev/null | sort; }
-tmp_before="$(mktemp)"
-trap 'rm -f "$tmp_before"' EXIT
+# Test clusters, mounts and temp files live in a directory of this run on a RAM
+# file system when one has room: a storage's store path holds 65,536 data
+# directories, which a disk takes seconds to create and remove. TMPDIR (which
+# tempfile, pytest and the harness follow) points there; the directory goes at
+# the end. Set FDFS_TEST_TMPDIR to choose another parent (e.g. /tmp).
+run_tmp=""
+pick_tmp_parent() {
+    if [[ -n "${FDFS_TEST_TMPDIR:-}" ]]; then
+        printf '%s\n' "$FDFS_TEST_TMPDIR"
+        return
+    fi
+    local free_kib
+    free_kib="$(df -P -k /dev/shm 2>/dev/null | awk 'NR == 2 && $1 == "tmpfs" { print $4 }')"
+    if [[ -n "$free_kib" && -w /dev/shm && "$free_kib" -ge $((4 * 1024 * 1024)) ]]; then
+        echo /dev/shm
+    else
+        echo /tmp
+    fi
+}
+# Short names: unix socket paths under it must stay within 108 bytes.
+run_tmp="$(mktemp -d -p "$(pick_tmp_parent)" fdfs-tests.XXXXXX)"
+
+# Files over 1 MB that the run leaves in /tmp or in its own directory are
+# reported and fail it: tests delete what they write (pytest keeps only failed
+# tests' temp directories, under the run's directory).
+# (find fails when a file vanishes under it; what it listed is still right.)
+tmp_snapshot() { { find /tmp "$run_tmp" -xdev -type f -size +1M 2>/dev/null || true; } | sort; }
+tmp_before="$(mktemp -p "$run_tmp")"
+status=0
+cleanup() {
+    # A passing run leaves nothing. A failing one keeps its directory, where pytest
+    # kept the failed tests' temp directories, and says so. A directory something
+    # is still mounted under is never removed (the tests unmount what they mount).
+    if grep -qs " ${run_tmp}/" /proc/mounts; then
+        echo "== mounts left under $run_tmp; not removing it" >&2
+    elif [[ $status -eq 0 ]]; then
+        rm -rf -- "$run_tmp"
+    else
+        echo "== the failed tests' files are in $run_tmp (rm -rf it when done)" >&2
+    fi
+}
+trap cleanup EXIT
 tmp_snapshot >"$tmp_before"
 
-# Test files are spread over two workers, one per core (a file's tests stay
-# together, so module fixtures such as a mount are set up once); more workers
-# starve the timing-sensitive cluster tests. `-n 0` among the arguments runs
-# everything in one process.
-workers=(-n "${PYTEST_WORKERS:-2}" --dist loadfile)
+# Tests are spread over two workers, one per core; more starve the
+# timing-sensitive cluster tests. Each test belongs to a group (a module, or a
+# share of a module of many independent cluster tests), which runs on one
+# worker so module fixtures such as a mount are set up once; the costliest groups
+# go first (tests/conftest.py, costs in tests/test_costs.json). `-n 0` among the
+# arguments runs everything in one process.
+workers=(-n "${PYTEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder)
 echo "== pytest ${workers[*]} $*"
 started=$SECONDS
-status=0
-"$BIN/python" -m pytest "${workers[@]}" "$@" || status=$?
+echo "== temporary files of the run: $run_tmp"
+# mypy checks meanwhile (the tests wait on servers more than they use the CPU);
+# its report follows the tests'.
+mypy_log="$run_tmp/mypy.log"
+"$BIN/mypy" >"$mypy_log" 2>&1 &
+mypy_pid=$!
+TMPDIR="$run_tmp" "$BIN/python" -m pytest --basetemp "$run_tmp/t" "${workers[@]}" "$@" ||
+    status=$?
 elapsed=$((SECONDS - started))
+echo "== mypy"
+mypy_status=0
+wait "$mypy_pid" || mypy_status=$?
+cat "$mypy_log"
+rm -f "$mypy_log"
+if [[ $mypy_status -ne 0 && $status -eq 0 ]]; then
+    status=$mypy_status
+fi
 
 left="$(tmp_snapshot | comm -13 "$tmp_before" -)"
 if [[ -n "$left" && $status -eq 0 ]]; then
-    echo "== files over 1 MB left in /tmp by the run:"
+    echo "== files over 1 MB left by the run:"
     echo "$left"
     status=1
 fi

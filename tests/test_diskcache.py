@@ -13,10 +13,12 @@ from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 from mounthelp import upload_bytes
 from opshelp import ClusterView, Env, inprocess_cluster, make_env, read_all, walk
 from waiting import eventually
 
+from fdfsmount import diskcache
 from fdfsmount.clientapi import ReadClient
 from fdfsmount.diskcache import DiskCache
 from fdfsmount.metrics import metric_families, take_snapshot
@@ -250,7 +252,7 @@ async def test_files_being_assembled_stay_within_the_cache_size(
         partial_dir = tmp_path / "dc" / "partial"
         names = {
             cache.path_of(str(fid)).name: (fid, blob) for fid, blob in zip(fids, blobs, strict=True)
-        }
+        }  # a partial file is named <its file's name>.<assembly number>
         # Two would be 1.2 MiB of a 1 MiB cache: one is kept (whichever came last).
         with trio.fail_after(10):
             await eventually(lambda: len(list(partial_dir.iterdir())) == 1, interval=0.01)
@@ -258,11 +260,48 @@ async def test_files_being_assembled_stay_within_the_cache_size(
             kept = list(partial_dir.iterdir())
         assert len(kept) == 1
         # The one still being assembled completes and is stored.
-        last, blob = names[kept[0].name]
+        last, blob = names[kept[0].name.split(".")[0]]
         cache.offer(last, decode_file_id(last), len(blob), 128 * KIB, blob[128 * KIB :])
         with trio.fail_after(10):
             await eventually(lambda: cache.contains(last), interval=0.01)
         assert await cache.read(last, 0, 600 * KIB) == blob
+    finally:
+        cache.close()
+
+
+async def test_bytes_read_again_while_a_file_is_assembled_are_written_once(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readahead and other readers offer the same bytes twice; the file is stored once."""
+    blob = os.urandom(600 * KIB)
+    fid = normal_file(blob, 30)
+    info = decode_file_id(fid)
+    half = 300 * KIB
+    writes: list[tuple[str, int]] = []
+    real_write_at = diskcache.write_at
+
+    def write_at(path: Path, offset: int, data: bytes | bytearray) -> None:
+        writes.append((path.name, offset))
+        real_write_at(path, offset, data)
+
+    monkeypatch.setattr(diskcache, "write_at", write_at)
+    cache = DiskCache(tmp_path / "dc", capacity=4 * MIB, min_free=0, nursery=nursery)
+    try:
+        # The first half comes again while the second is still being written.
+        cache.offer(fid, info, len(blob), 0, blob[:half])
+        cache.offer(fid, info, len(blob), half, blob[half:])
+        cache.offer(fid, info, len(blob), 0, blob[:half])
+        with trio.fail_after(10):
+            await eventually(lambda: cache.contains(fid), interval=0.01)
+        # And once more after it is stored: nothing to add.
+        cache.offer(fid, info, len(blob), 0, blob[:half])
+        await trio.testing.wait_all_tasks_blocked()
+        assert await cache.read(fid, 0, len(blob)) == blob
+        counters = cache.counters()
+        assert counters["disk_cache_files"] == 1 and counters["disk_cache_bytes"] == len(blob)
+        assert counters["disk_cache_fill_failures"] == 0 and counters["disk_cache_fills"] == 1
+        assert not list((tmp_path / "dc" / "partial").iterdir())
+        assert sorted(writes) == sorted({(writes[0][0], 0), (writes[0][0], half)}), writes
     finally:
         cache.close()
 

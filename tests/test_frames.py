@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import golden
 import pytest
@@ -73,7 +75,8 @@ def as_memoryviews(data: bytes) -> Iterator[memoryview]:
         yield memoryview(bytearray(chunk))
 
 
-FEEDERS: dict[str, Callable[[bytes], Iterator[bytes | memoryview]]] = {
+Chunk = bytes | memoryview
+FEEDERS: dict[str, Callable[[bytes], Iterator[Chunk]]] = {
     "whole": whole,
     "byte by byte": byte_by_byte,
     "random chunks": random_chunks,
@@ -94,20 +97,29 @@ def run(decoder: FrameDecoder, chunks: Iterator[bytes | memoryview]) -> list[Fra
     return frames
 
 
-@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
+def feeders_for(stream: bytes) -> Iterator[tuple[str, Callable[[bytes], Iterator[Chunk]]]]:
+    """Every feeder, by name; byte by byte becomes random chunks for the 200 KiB replies."""
+    for feeder, feed in FEEDERS.items():
+        if feeder == "byte by byte" and len(stream) > 100_000:
+            yield feeder, partial(random_chunks, seed=11)
+        else:
+            yield feeder, feed
+
+
+def trailers() -> list[tuple[str, bytes]]:
+    """What a receive loop may find after the last reply: nothing, or part of another."""
+    return [("none", b""), *zip(TRAILER_IDS, TRAILERS, strict=True)]
+
+
+# One test per case, every feeder (and trailer) in a loop: the same checks as a
+# parametrized cross product, without thousands of test items to collect and run.
 @pytest.mark.parametrize(("name", "stream", "expected"), CASES, ids=CASE_IDS)
-def test_frames_whatever_the_chunking(
-    name: str, stream: bytes, expected: list[Frame], feeder: str
-) -> None:
-    stream_feed: Iterator[bytes | memoryview]
-    if feeder == "byte by byte" and len(stream) > 100_000:
-        stream_feed = random_chunks(stream, seed=11)  # keeps the 200 KiB replies quick
-    else:
-        stream_feed = FEEDERS[feeder](stream)
-    decoder = FrameDecoder()
-    assert run(decoder, stream_feed) == expected
-    assert decoder.trailing == b""
-    assert decoder.next_frame() is NEED_DATA
+def test_frames_whatever_the_chunking(name: str, stream: bytes, expected: list[Frame]) -> None:
+    for feeder, feed in feeders_for(stream):
+        decoder = FrameDecoder()
+        assert run(decoder, feed(stream)) == expected, feeder
+        assert decoder.trailing == b"", feeder
+        assert decoder.next_frame() is NEED_DATA, feeder
 
 
 TRAILERS = [
@@ -117,7 +129,10 @@ TRAILERS = [
 ]
 
 
-@pytest.mark.parametrize("trailer", TRAILERS, ids=["1 byte", "9 bytes", "header+partial body"])
+TRAILER_IDS = ["1 byte", "9 bytes", "header+partial body"]
+
+
+@pytest.mark.parametrize("trailer", TRAILERS, ids=TRAILER_IDS)
 @pytest.mark.parametrize(("name", "stream", "expected"), CASES[1:8], ids=CASE_IDS[1:8])
 def test_trailing_data_is_kept(
     name: str, stream: bytes, expected: list[Frame], trailer: bytes
@@ -386,30 +401,26 @@ def client_receive(decoder: FrameDecoder, sock: FakeSocket) -> tuple[Frame, int]
 CLIENT_BUFFER = 64
 
 
-@pytest.mark.parametrize("trailer", [b"", *TRAILERS], ids=["none", "1 byte", "9 bytes", "more"])
-@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
 @pytest.mark.parametrize(("name", "stream", "expected"), CASES, ids=CASE_IDS)
-def test_client_receive_loop(
-    name: str, stream: bytes, expected: list[Frame], feeder: str, trailer: bytes
-) -> None:
-    if feeder == "byte by byte" and len(stream) > 100_000:
-        feeder = "random chunks"
-    decoder = FrameDecoder(buffer_size=CLIENT_BUFFER)
-    sock = FakeSocket(FEEDERS[feeder](stream + trailer))
-    for want in expected:
-        got = client_receive(decoder, sock)
-        assert got is not None
-        frame_got, copied = got
-        assert frame_got == want
-        # Zero copy: only what the header read picked up went through the buffer.
-        assert copied <= CLIENT_BUFFER - HEADER_SIZE
-        assert decoder.body_remaining == 0
-    # Nothing read past the last reply is lost or invented: it is either still
-    # buffered (picked up by a header read) or unread.
-    assert decoder.trailing + sock.rest == trailer
-    # The buffer never grew, and a drained one offers all its room again.
-    if decoder.buffered == 0:
-        assert len(decoder.recv_buffer()) == CLIENT_BUFFER
+def test_client_receive_loop(name: str, stream: bytes, expected: list[Frame]) -> None:
+    for (feeder, feed), (trailer_id, trailer) in itertools.product(feeders_for(stream), trailers()):
+        how = f"{feeder}, trailer {trailer_id}"
+        decoder = FrameDecoder(buffer_size=CLIENT_BUFFER)
+        sock = FakeSocket(feed(stream + trailer))
+        for want in expected:
+            got = client_receive(decoder, sock)
+            assert got is not None, how
+            frame_got, copied = got
+            assert frame_got == want, how
+            # Zero copy: only what the header read picked up went through the buffer.
+            assert copied <= CLIENT_BUFFER - HEADER_SIZE, how
+            assert decoder.body_remaining == 0, how
+        # Nothing read past the last reply is lost or invented: it is either still
+        # buffered (picked up by a header read) or unread.
+        assert decoder.trailing + sock.rest == trailer, how
+        # The buffer never grew, and a drained one offers all its room again.
+        if decoder.buffered == 0:
+            assert len(decoder.recv_buffer()) == CLIENT_BUFFER, how
 
 
 def test_small_exchanges_take_one_receive_each() -> None:
@@ -429,23 +440,19 @@ def test_small_exchanges_take_one_receive_each() -> None:
 REPLY_CASES = [case for case in CASES if all(f.header.cmd == Cmd.RESP for f in case[2])]
 
 
-@pytest.mark.parametrize("trailer", [b"", *TRAILERS], ids=["none", "1 byte", "9 bytes", "more"])
-@pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
 @pytest.mark.parametrize(
     ("name", "stream", "expected"), REPLY_CASES, ids=[c[0] for c in REPLY_CASES]
 )
-def test_receive_reply(
-    name: str, stream: bytes, expected: list[Frame], feeder: str, trailer: bytes
-) -> None:
-    if feeder == "byte by byte" and len(stream) > 100_000:
-        feeder = "random chunks"
-    decoder = new_decoder(max_body=1 << 20)
-    sock = FakeSocket(FEEDERS[feeder](stream + trailer))
-    for want in expected:
-        assert receive_reply(sock, decoder, peer="storage 127.0.0.1:23000") == want
-    assert decoder.trailing + sock.rest == trailer
-    if not trailer:
-        assert receive_reply(sock, decoder, peer="s", allow_eof=True) is None
+def test_receive_reply(name: str, stream: bytes, expected: list[Frame]) -> None:
+    for (feeder, feed), (trailer_id, trailer) in itertools.product(feeders_for(stream), trailers()):
+        how = f"{feeder}, trailer {trailer_id}"
+        decoder = new_decoder(max_body=1 << 20)
+        sock = FakeSocket(feed(stream + trailer))
+        for want in expected:
+            assert receive_reply(sock, decoder, peer="storage 127.0.0.1:23000") == want, how
+        assert decoder.trailing + sock.rest == trailer, how
+        if not trailer:
+            assert receive_reply(sock, decoder, peer="s", allow_eof=True) is None, how
 
 
 def test_receive_reply_small_reply_is_one_recv() -> None:

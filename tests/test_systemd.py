@@ -383,7 +383,16 @@ def test_sigterm_before_the_mount_is_up_gives_up_cleanly(tmp_path: Path) -> None
             env={**os.environ, "FDFSMOUNT_RUNTIME_DIR": os.fspath(run_dir)},
         )  # fmt: skip
         try:
-            wait_until(lambda: any(run_dir.glob("*.sock")), what="the status socket")
+            try:
+                wait_until(
+                    lambda: any(run_dir.glob("*.sock")) or process.poll() is not None,
+                    what="the status socket",
+                )
+            except AssertionError:
+                process.kill()
+                output = process.communicate()[0]
+                raise AssertionError(f"no status socket; output: {output}") from None
+            assert process.poll() is None, process.communicate()[0]
             process.send_signal(signal.SIGTERM)
             output, _ = process.communicate(timeout=20)
         finally:
