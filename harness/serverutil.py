@@ -433,8 +433,8 @@ async def close_after_error(sock: trio.socket.SocketType) -> None:
 
 
 BlockingHandler = Callable[[socket.socket], None]
-#: Connection threads are not limited by trio's default thread limiter.
-_CONNECTION_THREADS = trio.CapacityLimiter(1 << 20)
+#: Connection threads are not bounded by trio's default limit of 40 threads.
+MAX_CONNECTION_THREADS = 1 << 20
 
 
 async def serve_in_threads(
@@ -455,6 +455,7 @@ async def serve_in_threads(
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     open_socks: set[socket.socket] = set()
+    limiter = trio.CapacityLimiter(MAX_CONNECTION_THREADS)
 
     def guarded(sock: socket.socket) -> None:
         try:
@@ -471,7 +472,7 @@ async def serve_in_threads(
 
     async def run_one(sock: socket.socket) -> None:
         await trio.to_thread.run_sync(
-            guarded, sock, abandon_on_cancel=True, limiter=_CONNECTION_THREADS
+            guarded, sock, abandon_on_cancel=True, limiter=limiter
         )
 
     task_status.started(bound)
