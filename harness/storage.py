@@ -454,13 +454,35 @@ class StorageServer:
             raise RequestError(errno.EINVAL, str(exc)) from exc
 
     def _hand_to_trio(self, conn: ThreadConn, header: Header) -> bool | None:
-        """Run the command in the trio loop (the socket is non-blocking meanwhile)."""
+        """Run the command in the trio loop (the socket is non-blocking meanwhile).
+
+        A replication link (a peer's SYNC_PULL/SYNC_FETCH) sends nothing else
+        for its whole life, one request per change: it stays in trio to its
+        end rather than paying a hand-over per request.
+        """
         in_trio = conn.in_trio()
         conn.sock.setblocking(False)
         try:
+            if header.cmd in (PeerCmd.SYNC_PULL, PeerCmd.SYNC_FETCH):
+                trio.from_thread.run(self._serve_in_trio, in_trio, header)
+                return True
             return trio.from_thread.run(self._dispatch, in_trio, header)
         finally:
             conn.sock.setblocking(True)
+
+    async def _serve_in_trio(self, conn: Conn, header: Header | None) -> None:
+        """Serve the rest of a connection in trio, starting with ``header``'s request."""
+        while header is not None and header.cmd != Cmd.QUIT:
+            try:
+                if await self._dispatch(conn, header):
+                    return
+            except RequestError as exc:
+                log.info("cmd %d from %s: %s (status %d)", header.cmd, conn.client, exc, exc.status)
+                await send_reply(conn.fd, status=exc.status)
+                if exc.close:
+                    await serverutil.close_after_error(conn.sock)
+                    return
+            header = await conn.reader.read_header()
 
     async def _dispatch(self, conn: Conn, header: Header) -> bool | None:
         """Run the command's handler; a request the codec refuses is answered EINVAL."""
