@@ -6,7 +6,10 @@ again: served from the disk cache, no download. Anchors measured in the same run
   * the same bytes read from N local files, their pages dropped first (cold),
     as the disk cache's own files are before the re-read,
   * the same local files read again with their pages cached (warm),
-  * the same re-read through a mount without a disk cache (downloads).
+  * the same re-read through a mount without a disk cache (downloads),
+  * the same paths read from a freshly mounted null pyfuse3 filesystem serving
+    bytes from memory (``bench/nullfs.py``): the ceiling of any FUSE daemon
+    here, which says how much of the gap to a local file is FUSE itself.
 Each figure is files per second for open + read + close of every file, in one
 thread, as ``cat`` of each file would; ratios are mount / anchor.
 
@@ -30,6 +33,9 @@ from fdfsmount.mountproc import mounted
 from fdfsmount.proto.client import Client
 from fdfsmount.status import ask
 from harness.cluster import Cluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for bench.run_all
+from bench.run_all import null_mount
 
 KIB = 1024
 
@@ -95,12 +101,16 @@ def run(count: int, work: Path) -> dict[str, Any]:
             results["disk_cache_hits"] = snap["counters"]["disk_cache_hits"]
             for fid, blob in zip(fids, blobs, strict=True):
                 assert (m.mountpoint / fid).read_bytes() == blob
+    with null_mount(work / "null", {f: 64 * KIB for f in fids}) as null:
+        results["null_fuse_per_s"] = read_each([null / f for f in fids])
     results["local_cold_per_s"] = read_each(local_paths)
     results["local_warm_per_s"] = read_each(local_paths)
     mount = results["mount_disk_cache_per_s"]
     results["ratio_vs_local_cold"] = mount / results["local_cold_per_s"]
     results["ratio_vs_local_warm"] = mount / results["local_warm_per_s"]
     results["ratio_vs_no_disk_cache"] = mount / results["mount_no_disk_cache_per_s"]
+    results["ratio_vs_null_fuse"] = mount / results["null_fuse_per_s"]
+    results["null_fuse_vs_local_cold"] = results["null_fuse_per_s"] / results["local_cold_per_s"]
     return results
 
 

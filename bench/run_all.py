@@ -7,9 +7,13 @@ run, interleaved where it matters:
   * 256 MiB sequential read through a long-lived mount (``dd bs=1M``, pages
     dropped first) vs our client streaming the file (``download_to``) and
     upstream's C ``fdfs_download_file`` -- the faster of the two is the anchor;
-  * warm re-read from the page cache (``cat``) vs ``cat`` of a local copy;
+  * warm re-read from the page cache (``cat``) vs ``cat`` of a local copy, each
+    with the same history (pages dropped, read once with dd); the null
+    filesystem's same re-read is shown too: the kernel's FUSE page-cache ceiling;
   * 4 KiB and 64 KiB files, open-read-close, cold and warm, vs a null pyfuse3
-    filesystem (``bench/nullfs.py``) serving the same paths from memory;
+    filesystem (``bench/nullfs.py``, read-only) serving the same paths from
+    memory; a fresh set of files per run, the three mounts interleaved, and the
+    same for an ``-o ro`` mount (the anchor is read-only: no flush, no atime);
   * ``dd bs=1M conv=fsync`` of 256 MiB into a new file vs our client doing the
     same: an empty appender file plus 8 MiB appends;
   * client 4 KiB download, one task, vs PyPI ``fdfs-client-py3``;
@@ -30,6 +34,7 @@ compare ratios, not absolute values, and note the load average printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -205,12 +210,12 @@ def raw_download_fresh(addr: ServerAddr, fid: FileId, size: int) -> float:
 class Uploaded:
     big: FileId
     huge: FileId | None
-    small: dict[int, list[FileId]]
+    small: dict[int, list[list[FileId]]]  # size -> one set of files per run
     plot: dict[int, list[FileId]]
 
 
 async def upload_all(
-    trackers: list[str], big_path: Path, huge_size: int, small_count: int
+    trackers: list[str], big_path: Path, huge_size: int, small_count: int, runs: int
 ) -> Uploaded:
     async with Client(trackers) as client:
         big = await client.upload(big_path, ext="bin", group="group1")
@@ -222,12 +227,15 @@ async def upload_all(
             )  # fmt: skip
         small = {
             size: [
-                await client.upload(os.urandom(size), ext="dat", group="group1")
-                for _ in range(small_count if size <= 4096 else small_count // 2)
+                [
+                    await client.upload(os.urandom(size), ext="dat", group="group1")
+                    for _ in range(small_count if size <= 4096 else small_count // 2)
+                ]
+                for _ in range(runs)
             ]
             for size in SMALL_SIZES
         }
-        plot = dict(small)
+        plot = {size: sets[0] for size, sets in small.items()}
         for size in PLOT_SIZES:
             if size not in plot:
                 count = max(2, min(32, (64 * MIB) // size))
@@ -324,7 +332,9 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
     with Cluster(groups={"group1": 2}, backend=backend) as cluster:
         trackers = cluster.trackers
         big_local = local_file(tmp / "big.bin", size)
-        up = trio.run(upload_all, trackers, big_local, args.rss_gib * 1024 * MIB, args.small)
+        up = trio.run(
+            upload_all, trackers, big_local, args.rss_gib * 1024 * MIB, args.small, args.runs
+        )
         addr = trio.run(storage_of, trackers, up.big)
         conf = cluster.client_conf
         print(f"[{backend}] uploaded; tracker {trackers[0]}, first storage {addr}", flush=True)
@@ -338,29 +348,52 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
         warm_local: list[float] = []
         mount_write: list[float] = []
         client_write: list[float] = []
+        warm_null: list[float] = []
         small: dict[tuple[int, str], list[float]] = {}
-        with mounted(trackers, tmp / "mnt", ["timeout=30"]) as proc:
+        null_files = {str(f): s for s, fids in up.plot.items() for f in fids}
+        null_files[str(up.big)] = size
+        null_files.update(
+            (str(f), fsize) for fsize, sets in up.small.items() for fids in sets for f in fids
+        )
+        with contextlib.ExitStack() as stack:
+            proc = stack.enter_context(mounted(trackers, tmp / "mnt", ["timeout=30"]))
+            ro = stack.enter_context(mounted(trackers, tmp / "mnt-ro", ["timeout=30", "ro"]))
+            null = stack.enter_context(null_mount(tmp / "null", null_files))
             mnt = proc.mountpoint
             big = mnt / str(up.big)
-            # Small files first, on a fresh mount: cold means the daemon fetches each.
-            for fsize in SMALL_SIZES:
-                paths = [mnt / str(f) for f in up.small[fsize]]
-                small[(fsize, "cold")] = [open_read_close(paths)]
-                small[(fsize, "warm")] = [open_read_close(paths)]
-            res.plot["mount"] = {}
-            for psize, fids in up.plot.items():
-                paths = [mnt / str(f) for f in fids]
-                for p in paths:
-                    drop_page_cache(p)
-                res.plot["mount"][psize] = open_read_close(paths) * psize / MIB
-            cat(big_local)
+            # Small files first, each run on files none of the three mounts has seen
+            # (cold: the daemon fetches each), interleaved with the null filesystem.
+            for run_index in range(args.runs):
+                for fsize in SMALL_SIZES:
+                    fids = up.small[fsize][run_index]
+                    for name, root in (("", mnt), ("ro-", ro.mountpoint), ("null-", null)):
+                        paths = [root / str(f) for f in fids]
+                        small.setdefault((fsize, f"{name}cold"), []).append(
+                            open_read_close(paths)
+                        )
+                        small.setdefault((fsize, f"{name}warm"), []).append(
+                            open_read_close(paths)
+                        )
+            for series, root in (("mount", mnt), ("null filesystem", null)):
+                res.plot[series] = {}
+                for psize, fids in up.plot.items():
+                    paths = [root / str(f) for f in fids]
+                    for p in paths:
+                        drop_page_cache(p)
+                    res.plot[series][psize] = open_read_close(paths) * psize / MIB
+            null_big = null / str(up.big)
             for _ in range(args.runs):
+                # The same history for the three warm re-reads: pages dropped, read
+                # once with dd, then cat.
                 drop_page_cache(big)
                 mount_read.append(
                     timed(lambda: run("dd", f"if={big}", "of=/dev/null", "bs=1M", "status=none"))
                 )
                 warm_mount.append(timed(lambda: cat(big)))
-                warm_local.append(timed(lambda: cat(big_local)))
+                for path, into in ((big_local, warm_local), (null_big, warm_null)):
+                    drop_page_cache(path)
+                    run("dd", f"if={path}", "of=/dev/null", "bs=1M", "status=none")
+                    into.append(timed(lambda p=path: cat(p)))  # type: ignore[misc]
                 client_stream.append(trio.run(client_download_to, trackers, up.big))
                 if shutil.which("fdfs_download_file"):
                     upstream.append(
@@ -390,23 +423,11 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
                 res.rss_peak_mib = rss.peak_mib
         big_local.unlink()
 
-        null_files = {str(f): s for s, fids in up.plot.items() for f in fids}
-        with null_mount(tmp / "null", null_files) as null:
-            for fsize in SMALL_SIZES:
-                paths = [null / str(f) for f in up.small[fsize]]
-                small[(fsize, "null-cold")] = [open_read_close(paths)]
-                small[(fsize, "null-warm")] = [open_read_close(paths)]
-            res.plot["null filesystem"] = {}
-            for psize, fids in up.plot.items():
-                paths = [null / str(f) for f in fids]
-                for p in paths:
-                    drop_page_cache(p)
-                res.plot["null filesystem"][psize] = open_read_close(paths) * psize / MIB
         res.plot["client download()"] = {
             psize: trio.run(client_plot, trackers, fids, psize) for psize, fids in up.plot.items()
         }
 
-        ops = up.small[4096]
+        ops = up.small[4096][0]
         dl_ours = trio.run(client_small_ops, trackers, ops, "download")
         dl_pypi = pypi_client_downloads(trackers[0], tmp, ops)
         info_ours = trio.run(client_small_ops, trackers, ops, "info")
@@ -432,11 +453,16 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
                         else rate(upstream), "MiB/s", "info"))  # fmt: skip
     rows.append(Row("warm re-read from page cache (cat)", rate(warm_mount),
                     "cat of a local file", rate(warm_local), "MiB/s", ">= 0.85"))  # fmt: skip
+    rows.append(Row("  (null pyfuse3 fs, the same re-read)", rate(warm_null),
+                    "cat of a local file", rate(warm_local), "MiB/s", "info"))  # fmt: skip
     for fsize in SMALL_SIZES:
         for temp, aim in (("cold", ">= 0.6"), ("warm", ">= 0.8")):
             rows.append(Row(f"{fsize // 1024} KiB files open-read-close, {temp}",
-                            small[(fsize, temp)], f"null pyfuse3 fs, {temp}",
+                            small[(fsize, temp)], f"null pyfuse3 fs (ro), {temp}",
                             small[(fsize, f"null-{temp}")], "files/s", aim))  # fmt: skip
+            rows.append(Row("  (same, -o ro mount)", small[(fsize, f"ro-{temp}")],
+                            f"null pyfuse3 fs (ro), {temp}", small[(fsize, f"null-{temp}")],
+                            "files/s", "info"))  # fmt: skip
     rows.append(Row(f"dd bs=1M conv=fsync {args.size_mib} MiB new file", rate(mount_write),
                     "client appender + 8 MiB appends", rate(client_write), "MiB/s",
                     ">= 0.8"))  # fmt: skip

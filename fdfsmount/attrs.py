@@ -82,10 +82,14 @@ class InfoCache:
         self._pending: dict[str, trio.Event] = {}
         self._max_entries = max_entries
 
-    def peek(self, file_id: FileId, max_age: float) -> FileInfo | None:
-        entry = self._entries.get(str(file_id))
+    def peek(self, file_id: FileId, max_age: float, *, touch: bool = False) -> FileInfo | None:
+        """The answer if one is at most `max_age` old (`touch`: count it as a use)."""
+        key = str(file_id)
+        entry = self._entries.get(key)
         if entry is None or trio.current_time() - entry[1] > max_age:
             return None
+        if touch:
+            self._entries.move_to_end(key)
         return entry[0]
 
     async def get(self, file_id: FileId, max_age: float) -> FileInfo:
@@ -165,6 +169,26 @@ class FileStats:
         ttl = APPENDER_INFO_TTL if ident.file_type is FileType.APPENDER else IMMUTABLE_INFO_TTL
         info = await self._ask(self.info, node.file_id, 0.0 if fresh else ttl)
         return self._from_info(node, info)
+
+    def known(self, node: Node) -> FileStat | None:
+        """What `get` would answer now without asking a server; None if it would ask
+        (or would fail: the asking path raises the error)."""
+        assert node.file_id is not None and node.id_info is not None
+        ident = node.id_info
+        file_id = node.file_id
+        if ident.file_type in (FileType.NORMAL, FileType.TRUNK):
+            assert ident.size is not None
+            if not self.trust_ids and (
+                self.info.peek(file_id, self.exists_ttl) is None
+                and self.confirmed.peek(file_id, self.exists_ttl, touch=True) is None
+            ):
+                return None
+            return FileStat(
+                ident.file_type, ident.size, ident.create_time, ident.crc32, ident.source
+            )
+        ttl = APPENDER_INFO_TTL if ident.file_type is FileType.APPENDER else IMMUTABLE_INFO_TTL
+        info = self.info.peek(file_id, ttl, touch=True)
+        return None if info is None else self._from_info(node, info)
 
     async def confirm(self, file_id: FileId, *, max_age: float) -> None:
         """Return once the cluster confirmed `file_id` within `max_age`; `FileNotFound` if not."""

@@ -8,6 +8,7 @@ is answered by that file's writer, any other by the read path.
 
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import itertools
@@ -145,10 +146,47 @@ class OpStats:
         by_errno[name] = by_errno.get(name, 0) + 1
 
 
+class Slow(enum.Enum):
+    """A fast path's answer when it cannot answer without I/O."""
+
+    NEEDS_IO = enum.auto()
+
+
+NEEDS_IO = Slow.NEEDS_IO
+
+
 def fuse_op(
     fn: Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]]:
     """Wrap a handler: a debug line, counters, the operation deadline, errors -> `FUSEError`."""
+    return _wrap_op(fn, None)
+
+
+def fuse_op_fast(
+    fast: Callable[Concatenate[OpsT, P], R | Slow],
+) -> Callable[
+    [Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]]],
+    Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]],
+]:
+    """`fuse_op` with a synchronous fast path tried first: `fast` answers from memory or
+    returns `NEEDS_IO`, and only then does the handler run, under the operation deadline.
+
+    A deadline costs a cancel scope (about as much as the rest of a cached answer), and
+    an answer given without awaiting anything cannot be late.
+    """
+
+    def wrap(
+        fn: Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]],
+    ) -> Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]]:
+        return _wrap_op(fn, fast)
+
+    return wrap
+
+
+def _wrap_op(
+    fn: Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]],
+    fast: Callable[Concatenate[OpsT, P], R | Slow] | None,
+) -> Callable[Concatenate[OpsT, P], Coroutine[Any, Any, R]]:
     op = fn.__name__
 
     @functools.wraps(fn)
@@ -159,8 +197,15 @@ def fuse_op(
         stats.requests[op] = stats.requests.get(op, 0) + 1
         started = trio.current_time()
         try:
-            with trio.fail_after(self.timeout):
-                result = await fn(self, *args, **kwargs)
+            answer = NEEDS_IO if fast is None else fast(self, *args, **kwargs)
+            if answer is NEEDS_IO:
+                # trio.fail_after, without its generator context manager.
+                with trio.CancelScope(deadline=started + self.timeout) as scope:
+                    result = await fn(self, *args, **kwargs)
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError
+            else:
+                result = answer
         except Exception as exc:
             error = self.fuse_error(op, args, exc)
             stats.count_error(op, error.errno)
@@ -359,7 +404,20 @@ class Operations(pyfuse3.Operations):
         except Exception:
             log.exception("forget %r", inode_list)
 
-    @fuse_op
+    def _stat_now(self, node: Node) -> FileStat | None:
+        """`_stat` when it needs no I/O (None: ask)."""
+        return self.writer.local_stat(node) or self.stats.known(node)
+
+    def _getattr_now(
+        self, inode: InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes | Slow:
+        node = self.table.get(inode)
+        if node.kind is not Kind.FILE:
+            return self.attrs.directory(node)
+        fstat = self._stat_now(node)
+        return NEEDS_IO if fstat is None else self.attrs.file(node, fstat)
+
+    @fuse_op_fast(_getattr_now)
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self._entry(self.table.get(inode))
 
@@ -429,7 +487,19 @@ class Operations(pyfuse3.Operations):
 
     # -- reading -------------------------------------------------------------
 
-    @fuse_op
+    def _open_now(
+        self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo | Slow:
+        """Opening an immutable file for reading, its attributes known: no I/O."""
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            return NEEDS_IO
+        node = self.table.get(inode)
+        if node.kind is not Kind.FILE or not self._immutable(node):
+            return NEEDS_IO
+        fstat = self._stat_now(node)
+        return NEEDS_IO if fstat is None else self._new_handle(node, fstat, None)
+
+    @fuse_op_fast(_open_now)
     async def open(
         self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
@@ -467,7 +537,15 @@ class Operations(pyfuse3.Operations):
     def _immutable(node: Node) -> bool:
         return node.id_info is not None and node.id_info.size is not None
 
-    @fuse_op
+    def _read_now(self, fh: FileHandleT, off: int, size: int) -> bytes | Slow:
+        """A read the block cache holds whole (and no writer on this host)."""
+        h = self._files[fh]
+        if h.write is not None or self.writer.writer_of(h.file.file_id) is not None:
+            return NEEDS_IO
+        data = self.readpath.read_now(h.file, off, size)
+        return NEEDS_IO if data is None else cast(bytes, data)
+
+    @fuse_op_fast(_read_now)
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         h = self._files[fh]
         # This host's view while the file is written here (by this handle or another).
@@ -490,7 +568,14 @@ class Operations(pyfuse3.Operations):
         h = self._files.get(fh) if fh is not None else None
         return h.write if h is not None else None
 
-    @fuse_op
+    def _flush_now(self, fh: FileHandleT) -> Slow | None:
+        if self.opts.read_only:
+            # Nothing is ever written here: ENOSYS tells the kernel to stop sending
+            # flushes at all (one request less per close).
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        return NEEDS_IO if self._write_handle(fh) is not None else None
+
+    @fuse_op_fast(_flush_now)
     async def flush(self, fh: FileHandleT) -> None:
         handle = self._write_handle(fh)
         if handle is not None:
@@ -502,7 +587,14 @@ class Operations(pyfuse3.Operations):
         if handle is not None:
             await self.writer.fsync(handle)
 
-    @fuse_op
+    def _release_now(self, fh: FileHandleT) -> Slow | None:
+        h = self._files.get(fh)
+        if h is not None and h.write is not None:
+            return NEEDS_IO
+        self._files.pop(fh, None)
+        return None
+
+    @fuse_op_fast(_release_now)
     async def release(self, fh: FileHandleT) -> None:
         h = self._files.pop(fh, None)
         if h is not None and h.write is not None:

@@ -44,7 +44,7 @@ import trio
 from .blockcache import Block, BlockCache, FileKey
 from .clientapi import RangeClient
 from .diskcache import DiskCache
-from .proto import FileId, FileIdInfo
+from .proto import FileId, FileIdInfo, FileType
 from .proto.errors import ConnectError, FdfsError, ProtocolError, Timeout
 from .proto.health import DOWN_MEMORY, ServerHealth
 from .proto.replicas import ReplicaDirectory
@@ -59,6 +59,9 @@ MAX_CHUNK = 8 * MIB
 MAX_PARALLEL_CHUNKS = 8  # prefetch downloads in flight, whole mount
 #: Normal files up to this size are fetched whole by their first read.
 WHOLE_FILE_LIMIT = 512 * 1024
+#: Normal files up to this size have their existence confirmed by downloading them
+#: whole (`fetch_to_confirm`): one round trip where a query and a read would be two.
+FETCH_TO_CONFIRM_LIMIT = 64 * 1024
 
 __all__ = ["DOWN_MEMORY", "OpenFile", "ReadPath", "Readahead", "ReplicaDirectory"]
 
@@ -187,9 +190,52 @@ class ReadPath:
         version = None if immutable else next(self._opens)
         return OpenFile(file_id, id_info, size, version, Readahead(self.max_window))
 
+    async def fetch_to_confirm(self, file_id: FileId, id_info: FileIdInfo) -> bool:
+        """Confirm that a small normal file exists by downloading it whole into the cache.
+
+        A lookup confirms existence, and the open and read that usually follow
+        would download the file: for a small file, one download does both. False
+        (nothing asked) when the file is not small, not immutable, or already
+        cached in memory or on disk (then a query is cheaper); `FileNotFound` if no replica has it.
+        The disk cache is not asked: only a server can say the file still exists.
+        """
+        size = id_info.size
+        if (
+            size is None
+            or not 0 < size <= FETCH_TO_CONFIRM_LIMIT
+            or id_info.file_type not in (FileType.NORMAL, FileType.TRUNK)
+            or self.cache.contains((str(file_id), None), 0)
+            or (self.disk_cache is not None and self.disk_cache.contains(file_id))
+        ):
+            return False
+        f = OpenFile(file_id, id_info, size, None, Readahead(0))
+        await self._download(f, 0, -(-size // self.block), local_ok=False)
+        return True
+
     def invalidate(self, file_id: FileId) -> None:
         """Forget cached content of `file_id` (the write side calls this after changes)."""
         self.cache.drop_file(str(file_id))
+
+    def read_now(
+        self, f: OpenFile, offset: int, size: int
+    ) -> bytes | bytearray | memoryview | None:
+        """`read` when the cache holds every block it needs (no I/O); else None."""
+        end = min(offset + size, f.size) if f.immutable else offset + size
+        if offset >= end or size <= 0:
+            self.stats.reads += 1
+            return b""
+        first, last = offset // self.block, (end - 1) // self.block
+        blocks: list[Block] = []
+        for index in range(first, last + 1):
+            data = self.cache.get(f.key, index)
+            if data is None:
+                return None
+            blocks.append(data)
+            if len(data) < self.block:
+                break  # end of file
+        self.stats.reads += 1
+        ahead = f.readahead.on_read(offset, end)
+        return self._answer(f, offset, end, blocks, ahead)
 
     async def read(self, f: OpenFile, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`; short only at the end of the file.
@@ -205,9 +251,21 @@ class ReadPath:
         ahead = f.readahead.on_read(offset, end)
         first, last = offset // self.block, (end - 1) // self.block
         blocks = await self._blocks(f, first, last)
+        return self._answer(f, offset, end, blocks, ahead)
+
+    def _answer(
+        self,
+        f: OpenFile,
+        offset: int,
+        end: int,
+        blocks: list[Block],
+        ahead: tuple[int, int] | None,
+    ) -> bytes | bytearray | memoryview:
+        """The bytes [offset, end) out of `blocks` (which start at `offset`'s block)."""
+        first = offset // self.block
         if ahead is not None and self.nursery is not None:
             # Only now, and only past this read's blocks: readahead never delays its reader.
-            self._prefetch(f, max(ahead[0], (last + 1) * self.block), ahead[1])
+            self._prefetch(f, max(ahead[0], (first + len(blocks)) * self.block), ahead[1])
         skip = offset - first * self.block
         want = min(end - offset, sum(len(b) for b in blocks) - skip)
         if all(b.follows(a) for a, b in itertools.pairwise(blocks)):
@@ -304,6 +362,7 @@ class ReadPath:
         *,
         rotate: int = 0,
         claimed: dict[tuple[FileKey, int], _Pending] | None = None,
+        local_ok: bool = True,
     ) -> dict[int, Block]:
         """Download blocks [first, stop) as one ranged request; cache and return them.
 
@@ -324,7 +383,7 @@ class ReadPath:
         blocks: dict[int, Block] = {}
         try:
             data: bytes | bytearray = b""
-            local = await self._from_disk(f, offset, length) if length > 0 else None
+            local = await self._from_disk(f, offset, length) if length > 0 and local_ok else None
             if local is not None:
                 data = local
             elif length > 0:

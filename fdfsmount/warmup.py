@@ -100,12 +100,13 @@ def warmup_main(argv: Sequence[str]) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     tally = Tally()
+    # Before the walk: looking a small file up may fetch, and so store, it already.
+    before = _cache_progress(root)
     try:
         files = [f for p in args.paths for f in _files(root, p)]
     except (ValueError, OSError) as exc:
         print(f"fdfsmount: {exc}", file=sys.stderr)
         return 1
-    before = _cache_progress(root)
 
     def one(path: str) -> None:
         if _is_appender(path):

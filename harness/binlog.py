@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -112,6 +113,19 @@ class Binlog:
         self.file_epochs: dict[str, int] = {}
         self.last_source_ts = self._scan_last_source_ts()
         self._grown = trio.Event()
+        #: Held to append, and by a caller that must log a timestamp it took
+        #: before any later one (changes are made from connection threads too).
+        self.lock = threading.RLock()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._loop_thread = threading.get_ident()
+        self._wake_pending = False
+        #: Tasks in `wait_for_growth` (counted under the lock, so none is missed).
+        self._waiting = 0
+
+    def bind(self, token: trio.lowlevel.TrioToken) -> None:
+        """The trio run whose tasks follow the log (called from that run)."""
+        self._token = token
+        self._loop_thread = threading.get_ident()
 
     def _repair_tail(self) -> int:
         """Drop a half-written last line left by a crash."""
@@ -162,19 +176,32 @@ class Binlog:
 
     def append(self, timestamp: int, op: str, name: str, extra: str = "") -> None:
         line = BinlogEntry(timestamp, op, name, extra).line()
-        os.write(self._fd, line)
-        self.size += len(line)
-        self._note_epoch(op, name, extra)
-        if op in SOURCE_OPS:
-            self.last_source_ts = max(self.last_source_ts, timestamp)
-            self.source_end = self.size
+        with self.lock:
+            os.write(self._fd, line)
+            self.size += len(line)
+            self._note_epoch(op, name, extra)
+            if op in SOURCE_OPS:
+                self.last_source_ts = max(self.last_source_ts, timestamp)
+                self.source_end = self.size
+            if not self._waiting:
+                return
+        if threading.get_ident() == self._loop_thread:
+            self._wake()
+        elif self._token is not None and not self._wake_pending:
+            # Set after the size above: a wake-up already pending sees it too.
+            self._wake_pending = True
+            self._token.run_sync_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_pending = False
         self._grown.set()
         self._grown = trio.Event()
 
     def record_source(self, op: str, name: str, extra: str = "") -> int:
         """Log a change made here now; return its timestamp."""
-        ts = self.next_source_timestamp()
-        self.append(ts, op, name, extra)
+        with self.lock:
+            ts = self.next_source_timestamp()
+            self.append(ts, op, name, extra)
         return ts
 
     # ------------------------------------------------------------ reading
@@ -219,8 +246,17 @@ class Binlog:
 
     async def wait_for_growth(self, offset: int) -> None:
         """Return once the file extends past ``offset``."""
-        while self.size <= offset:
-            await self._grown.wait()
+        while True:
+            with self.lock:
+                if self.size > offset:
+                    return
+                self._waiting += 1
+                grown = self._grown
+            try:
+                await grown.wait()
+            finally:
+                with self.lock:
+                    self._waiting -= 1
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ Each tracker gets one long-lived connection: STORAGE_JOIN once, then
 STORAGE_BEAT every ``--heartbeat-interval`` seconds. Between them go short
 progress beats (binlog size, replication marks, foreign writes): at most every
 `MIN_BEAT_GAP` seconds when replication progressed, and at once when a change
-waits in `TrackerReporter.announce`. Every reply lists the storages of our
+waits in `TrackerReporter.announce_blocking`. Every reply lists the storages of our
 group with their status (which starts replication from new peers) and the
 tracker's ``offline_after``. A broken link is re-established with a short
 backoff, so a restarted tracker sees us again within a second or so.
@@ -25,6 +25,7 @@ peer lists it any more and it caught up with their binlogs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -77,12 +78,37 @@ class TrackerReporter:
         self._progress_gen = 0
         self._announce_target = 0
         self._lease_wanted = False
+        #: Notified after every tracker reply, for changes made in connection threads.
+        self._replied = threading.Condition()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._loop_thread = threading.get_ident()
+        self._clock_offset = 0.0
+
+    def bind(self) -> None:
+        """Called from the trio run this reporter lives in, before connections are served."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._loop_thread = threading.get_ident()
+        # trio's clock is perf_counter plus an offset: threads read it that way.
+        self._clock_offset = trio.current_time() - time.perf_counter()
 
     # ------------------------------------------------------------ fencing
 
     def _fresh_views(self) -> list[TrackerView]:
-        now = trio.current_time()
-        return [v for v in self.views.values() if v.valid_until > now]
+        # Also called from connection threads: the trio clock is a monotonic
+        # clock, and list() copies the views without letting another thread in.
+        now = trio.current_time() if self._in_loop() else self._clock_offset + time.perf_counter()
+        return [v for v in list(self.views.values()) if v.valid_until > now]
+
+    def _in_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread
+
+    def has_fresh_view(self) -> bool:
+        """Whether some tracker's lease is still running (else `confirm_may_write` renews)."""
+        return bool(self._fresh_views())
+
+    def _alone(self) -> bool:
+        own = self.server.config.server_id
+        return all(peer_id == own for peer_id in list(self.server.peers))
 
     def may_write(self, source: str) -> str | None:
         """None if changes to files of ``source`` may be taken here now, else why not."""
@@ -141,16 +167,16 @@ class TrackerReporter:
         With one such tracker, no replica is let take our files' writes before
         it holds that much of our log (see `may_write`).
         """
-        own = self.server.config.server_id
-        if all(peer_id == own for peer_id in self.server.peers):
+        if self._alone():
             return True  # alone in the group: no replica could take over
         return any(v.acked_binlog >= binlog_end for v in self._fresh_views())
 
     def foreign_writes(self) -> list[str]:
         """Peers whose files we take writes for now (or still have such a write under way)."""
         own = self.server.config.server_id
-        sources = set(self.server.foreign_in_flight)
-        for peer_id in self.server.peers:
+        with self.server.foreign_lock:
+            sources = set(self.server.foreign_in_flight)
+        for peer_id in list(self.server.peers):
             if peer_id != own and self.may_write(peer_id) is None:
                 sources.add(peer_id)
         return sorted(sources)
@@ -166,29 +192,41 @@ class TrackerReporter:
         self._wake.set()
         self._wake = trio.Event()
 
-    async def announce(self, binlog_size: int) -> None:
+    def announce_blocking(self, binlog_size: int) -> None:
         """Return once every responsive tracker knows our binlog reached ``binlog_size``.
 
-        Called before acknowledging a change of an appender file, so a
-        tracker never counts a replica as holding a file it lacks. Bounded: a
-        tracker that does not answer in time is skipped until it answers.
+        Called (from the connection's thread) before acknowledging a change
+        of an appender file, so a tracker never counts a replica as holding a
+        file it lacks. The beat is asked for through the trio token. Bounded:
+        a tracker that does not answer in time is skipped until it answers.
         """
-        own = self.server.config.server_id
-        if all(peer_id == own for peer_id in self.server.peers):
-            return  # no replica could be offered instead of us
+        if self._alone():
+            return
+        assert self._token is not None
+        self._token.run_sync_soon(self._want_announce, binlog_size)
+        deadline = time.monotonic() + ANNOUNCE_TIMEOUT
+        with self._replied:
+            while self._lagging(binlog_size):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._replied.wait(left)
+            else:
+                return
+        self._give_up_on_laggards(binlog_size)
+
+    def _want_announce(self, binlog_size: int) -> None:
         self._announce_target = max(self._announce_target, binlog_size)
         self._wake_up()
-        with trio.move_on_after(ANNOUNCE_TIMEOUT):
-            while True:
-                lagging = [
-                    v
-                    for v in self.views.values()
-                    if v.connected and v.responsive and v.acked_binlog < binlog_size
-                ]
-                if not lagging:
-                    return
-                await self._acked.wait()
-        for key, view in self.views.items():
+
+    def _lagging(self, binlog_size: int) -> bool:
+        return any(
+            v.connected and v.responsive and v.acked_binlog < binlog_size
+            for v in list(self.views.values())
+        )
+
+    def _give_up_on_laggards(self, binlog_size: int) -> None:
+        for key, view in list(self.views.items()):
             if view.connected and view.responsive and view.acked_binlog < binlog_size:
                 log.info("tracker %s:%d did not confirm a change in time", *key)
                 view.responsive = False
@@ -286,6 +324,8 @@ class TrackerReporter:
             view.acked_binlog = max(view.acked_binlog, int(info["binlog"][1]))
         self._acked.set()
         self._acked = trio.Event()
+        with self._replied:
+            self._replied.notify_all()
         self.server.update_peers(peers)
         if old and old != view.statuses:
             # A peer came or went: say at once which foreign writes we take now.

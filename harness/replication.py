@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 MAX_PULL_WAIT = 5.0
 CONNECT_TIMEOUT = 3.0
 RETRY_DELAY = 0.3
+#: While changes stream in, a peer's mark is written to disk at most this often.
+MARK_SAVE_INTERVAL = 0.25
 #: How long a peer may take to start answering a fetch.
 FETCH_TIMEOUT = 3.0
 
@@ -192,6 +194,8 @@ class PeerPuller:
         self.addr = peer
         self.peer_id = peer.storage_id
         self.mark: SyncMark = server.marks.load(peer.storage_id)
+        self._unsaved = False
+        self._next_save = 0.0
 
     async def run(self) -> None:
         failing = False
@@ -211,6 +215,13 @@ class PeerPuller:
             await trio.sleep(RETRY_DELAY)
 
     async def _follow(self, sock: trio.socket.SocketType, reader: FramedSocket) -> None:
+        try:
+            await self._follow_changes(sock, reader)
+        finally:
+            if self._unsaved:  # the link broke or the server stops: keep what was applied
+                self._save_mark()
+
+    async def _follow_changes(self, sock: trio.socket.SocketType, reader: FramedSocket) -> None:
         caught_up = False
         while True:
             wait = 0.0
@@ -237,8 +248,20 @@ class PeerPuller:
             if caught_up:
                 self.mark.synced_until = max(self.mark.synced_until, int(reply["horizon"]))
             if reply["records"] or self.mark.synced_until != before:
-                self.server.marks.save(self.peer_id, self.mark)
+                self._unsaved = True
                 self.server.reporter.poke()
+            # The mark on disk only matters after a restart, which re-applies
+            # what came after it (applying is idempotent): it is written at
+            # most every MARK_SAVE_INTERVAL while changes stream in, not once
+            # per change (a new file each time), and whenever the link idles.
+            now = trio.current_time()
+            if self._unsaved and (not reply["records"] or now >= self._next_save):
+                self._save_mark()
+                self._next_save = now + MARK_SAVE_INTERVAL
+
+    def _save_mark(self) -> None:
+        self.server.marks.save(self.peer_id, self.mark)
+        self._unsaved = False
 
     async def _pull(self, sock: trio.socket.SocketType, reader: FramedSocket, wait: float) -> Any:
         body = encode_json(

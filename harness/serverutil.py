@@ -1,22 +1,26 @@
 """Plumbing shared by the builtin tracker and storage servers.
 
-A trio socket wrapped by `FramedSocket` (the trio shell over
-`fdfsmount.proto.frames.FrameDecoder`: one receive buffer per connection,
-bulk payloads streamed through it or received straight into the caller's
-memory, ``TCP_QUICKACK`` re-armed after every receive) and `send_all` /
-`send_file` (os.sendfile on the socket fd), the replies every server sends,
-the accept loop, and the command-line scaffolding: logging to stderr, the
-``READY <port>`` line the launcher waits for, and a clean exit on SIGTERM.
+The accept loop (`serve_in_threads`: each client connection is served by
+its own thread with a plain blocking socket read through
+`BlockingFramedSocket`), the trio shell over the same framer for links and
+handlers that run in the event loop (`FramedSocket`, `send_all`,
+`send_file`), both over `fdfsmount.proto.frames.FrameDecoder` (one receive
+buffer per connection, ``TCP_QUICKACK`` armed while a message is partly
+received), the replies every server sends, and the command-line
+scaffolding: logging to stderr, the ``READY <port>`` line the launcher waits
+for, and a clean exit on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
+import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -56,11 +60,14 @@ class FramedSocket:
     """A trio socket read through one `FrameDecoder` (the trio shell over the codec).
 
     Every receive lands in the decoder's buffer (or, for bulk payloads, in
-    the caller's memory) and re-arms ``TCP_QUICKACK``: clients that leave
-    Nagle on and write a request's header and body separately (the upstream
-    C client) wait for our ACK of the header before sending the body, and
-    Linux's delayed ACK would hold it for up to 40 ms. Upstream's servers
-    re-arm it after each read for the same reason.
+    the caller's memory). Before waiting for the rest of a message that
+    arrived in part, ``TCP_QUICKACK`` is armed: clients that leave Nagle on
+    and write a request's header and body separately (the upstream C
+    client) wait for our ACK of the header before sending the body, and
+    Linux's delayed ACK would hold it for up to 40 ms; arming the flag sends
+    the pending ACK at once. (Upstream's servers re-arm it after every read
+    for the same reason; a message that arrived whole needs no early ACK,
+    as the reply carries it, so the syscall is saved there.)
 
     Receives are plain non-blocking syscalls that wait with trio only when
     nothing is there: trio's socket methods take two extra scheduler passes
@@ -69,9 +76,16 @@ class FramedSocket:
     `read_header` yields once when the previous message never had to wait.
     """
 
-    def __init__(self, sock: trio.socket.SocketType, bufsize: int = RECV_BUFFER_SIZE) -> None:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        bufsize: int = RECV_BUFFER_SIZE,
+        *,
+        decoder: FrameDecoder | None = None,
+    ) -> None:
         self.sock = sock
-        self.decoder = FrameDecoder(max_body=bufsize, buffer_size=bufsize)
+        # A connection handed over from its thread keeps its one decoder (and buffered bytes).
+        self.decoder = decoder or FrameDecoder(max_body=bufsize, buffer_size=bufsize)
         self._fd = sock.fileno()
         self._quickack = quick_ack(sock)
         self._waited = True
@@ -80,25 +94,23 @@ class FramedSocket:
     def buffered(self) -> int:
         return self.decoder.buffered
 
-    async def _recv_into(self, view: memoryview) -> int:
+    async def _recv_into(self, view: memoryview, partial: bool = True) -> int:
+        """Receive into ``view``; ``partial`` says a message is under way (ACK it early)."""
         while True:
             try:
-                n = os.readv(self._fd, (view,))
+                return os.readv(self._fd, (view,))
             except BlockingIOError:
                 self._waited = True
+                if partial and self._quickack:
+                    self._quickack = quick_ack(self.sock)
                 await trio.lowlevel.wait_readable(self._fd)
-                continue
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise PeerClosed(str(exc)) from exc
-            break
-        if self._quickack and n:
-            self._quickack = quick_ack(self.sock)
-        return n
 
-    async def _fill(self) -> int:
+    async def _fill(self, partial: bool = True) -> int:
         """Receive more into the decoder's buffer; 0 means EOF."""
         decoder = self.decoder
-        n = await self._recv_into(decoder.recv_buffer())
+        n = await self._recv_into(decoder.recv_buffer(), partial)
         decoder.received(n)
         return n
 
@@ -118,7 +130,7 @@ class FramedSocket:
             header = decoder.next_header()
             if not isinstance(header, NeedData):
                 return header
-            if await self._fill() == 0:
+            if await self._fill(decoder.buffered > 0) == 0:
                 if decoder.buffered:
                     raise PeerClosed("connection closed inside a header")
                 return None
@@ -171,7 +183,147 @@ class FramedSocket:
             pass
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
-        await send_all(self.sock, data)
+        await send_all(self._fd, data)
+
+    async def send_reply(self, body: bytes = b"", status: int = 0) -> None:
+        await send_all(self._fd, encode_header(len(body), Cmd.RESP, status) + body)
+
+
+class BlockingFramedSocket:
+    """A plain blocking socket read through one `FrameDecoder`, for a connection's own thread.
+
+    The same framing and ``TCP_QUICKACK`` rule as `FramedSocket`, without an
+    event loop: a thread blocked in ``recv`` costs nothing, and a request
+    that arrives is served with two syscalls and no scheduling. A receive
+    waits at most ``timeout`` seconds inside a message (`PeerClosed` after
+    that) and forever between messages.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        bufsize: int = RECV_BUFFER_SIZE,
+        *,
+        max_body: int | None = None,
+        timeout: float | None = 60.0,
+    ) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(max_body=max_body or bufsize, buffer_size=bufsize)
+        sock.setblocking(True)
+        if timeout is not None:
+            # Bounds a receive at the OS level, so a blocking recv needs no poll first.
+            seconds = int(timeout)
+            micros = int((timeout - seconds) * 1e6)
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
+            )
+        self._quickack = QUICKACK is not None
+
+    def _fill(self, partial: bool = True) -> int:
+        """Receive more into the decoder's buffer; 0 means EOF."""
+        decoder = self.decoder
+        if partial and self._quickack:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)  # type: ignore[arg-type]
+            except OSError:
+                self._quickack = False
+        while True:
+            try:
+                n = self.sock.recv_into(decoder.recv_buffer())
+            except BlockingIOError:  # SO_RCVTIMEO expired
+                if partial:
+                    raise PeerClosed("connection stalled inside a message") from None
+                continue
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise PeerClosed(str(exc)) from exc
+            decoder.received(n)
+            return n
+
+    def read_header(self) -> Header | None:
+        """The next message's header, or None on a clean EOF between messages."""
+        decoder = self.decoder
+        while True:
+            header = decoder.next_header()
+            if not isinstance(header, NeedData):
+                return header
+            if self._fill(decoder.buffered > 0) == 0:
+                if decoder.buffered:
+                    raise PeerClosed("connection closed inside a header")
+                return None
+
+    def read_exact(self, size: int) -> bytes:
+        """Exactly ``size`` more bytes of the current body (at most the buffer size)."""
+        decoder = self.decoder
+        while True:
+            data = decoder.read_body(size)
+            if not isinstance(data, NeedData):
+                return data
+            if self._fill() == 0:
+                raise PeerClosed(f"connection closed, {size - decoder.buffered} bytes short")
+
+    def receive_body(self) -> None:
+        """Receive more of the current body into the buffer (`PeerClosed` at EOF)."""
+        if self._fill() == 0:
+            remaining = self.decoder.body_remaining
+            raise PeerClosed(f"connection closed, {remaining} payload bytes short")
+
+    def discard(self, size: int) -> None:
+        decoder = self.decoder
+        while size:
+            chunk = decoder.take_body(size)
+            if chunk:
+                size -= len(chunk)
+            else:
+                self.receive_body()
+
+    def close_after_error(self) -> None:
+        """Half-close, then drain briefly so pending input does not cause a RST."""
+        sock = self.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(CLOSE_DRAIN_SECONDS)
+            scratch = bytearray(65536)
+            total = 0
+            while total < (16 << 20):
+                n = sock.recv_into(scratch)
+                if n == 0:
+                    return
+                total += n
+        except OSError:  # includes the drain's timeout
+            return
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.sock.sendall(data)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise PeerClosed(str(exc)) from exc
+
+    def send_reply(self, body: bytes = b"", status: int = 0) -> None:
+        self.send(encode_header(len(body), Cmd.RESP, status) + body)
+
+    def send_file(self, fd: int, offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``fd`` from ``offset`` (os.sendfile, else read+send)."""
+        end = offset + count
+        out_fd = self.sock.fileno()
+        try:
+            while offset < end:
+                try:
+                    sent = os.sendfile(out_fd, fd, offset, min(end - offset, SENDFILE_CHUNK))
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    break
+                if sent == 0:
+                    raise PeerClosed(f"file ended {end - offset} bytes early")
+                offset += sent
+            while offset < end:
+                chunk = os.pread(fd, min(end - offset, RECV_BUFFER_SIZE), offset)
+                if not chunk:
+                    raise PeerClosed(f"file ended {end - offset} bytes early")
+                self.sock.sendall(chunk)
+                offset += len(chunk)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise PeerClosed(str(exc)) from exc
 
 
 #: ``TCP_QUICKACK`` where the platform has it (Linux), else None.
@@ -192,10 +344,20 @@ def quick_ack(sock: trio.socket.SocketType) -> bool:
     return True
 
 
-async def send_all(sock: trio.socket.SocketType, data: bytes | bytearray | memoryview) -> None:
-    """Write all of ``data``, waiting with trio only while the socket buffer is full."""
-    fd = sock.fileno()
-    view = memoryview(data)
+async def send_all(
+    sock: trio.socket.SocketType | int, data: bytes | bytearray | memoryview
+) -> None:
+    """Write all of ``data`` to a socket (or its fd), waiting with trio only while it is full."""
+    fd = sock if isinstance(sock, int) else sock.fileno()
+    try:
+        sent = os.write(fd, data)  # the common case: all of it at once, no view
+    except BlockingIOError:
+        sent = 0
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        raise PeerClosed(str(exc)) from exc
+    if sent == len(data):
+        return
+    view = memoryview(data)[sent:]
     while view:
         try:
             sent = os.write(fd, view)
@@ -245,7 +407,9 @@ async def _send_file_by_copy(
         count -= len(chunk)
 
 
-async def send_reply(sock: trio.socket.SocketType, body: bytes = b"", status: int = 0) -> None:
+async def send_reply(
+    sock: trio.socket.SocketType | int, body: bytes = b"", status: int = 0
+) -> None:
     await send_all(sock, encode_header(len(body), Cmd.RESP, status) + body)
 
 
@@ -268,37 +432,81 @@ async def close_after_error(sock: trio.socket.SocketType) -> None:
             total += n
 
 
-ConnectionHandler = Callable[[trio.SocketStream], Awaitable[None]]
+BlockingHandler = Callable[[socket.socket], None]
+#: Connection threads are not bounded by trio's default limit of 40 threads.
+MAX_CONNECTION_THREADS = 1 << 20
 
 
-async def serve(
-    handler: ConnectionHandler,
+async def serve_in_threads(
+    handler: BlockingHandler,
     host: str,
     port: int,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept connections on host:port forever; report the bound port."""
+    """Accept connections on host:port forever, each served by ``handler`` in its own thread.
+
+    The handler gets a blocking socket and owns it until it returns. When
+    this task is cancelled every open connection is shut down, which ends
+    its thread's blocking receive.
+    """
     if not host.startswith("127."):
         raise ValueError(f"refusing to bind {host}: the harness binds loopback addresses only")
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
+    open_socks: set[socket.socket] = set()
+    limiter = trio.CapacityLimiter(MAX_CONNECTION_THREADS)
 
-    async def guarded(stream: trio.SocketStream) -> None:
+    def guarded(sock: socket.socket) -> None:
         try:
-            await handler(stream)
-        except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            handler(sock)
+        except (PeerClosed, trio.RunFinishedError, trio.Cancelled):
+            pass  # the peer left, or the server stopped while serving a handed-over request
         except OSError as exc:
             log.debug("connection ended: %s", exc)
         except Exception:
             log.exception("connection handler failed")
         finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            open_socks.discard(sock)
+            sock.close()
+
+    async def run_one(sock: socket.socket) -> None:
+        await trio.to_thread.run_sync(
+            guarded, sock, abandon_on_cancel=True, limiter=limiter
+        )
 
     task_status.started(bound)
-    await trio.serve_listeners(guarded, listeners)
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(_accept_into_threads, listener, open_socks, nursery, run_one)
+    finally:
+        for listener in listeners:
+            listener.socket.close()
+        for sock in list(open_socks):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+async def _accept_into_threads(
+    listener: trio.SocketListener,
+    open_socks: set[socket.socket],
+    nursery: trio.Nursery,
+    run_one: Callable[[socket.socket], Awaitable[None]],
+) -> None:
+    while True:
+        try:
+            trio_sock, _ = await listener.socket.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                log.warning("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            raise
+        sock = socket.socket(fileno=trio_sock.detach())
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        open_socks.add(sock)
+        nursery.start_soon(run_one, sock)
 
 
 # --------------------------------------------------------------- process glue

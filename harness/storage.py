@@ -1,4 +1,4 @@
-"""Builtin FastDFS storage server (trio), byte-compatible with upstream 6.16.1.
+"""Builtin FastDFS storage server, byte-compatible with upstream 6.16.1.
 
 Usage::
 
@@ -25,6 +25,10 @@ now (it is not ACTIVE, its tracker lease lapsed, or the file's source is not
 OFFLINE; see `harness.heartbeat`) answers EAGAIN and changes nothing. Such a
 change is acknowledged only once the trackers know how far our binlog reaches.
 
+Each client connection is served by its own thread; slave uploads, appender
+renames, binlog fetches and replication pulls run in the trio loop (see
+`StorageServer.handle` and docs/builtin-servers.md).
+
 Disk full: while the file ``<base-dir>/.full`` (or ``<base-dir>/DISK_FULL``)
 exists the storage reports 0 MB free to the tracker and answers uploads and
 appends with ENOSPC (28); removing it restores normal service.
@@ -38,9 +42,12 @@ import ipaddress
 import logging
 import os
 import random
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -58,9 +65,7 @@ from fdfsmount.proto.errors import InvalidFileId, ProtocolError
 from fdfsmount.proto.fileid import (
     BASE64_LEN,
     MAX_SERVER_ID,
-    FileId,
     FileType,
-    decode_file_id,
     make_remote_name,
     slave_remote_name,
 )
@@ -98,8 +103,16 @@ from . import serverutil, synthetic
 from .binlog import LISTED_OPS, Binlog, SyncMarks, with_epoch
 from .heartbeat import TrackerReporter
 from .replication import Replicator, serve_sync_fetch, serve_sync_pull
-from .serverutil import FramedSocket, PeerClosed, RequestError, send_reply
-from .store import LOGIC_PATH_LEN, LocalFile, Store, crc32, file_crc32, is_appender_name
+from .serverutil import BlockingFramedSocket, FramedSocket, PeerClosed, RequestError, send_reply
+from .store import (
+    LOGIC_PATH_LEN,
+    LocalFile,
+    Store,
+    crc32,
+    decoded_name,
+    file_crc32,
+    is_appender_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +154,7 @@ class Conn:
     sock: trio.socket.SocketType
     reader: FramedSocket
     client: str
+    fd: int = -1
     _payload_buffers: tuple[memoryview, memoryview] | None = None
 
     def payload_buffers(self) -> tuple[memoryview, memoryview]:
@@ -151,6 +165,24 @@ class Conn:
                 memoryview(bytearray(PIPELINE_CHUNK)),
             )
         return self._payload_buffers
+
+
+@dataclass
+class ThreadConn:
+    """A client connection as its own thread serves it (see `StorageServer.handle`)."""
+
+    sock: socket.socket
+    reader: BlockingFramedSocket
+    client: str
+    _in_trio: Conn | None = None
+
+    def in_trio(self) -> Conn:
+        """The same connection (and receive buffer) for a handler that runs in trio."""
+        if self._in_trio is None:
+            trio_sock = trio.socket.from_stdlib_socket(self.sock)
+            reader = FramedSocket(trio_sock, decoder=self.reader.decoder)
+            self._in_trio = Conn(trio_sock, reader, self.client, self.sock.fileno())
+        return self._in_trio
 
 
 def write_chunk(fd: int, chunk: memoryview, pos: int | None, crc: int) -> int:
@@ -166,35 +198,93 @@ def write_chunk(fd: int, chunk: memoryview, pos: int | None, crc: int) -> int:
 
 
 class FileLocks:
-    """One lock per remote name, so changes to one file never interleave."""
+    """One lock per remote name, so changes to one file never interleave.
+
+    Taken by trio tasks (`hold`) and by connection threads (`hold_blocking`)
+    alike: a name is free or held, with a queue of waiters to hand it to.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[str, trio.Lock] = {}
+        self._mutex = threading.Lock()
+        self._queues: dict[str, deque[trio.Event | threading.Event]] = {}
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._loop_thread = threading.get_ident()
+
+    def bind(self, token: trio.lowlevel.TrioToken) -> None:
+        """The trio run whose tasks take these locks (called from that run)."""
+        self._token = token
+        self._loop_thread = threading.get_ident()
+
+    def _acquire(self, name: str, waiter: trio.Event | threading.Event) -> bool:
+        with self._mutex:
+            queue = self._queues.get(name)
+            if queue is None:
+                self._queues[name] = deque()
+                return True
+            queue.append(waiter)
+            return False
+
+    def _release(self, name: str) -> None:
+        with self._mutex:
+            queue = self._queues[name]
+            if not queue:
+                del self._queues[name]
+                return
+            waiter = queue.popleft()
+        if isinstance(waiter, threading.Event) or threading.get_ident() == self._loop_thread:
+            waiter.set()
+        else:
+            assert self._token is not None
+            self._token.run_sync_soon(waiter.set)
 
     @asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(name, trio.Lock())
+        event = trio.Event()
+        if not self._acquire(name, event):
+            try:
+                await event.wait()
+            except BaseException:
+                with self._mutex:
+                    queue = self._queues[name]
+                    waiting = event in queue
+                    if waiting:
+                        queue.remove(event)
+                if not waiting:  # it was handed to us meanwhile: hand it on
+                    self._release(name)
+                raise
         try:
-            async with lock:
-                yield
+            yield
         finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._locks.pop(name, None)
+            self._release(name)
+
+    @contextmanager
+    def hold_blocking(self, name: str) -> Iterator[None]:
+        event = threading.Event()
+        if not self._acquire(name, event):
+            event.wait()
+        try:
+            yield
+        finally:
+            self._release(name)
 
 
 @dataclass
 class Counters:
     values: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_COUNTER_NAMES, 0))
+    #: Connection threads and trio tasks both count.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def op(self, name: str, ok: bool, nbytes: int = 0) -> None:
-        self.values[f"total_{name}_count"] += 1
-        if ok:
-            self.values[f"success_{name}_count"] += 1
+        values = self.values
         bytes_key = f"total_{name}_bytes"
-        if bytes_key in self.values:
-            self.values[bytes_key] += nbytes
+        with self.lock:
+            values[f"total_{name}_count"] += 1
             if ok:
-                self.values[f"success_{name}_bytes"] += nbytes
+                values[f"success_{name}_count"] += 1
+            if bytes_key in values:
+                values[bytes_key] += nbytes
+                if ok:
+                    values[f"success_{name}_bytes"] += nbytes
 
 
 #: Command handlers; they return True when the connection must be closed.
@@ -219,6 +309,7 @@ class StorageServer:
         self.peers: dict[str, PeerAddr] = {}
         #: Source id -> changes of its files under way here while it is OFFLINE.
         self.foreign_in_flight: dict[str, int] = {}
+        self.foreign_lock = threading.Lock()
         self.start_time = int(time.time())
         self.connections_current = 0
         self.connections_max = 0
@@ -233,25 +324,34 @@ class StorageServer:
             self.source = str(ipaddress.IPv4Address(config.bind))
         self.reporter = TrackerReporter(self)
         self.replicator = Replicator(self)
-        # Commands whose content is streamed to disk read their own bodies.
-        self._payload_handlers: dict[int, PayloadHandler] = {
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._conn_lock = threading.Lock()
+        # Each connection is served by its own thread (`handle`). The commands
+        # clients send all the time run right there; the others are handed to
+        # the trio loop.
+        self._thread_payload_handlers: dict[int, Callable[[ThreadConn, Header], None]] = {
             Cmd.UPLOAD_FILE: self.cmd_upload,
             Cmd.UPLOAD_APPENDER_FILE: self.cmd_upload,
-            Cmd.UPLOAD_SLAVE_FILE: self.cmd_upload_slave,
             Cmd.APPEND_FILE: self.cmd_append,
             Cmd.MODIFY_FILE: self.cmd_modify,
         }
-        # The others get their whole (small) body.
-        self._body_handlers: dict[int, BodyHandler] = {
+        self._thread_body_handlers: dict[int, Callable[[ThreadConn, Header, bytes], None]] = {
+            Cmd.DOWNLOAD_FILE: self.cmd_download,
+            Cmd.QUERY_FILE_INFO: self.cmd_query_file_info,
+            Cmd.GET_METADATA: self.cmd_get_metadata,
             Cmd.DELETE_FILE: self.cmd_delete,
             Cmd.SET_METADATA: self.cmd_set_metadata,
-            Cmd.DOWNLOAD_FILE: self.cmd_download,
-            Cmd.GET_METADATA: self.cmd_get_metadata,
-            Cmd.QUERY_FILE_INFO: self.cmd_query_file_info,
+            Cmd.ACTIVE_TEST: self.cmd_active_test,
             Cmd.TRUNCATE_FILE: self.cmd_truncate,
+        }
+        # Handed to trio: commands whose content is streamed to disk read their own bodies.
+        self._payload_handlers: dict[int, PayloadHandler] = {
+            Cmd.UPLOAD_SLAVE_FILE: self.cmd_upload_slave,
+        }
+        # The others get their whole (small) body.
+        self._body_handlers: dict[int, BodyHandler] = {
             Cmd.REGENERATE_APPENDER_FILENAME: self.cmd_regenerate,
             Cmd.FETCH_ONE_PATH_BINLOG: self.cmd_fetch_binlog,
-            Cmd.ACTIVE_TEST: self.cmd_active_test,
             PeerCmd.SYNC_PULL: self.cmd_sync_pull,
             PeerCmd.SYNC_FETCH: self.cmd_sync_fetch,
         }
@@ -261,9 +361,13 @@ class StorageServer:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         if self.config.synthetic_files:  # generated before READY: listings start at once
             await trio.to_thread.run_sync(self.synthetic_file)
+        self._token = trio.lowlevel.current_trio_token()
+        self.locks.bind(self._token)
+        self.binlog.bind(self._token)
+        self.reporter.bind()
         async with trio.open_nursery() as nursery:
             port = await nursery.start(
-                serverutil.serve, self.handle, self.config.bind, self.config.port
+                serverutil.serve_in_threads, self.handle, self.config.bind, self.config.port
             )
             self.config.port = port
             log.info(
@@ -287,27 +391,30 @@ class StorageServer:
 
     # ------------------------------------------------------------ dispatch
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        sock = stream.socket
+    def handle(self, sock: socket.socket) -> None:
+        """Serve one client connection, in its own thread (see `serverutil.serve_in_threads`)."""
         try:
             client = str(sock.getpeername()[0])
         except OSError:
             client = "?"
-        conn = Conn(sock, FramedSocket(sock), client)
-        self.connections_current += 1
-        self.connections_max = max(self.connections_max, self.connections_current)
+        conn = ThreadConn(sock, BlockingFramedSocket(sock, timeout=None), client)
+        with self._conn_lock:
+            self.connections_current += 1
+            self.connections_max = max(self.connections_max, self.connections_current)
         try:
-            await self._serve_connection(conn)
+            self._serve_connection(conn)
         finally:
-            self.connections_current -= 1
+            with self._conn_lock:
+                self.connections_current -= 1
 
-    async def _serve_connection(self, conn: Conn) -> None:
+    def _serve_connection(self, conn: ThreadConn) -> None:
+        reader = conn.reader
         while True:
-            header = await conn.reader.read_header()
+            header = reader.read_header()
             if header is None or header.cmd == Cmd.QUIT:
                 return
             try:
-                if await self._dispatch(conn, header):
+                if self._dispatch_here(conn, header):
                     return
             except RequestError as exc:
                 level = (
@@ -321,10 +428,61 @@ class StorageServer:
                     exc,
                     exc.status,
                 )
-                await send_reply(conn.sock, status=exc.status)
+                reader.send_reply(status=exc.status)
+                if exc.close:
+                    reader.close_after_error()
+                    return
+
+    def _dispatch_here(self, conn: ThreadConn, header: Header) -> bool | None:
+        """Run a command in the connection's thread, or hand it to trio."""
+        cmd = header.cmd
+        try:
+            streamed = self._thread_payload_handlers.get(cmd)
+            if streamed is not None:
+                streamed(conn, header)
+                return None
+            handler = self._thread_body_handlers.get(cmd)
+            if handler is None:
+                if cmd not in self._payload_handlers and cmd not in self._body_handlers:
+                    raise RequestError(errno.EINVAL, f"unknown cmd {cmd}")
+                return self._hand_to_trio(conn, header)
+            if header.length > MAX_SMALL_BODY:
+                raise RequestError(errno.EINVAL, f"body of {header.length} bytes is too large")
+            handler(conn, header, conn.reader.read_exact(header.length))
+            return None
+        except ProtocolError as exc:
+            raise RequestError(errno.EINVAL, str(exc)) from exc
+
+    def _hand_to_trio(self, conn: ThreadConn, header: Header) -> bool | None:
+        """Run the command in the trio loop (the socket is non-blocking meanwhile).
+
+        A replication link (a peer's SYNC_PULL/SYNC_FETCH) sends nothing else
+        for its whole life, one request per change: it stays in trio to its
+        end rather than paying a hand-over per request.
+        """
+        in_trio = conn.in_trio()
+        conn.sock.setblocking(False)
+        try:
+            if header.cmd in (PeerCmd.SYNC_PULL, PeerCmd.SYNC_FETCH):
+                trio.from_thread.run(self._serve_in_trio, in_trio, header)
+                return True
+            return trio.from_thread.run(self._dispatch, in_trio, header)
+        finally:
+            conn.sock.setblocking(True)
+
+    async def _serve_in_trio(self, conn: Conn, header: Header | None) -> None:
+        """Serve the rest of a connection in trio, starting with ``header``'s request."""
+        while header is not None and header.cmd != Cmd.QUIT:
+            try:
+                if await self._dispatch(conn, header):
+                    return
+            except RequestError as exc:
+                log.info("cmd %d from %s: %s (status %d)", header.cmd, conn.client, exc, exc.status)
+                await send_reply(conn.fd, status=exc.status)
                 if exc.close:
                     await serverutil.close_after_error(conn.sock)
                     return
+            header = await conn.reader.read_header()
 
     async def _dispatch(self, conn: Conn, header: Header) -> bool | None:
         """Run the command's handler; a request the codec refuses is answered EINVAL."""
@@ -420,12 +578,54 @@ class StorageServer:
             raise
         return temp, crc
 
-    async def cmd_upload(self, conn: Conn, header: Header) -> None:
+    def receive_to_here(self, conn: ThreadConn, fd: int, size: int, offset: int) -> int:
+        """Write ``size`` payload bytes to ``fd`` at ``offset``, in the connection's thread."""
+        crc = 0
+        reader = conn.reader
+        decoder = reader.decoder
+        remaining = size
+        while remaining:
+            chunk = decoder.take_body(remaining)
+            if not chunk:
+                reader.receive_body()
+                continue
+            crc = write_chunk(fd, chunk, offset, crc)
+            remaining -= len(chunk)
+            offset += len(chunk)
+        return crc
+
+    def receive_new_file_here(
+        self, conn: ThreadConn, store_path_index: int, size: int
+    ) -> tuple[Path, int]:
+        """Receive an upload's content into a new temp file, in the connection's thread."""
+        temp = self.store.new_temp_path(store_path_index)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                crc = 0
+                reader = conn.reader
+                decoder = reader.decoder
+                remaining = size
+                while remaining:
+                    chunk = decoder.take_body(remaining)
+                    if not chunk:
+                        reader.receive_body()
+                        continue
+                    crc = write_chunk(fd, chunk, None, crc)
+                    remaining -= len(chunk)
+            finally:
+                os.close(fd)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return temp, crc
+
+    def cmd_upload(self, conn: ThreadConn, header: Header) -> None:
         appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
         op = "upload"
         if header.length < UPLOAD_FIXED:
             raise RequestError(errno.EINVAL, "upload body too short")
-        raw_head = await conn.reader.read_exact(UPLOAD_FIXED)
+        raw_head = conn.reader.read_exact(UPLOAD_FIXED)
         head = parse_upload_head(raw_head, body_length=header.length)
         index = head.store_path_index
         if index == STORE_PATH_ANY:
@@ -436,33 +636,40 @@ class StorageServer:
             self.store.check_space(head.size)
         except RequestError as exc:
             self.counters.op(op, False, head.size)
-            await self.fail_after_payload(conn, head.size, exc)
+            if not exc.close:
+                conn.reader.discard(head.size)
+            raise
         try:
-            temp, crc = await self.receive_new_file(conn, index, head.size)
+            temp, crc = self.receive_new_file_here(conn, index, head.size)
         except PeerClosed:
             self.counters.op(op, False, head.size)
             raise
         remote = self.place_new_file(temp, index, head.size, crc, head.ext, appender)
         self.counters.op(op, True, head.size)
         self.counters.values["last_source_update"] = int(time.time())
-        await send_reply(conn.sock, encode_file_id_reply(self.group, remote))
+        conn.reader.send_reply(encode_file_id_reply(self.group, remote))
 
     def place_new_file(
         self, temp: Path, index: int, size: int, crc: int, ext: str, appender: bool
     ) -> str:
-        """Name, move into place and log a finished upload (no await inside)."""
+        """Name, move into place and log a finished upload.
+
+        The name's timestamp and its ``C`` line are taken under the binlog's
+        lock (see `harness.binlog` for why).
+        """
         for _ in range(10):
-            ts = self.binlog.next_source_timestamp()
-            remote = make_remote_name(
-                source=self.source, create_time=ts, size=size, crc32=crc,
-                ext=ext, appender=appender, store_path_index=index,
-                subdirs=self.store.next_subdirs(), rng=self.rng,
-            )  # fmt: skip
-            local = self.store.resolve(remote)
-            if not os.path.exists(local.path):
-                self.store.place(temp, local)
-                self.binlog.append(ts, "C", remote)
-                return remote
+            with self.binlog.lock:
+                ts = self.binlog.next_source_timestamp()
+                remote = make_remote_name(
+                    source=self.source, create_time=ts, size=size, crc32=crc,
+                    ext=ext, appender=appender, store_path_index=index,
+                    subdirs=self.store.next_subdirs(), rng=self.rng,
+                )  # fmt: skip
+                local = self.store.resolve(remote)
+                if not os.path.exists(local.file):
+                    self.store.place(temp, local)
+                    self.binlog.append(ts, "C", remote)
+                    return remote
         temp.unlink(missing_ok=True)
         raise RequestError(errno.EBUSY, "could not generate a unique file name", close=False)
 
@@ -495,7 +702,7 @@ class StorageServer:
         self.binlog.record_source("C", slave_name)
         self.counters.op("upload", True, head.size)
         self.counters.values["last_source_update"] = int(time.time())
-        await send_reply(conn.sock, encode_file_id_reply(self.group, slave_name))
+        await send_reply(conn.fd, encode_file_id_reply(self.group, slave_name))
 
     # ------------------------------------------------------------ appender files
 
@@ -509,15 +716,21 @@ class StorageServer:
     def source_of(self, name: str) -> str:
         """The storage id (or IP) that created ``name``; "" if the name does not say."""
         try:
-            info = decode_file_id(FileId(self.group, name))
+            info = decoded_name(self.group, name)
         except (InvalidFileId, ValueError):
             return ""
         return str(info.source_id) if info.source_id is not None else info.source_ip or ""
 
-    async def check_writable(self, name: str) -> None:
-        """Refuse (EAGAIN) a change this storage may not take now (see `harness.heartbeat`)."""
-        source = self.source_of(name)
-        why = await self.reporter.confirm_may_write(source or self.config.server_id)
+    def check_writable(self, name: str) -> None:
+        """Refuse (EAGAIN) a change this storage may not take now (see `harness.heartbeat`).
+
+        Decided from the cached tracker leases; only a lapsed lease is renewed
+        first, in trio (a frozen storage asks at once rather than refusing).
+        """
+        source = self.source_of(name) or self.config.server_id
+        why = self.reporter.may_write(source)
+        if why is not None and not self.reporter.has_fresh_view():
+            why = trio.from_thread.run(self.reporter.confirm_may_write, source)
         if why is not None:
             raise RequestError(errno.EAGAIN, f"not changing {name} now: {why}", close=False)
 
@@ -535,16 +748,16 @@ class StorageServer:
             raise RequestError(errno.EAGAIN, f"change of {name} undone: {why}", close=False)
         return epoch
 
-    async def confirm_change(self, name: str, epoch: int | None) -> None:
+    def confirm_change(self, name: str, epoch: int | None) -> None:
         """Acknowledge a logged change only if the trackers learned of it in its epoch.
 
-        `TrackerReporter.announce` reports our binlog end; had we been frozen
+        `TrackerReporter.announce_blocking` reports our binlog end; had we been frozen
         meanwhile, the file may have changed owner (another epoch) and a peer
         may have taken writes on a copy without this change. The change then
         stays logged but loses to theirs, so it must not be acknowledged.
         """
         end = self.binlog.source_end
-        await self.reporter.announce(end)
+        self.reporter.announce_blocking(end)
         if epoch is None:
             return
         source = self.source_of(name) or self.config.server_id
@@ -563,49 +776,59 @@ class StorageServer:
                 errno.EIO, f"change of {name} not confirmed: ownership changed", close=False
             )
 
-    @asynccontextmanager
-    async def writing(self, name: str) -> AsyncIterator[None]:
+    @contextmanager
+    def writing(self, name: str) -> Iterator[None]:
         """Hold ``name``'s lock for a change; count it while it changes a peer's file."""
         source = self.source_of(name)
         foreign = source not in ("", self.config.server_id)
-        async with self.locks.hold(name):
+        with self.locks.hold_blocking(name):
             if foreign:
-                self.foreign_in_flight[source] = self.foreign_in_flight.get(source, 0) + 1
+                with self.foreign_lock:
+                    self.foreign_in_flight[source] = self.foreign_in_flight.get(source, 0) + 1
             try:
                 yield
             finally:
                 if foreign:
-                    left = self.foreign_in_flight[source] - 1
-                    if left:
-                        self.foreign_in_flight[source] = left
-                    else:
-                        del self.foreign_in_flight[source]
+                    with self.foreign_lock:
+                        left = self.foreign_in_flight[source] - 1
+                        if left:
+                            self.foreign_in_flight[source] = left
+                        else:
+                            del self.foreign_in_flight[source]
 
-    async def read_fixed_head(self, conn: Conn, header: Header, fixed: int) -> bytes:
+    def read_fixed_head(self, conn: ThreadConn, header: Header, fixed: int) -> bytes:
         """The fixed fields of 24/34 (EINVAL if the body cannot even hold them)."""
         if header.length <= fixed:
             raise RequestError(errno.EINVAL, "body too short")
-        return await conn.reader.read_exact(fixed)
+        return conn.reader.read_exact(fixed)
 
-    async def cmd_append(self, conn: Conn, header: Header) -> None:
-        raw_head = await self.read_fixed_head(conn, header, APPEND_FIXED)
+    def fail_after_payload_here(
+        self, conn: ThreadConn, remaining: int, error: RequestError
+    ) -> NoReturn:
+        """Answer a non-closing error only once the request's payload is consumed."""
+        if not error.close:
+            conn.reader.discard(remaining)
+        raise error
+
+    def cmd_append(self, conn: ThreadConn, header: Header) -> None:
+        raw_head = self.read_fixed_head(conn, header, APPEND_FIXED)
         name_len, size = parse_append_head(raw_head, body_length=header.length)
-        name = decode_text(await conn.reader.read_exact(name_len))
-        async with self.writing(name):
+        name = decode_text(conn.reader.read_exact(name_len))
+        with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                await self.check_writable(name)
+                self.check_writable(name)
                 if size and self.store.is_full():
                     raise RequestError(errno.ENOSPC, "disk full")
             except RequestError as exc:
                 self.counters.op("append", False, size)
-                await self.fail_after_payload(conn, size, exc)
+                self.fail_after_payload_here(conn, size, exc)
             epoch: int | None = None
             if size:
                 start = info.st_size
                 fd = os.open(local.path, os.O_WRONLY)
                 try:
-                    await self.receive_to(conn, fd, size, offset=start)
+                    self.receive_to_here(conn, fd, size, offset=start)
                     epoch = self.recheck_writable(name, lambda: os.ftruncate(fd, start))
                 except BaseException:
                     os.ftruncate(fd, start)
@@ -616,29 +839,29 @@ class StorageServer:
                 self.binlog.record_source("A", name, with_epoch(f"{start} {size}", epoch))
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("append", True, size)
-        await self.confirm_change(name, epoch)
-        await send_reply(conn.sock)
+        self.confirm_change(name, epoch)
+        conn.reader.send_reply()
 
-    async def cmd_modify(self, conn: Conn, header: Header) -> None:
-        raw_head = await self.read_fixed_head(conn, header, MODIFY_FIXED)
+    def cmd_modify(self, conn: ThreadConn, header: Header) -> None:
+        raw_head = self.read_fixed_head(conn, header, MODIFY_FIXED)
         name_len, offset, size = parse_modify_head(raw_head, body_length=header.length)
-        name = decode_text(await conn.reader.read_exact(name_len))
-        async with self.writing(name):
+        name = decode_text(conn.reader.read_exact(name_len))
+        with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                await self.check_writable(name)
+                self.check_writable(name)
                 if offset > info.st_size:
                     raise RequestError(errno.EINVAL, f"offset {offset} > size {info.st_size}")
             except RequestError as exc:
                 self.counters.op("modify", False, size)
-                await self.fail_after_payload(conn, size, exc)
+                self.fail_after_payload_here(conn, size, exc)
             epoch: int | None = None
             if size:
                 fd = os.open(local.path, os.O_RDWR)
                 # Kept to undo the change should our lease lapse while it arrives.
                 before = os.pread(fd, size, offset) if size <= UNDO_LIMIT else None
                 try:
-                    await self.receive_to(conn, fd, size, offset=offset)
+                    self.receive_to_here(conn, fd, size, offset=offset)
                     if before is not None:
                         old = (before, info.st_size)
                         epoch = self.recheck_writable(name, lambda: _restore(fd, offset, *old))
@@ -653,15 +876,15 @@ class StorageServer:
                 epoch = -1 if epoch is None else epoch
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("modify", True, size)
-        await self.confirm_change(name, epoch)
-        await send_reply(conn.sock)
+        self.confirm_change(name, epoch)
+        conn.reader.send_reply()
 
-    async def cmd_truncate(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_truncate(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         name, new_size = parse_truncate_body(body)
-        async with self.writing(name):
+        with self.writing(name):
             try:
                 local, info = self.check_appender(name)
-                await self.check_writable(name)
+                self.check_writable(name)
             except RequestError:
                 self.counters.op("truncate", False)
                 raise
@@ -672,8 +895,8 @@ class StorageServer:
                 self.binlog.record_source("T", name, with_epoch(str(new_size), epoch))
                 self.counters.values["last_source_update"] = int(time.time())
             self.counters.op("truncate", True)
-        await self.confirm_change(name, epoch)
-        await send_reply(conn.sock)
+        self.confirm_change(name, epoch)
+        conn.reader.send_reply()
 
     async def cmd_regenerate(self, conn: Conn, header: Header, body: bytes) -> None:
         name = parse_regenerate_body(body)
@@ -681,28 +904,31 @@ class StorageServer:
             local, info = self.check_appender(name)
             crc = await trio.to_thread.run_sync(file_crc32, local.path)
             # Only now, with the content known, take the timestamp and rename.
-            ts = self.binlog.next_source_timestamp()
-            fresh = make_remote_name(
-                source=self.source, create_time=ts, size=info.st_size, crc32=crc,
-                store_path_index=local.store_path_index, subdirs=local.subdirs, rng=self.rng,
-            )  # fmt: skip
-            # Upstream keeps the old name's random digits and extension.
-            new_name = fresh[: LOGIC_PATH_LEN + BASE64_LEN] + name[LOGIC_PATH_LEN + BASE64_LEN :]
-            target = self.store.resolve(new_name)
-            if target.path.exists():
-                raise RequestError(errno.EBUSY, "regenerated name exists", close=False)
-            os.rename(local.path, target.path)
-            self.binlog.append(ts, "R", new_name, name)
-        await send_reply(conn.sock, encode_file_id_reply(self.group, new_name))
+            with self.binlog.lock:
+                ts = self.binlog.next_source_timestamp()
+                fresh = make_remote_name(
+                    source=self.source, create_time=ts, size=info.st_size, crc32=crc,
+                    store_path_index=local.store_path_index, subdirs=local.subdirs, rng=self.rng,
+                )  # fmt: skip
+                # Upstream keeps the old name's random digits and extension.
+                new_name = (
+                    fresh[: LOGIC_PATH_LEN + BASE64_LEN] + name[LOGIC_PATH_LEN + BASE64_LEN :]
+                )
+                target = self.store.resolve(new_name)
+                if target.path.exists():
+                    raise RequestError(errno.EBUSY, "regenerated name exists", close=False)
+                os.rename(local.path, target.path)
+                self.binlog.append(ts, "R", new_name, name)
+        await send_reply(conn.fd, encode_file_id_reply(self.group, new_name))
 
     # ------------------------------------------------------------ reads
 
-    async def cmd_download(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_download(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         offset, length, group, name = parse_download_body(body)
         self.check_group(group)
         local = self.store.resolve(name)
         try:
-            fd = os.open(local.path, os.O_RDONLY)
+            fd = os.open(local.file, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):
             self.counters.op("download", False)
             raise RequestError(errno.ENOENT, f"no such file {local.remote_name}") from None
@@ -716,10 +942,10 @@ class StorageServer:
                 if count <= SMALL_REPLY:
                     # One write for header and content: one segment, one wake-up.
                     data = os.pread(fd, count, offset)
-                    await serverutil.send_all(conn.sock, encode_header(count, Cmd.RESP) + data)
+                    conn.reader.send(encode_header(count, Cmd.RESP) + data)
                 else:
-                    await serverutil.send_all(conn.sock, encode_header(count, Cmd.RESP, 0))
-                    await serverutil.send_file(conn.sock, fd, offset, count)
+                    conn.reader.send(encode_header(count, Cmd.RESP, 0))
+                    conn.reader.send_file(fd, offset, count)
             except PeerClosed:
                 self.counters.op("download", False, count)
                 raise
@@ -733,7 +959,7 @@ class StorageServer:
         self.check_group(group)
         return self.store.resolve(name)
 
-    async def cmd_get_metadata(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_get_metadata(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         local = self.group_file(body)
         try:
             self.store.stat(local)
@@ -744,23 +970,21 @@ class StorageServer:
             self.counters.op("get_meta", False)
             raise
         self.counters.op("get_meta", True)
-        await send_reply(conn.sock, meta)
+        conn.reader.send_reply(meta)
 
-    async def cmd_query_file_info(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_query_file_info(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         local = self.group_file(body)
         info = self.store.stat(local)
         name = local.remote_name
         if len(name) < LOGIC_PATH_LEN + BASE64_LEN:
             raise RequestError(errno.EINVAL, f"file name {name!r} too short")
         try:
-            decoded = decode_file_id(FileId(self.group, name))
+            decoded = decoded_name(self.group, name)
         except (InvalidFileId, ValueError) as exc:
             raise RequestError(errno.EINVAL, str(exc)) from exc
         if decoded.file_type in (FileType.APPENDER, FileType.SLAVE):
-            if header.status & QUERY_FINFO_NO_CRC32:
-                crc = 0
-            else:
-                crc = await trio.to_thread.run_sync(file_crc32, local.path)
+            # Computed right here: this is the connection's own thread.
+            crc = 0 if header.status & QUERY_FINFO_NO_CRC32 else file_crc32(local.path)
         else:
             crc = decoded.crc32 or 0
         if decoded.source_id is not None:
@@ -768,36 +992,39 @@ class StorageServer:
         else:
             source_ip = decoded.source_ip or ""
         reply = FileInfo(info.st_size, int(info.st_mtime), crc, source_ip)
-        await send_reply(conn.sock, encode_file_info_reply(reply, self.config.ip_size))
+        conn.reader.send_reply(encode_file_info_reply(reply, self.config.ip_size))
 
-    async def cmd_active_test(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_active_test(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         expect_empty(body, "active test")
-        await send_reply(conn.sock)
+        conn.reader.send_reply()
 
     # ------------------------------------------------------------ delete, metadata
 
-    async def cmd_delete(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_delete(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         local = self.group_file(body)
-        async with self.locks.hold(local.remote_name):
+        with self.locks.hold_blocking(local.remote_name):
             try:
                 self.store.stat(local)
             except RequestError:
                 self.counters.op("delete", False)
                 raise
-            local.path.unlink()
+            os.unlink(local.file)
             self.binlog.record_source("D", local.remote_name)
-            if local.meta_path.exists():
-                local.meta_path.unlink()
+            try:
+                os.unlink(local.meta_file)
+            except FileNotFoundError:
+                pass
+            else:
                 self.binlog.record_source("D", local.remote_name + "-m")
             self.counters.op("delete", True)
             self.counters.values["last_source_update"] = int(time.time())
-        await send_reply(conn.sock)
+        conn.reader.send_reply()
 
-    async def cmd_set_metadata(self, conn: Conn, header: Header, body: bytes) -> None:
+    def cmd_set_metadata(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         request = parse_set_metadata_body(body)
         self.check_group(request.group)
         local = self.store.resolve(request.remote_name)
-        async with self.locks.hold(local.remote_name + "-m"):
+        with self.locks.hold_blocking(local.remote_name + "-m"):
             try:
                 self.store.stat(local)
             except RequestError:
@@ -805,7 +1032,7 @@ class StorageServer:
                 raise
             self.apply_metadata(local, request.meta, overwrite=request.overwrite)
             self.counters.op("set_meta", True)
-        await send_reply(conn.sock)
+        conn.reader.send_reply()
 
     def apply_metadata(self, local: LocalFile, new_meta: Metadata, *, overwrite: bool) -> None:
         meta_name = local.remote_name + "-m"
@@ -832,21 +1059,21 @@ class StorageServer:
         # Scanning the log and checking each file can take a while on a big
         # store: do it off the event loop.
         lines = await trio.to_thread.run_sync(self.listed_lines, index)
-        await serverutil.send_all(conn.sock, encode_header(BINLOG_STREAM_LENGTH, Cmd.RESP, 0))
+        await serverutil.send_all(conn.fd, encode_header(BINLOG_STREAM_LENGTH, Cmd.RESP, 0))
         sent = 0
         batch: list[bytes] = []
         for line in lines:
             batch.append(line)
             sent += len(line)
             if len(batch) >= 512:
-                await serverutil.send_all(conn.sock, b"".join(batch))
+                await serverutil.send_all(conn.fd, b"".join(batch))
                 batch.clear()
         if index == 0 and self.config.synthetic_files:
-            await serverutil.send_all(conn.sock, b"".join(batch))
+            await serverutil.send_all(conn.fd, b"".join(batch))
             batch.clear()
             sent += await self.send_synthetic_lines(conn)
         batch.append(encode_binlog_trailer(sent))
-        await serverutil.send_all(conn.sock, b"".join(batch))
+        await serverutil.send_all(conn.fd, b"".join(batch))
         await serverutil.close_after_error(conn.sock)
         return True
 
@@ -864,7 +1091,7 @@ class StorageServer:
         sent = 0
         async with await trio.open_file(path, "rb") as lines:
             while chunk := await lines.read(1 << 20):
-                await serverutil.send_all(conn.sock, chunk)
+                await serverutil.send_all(conn.fd, chunk)
                 sent += len(chunk)
         return sent
 

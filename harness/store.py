@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -30,6 +31,9 @@ from fdfsmount.proto.fileid import (
     APPENDER_FLAG,
     BASE64_LEN,
     NORMAL_REMOTE_NAME_LEN,
+    FileId,
+    FileIdInfo,
+    decode_file_id,
 )
 
 from .serverutil import RequestError
@@ -51,6 +55,7 @@ FULL_FLAGS = (".full", "DISK_FULL")
 RESERVED_RATIO = 0.01
 LOGIC_PATH_LEN = 10  # "M00/HH/HH/"
 _UPPER_HEX = re.compile(r"[0-9A-F]{2}")
+_ANY_HEX = re.compile(r"[0-9A-Fa-f]{2}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 CRC_CHUNK = 1 << 20
 
@@ -62,11 +67,20 @@ class LocalFile:
     remote_name: str
     store_path_index: int
     subdirs: tuple[int, int]
-    path: Path
+    #: The file's path as a string (what the hot paths hand to `os`).
+    file: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
+
+    @property
+    def meta_file(self) -> str:
+        return self.file + META_SUFFIX
 
     @property
     def meta_path(self) -> Path:
-        return self.path.with_name(self.path.name + META_SUFFIX)
+        return Path(self.file + META_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,17 @@ class DiskUsage:
     total_mb: int
     free_mb: int
     reserved_mb: int
+
+
+@functools.lru_cache(maxsize=8192)
+def decoded_name(group: str, remote_name: str) -> FileIdInfo:
+    """`decode_file_id` of a file ID, remembered: a name always decodes the same.
+
+    The servers decode the name of every request they route or answer (the
+    tracker to find a file's source, the storage for file info and fencing);
+    a client usually names a file several times in a row.
+    """
+    return decode_file_id(FileId(group, remote_name))
 
 
 def is_appender_name(remote_name: str) -> bool:
@@ -131,7 +156,7 @@ class Store:
         if len(remote_name) <= LOGIC_PATH_LEN or remote_name[0] != "M" or remote_name[3] != "/":
             raise RequestError(errno.EINVAL, f"invalid file name {remote_name!r}")
         index_hex = remote_name[1:3]
-        if not re.fullmatch(r"[0-9A-Fa-f]{2}", index_hex):
+        if not _ANY_HEX.fullmatch(index_hex):
             raise RequestError(errno.EINVAL, f"invalid store path in {remote_name!r}")
         index = int(index_hex, 16)
         if index >= self.store_path_count:
@@ -149,8 +174,8 @@ class Store:
             raise RequestError(errno.EINVAL, f"invalid data file name {remote_name!r}")
         if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
             raise RequestError(errno.ENOENT, f"no such file {remote_name!r}", close=False)
-        path = Path(f"{self._data_dirs[index]}/{high}/{low}/{name}")
-        return LocalFile(remote_name, index, (int(high, 16), int(low, 16)), path)
+        file = f"{self._data_dirs[index]}/{high}/{low}/{name}"
+        return LocalFile(remote_name, index, (int(high, 16), int(low, 16)), file)
 
     def try_resolve(self, remote_name: str) -> LocalFile | None:
         try:
@@ -183,24 +208,22 @@ class Store:
     def place(self, temp: Path, target: LocalFile) -> None:
         """Move a completed temp file to its final name."""
         try:
-            os.replace(temp, target.path)
+            os.replace(temp, target.file)
         except FileNotFoundError:
             if not os.path.exists(temp):
                 raise
             target.path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, target.path)
+            os.replace(temp, target.file)
 
     def exists(self, remote_name: str) -> bool:
         local = self.try_resolve(remote_name)
-        return local is not None and local.path.is_file()
+        return local is not None and os.path.isfile(local.file)
 
     def stat(self, local: LocalFile) -> os.stat_result:
         """lstat of a regular file; ENOENT if missing, EINVAL if not a file."""
         try:
-            info = local.path.lstat()
-        except FileNotFoundError:
-            raise RequestError(errno.ENOENT, f"no such file {local.remote_name}") from None
-        except NotADirectoryError:
+            info = os.lstat(local.file)
+        except (FileNotFoundError, NotADirectoryError):
             raise RequestError(errno.ENOENT, f"no such file {local.remote_name}") from None
         if not stat.S_ISREG(info.st_mode):
             raise RequestError(errno.EINVAL, f"{local.remote_name} is not a regular file")
@@ -208,7 +231,8 @@ class Store:
 
     def read_metadata(self, local: LocalFile) -> bytes | None:
         try:
-            return local.meta_path.read_bytes()
+            with open(local.meta_file, "rb") as f:
+                return f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
 

@@ -1,4 +1,4 @@
-"""Builtin FastDFS tracker server (trio), byte-compatible with upstream 6.16.1.
+"""Builtin FastDFS tracker server, byte-compatible with upstream 6.16.1.
 
 Usage::
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import socket
+import threading
 from pathlib import Path
 
 import trio
@@ -47,7 +49,7 @@ from fdfsmount.proto.tracker import (
 from fdfsmount.proto.wire import Header
 
 from . import serverutil
-from .serverutil import FramedSocket, send_reply
+from .serverutil import BlockingFramedSocket, PeerClosed
 from .tracker_state import Registry, StorageNode, TrackerError
 
 log = logging.getLogger(__name__)
@@ -77,11 +79,15 @@ class TrackerServer:
         self.base_dir = base_dir
         self.ip_size = ip_size
         self.registry = Registry(store_lookup, offline_after)
+        #: Connections are served in threads: every use of the registry holds this.
+        self.lock = threading.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serverutil.serve, self.handle, self.bind, self.port)
+            port = await nursery.start(
+                serverutil.serve_in_threads, self.handle, self.bind, self.port
+            )
             self.port = port
             log.info("tracker listening on %s:%d", self.bind, port)
             nursery.start_soon(self._expire_loop)
@@ -90,44 +96,46 @@ class TrackerServer:
     async def _expire_loop(self) -> None:
         while True:
             await trio.sleep(EXPIRE_INTERVAL)
-            self.registry.expire()
+            with self.lock:
+                self.registry.expire()
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        sock = stream.socket
-        reader = FramedSocket(sock, 64 * 1024)  # larger bodies are read in pieces
+    def handle(self, sock: socket.socket) -> None:
+        """Serve one connection, in its own thread (see `serverutil.serve_in_threads`)."""
+        reader = BlockingFramedSocket(sock, 64 * 1024, max_body=MAX_BODY, timeout=NETWORK_TIMEOUT)
         link = object()
         storage: StorageNode | None = None
         try:
             while True:
-                header = await reader.read_header()
+                header = reader.read_header()
                 if header is None or header.cmd == Cmd.QUIT:
                     return
-                body = b""
                 if header.length > MAX_BODY:
                     log.info("dropping a connection that sent a %d-byte body", header.length)
                     return
-                with trio.move_on_after(NETWORK_TIMEOUT):
-                    body = await reader.read_exact(header.length)
-                if len(body) != header.length:
+                try:
+                    body = reader.read_exact(header.length)
+                except PeerClosed:
                     log.info("dropping a connection that stalled inside a request")
                     return
                 if header.cmd in (PeerCmd.STORAGE_JOIN, PeerCmd.STORAGE_BEAT):
-                    storage = await self._storage_message(sock, header, body, link, storage)
+                    storage = self._storage_message(reader, header, body, link, storage)
                     continue
                 try:
-                    reply = self.answer(header, body)
+                    with self.lock:
+                        reply = self.answer(header, body)
                 except TrackerError as exc:
                     log.debug("cmd %d: %s (status %d)", header.cmd, exc, exc.status)
-                    await send_reply(sock, status=exc.status)
+                    reader.send_reply(status=exc.status)
                     continue
-                await send_reply(sock, reply)
+                reader.send_reply(reply)
         finally:
             if storage is not None:
-                self.registry.link_closed(link)
+                with self.lock:
+                    self.registry.link_closed(link)
 
-    async def _storage_message(
+    def _storage_message(
         self,
-        sock: trio.socket.SocketType,
+        reader: BlockingFramedSocket,
         header: Header,
         body: bytes,
         link: object,
@@ -135,24 +143,26 @@ class TrackerServer:
     ) -> StorageNode | None:
         try:
             info = decode_json(body, "storage message")
-            if header.cmd == PeerCmd.STORAGE_JOIN:
-                storage = self.registry.join(info, link)
-            elif storage is None:
-                raise TrackerError(errno.EINVAL, "heartbeat before join")
-            else:
-                self.registry.beat(storage, info)
+            with self.lock:
+                if header.cmd == PeerCmd.STORAGE_JOIN:
+                    storage = self.registry.join(info, link)
+                elif storage is None:
+                    raise TrackerError(errno.EINVAL, "heartbeat before join")
+                else:
+                    self.registry.beat(storage, info)
+                peers = [p.to_json() for p in self.registry.peers_of(storage)]
+                ownership = self.registry.ownership_of(storage)
         except (ProtocolError, TrackerError) as exc:
             status = exc.status if isinstance(exc, TrackerError) else errno.EINVAL
             log.warning("storage message refused: %s", exc)
-            await send_reply(sock, status=status)
+            reader.send_reply(status=status)
             return storage
-        peers = [p.to_json() for p in self.registry.peers_of(storage)]
         reply = {
             "storages": peers,
             "offline_after": self.registry.offline_after,
-            "ownership": self.registry.ownership_of(storage),
+            "ownership": ownership,
         }
-        await send_reply(sock, encode_json(reply))
+        reader.send_reply(encode_json(reply))
         return storage
 
     # ------------------------------------------------------------ client commands

@@ -48,10 +48,11 @@ from typing import Any
 
 from fdfsmount.proto.constants import Cmd, RwMode, StorageStatus
 from fdfsmount.proto.errors import InvalidFileId
-from fdfsmount.proto.fileid import FileId, FileType, decode_file_id
+from fdfsmount.proto.fileid import FileType
 from fdfsmount.proto.records import GroupStat, StorageStat
 
 from .peerproto import PeerAddr
+from .store import decoded_name
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +144,16 @@ class Group:
     def active(self) -> list[StorageNode]:
         return [s for s in self.sorted_storages() if s.active]
 
-    def space(self) -> tuple[int, int]:
+    def space(self, active: list[StorageNode] | None = None) -> tuple[int, int]:
         """(total MB, free MB) of the active storage with the least free space."""
-        pool = self.active() or self.sorted_storages()
+        pool = (self.active() if active is None else active) or self.sorted_storages()
         if not pool:
             return 0, 0
         fullest = min(pool, key=lambda s: s.free_mb)
         return fullest.total_mb, fullest.free_mb
 
-    def has_space(self) -> bool:
-        total, free = self.space()
+    def has_space(self, active: list[StorageNode] | None = None) -> bool:
+        total, free = self.space(active)
         return free > int(total * RESERVED_RATIO)
 
     def stat(self) -> GroupStat:
@@ -350,12 +351,15 @@ class Registry:
     ) -> tuple[Group, list[StorageNode], int]:
         if not self.groups:
             raise TrackerError(errno.ENOENT, "no groups")
-        group = self.group(group_name) if group_name is not None else self._pick_group()
-        active = group.active()
-        if not active:
-            raise TrackerError(errno.ENOENT, f"group {group.name} has no active storage")
-        if not group.has_space():
-            raise TrackerError(errno.ENOSPC, f"group {group.name} is out of space")
+        if group_name is None:
+            group, active = self._pick_group()
+        else:
+            group = self.group(group_name)
+            active = group.active()
+            if not active:
+                raise TrackerError(errno.ENOENT, f"group {group.name} has no active storage")
+            if not group.has_space(active):
+                raise TrackerError(errno.ENOSPC, f"group {group.name} is out of space")
         if all_servers:
             servers = active
             first = active[0]
@@ -367,22 +371,25 @@ class Registry:
         first.current_write_path = (path_index + 1) % first.store_path_count
         return group, servers, path_index
 
-    def _pick_group(self) -> Group:
+    def _pick_group(self) -> tuple[Group, list[StorageNode]]:
+        """The group an upload without a group goes to, and its active storages."""
         groups = self.sorted_groups()
-        with_active = [g for g in groups if g.active()]
+        actives = {g.name: g.active() for g in groups}
+        with_active = [g for g in groups if actives[g.name]]
         if not with_active:
             raise TrackerError(errno.ENOENT, "no group has an active storage")
-        usable = [g for g in with_active if g.has_space()]
+        usable = [g for g in with_active if g.has_space(actives[g.name])]
         if not usable:
             raise TrackerError(errno.ENOSPC, "every group is out of space")
         if self.store_lookup == "load_balance":
-            return max(usable, key=lambda g: g.space()[1])
+            best = max(usable, key=lambda g: g.space(actives[g.name])[1])
+            return best, actives[best.name]
         for step in range(len(groups)):
             group = groups[(self._group_cursor + step) % len(groups)]
             if group in usable:
                 self._group_cursor = (groups.index(group) + 1) % len(groups)
-                return group
-        return usable[0]
+                return group, actives[group.name]
+        return usable[0], actives[usable[0].name]
 
     # ------------------------------------------------------------ downloads
 
@@ -391,7 +398,7 @@ class Registry:
     ) -> tuple[Group, list[StorageNode]]:
         group = self.group(group_name)
         try:
-            info = decode_file_id(FileId(group_name, remote_name))
+            info = decoded_name(group_name, remote_name)
         except (InvalidFileId, ValueError) as exc:
             raise TrackerError(errno.ENOENT, f"undecodable file name {remote_name!r}") from exc
         source = group.find_source(info.source_id, info.source_ip)

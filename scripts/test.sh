@@ -64,12 +64,12 @@ trap cleanup EXIT
 tmp_snapshot >"$tmp_before"
 
 # Tests are spread over two workers, one per core; more starve the
-# timing-sensitive cluster tests. Each test belongs to a group (a module, or a
-# share of a module of many independent cluster tests), which runs on one
-# worker so module fixtures such as a mount are set up once; the costliest groups
-# go first (tests/conftest.py, costs in tests/test_costs.json). `-n 0` among the
+# timing-sensitive cluster tests. A worker takes a module at a time, so module
+# fixtures such as a mount are set up once, except in the modules of independent
+# cluster tests, which are shared out test by test; the costliest units go first
+# (tests/conftest.py, costs measured in tests/test_costs.json). `-n 0` among the
 # arguments runs everything in one process.
-workers=(-n "${PYTEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder)
+workers=(-n "${PYTEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder)
 echo "== pytest ${workers[*]} $*"
 started=$SECONDS
 echo "== temporary files of the run: $run_tmp"

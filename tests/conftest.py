@@ -54,6 +54,9 @@ def _with_deadline(
 _PROCESS_FIXTURES = {"fdfs_cluster", "fdfs_cluster_factory", "fdfs_client", "fdfs_mount"}
 
 
+# First: xdist's own hook reads the groups given here, and -m deselects by the
+# `processes` marker given here.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the `processes` tier; group and order the tests for the workers; bound every
     async test body by a trio deadline."""
@@ -61,7 +64,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & _PROCESS_FIXTURES or item.get_closest_marker("mount"):
             item.add_marker(pytest.mark.processes)
-    _group_for_workers(items)
+    _order_for_workers(items)
     for item in items:
         test = getattr(item, "obj", None)
         # Hypothesis tests are wrapped by pytest-trio one level down; leave them be.
@@ -81,9 +84,36 @@ _COSTS: dict[str, dict[str, float]] = json.loads(
 )
 #: The guess for a test the measured run did not have.
 _COST_SLOW, _COST_PROCESSES, _COST_IN_PROCESS = 5.0, 1.0, 0.005
-#: A module costing more than this is shared out in chunks of about this size,
-#: unless its tests share a module-scoped fixture (a mount, a cluster).
-_CHUNK_COST = 12.0
+#: Modules of independent tests that each start their own cluster: their tests
+#: are shared out between the workers one by one. Every other module runs whole
+#: on one worker, so its module fixtures (a mount, a 256 MiB file) are made once.
+_SHARED_OUT = frozenset(
+    {
+        "tests/test_cluster.py",
+        "tests/test_harness_replication.py",
+        "tests/test_fault_replication.py",
+    }
+)
+
+
+def _scope_of(nodeid: str) -> str:
+    """The unit of work a worker takes: a test of a shared-out module, else a module."""
+    module = nodeid.split("::", 1)[0]
+    return nodeid if module in _SHARED_OUT else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope`` with our units of work (scripts/test.sh)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class CostOrderedScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope_of(nodeid)
+
+    return CostOrderedScopes(config, log)
 
 
 def _guess(item: pytest.Item) -> float:
@@ -116,45 +146,25 @@ def _shares_module_fixture(item: pytest.Item) -> bool:
     return any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs)
 
 
-def _group_for_workers(items: list[pytest.Item]) -> None:
-    """Give each test an ``xdist_group`` and put the costliest groups first.
+def _order_for_workers(items: list[pytest.Item]) -> None:
+    """Put the costliest units of work first.
 
-    With ``--dist loadgroup --no-loadscope-reorder`` (scripts/test.sh) a group runs
-    on one worker, so a module's fixtures are set up once, and the workers take
-    the groups in this order: long groups start first instead of last, and a
-    module of many independent cluster tests is shared out between workers.
+    With ``--dist loadscope --no-loadscope-reorder`` (scripts/test.sh) the workers
+    take the units (`_scope_of`) in collection order: long ones then start first
+    instead of last, which leaves no worker idle at the end while another runs a
+    long module alone.
     """
     costs = _costs(items)
-
-    def _cost(item: pytest.Item) -> float:
-        return costs[id(item)]
-
-    modules: dict[str, list[pytest.Item]] = {}
+    units: dict[str, list[pytest.Item]] = {}
     for item in items:
-        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
-    groups: list[tuple[float, str, list[pytest.Item]]] = []
-    for path, members in modules.items():
-        name = path.rsplit("/", 1)[-1].removesuffix(".py")
-        total = sum(_cost(i) for i in members)
-        if total <= _CHUNK_COST or any(_shares_module_fixture(i) for i in members):
-            groups.append((total, name, members))
-            continue
-        chunks = max(2, round(total / _CHUNK_COST))
-        shares: list[list[pytest.Item]] = [[] for _ in range(chunks)]
-        loads = [0.0] * chunks
-        for item in sorted(members, key=_cost, reverse=True):  # longest first, to the lightest
-            k = loads.index(min(loads))
-            shares[k].append(item)
-            loads[k] += _cost(item)
-        position = {id(item): n for n, item in enumerate(members)}
-        for k, share in enumerate(shares):
-            share.sort(key=lambda item: position[id(item)])
-            groups.append((loads[k], f"{name}-{k + 1}", share))
-    groups.sort(key=lambda g: -g[0])
-    items[:] = [item for _, _, members in groups for item in members]
-    for _, name, members in groups:
-        for item in members:
-            item.add_marker(pytest.mark.xdist_group(name))
+        units.setdefault(_scope_of(item.nodeid), []).append(item)
+        if item.nodeid.split("::", 1)[0] in _SHARED_OUT and _shares_module_fixture(item):
+            raise pytest.UsageError(
+                f"{item.nodeid} uses a module-scoped fixture, but its module is in "
+                "_SHARED_OUT (its tests are shared out between workers): take it out"
+            )
+    ranked = sorted(units.values(), key=lambda unit: -sum(costs[id(i)] for i in unit))
+    items[:] = [item for unit in ranked for item in unit]
 
 
 #: Loggers of the project: an unexpected WARNING from them fails the test.

@@ -25,6 +25,7 @@ import golden
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import pattern
 
 from fdfsmount.proto import storage as sc
 from fdfsmount.proto import tracker as tc
@@ -485,9 +486,8 @@ def mutated_ids(draw: st.DrawFn) -> str:
 id_texts = st.one_of(
     st.text(max_size=80),
     mutated_ids(),
-    st.from_regex(
-        r"[A-Za-z0-9_-]{0,17}/M[0-9A-Fa-f]{1,3}/[0-9A-Fa-f]{2}/[0-9A-Fa-f]{2}/[A-Za-z0-9_.+=/-]{0,60}",
-        fullmatch=True,
+    pattern(
+        r"[A-Za-z0-9_-]{0,17}/M[0-9A-Fa-f]{1,3}/[0-9A-Fa-f]{2}/[0-9A-Fa-f]{2}/[A-Za-z0-9_.+=/-]{0,60}"
     ),
 )
 not_strings = st.one_of(
@@ -648,14 +648,14 @@ def test_encoders_raise_only_local_protocol_errors(name: str, data: st.DataObjec
 
 # -- round trips: valid arguments always encode, and the server reads them back
 
-groups = st.from_regex(r"[A-Za-z0-9]{1,16}", fullmatch=True)
+groups = pattern(r"[A-Za-z0-9]{1,16}")
 name_text = st.text(st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=40)
-remote_names = st.from_regex(
-    r"M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_-]{27}[A-Za-z0-9_.-]{7,60}", fullmatch=True
+remote_names = pattern(
+    r"M[0-9A-F]{2}/[0-9A-F]{2}/[0-9A-F]{2}/[A-Za-z0-9_-]{27}[A-Za-z0-9_.-]{7,60}"
 )
 any_remote_names = remote_names | name_text.filter(lambda t: 22 <= len(t.encode()) <= 127)
-exts = st.from_regex(r"[A-Za-z0-9_.-]{0,6}", fullmatch=True)
-prefixes = st.from_regex(r"[A-Za-z0-9_.-]{1,16}", fullmatch=True)
+exts = pattern(r"[A-Za-z0-9_.-]{0,6}")
+prefixes = pattern(r"[A-Za-z0-9_.-]{1,16}")
 sizes = st.integers(0, 2**63 - 1)
 metas = st.dictionaries(
     st.text(st.characters(codec="utf-8", exclude_characters="\x01\x02\0"),
@@ -704,7 +704,7 @@ def test_group_and_name_requests_round_trip(
 @given(
     group=groups,
     all_servers=st.booleans(),
-    storage_id=st.none() | st.from_regex(r"[0-9A-Za-z.:]{1,15}", fullmatch=True),
+    storage_id=st.none() | pattern(r"[0-9A-Za-z.:]{1,15}"),
     index=st.integers(0, 255),
 )
 def test_tracker_requests_round_trip(
@@ -754,7 +754,7 @@ def test_storage_requests_round_trip(
     assert sc.parse_regenerate_body(sc.regenerate_appender_request(name).body) == name
 
 
-ip_texts = st.from_regex(r"[0-9a-f.:]{1,15}", fullmatch=True)
+ip_texts = pattern(r"[0-9a-f.:]{1,15}")
 ports = st.integers(1, 65535)
 servers = st.lists(st.builds(ServerAddr, ip_texts, ports), min_size=1, max_size=4).map(tuple)
 int64 = st.integers(-(2**63), 2**63 - 1)
@@ -792,7 +792,7 @@ def test_file_info_reply_round_trips(
 
 @PROPS
 @given(
-    name=st.from_regex(r"[A-Za-z0-9]{1,16}", fullmatch=True),
+    name=pattern(r"[A-Za-z0-9]{1,16}"),
     values=st.lists(int64, min_size=12, max_size=12),
 )
 def test_group_record_round_trips(name: str, values: list[int]) -> None:
@@ -803,7 +803,7 @@ def test_group_record_round_trips(name: str, values: list[int]) -> None:
 
 @HEAVY
 @given(
-    text=st.lists(st.from_regex(r"[0-9A-Za-z.]{0,8}", fullmatch=True), min_size=4, max_size=4),
+    text=st.lists(pattern(r"[0-9A-Za-z.]{0,8}"), min_size=4, max_size=4),
     status=st.integers(0, 255),
     rw_mode=st.integers(0, 255),
     ints=st.lists(int64, min_size=10, max_size=10),
@@ -841,8 +841,8 @@ def test_storage_record_round_trips(
             BinlogRecord,
             st.integers(0, 10**19 - 1),
             st.sampled_from("CcDdAaMmUuTtLlRr"),
-            st.from_regex(r"[!-~]{1,60}", fullmatch=True),
-            st.just("") | st.from_regex(r"[!-~]{1,60}", fullmatch=True),
+            pattern(r"[!-~]{1,60}"),
+            st.just("") | pattern(r"[!-~]{1,60}"),
         ),
         max_size=20,
     )
@@ -880,10 +880,10 @@ storage_fields = st.fixed_dictionaries(
     {
         "status": st.integers(0, 255),
         "rw_mode": st.integers(0, 255),
-        "storage_id": st.from_regex(r"[0-9]{1,15}", fullmatch=True),
-        "ip_addr": st.from_regex(r"[0-9a-f:.]{1,39}", fullmatch=True),
-        "src_id": st.from_regex(r"[0-9]{0,15}", fullmatch=True),
-        "version": st.from_regex(r"[0-9.]{0,8}", fullmatch=True),
+        "storage_id": pattern(r"[0-9]{1,15}"),
+        "ip_addr": pattern(r"[0-9a-f:.]{1,39}"),
+        "src_id": pattern(r"[0-9]{0,15}"),
+        "version": pattern(r"[0-9.]{0,8}"),
         "ints": st.lists(int64, min_size=10, max_size=10),
         "http_port": int64,
         "conns": st.lists(st.integers(-(2**31), 2**31 - 1), min_size=3, max_size=3),
@@ -945,7 +945,7 @@ def test_older_storage_layouts_decode(
     assert [as_dict(s) for s in decoded] == [expected for _, expected in built]
 
 
-group_values = st.tuples(st.from_regex(r"[A-Za-z0-9]{1,16}", fullmatch=True),
+group_values = st.tuples(pattern(r"[A-Za-z0-9]{1,16}"),
                          st.lists(int64, min_size=12, max_size=12))  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import pytest
 from golden import IP_MODE
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import pattern
 
 from fdfsmount.proto import storage as storage_codec
 from fdfsmount.proto.errors import InvalidFileId, LocalProtocolError
@@ -311,7 +312,7 @@ ipv4_sources = st.builds(
     st.integers(0, 255),
     st.integers(1, 255),  # last octet 0 would read back as a server id
 )
-exts = st.from_regex(r"[A-Za-z0-9]{0,6}", fullmatch=True)
+exts = pattern(r"[A-Za-z0-9]{0,6}")
 
 
 @settings(max_examples=300, deadline=None)
@@ -437,16 +438,16 @@ def reference_slave_name(master: str, prefix: str, ext: str) -> str:
 
 masters = st.builds(
     lambda b64, tail: f"M00/00/00/{b64}{tail}",
-    st.from_regex(r"[A-Za-z0-9_-]{27}", fullmatch=True),
-    st.from_regex(r"[A-Za-z0-9_.-]{7,12}", fullmatch=True),
+    pattern(r"[A-Za-z0-9_-]{27}"),
+    pattern(r"[A-Za-z0-9_.-]{7,12}"),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     master=masters,
-    prefix=st.from_regex(r"[A-Za-z0-9_.-]{1,16}", fullmatch=True),
-    ext=st.from_regex(r"[A-Za-z0-9_.-]{0,6}", fullmatch=True),
+    prefix=pattern(r"[A-Za-z0-9_.-]{1,16}"),
+    ext=pattern(r"[A-Za-z0-9_.-]{0,6}"),
 )
 def test_slave_remote_name_follows_upstream(master: str, prefix: str, ext: str) -> None:
     assert slave_remote_name(master, prefix, ext) == reference_slave_name(master, prefix, ext)

@@ -122,6 +122,35 @@ async def test_an_existing_file_is_confirmed_once_per_exists_ttl(env: Env) -> No
     assert requests(env.client) - before == asked
 
 
+async def test_a_small_file_is_confirmed_by_downloading_it_whole(env: Env) -> None:
+    """Looking up a small file downloads it (no QUERY_FILE_INFO), and opening and
+    reading it then need no server; a bigger one is confirmed by a query."""
+    small = random.Random(1).randbytes(5000)
+    big = random.Random(2).randbytes(100_000)
+    small_id, big_id = [await env.client.upload(d, ext="bin") for d in (small, big)]
+    await walk(env.ops, str(small_id).rsplit("/", 1)[0])
+    await walk(env.ops, str(big_id).rsplit("/", 1)[0])
+    counts = env.client.stats.requests
+    before = dict(counts)
+    attr = await walk(env.ops, str(small_id))
+    assert counts.get("download_file", 0) - before.get("download_file", 0) == 1
+    assert counts.get("query_file_info", 0) == before.get("query_file_info", 0)
+    asked = requests(env.client)
+    assert await read_all(env.ops, attr.st_ino) == small
+    assert (await env.ops.getattr(attr.st_ino, CTX)).st_size == len(small)
+    assert requests(env.client) == asked
+    before = dict(counts)
+    await walk(env.ops, str(big_id))
+    assert counts.get("query_file_info", 0) - before.get("query_file_info", 0) == 1
+    assert counts.get("download_file", 0) == before.get("download_file", 0)
+
+
+async def test_a_small_file_deleted_before_its_lookup_is_enoent(env: Env) -> None:
+    fid = await env.client.upload(b"short-lived", ext="txt")
+    await env.client.delete(fid)
+    await expect_errno(errno.ENOENT, walk(env.ops, str(fid)))
+
+
 async def test_verify_exists_is_the_default_now(
     cluster: ClusterView, nursery: trio.Nursery
 ) -> None:
@@ -580,13 +609,28 @@ async def test_read_only_mount_refuses_with_erofs(
         await expect_errno(errno.EROFS, env.ops.create(g.st_ino, b"n", 0o644, os.O_WRONLY, CTX))
 
 
+async def test_read_only_mount_answers_flush_with_enosys(
+    cluster: ClusterView, nursery: trio.Nursery
+) -> None:
+    """ENOSYS makes the kernel stop sending flush: nothing is ever written on ro mounts."""
+    async for env in make_env(cluster, nursery, read_only=True):
+        fid = await env.client.upload(b"read me", ext="txt")
+        attr = await walk(env.ops, str(fid))
+        fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+        await expect_errno(errno.ENOSYS, env.ops.flush(fi.fh))
+        assert await env.ops.read(fi.fh, 0, 100) == b"read me"
+        await env.ops.release(fi.fh)
+        assert env.ops.open_files == 0
+
+
 @pytest.mark.expect_log_warnings
 async def test_eio_within_the_timeout_when_every_replica_is_stopped(
     nursery: trio.Nursery, fdfs_cluster_factory: ClusterFactory
 ) -> None:
     cluster = await fdfs_cluster_factory.start_async(groups={"group1": 1})
     async for env in make_env(cluster, nursery, timeout=2.0):
-        fid = await env.client.upload(b"frozen" * 1000, ext="bin")
+        # Too big to be fetched whole by the lookup: the read goes to the storage.
+        fid = await env.client.upload(b"frozen" * 20_000, ext="bin")
         attr = await walk(env.ops, str(fid))
         fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
         (storage,) = cluster.storages

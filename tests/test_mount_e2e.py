@@ -25,6 +25,7 @@ from waiting import wait_until
 from fdfsmount.mountproc import MountProcess, fuse_available, is_mounted, mounted
 from fdfsmount.proto import FileId
 from fdfsmount.proto.client import Client
+from fdfsmount.status import ask
 from harness.cluster import Cluster
 from harness.pytest_plugin import ClusterFactory
 
@@ -269,6 +270,27 @@ def test_reads_survive_one_stopped_replica(
             cluster.cont(source)
 
 
+def test_small_files_cost_one_download_each_and_ro_mounts_stop_flushes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Through the kernel: a cold small file is one DOWNLOAD_FILE and no QUERY_FILE_INFO
+    (its lookup fetched it), and on an ``-o ro`` mount the kernel sends one flush in all
+    (answered ENOSYS), however many files are closed."""
+    blobs = [os.urandom(3000 + i) for i in range(4)]
+    fids = client_run(cluster, lambda c: _upload_many(c, blobs))
+    with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=10", "ro"]) as proc:
+        for _ in range(2):
+            for fid, blob in zip(fids, blobs, strict=True):
+                assert path_of(proc.mountpoint, fid).read_bytes() == blob
+        snap = ask(os.fspath(proc.mountpoint))
+    client = snap["client"]["requests"]
+    assert client.get("download_file", 0) == len(fids)
+    assert client.get("query_file_info", 0) == 0
+    fuse = snap["fuse"]
+    assert fuse["requests"].get("flush", 0) == 1
+    assert fuse["errors"].get("flush") == {"ENOSYS": 1}
+
+
 async def _upload_many(client: Client, blobs: list[bytes]) -> list[FileId]:
     return [await client.upload(b, ext="bin", group="group1") for b in blobs]
 
@@ -277,11 +299,13 @@ def test_eio_within_the_timeout_when_every_replica_is_stopped(
     tmp_path: Path, fdfs_cluster_factory: ClusterFactory
 ) -> None:
     cluster = fdfs_cluster_factory(groups={"group1": 2})
-    (fid,) = client_run(cluster, lambda c: _upload_many(c, [b"unreachable" * 100]))
-    wait_replicated(cluster, fid, 1100)
+    # Bigger than what a lookup fetches whole: the read itself goes to the storages.
+    content = b"unreachable" * 7000
+    (fid,) = client_run(cluster, lambda c: _upload_many(c, [content]))
+    wait_replicated(cluster, fid, len(content))
     with mounted(cluster.trackers, tmp_path / "mnt", ["timeout=3"]) as proc:
         target = path_of(proc.mountpoint, fid)
-        assert target.stat().st_size == 1100  # from the ID: no server needed
+        assert target.stat().st_size == len(content)
         nodes = cluster.storages_of("group1")
         for node in nodes:
             cluster.stop(node)
@@ -299,7 +323,7 @@ def test_eio_within_the_timeout_when_every_replica_is_stopped(
         # The mount is usable again once the storages are (after a short back-off).
         def reads_again() -> bool:
             try:
-                return target.read_bytes() == b"unreachable" * 100
+                return target.read_bytes() == content
             except OSError:
                 return False
 

@@ -105,7 +105,7 @@ def validate_group_name(group: str) -> None:
     That is upstream's ``fdfs_validate_group_name``: a tracker or storage
     refuses to start with any other group name, so no other name can exist.
     """
-    if not 0 < len(group) <= GROUP_NAME_LEN or not all(c.isascii() and c.isalnum() for c in group):
+    if not 0 < len(group) <= GROUP_NAME_LEN or not (group.isascii() and group.isalnum()):
         raise LocalProtocolError(f"invalid group name {group!r}")
 
 

@@ -1,0 +1,146 @@
+"""Builtin servers: state shared by connection threads and the trio loop.
+
+Client connections are served by their own threads while replication,
+heartbeats and some commands run in trio. These tests check the pieces both
+sides share: per-file locks, binlog wake-ups and ordering, and the servers
+under many concurrent connections (in-process, no OS processes).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from fdfsmount.proto import storage as S
+from fdfsmount.proto.wire import decode_header
+from harness.binlog import SOURCE_OPS, Binlog
+from harness.inprocess import start_inprocess_cluster
+from harness.storage import FileLocks
+
+GROUP = "group1"
+
+
+async def test_a_name_held_by_a_thread_waits_a_task_and_back() -> None:
+    locks = FileLocks()
+    locks.bind(trio.lowlevel.current_trio_token())
+    order: list[str] = []
+    thread_has_it = threading.Event()
+    release_thread = threading.Event()
+
+    def thread_side() -> None:
+        with locks.hold_blocking("M00/00/00/a"):
+            order.append("thread")
+            thread_has_it.set()
+            release_thread.wait(10)
+        with locks.hold_blocking("M00/00/00/a"):  # waits for the task below
+            order.append("thread again")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, thread_side)
+        await trio.to_thread.run_sync(thread_has_it.wait, 10)
+        waiting = trio.Event()
+
+        async def task_side() -> None:
+            waiting.set()
+            async with locks.hold("M00/00/00/a"):
+                order.append("task")
+                release_thread.set()  # the thread now queues behind us
+                await trio.sleep(0.05)
+                order.append("task done")
+
+        nursery.start_soon(task_side)
+        await waiting.wait()
+        await trio.sleep(0.02)
+        assert order == ["thread"]  # the task waits while the thread holds the name
+        release_thread.set()
+    assert order == ["thread", "task", "task done", "thread again"]
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    locks = FileLocks()
+    locks.bind(trio.lowlevel.current_trio_token())
+    async with locks.hold("x"):
+        with trio.move_on_after(0.05):
+            async with locks.hold("x"):
+                pytest.fail("took a name that was held")
+    # Had the cancelled waiter stayed queued, the name would never be free again.
+    with trio.fail_after(5):
+        async with locks.hold("x"):
+            pass
+        await trio.to_thread.run_sync(_hold_and_release, locks, "x")
+
+
+def _hold_and_release(locks: FileLocks, name: str) -> None:
+    with locks.hold_blocking(name):
+        pass
+
+
+async def test_an_append_from_a_thread_wakes_a_follower(tmp_path: Path) -> None:
+    binlog = Binlog(tmp_path)
+    binlog.bind(trio.lowlevel.current_trio_token())
+    start = binlog.size
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(binlog.wait_for_growth, start)
+            await trio.sleep(0.02)  # the follower waits now
+            await trio.to_thread.run_sync(binlog.record_source, "C", "M00/00/00/f")
+    assert binlog.size > start
+    binlog.close()
+
+
+def _exchange(address: str, request: bytes) -> tuple[int, bytes]:
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        head = _recv(sock, 10)
+        header = decode_header(head)
+        return header.status, _recv(sock, header.length)
+
+
+def _recv(sock: socket.socket, size: int) -> bytes:
+    data = sock.recv(size, socket.MSG_WAITALL) if size else b""
+    assert len(data) == size
+    return data
+
+
+@pytest.mark.deadline(120)
+async def test_concurrent_uploads_keep_the_binlog_in_time_order(tmp_path: Path) -> None:
+    """Uploads from many connection threads at once: every file kept, lines in order."""
+    writers, each = 8, 25
+
+    def writer(address: str, k: int) -> list[str]:
+        names = []
+        for i in range(each):
+            data = f"{k}-{i}".encode() * 50
+            status, body = _exchange(address, S.upload_request(len(data), "txt").encode() + data)
+            assert status == 0
+            names.append(S.decode_file_id_reply(body).remote_name)
+        return names
+
+    async with trio.open_nursery() as nursery:
+        cluster = await start_inprocess_cluster(nursery, tmp_path, {GROUP: 1})
+        node = cluster.storages[0]
+        results: list[list[str]] = []
+
+        async def run_writer(k: int) -> None:
+            results.append(await trio.to_thread.run_sync(writer, node.address, k))
+
+        async with trio.open_nursery() as writers_nursery:
+            for k in range(writers):
+                writers_nursery.start_soon(run_writer, k)
+        names = [name for names in results for name in names]
+        assert len(set(names)) == writers * each
+        for name in names[:: each // 5]:
+            request = S.download_request(GROUP, name).encode()
+            status, _ = await trio.to_thread.run_sync(_exchange, node.address, request)
+            assert status == 0
+        lines = (node.base_dir / "sync" / "binlog").read_text().splitlines()
+        source = [line.split() for line in lines if line.split()[1] in SOURCE_OPS]
+        stamps = [int(fields[0]) for fields in source]
+        assert stamps == sorted(stamps)
+        assert {fields[2] for fields in source if fields[1] == "C"} >= set(names)
+        nursery.cancel_scope.cancel()
