@@ -14,6 +14,7 @@ cd "$REPO_ROOT"
 
 EXTRAS="${1:-}"
 VENV="$REPO_ROOT/.venv"
+BASE_PIP=""  # set when the venv is made without pip (see ensure_venv)
 # fuse3/libfuse3-dev/pkg-config/gcc/python3-dev: build and run pyfuse3.
 # attr: getfattr/setfattr for the xattr tests. systemd: systemd-analyze verify.
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev attr systemd)
@@ -98,7 +99,15 @@ ensure_venv() {
     python="$(find_python)"
     log "creating $VENV with $python ($("$python" --version 2>&1))"
     rm -rf "$VENV"
-    "$python" -m venv "$VENV"
+    # A pip of its own is installed with the packages below, by the base Python's
+    # pip when it can install into another interpreter (pip >= 22.3: --python),
+    # which takes seconds less than venv's ensurepip.
+    if "$python" -m pip --python "$python" --version >/dev/null 2>&1; then
+        "$python" -m venv --without-pip "$VENV"
+        BASE_PIP="$python"
+    else
+        "$python" -m venv "$VENV"
+    fi
 }
 
 install_python_packages() {
@@ -115,7 +124,19 @@ install_python_packages() {
     fi
     log "pip install -e '$spec'"
     rm -f "$stamp"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$spec"
+    if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        # Made without pip (or an earlier install broke off before pip was in).
+        [[ -n "$BASE_PIP" ]] || BASE_PIP="$(find_python)"
+        if ! "$BASE_PIP" -m pip --python "$BASE_PIP" --version >/dev/null 2>&1; then
+            "$VENV/bin/python" -m ensurepip -q
+        fi
+    fi
+    if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        "$BASE_PIP" -m pip --python "$VENV/bin/python" install --disable-pip-version-check -q \
+            pip -e "$spec"
+    else
+        "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$spec"
+    fi
     printf '%s\n' "$want" >"$stamp"
 }
 
