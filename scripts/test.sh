@@ -44,8 +44,12 @@ run_tmp="$(mktemp -d -p "$(pick_tmp_parent)" fdfs-tests.XXXXXX)"
 # Files over 1 MB that the run leaves in /tmp or in its own directory are
 # reported and fail it: tests delete what they write (pytest keeps only failed
 # tests' temp directories, under the run's directory).
-# (find fails when a file vanishes under it; what it listed is still right.)
-tmp_snapshot() { { find /tmp "$run_tmp" -xdev -type f -size +1M 2>/dev/null || true; } | sort; }
+# The checkout itself (which may be under /tmp) is not looked at: its caches are
+# its own. (find fails when a file vanishes under it; what it listed is right.)
+tmp_snapshot() {
+    { find /tmp "$run_tmp" -xdev -path "$REPO_ROOT" -prune -o -type f -size +1M -print \
+        2>/dev/null || true; } | sort
+}
 tmp_before="$(mktemp -p "$run_tmp")"
 status=0
 cleanup() {
