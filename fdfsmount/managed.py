@@ -24,11 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyfuse3
 import trio
 
 from .metrics import MetricsServer, MountCollector, Snapshot, take_snapshot
-from .mount import MountError, MountParts, serve
+from .mount import MountError, MountParts, end_fuse_loop, serve
 from .options import MountOptions
 from .proto.errors import FdfsError
 from .sdnotify import notify, watchdog_interval, when_mount_answers
@@ -112,9 +111,14 @@ class ManagedMount:
             self.on_live()
 
     def _failed(self, reason: str) -> None:  # in the readiness thread
-        self.not_answering = reason
+        ended = False
         with contextlib.suppress(trio.RunFinishedError):
-            trio.from_thread.run_sync(pyfuse3.terminate, trio_token=self._token)
+            ended = trio.from_thread.run_sync(end_fuse_loop, trio_token=self._token)
+        if ended:
+            log.error("%s", reason)
+            self.not_answering = reason
+        else:  # a signal unmounted it first: the check failed because of that
+            log.debug("%s (while unmounting)", reason)
 
 
 async def _signals_outside_the_mount(

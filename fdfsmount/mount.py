@@ -489,7 +489,23 @@ async def _unmount_on_signal(
                 continue
             log.info("%s received: unmounting", name)
             terminated = True
-            pyfuse3.terminate()
+            end_fuse_loop()
+
+
+#: Whether pyfuse3's session (one per process) is open: pyfuse3.terminate() on a
+#: closed session dereferences a freed pointer and kills the process with SIGSEGV.
+_session_open = False
+
+
+def end_fuse_loop() -> bool:
+    """End the FUSE loop if the session is still open (call in the trio thread).
+
+    A signal and a failed readiness check may both ask, in either order, and the
+    second may come after the unmount closed the session."""
+    if not _session_open:
+        return False
+    pyfuse3.terminate()
+    return True
 
 
 async def serve(
@@ -519,8 +535,10 @@ async def _serve_with(
     failure: MountError | None = None
     async with trio.open_nursery() as nursery:
         parts = build_operations(opts, client, nursery, groups=groups)
+        global _session_open
         try:
             pyfuse3.init(parts.ops, opts.mountpoint, opts.fuse_options)
+            _session_open = True
         except RuntimeError as exc:
             # Raised after the nursery closes: inside it, it would come out wrapped in a group.
             failure = MountError(f"cannot mount {opts.mountpoint}: {exc}")
@@ -561,6 +579,8 @@ async def _shutdown(opts: MountOptions, parts: MountParts, nursery: trio.Nursery
             log.error("pending writes not flushed within %ss", FLUSH_ON_EXIT)
         nursery.cancel_scope.cancel()
         parts.writer.kernel.attached = False
+        global _session_open
+        _session_open = False
         pyfuse3.close(unmount=True)
         await trio.to_thread.run_sync(parts.writer.catalog.close)
         log.info("unmounted %s", opts.mountpoint)

@@ -92,7 +92,7 @@ def when_mount_answers(
     Start it right after the kernel has the mount: the stat blocks until the
     FUSE loop (in the calling thread) serves it, which is the point.
     `on_failure` gets a one-line reason if the mount stops existing or does
-    not answer within `timeout`.
+    not answer within `timeout` (without it, the reason is logged as an error).
     """
 
     def check() -> None:
@@ -115,9 +115,10 @@ def when_mount_answers(
             log.exception("readiness callback failed")
 
     def break_with_failure(reason: str) -> None:
-        log.error("%s", reason)
-        if on_failure is not None:
-            on_failure(reason)
+        if on_failure is None:
+            log.error("%s", reason)
+        else:
+            on_failure(reason)  # it says whether this is an error (not during an unmount)
 
     thread = threading.Thread(target=check, name="fdfsmount-ready", daemon=True)
     thread.start()

@@ -494,3 +494,11 @@ def test_the_daemon_feeds_the_watchdog_only_while_it_runs(
         assert proc.process.wait(30) == 0
     finally:
         unmount(proc)
+
+
+def test_ending_the_fuse_loop_after_the_unmount_is_a_no_op() -> None:
+    """A readiness check that fails because a signal unmounted first asks to end the
+    loop after the session is closed: that must not reach pyfuse3 (SIGSEGV)."""
+    from fdfsmount.mount import end_fuse_loop
+
+    assert end_fuse_loop() is False  # no session open in this process
