@@ -578,8 +578,9 @@ class StorageServer:
             raise
         return temp, crc
 
-    def receive_to_here(self, conn: ThreadConn, fd: int, size: int, offset: int) -> int:
-        """Write ``size`` payload bytes to ``fd`` at ``offset``, in the connection's thread."""
+    def receive_to_here(self, conn: ThreadConn, fd: int, size: int, offset: int | None) -> int:
+        """Write ``size`` payload bytes to ``fd`` at ``offset`` (None: where it is), in the
+        connection's thread; return their crc32."""
         crc = 0
         reader = conn.reader
         decoder = reader.decoder
@@ -591,7 +592,8 @@ class StorageServer:
                 continue
             crc = write_chunk(fd, chunk, offset, crc)
             remaining -= len(chunk)
-            offset += len(chunk)
+            if offset is not None:
+                offset += len(chunk)
         return crc
 
     def receive_new_file_here(
@@ -602,17 +604,7 @@ class StorageServer:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
-                crc = 0
-                reader = conn.reader
-                decoder = reader.decoder
-                remaining = size
-                while remaining:
-                    chunk = decoder.take_body(remaining)
-                    if not chunk:
-                        reader.receive_body()
-                        continue
-                    crc = write_chunk(fd, chunk, None, crc)
-                    remaining -= len(chunk)
+                crc = self.receive_to_here(conn, fd, size, None)
             finally:
                 os.close(fd)
         except BaseException:
