@@ -37,6 +37,7 @@ appends with ENOSPC (28); removing it restores normal service.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -563,19 +564,25 @@ class StorageServer:
                 turn += 1
         return crc
 
-    async def receive_new_file(
-        self, conn: Conn, store_path_index: int, size: int
-    ) -> tuple[Path, int]:
+    @contextlib.contextmanager
+    def new_temp_file(self, store_path_index: int) -> Iterator[tuple[Path, int]]:
+        """A new temp file in the store path and its fd: closed after, removed on failure."""
         temp = self.store.new_temp_path(store_path_index)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
-                crc = await self.receive_to(conn, fd, size)
+                yield temp, fd
             finally:
                 os.close(fd)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
+
+    async def receive_new_file(
+        self, conn: Conn, store_path_index: int, size: int
+    ) -> tuple[Path, int]:
+        with self.new_temp_file(store_path_index) as (temp, fd):
+            crc = await self.receive_to(conn, fd, size)
         return temp, crc
 
     def receive_to_here(self, conn: ThreadConn, fd: int, size: int, offset: int | None) -> int:
@@ -600,16 +607,8 @@ class StorageServer:
         self, conn: ThreadConn, store_path_index: int, size: int
     ) -> tuple[Path, int]:
         """Receive an upload's content into a new temp file, in the connection's thread."""
-        temp = self.store.new_temp_path(store_path_index)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            try:
-                crc = self.receive_to_here(conn, fd, size, None)
-            finally:
-                os.close(fd)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        with self.new_temp_file(store_path_index) as (temp, fd):
+            crc = self.receive_to_here(conn, fd, size, None)
         return temp, crc
 
     def cmd_upload(self, conn: ThreadConn, header: Header) -> None:
