@@ -32,7 +32,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import socket
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from .process import (
     pick_free_port,
     unwind_on_sigterm,
 )
+from .reaper import remove_trees
 
 log = logging.getLogger(__name__)
 
@@ -554,8 +554,7 @@ class Cluster:
         self.client_conf.write_text("\n".join(lines) + "\n")
 
     def _wipe_node_dirs(self) -> None:
-        for node in self.nodes:
-            shutil.rmtree(node.base_dir, ignore_errors=True)
+        remove_trees([node.base_dir for node in self.nodes])
 
     def _start_nodes(self, poll_hook: PollHook | None) -> None:
         self._launch_all(self.tracker_nodes, poll_hook)
@@ -625,9 +624,15 @@ class Cluster:
             for abort, futures in self._launch_batches:
                 abort.set()
                 wait(futures)
-            # Storages first: they would otherwise log reconnect noise at the trackers.
-            self._terminate(self.storages)
-            self._terminate(self.tracker_nodes)
+            if self._created_dir:
+                # The directory goes with the cluster, and with it all a clean exit
+                # would save: the nodes are killed at once (upstream's servers take
+                # a second each to stop on SIGTERM).
+                self._kill(self.nodes)
+            else:
+                # Storages first: they would otherwise log reconnect noise at the trackers.
+                self._terminate(self.storages)
+                self._terminate(self.tracker_nodes)
             if self._started and self.base_dir.exists():
                 # Anything that escaped its process group still names a path in our
                 # directory (the separator keeps /tmp/x from matching /tmp/x2).
@@ -646,22 +651,22 @@ class Cluster:
         log.info("cluster in %s torn down", self.base_dir)
 
     def _remove_base_dir(self) -> None:
-        # Node dirs side by side: a store path of 256x256 subdirs takes seconds to delete.
-        subdirs = [p for p in self.base_dir.iterdir() if p.is_dir() and not p.is_symlink()]
-        if subdirs:
-            with ThreadPoolExecutor(max_workers=len(subdirs)) as pool:
-                for path in subdirs:
-                    pool.submit(shutil.rmtree, path, ignore_errors=True)
-        shutil.rmtree(self.base_dir, ignore_errors=True)
+        remove_trees([self.base_dir])
         if self.base_dir.exists():
             log.error("could not remove %s", self.base_dir)
 
     def _terminate(self, nodes: Iterable[Node]) -> None:
+        self._end(nodes, ChildProcess.terminate)
+
+    def _kill(self, nodes: Iterable[Node]) -> None:
+        self._end(nodes, ChildProcess.kill)
+
+    def _end(self, nodes: Iterable[Node], how: Callable[[ChildProcess], object]) -> None:
         processes = [n.process for n in nodes if n.process is not None]
         if not processes:
             return
         with ThreadPoolExecutor(max_workers=len(processes)) as pool:
-            for future in [pool.submit(p.terminate) for p in processes]:
+            for future in [pool.submit(how, p) for p in processes]:
                 try:
                     future.result()
                 except Exception:

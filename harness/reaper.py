@@ -27,6 +27,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,11 +70,41 @@ def reap(pgids: set[int], dirs: list[Path]) -> None:
         for pid in _pids_mentioning(f"{directory}{os.sep}"):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-    # Node directories side by side: a store path of 256x256 subdirs takes a while.
-    subdirs = [p for d in dirs if d.is_dir() for p in d.iterdir() if p.is_dir()]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(subdirs), 8))) as pool:
-        for path in subdirs:
-            pool.submit(shutil.rmtree, path, ignore_errors=True)
+    remove_trees(dirs)
+
+
+def remove_trees(dirs: list[Path]) -> None:
+    """Remove directory trees, their subdirectories side by side, never failing.
+
+    A storage's store path holds 256 x 256 data directories. ``rm -rf`` removes them
+    several times faster than ``shutil.rmtree`` and, in processes of its own, in
+    parallel; without ``rm`` (or when it leaves something) ``shutil.rmtree`` finishes.
+    """
+    parts = [
+        p for d in dirs if d.is_dir() for p in d.iterdir() if p.is_dir() and not p.is_symlink()
+    ]
+    rm = shutil.which("rm")
+    if rm is not None and parts:
+        removers = []
+        for path in parts:
+            try:
+                removers.append(
+                    subprocess.Popen(
+                        [rm, "-rf", "--one-file-system", "--", os.fspath(path)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            except OSError:
+                break
+        for remover in removers:
+            remover.wait()
+    leftover = [p for p in parts if p.exists()]
+    if leftover:
+        with ThreadPoolExecutor(max_workers=min(len(leftover), 8)) as pool:
+            for path in leftover:
+                pool.submit(shutil.rmtree, path, ignore_errors=True)
     for directory in dirs:
         shutil.rmtree(directory, ignore_errors=True)
 
