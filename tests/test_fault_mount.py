@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_model import ReplicaDiverged, run_model
+from fault_model import run_model
 from mounthelp import client_run, run
 
 from fdfsmount.mountproc import MountProcess, fuse_available, mounted
@@ -37,7 +37,6 @@ MIB = 1024 * 1024
 OPTIONS = ["timeout=5", "attr_timeout=1", "entry_timeout=1"]
 SEEDS = [int(os.environ["FDFS_FAULT_SEED"])] if "FDFS_FAULT_SEED" in os.environ else [1, 2]
 OPS = int(os.environ.get("FDFS_FAULT_OPS", "250"))
-REPLICATION = "builtin storages do not converge after a source restart (server replication)"
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +83,10 @@ def test_acknowledged_bytes_survive_frozen_and_killed_storages(
 ) -> None:
     cluster = fdfs_cluster_factory(groups={"group1": 2})
     with mounted(cluster.trackers, tmp_path / "a", [*OPTIONS, f"cache_dir={tmp_path}/c"]) as a:
-        try:
-            report = run_model(
-                seed, cluster, a.mountpoint, None, ops=OPS, faults=True, long_faults=False
-            )
-        except ReplicaDiverged as exc:
-            # The mount kept every acknowledged byte on the source; the servers' own
-            # replication did not converge (fixed in the builtin servers, not here).
-            pytest.xfail(f"{REPLICATION}: {exc}")
+        # Every replica ends with every acknowledged byte (ReplicaDiverged otherwise).
+        report = run_model(
+            seed, cluster, a.mountpoint, None, ops=OPS, faults=True, long_faults=False
+        )
     assert report.faults > 0
 
 
