@@ -67,13 +67,13 @@ cleanup() {
 trap cleanup EXIT
 tmp_snapshot >"$tmp_before"
 
-# Three workers on two cores: the tests wait on servers and timeouts more than
+# Four workers on two cores: the tests wait on servers and timeouts more than
 # they use the CPU. A worker takes a module at a time, so module fixtures such as
 # a mount are set up once, except in the modules of independent cluster tests,
 # which are shared out test by test; the costliest units go first
 # (tests/conftest.py, costs measured in tests/test_costs.json). `-n 0` among the
 # arguments runs everything in one process.
-workers=(-n "${PYTEST_WORKERS:-3}" --dist loadscope --no-loadscope-reorder)
+workers=(-n "${PYTEST_WORKERS:-4}" --dist loadscope --no-loadscope-reorder)
 echo "== pytest ${workers[*]} $*"
 started=$SECONDS
 echo "== temporary files of the run: $run_tmp"

@@ -3,7 +3,7 @@
 The workers of ``scripts/test.sh`` take the costliest test groups first (see
 ``tests/conftest.py``); the costs come from a measured run:
 
-    .venv/bin/python -m pytest -n 2 --junitxml=/tmp/junit.xml
+    bash scripts/test.sh --junitxml=/tmp/junit.xml
     .venv/bin/python scripts/test_costs.py /tmp/junit.xml
 
 Tests of 0.3 s or more are listed one by one, the rest as a per-module total.
@@ -11,6 +11,7 @@ Tests of 0.3 s or more are listed one by one, the rest as a per-module total.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import xml.etree.ElementTree as ET
@@ -31,13 +32,29 @@ def nodeid(classname: str, name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__, file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="test_costs.py",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("report", type=Path, help="a JUnit XML report of a full pytest run")
+    report = parser.parse_args(argv).report
+    try:
+        cases = list(ET.parse(report).iter("testcase"))
+    except (OSError, ET.ParseError) as exc:
+        print(f"test_costs.py: cannot read {report}: {exc}", file=sys.stderr)
+        return 1
+    if not cases:
+        print(f"test_costs.py: {report} reports no tests", file=sys.stderr)
+        return 1
     tests: dict[str, float] = {}
     modules: dict[str, float] = {}
-    for case in ET.parse(argv[0]).iter("testcase"):
-        node = nodeid(case.get("classname", ""), case.get("name", ""))
+    for case in cases:
+        try:
+            node = nodeid(case.get("classname", ""), case.get("name", ""))
+        except ValueError as exc:
+            print(f"test_costs.py: {exc} (a report of another checkout?)", file=sys.stderr)
+            return 1
         seconds = float(case.get("time", "0"))
         if seconds >= SINGLE:
             tests[node] = round(seconds, 2)
