@@ -12,12 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mounthelp import upload_bytes
+from waiting import wait_until
 
 from fdfsmount import mount_cli
 from fdfsmount.mountproc import MountProcess, fuse_available, is_mounted, mounted
@@ -68,14 +68,6 @@ def run_as(uid: int, argv: list[str]) -> tuple[int, str, str]:
         stdout, stderr = out.read(), err.read()
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), stdout, stderr
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def status(mountpoint: Path) -> dict[str, object]:
@@ -180,8 +172,10 @@ def test_sighup_reopens_the_log_and_refreshes_instead_of_unmounting(
         rotated = log_file.with_suffix(".log.1")
         log_file.rename(rotated)  # as logrotate does
         os.kill(proc.pid, signal.SIGHUP)
-        wait_until(lambda: log_file.exists() and "SIGHUP" in log_file.read_text(), "a new log")
-        wait_until(lambda: late.name in os.listdir(leaf), "the listing refresh")
+        wait_until(
+            lambda: log_file.exists() and "SIGHUP" in log_file.read_text(), what="a new log"
+        )
+        wait_until(lambda: late.name in os.listdir(leaf), what="the listing refresh")
         assert is_mounted(mnt) and proc.process.poll() is None
         assert "mounted" in rotated.read_text()
 

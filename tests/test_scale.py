@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 from opshelp import listdir, make_env, walk
-from waiting import eventually
+from waiting import eventually, wait_until
 
 from fdfsmount.listing import ListingStats
 from fdfsmount.mountproc import fuse_available, mounted
@@ -98,10 +97,10 @@ def test_find_through_the_mount_counts_every_file_and_memory_stays_bounded(
     options = ["timeout=60", f"cache_dir={tmp_path / 'cache'}"]
     with mounted(cluster.trackers, tmp_path / "mnt", options) as m:
         os.listdir(m.mountpoint / "big" / "M00" / "00" / "00")
-        deadline = time.monotonic() + 600
-        while ask(str(m.mountpoint))["counters"]["list_storages_read"] < 1:
-            assert time.monotonic() < deadline, "the index was not built"
-            time.sleep(0.2)
+        wait_until(
+            lambda: ask(str(m.mountpoint))["counters"]["list_storages_read"] >= 1,
+            timeout=600, interval=0.2, what="the index to be built",
+        )  # fmt: skip
         out = subprocess.run(
             f"find {m.mountpoint / 'big'} -type f | wc -l",
             shell=True, check=True, capture_output=True, text=True, timeout=1800,
