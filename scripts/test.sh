@@ -67,6 +67,12 @@ cleanup() {
 trap cleanup EXIT
 tmp_snapshot >"$tmp_before"
 
+# The run starts hundreds of Python processes (workers, servers, daemons, the
+# CLI). Where PYTHONDONTWRITEBYTECODE is set, each would compile the project's
+# modules again, and each worker rewrite every test module: the run writes
+# bytecode (into the checkout's __pycache__ directories, which git ignores).
+unset PYTHONDONTWRITEBYTECODE
+
 # Four workers on two cores: the tests wait on servers and timeouts more than
 # they use the CPU. A worker takes a module at a time, so module fixtures such as
 # a mount are set up once, except in the modules of independent cluster tests,
