@@ -226,6 +226,7 @@ async def test_groups_storages_and_listing(cluster: Cluster, client: Client) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.expect_log_warnings  # a read the tracker still sends to the dead source warns
 async def test_reads_survive_the_death_of_the_source(fdfs_cluster_factory: Any) -> None:
     """Killed source storage: reads go to the replica, before and after the tracker notices."""
     with trio.fail_after(60):
