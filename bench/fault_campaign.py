@@ -25,13 +25,14 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fault_model import ModelFailure, ModelReport, run_model
 
-from fdfsmount.mountproc import mounted
+from fdfsmount.mountproc import MountProcess, mounted
 from harness.cluster import Cluster
 
 
@@ -71,25 +72,20 @@ def main() -> int:
     reports: list[ModelReport] = []
     failures: list[str] = []
     started = time.monotonic()
-    logs: dict[str, Path | None] = {"a": None, "b": None}
     if args.log_dir is not None:
         args.log_dir.mkdir(parents=True, exist_ok=True)
-        logs = {name: args.log_dir / f"mount-{name}.log" for name in logs}
+
+    def mount(cluster: Cluster, tmp: str, name: str) -> AbstractContextManager[MountProcess]:
+        """Mount `name` ("a" or "b") with a cache of its own; its log kept with --log-dir."""
+        log = None if args.log_dir is None else args.log_dir / f"mount-{name}.log"
+        options_here = [*options, f"cache_dir={tmp}/c{name}"]
+        return mounted(cluster.trackers, Path(tmp) / name, options_here, log_path=log)
+
     with (
         tempfile.TemporaryDirectory(prefix="fdfs-campaign-") as tmp,
         Cluster(groups={"group1": 2}) as cluster,
-        mounted(
-            cluster.trackers,
-            Path(tmp) / "a",
-            [*options, f"cache_dir={tmp}/ca"],
-            log_path=logs["a"],
-        ) as a,
-        mounted(
-            cluster.trackers,
-            Path(tmp) / "b",
-            [*options, f"cache_dir={tmp}/cb"],
-            log_path=logs["b"],
-        ) as b,
+        mount(cluster, tmp, "a") as a,
+        mount(cluster, tmp, "b") as b,
     ):
         print(
             f"builtin cluster {cluster.trackers[0]}, group1 with 2 storages; "
