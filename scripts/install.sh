@@ -229,8 +229,12 @@ install_all() {
     # Built from a copy: setuptools leaves build/ and *.egg-info in the tree it builds in.
     local source stamp="$PREFIX/.source-sha256" digest
     source="$(mktemp -d)"
+    # Tools' caches are no source: mypy may be writing its own meanwhile (the test
+    # command runs it beside the tests), and they would change the digest below.
     tar -C "$REPO_ROOT" --exclude=./.venv --exclude=./.git --exclude=./build \
-        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$source" -xf -
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=./.mypy_cache \
+        --exclude=./.ruff_cache --exclude=./.pytest_cache --exclude=./.hypothesis \
+        -cf - . | tar -C "$source" -xf -
     # The same source again (and the install still importable): pip has nothing to do.
     digest="$(cd "$source" && find . -type f -print0 | LC_ALL=C sort -z |
         xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
