@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 READY_LINE = r"^READY (\d+)\s*$"
 
 _POLL_INTERVAL = 0.05
+#: How long `ChildProcess.stop` waits for every thread of the child to stop.
+STOP_WAIT = 2.0
 _STDERR_TAIL_LINES = 20
 _ADDRESS_IN_USE_MARKERS = (
     "Address already in use",
@@ -526,9 +528,23 @@ class ChildProcess:
         return True
 
     def stop(self) -> None:
-        """Freeze the child's whole process group (SIGSTOP)."""
+        """Freeze the child's whole process group (SIGSTOP); return once it is frozen.
+
+        ``kill`` returns before every thread has stopped: a thread that was
+        running, or that a request had just woken, may still answer for a
+        moment. This waits (up to `STOP_WAIT`) until each thread of the child
+        shows the stopped state, so a request sent afterwards is not served.
+        """
         self._require_running("stop")
-        self._signal_group(signal.SIGSTOP)
+        if not self._signal_group(signal.SIGSTOP):
+            return
+        assert self._proc is not None
+        deadline = time.monotonic() + STOP_WAIT
+        while not threads_stopped(self._proc.pid):
+            if time.monotonic() > deadline:
+                log.warning("%s: not every thread stopped within %.1fs", self.name, STOP_WAIT)
+                return
+            time.sleep(0.001)
 
     def cont(self) -> None:
         """Resume a stopped child (SIGCONT)."""
@@ -656,6 +672,25 @@ def kill_processes_mentioning(text: str, timeout: float = 5.0) -> list[int]:
     while victims and processes_mentioning(text) and time.monotonic() < deadline:
         time.sleep(_POLL_INTERVAL)
     return victims
+
+
+def threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is in the stopped state (True once it has gone)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # that thread has ended
+        # The state follows the command name, which is in parentheses and may hold any byte.
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+        if state not in (b"T", b"t", b"Z", b"X"):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- memory of a process

@@ -46,7 +46,7 @@ def assert_gone(pid: int) -> None:
 
 
 def process_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return process_state_of(f"/proc/{pid}/stat")
 
 
 READY_THEN_SLEEP = "print('READY 1', flush=True); import time; time.sleep(60)"
@@ -143,6 +143,36 @@ def test_stop_cont_kill(tmp_path: Path) -> None:
         pid = child.pid
     assert pid is not None
     assert_gone(pid)
+
+
+BUSY_THREADS = (
+    "import threading, time\n"
+    "def spin():\n"
+    "    while True: pass\n"
+    "for _ in range(3): threading.Thread(target=spin, daemon=True).start()\n"
+    "print('READY 1', flush=True); time.sleep(60)"
+)
+
+
+def test_stop_returns_once_every_thread_is_frozen(tmp_path: Path) -> None:
+    # Threads busy on the CPUs take a moment to act on SIGSTOP; a node said to be
+    # stopped must not answer a request sent right after.
+    child = python_child(BUSY_THREADS, tmp_path)
+    with child:
+        assert child.pid is not None
+        pid: int = child.pid
+        for _ in range(20):
+            child.stop()
+            states = {
+                process_state_of(f"/proc/{pid}/task/{tid}/stat")
+                for tid in os.listdir(f"/proc/{pid}/task")
+            }
+            assert states == {"T"}
+            child.cont()
+
+
+def process_state_of(stat_path: str) -> str:
+    return Path(stat_path).read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_stopped_child_still_terminates(tmp_path: Path) -> None:
