@@ -30,6 +30,7 @@ from fdfsmount.proto import (
     InvalidFileId,
     ServerError,
     Timeout,
+    sync,
 )
 from fdfsmount.proto.fileid import decode_file_id
 from fdfsmount.proto.sync import Client, ClientClosed, ClientConfig
@@ -375,3 +376,48 @@ def test_an_interrupted_caller_cancels_its_call() -> None:
                 assert saw_eof.is_set()
         finally:
             signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_interrupt_right_after_the_hand_over_still_cancels_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The interrupt lands after the call reached the loop but before the caller
+    started waiting (a loaded machine can run the whole request in that gap): the
+    call is cancelled all the same, so its connection is closed."""
+    got_request = threading.Event()
+    saw_eof = threading.Event()
+    real_submit = sync.LoopThread.submit
+
+    def submit_then_interrupt(loop: object, fn: object, call: object) -> None:
+        real_submit(loop, fn, call)  # type: ignore[arg-type]
+        if got_request.wait(10):  # the request is on the wire: now the signal lands
+            raise Interrupted
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        host, port = silent.getsockname()
+
+        def serve() -> None:
+            conn, _ = silent.accept()
+            with conn:
+                conn.settimeout(10)
+                conn.recv(100)  # the request; never answered
+                got_request.set()
+                try:
+                    while conn.recv(100):
+                        pass
+                    saw_eof.set()
+                except ConnectionResetError:
+                    saw_eof.set()
+                except OSError:  # the timeout: still open
+                    pass
+
+        server = threading.Thread(target=serve)
+        with Client([f"{host}:{port}"], network_timeout=300) as c:
+            server.start()
+            with monkeypatch.context() as patched, pytest.raises(Interrupted):
+                patched.setattr(sync.LoopThread, "submit", submit_then_interrupt)
+                c.list_groups()
+            server.join(15)
+            assert saw_eof.is_set()

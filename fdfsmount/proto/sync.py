@@ -128,7 +128,7 @@ class _Call:
         self.scope: trio.CancelScope | None = None
 
 
-class _LoopThread:
+class LoopThread:
     """A trio loop in a daemon thread that runs submitted async calls as tasks."""
 
     def __init__(self, name: str) -> None:
@@ -167,8 +167,14 @@ class _LoopThread:
     def in_loop_thread(self) -> bool:
         return threading.current_thread() is self.thread
 
-    def submit(self, fn: Callable[[], Awaitable[T]]) -> _Call:
-        call = _Call()
+    def submit(self, fn: Callable[[], Awaitable[T]], call: _Call) -> None:
+        """Start ``fn`` on the loop as ``call``.
+
+        The caller makes the `_Call` first and submits inside its ``try``: an
+        interrupt (a signal handler's exception) that lands just after the
+        hand-over still finds the call to cancel, instead of leaving it running
+        on the loop with nobody waiting.
+        """
 
         def spawn() -> None:
             if self._nursery is None or self._closing:
@@ -182,7 +188,6 @@ class _LoopThread:
             self._token.run_sync_soon(spawn)
         except trio.RunFinishedError:
             raise ClientClosed("the client is closed") from None
-        return call
 
     async def _execute(self, call: _Call, fn: Callable[[], Awaitable[Any]]) -> None:
         if not call.future.set_running_or_notify_cancel():
@@ -229,7 +234,13 @@ class _LoopThread:
                 "a blocking Client method was called from its own event loop thread; "
                 "use the trio Client there"
             )
-        return self.wait(self.submit(fn))  # type: ignore[no-any-return]
+        call = _Call()
+        try:
+            self.submit(fn, call)
+        except BaseException:
+            self.cancel(call)
+            raise
+        return self.wait(call)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         """Cancel what still runs, end the loop and join the thread."""
@@ -249,7 +260,7 @@ class _LoopThread:
                 log.error("the blocking client's loop thread did not stop")
 
 
-def _shutdown(loop: _LoopThread, client: TrioClient) -> None:
+def _shutdown(loop: LoopThread, client: TrioClient) -> None:
     """Close the pool on the loop, then stop the loop (also run by the finalizer)."""
     if os.getpid() != loop.pid or not loop.thread.is_alive():
         return
@@ -307,7 +318,7 @@ class Client:
             config = config.with_changes(**options)
         self.config = config
         self._lock = threading.Lock()
-        self._loop: _LoopThread | None = None
+        self._loop: LoopThread | None = None
         self._client: TrioClient | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
@@ -329,7 +340,7 @@ class Client:
         return cls(ClientConfig.from_conf(path, **overrides))
 
     def _start(self) -> None:
-        loop = _LoopThread(f"fdfs-client-{id(self):x}")
+        loop = LoopThread(f"fdfs-client-{id(self):x}")
         config = self.config
 
         async def make() -> TrioClient:
@@ -358,7 +369,7 @@ class Client:
         self._loop = None
         self._client = None
 
-    def _ready(self) -> tuple[_LoopThread, TrioClient]:
+    def _ready(self) -> tuple[LoopThread, TrioClient]:
         loop, client = self._loop, self._client
         if loop is not None and client is not None and loop.pid == os.getpid():
             return loop, client
@@ -529,8 +540,9 @@ class Client:
             async with receiver:
                 return await send(client, _ChannelChunks(receiver), size)
 
-        call = loop.submit(partial(self._bounded, consume, _client, what))
+        call = _Call()
         try:
+            loop.submit(partial(self._bounded, consume, _client, what), call)
             left = size
             while left > 0:
                 chunk = file.read(min(_PUMP_CHUNK, left))
@@ -614,8 +626,9 @@ class Client:
                 async for chunk in chunks:
                     await sender.send(chunk)
 
-        call = loop.submit(produce)
+        call = _Call()
         try:
+            loop.submit(produce, call)
             while True:
                 try:
                     chunk = loop.run(receiver.receive)
