@@ -18,11 +18,15 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import signal
 import socket
 import struct
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -433,8 +437,67 @@ async def close_after_error(sock: trio.socket.SocketType) -> None:
 
 
 BlockingHandler = Callable[[socket.socket], None]
-#: Connection threads are not bounded by trio's default limit of 40 threads.
-MAX_CONNECTION_THREADS = 1 << 20
+#: An idle connection thread waits this long for the next connection, then ends.
+IDLE_THREAD_SECONDS = 10.0
+
+
+class ConnectionThreads:
+    """Threads that serve one connection each, kept for the next when idle.
+
+    Unbounded, as connections are: a replication link or a client's persistent
+    connection holds its thread for its whole life. A connection is handed to
+    an idle thread when there is one, else to a new thread: with a client that
+    opens a connection per request (upstream's C client by default) the accept
+    loop and one thread hand each connection over directly, without the event
+    loop in between.
+    """
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self._serve = serve
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._closed = False
+
+    @property
+    def idle(self) -> int:
+        """Threads waiting for a connection."""
+        return self._idle
+
+    def submit(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._queue.put(sock)
+                return
+        threading.Thread(
+            target=self._work, args=(sock,), name="fdfs-connection", daemon=True
+        ).start()
+
+    def _work(self, sock: socket.socket | None) -> None:
+        while sock is not None:
+            self._serve(sock)
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle += 1
+            try:
+                sock = self._queue.get(timeout=IDLE_THREAD_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle == 0:  # a connection was handed to this thread meanwhile
+                        sock = self._queue.get()
+                    else:
+                        self._idle -= 1
+                        return
+
+    def close(self) -> None:
+        """Idle threads end (threads serving a connection end with it)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._queue.put(None)
 
 
 async def serve_in_threads(
@@ -446,16 +509,20 @@ async def serve_in_threads(
 ) -> None:
     """Accept connections on host:port forever, each served by ``handler`` in its own thread.
 
-    The handler gets a blocking socket and owns it until it returns. When
-    this task is cancelled every open connection is shut down, which ends
-    its thread's blocking receive.
+    The handler gets a blocking socket and owns it until it returns; it runs
+    outside trio's threads, so it reaches the event loop with an explicit
+    ``trio_token``. Accepting is a blocking thread too. When this task is
+    cancelled the listening sockets and every open connection are shut down,
+    which ends the accept threads and each connection thread's blocking receive.
     """
     if not host.startswith("127."):
         raise ValueError(f"refusing to bind {host}: the harness binds loopback addresses only")
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
+    listeners = [
+        socket.socket(fileno=listener.socket.detach())
+        for listener in await trio.open_tcp_listeners(port, host=host)
+    ]
+    bound = listeners[0].getsockname()[1]
     open_socks: set[socket.socket] = set()
-    limiter = trio.CapacityLimiter(MAX_CONNECTION_THREADS)
 
     def guarded(sock: socket.socket) -> None:
         try:
@@ -470,43 +537,42 @@ async def serve_in_threads(
             open_socks.discard(sock)
             sock.close()
 
-    async def run_one(sock: socket.socket) -> None:
-        await trio.to_thread.run_sync(
-            guarded, sock, abandon_on_cancel=True, limiter=limiter
-        )
-
+    threads = ConnectionThreads(guarded)
     task_status.started(bound)
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_into_threads, listener, open_socks, nursery, run_one)
+                listener.setblocking(True)
+                accept = partial(_accept_into_threads, listener, open_socks, threads)
+                nursery.start_soon(
+                    partial(trio.to_thread.run_sync, accept, abandon_on_cancel=True)
+                )
     finally:
+        threads.close()
         for listener in listeners:
-            listener.socket.close()
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
+            listener.close()
         for sock in list(open_socks):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-async def _accept_into_threads(
-    listener: trio.SocketListener,
-    open_socks: set[socket.socket],
-    nursery: trio.Nursery,
-    run_one: Callable[[socket.socket], Awaitable[None]],
+def _accept_into_threads(
+    listener: socket.socket, open_socks: set[socket.socket], threads: ConnectionThreads
 ) -> None:
     while True:
         try:
-            trio_sock, _ = await listener.socket.accept()
+            sock, _ = listener.accept()
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
                 log.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
+                time.sleep(0.1)
                 continue
-            raise
-        sock = socket.socket(fileno=trio_sock.detach())
+            return  # the listener was shut down: the server stops
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         open_socks.add(sock)
-        nursery.start_soon(run_one, sock)
+        threads.submit(sock)
 
 
 # --------------------------------------------------------------- process glue

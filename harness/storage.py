@@ -465,9 +465,9 @@ class StorageServer:
         conn.sock.setblocking(False)
         try:
             if header.cmd in (PeerCmd.SYNC_PULL, PeerCmd.SYNC_FETCH):
-                trio.from_thread.run(self._serve_in_trio, in_trio, header)
+                trio.from_thread.run(self._serve_in_trio, in_trio, header, trio_token=self._token)
                 return True
-            return trio.from_thread.run(self._dispatch, in_trio, header)
+            return trio.from_thread.run(self._dispatch, in_trio, header, trio_token=self._token)
         finally:
             conn.sock.setblocking(True)
 
@@ -721,7 +721,9 @@ class StorageServer:
         source = self.source_of(name) or self.config.server_id
         why = self.reporter.may_write(source)
         if why is not None and not self.reporter.has_fresh_view():
-            why = trio.from_thread.run(self.reporter.confirm_may_write, source)
+            why = trio.from_thread.run(
+                self.reporter.confirm_may_write, source, trio_token=self._token
+            )
         if why is not None:
             raise RequestError(errno.EAGAIN, f"not changing {name} now: {why}", close=False)
 

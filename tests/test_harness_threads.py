@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from waiting import wait_until
 
 from fdfsmount.proto import storage as S
 from fdfsmount.proto.wire import decode_header
+from harness import serverutil
 from harness.binlog import SOURCE_OPS, Binlog
 from harness.inprocess import start_inprocess_cluster
 from harness.storage import FileLocks
@@ -144,3 +146,39 @@ async def test_concurrent_uploads_keep_the_binlog_in_time_order(tmp_path: Path) 
         assert stamps == sorted(stamps)
         assert {fields[2] for fields in source if fields[1] == "C"} >= set(names)
         nursery.cancel_scope.cancel()
+
+
+def test_connection_threads_are_reused_and_idle_ones_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection-per-request client is served by one kept thread, not one new
+    thread per connection; a thread idle past its time ends, and so do idle ones
+    at close."""
+    monkeypatch.setattr(serverutil, "IDLE_THREAD_SECONDS", 0.3)
+    served: list[int] = []
+    done = threading.Semaphore(0)
+
+    def serve(sock: socket.socket) -> None:
+        served.append(threading.get_ident())
+        sock.close()
+        done.release()
+
+    def named() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "fdfs-connection"]
+
+    threads = serverutil.ConnectionThreads(serve)
+    for _ in range(5):
+        ours, theirs = socket.socketpair()
+        theirs.close()
+        threads.submit(ours)
+        assert done.acquire(timeout=10)
+        # Back to idle before the next connection arrives.
+        wait_until(lambda: threads.idle == 1, what="the thread to go idle")
+    assert len(set(served)) == 1
+    wait_until(lambda: not named(), what="the idle thread to end")
+
+    threads.submit(socket.socketpair()[0])
+    assert done.acquire(timeout=10)
+    wait_until(lambda: threads.idle == 1, what="the thread to go idle")
+    threads.close()
+    wait_until(lambda: not named(), what="the idle thread to end at close")
