@@ -18,7 +18,6 @@ import contextlib
 import errno
 import logging
 import os
-import queue
 import signal
 import socket
 import struct
@@ -26,7 +25,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
 
 import trio
 
@@ -437,67 +435,79 @@ async def close_after_error(sock: trio.socket.SocketType) -> None:
 
 
 BlockingHandler = Callable[[socket.socket], None]
-#: An idle connection thread waits this long for the next connection, then ends.
-IDLE_THREAD_SECONDS = 10.0
+#: Threads per listener started waiting in ``accept``.
+SPARE_ACCEPTORS = 2
+#: A thread whose connection ended goes back to ``accept`` while fewer wait
+#: (the margin keeps a client that reconnects at once from making a thread
+#: start and another end per connection).
+MAX_WAITING = 8
 
 
-class ConnectionThreads:
-    """Threads that serve one connection each, kept for the next when idle.
+class AcceptingThreads:
+    """Threads that each accept a connection on one listener and serve it themselves.
 
-    Unbounded, as connections are: a replication link or a client's persistent
-    connection holds its thread for its whole life. A connection is handed to
-    an idle thread when there is one, else to a new thread: with a client that
-    opens a connection per request (upstream's C client by default) the accept
-    loop and one thread hand each connection over directly, without the event
-    loop in between.
+    Leader/followers: a thread blocked in ``accept`` takes the next connection
+    and serves it on the spot -- no hand-over to another thread or to the event
+    loop, which on this kind of client (upstream's C client opens a connection
+    per request by default) would cost a wake-up per connection. The kernel
+    wakes one waiting thread per connection. When the last waiting thread takes
+    a connection, a new one starts waiting, so connections are never queued
+    behind a long one (a replication link or a persistent client holds its
+    thread for its whole life); a thread whose connection ends goes back to
+    ``accept`` while fewer than `MAX_WAITING` wait, and ends otherwise.
+    Shutting the listener down ends every waiting thread.
     """
 
-    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+    def __init__(self, listener: socket.socket, serve: BlockingHandler) -> None:
+        self._listener = listener
         self._serve = serve
         self._lock = threading.Lock()
-        self._idle = 0
-        self._queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._waiting = 0
         self._closed = False
 
     @property
-    def idle(self) -> int:
-        """Threads waiting for a connection."""
-        return self._idle
+    def waiting(self) -> int:
+        """Threads blocked in ``accept``."""
+        return self._waiting
 
-    def submit(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-                self._queue.put(sock)
-                return
-        threading.Thread(
-            target=self._work, args=(sock,), name="fdfs-connection", daemon=True
-        ).start()
-
-    def _work(self, sock: socket.socket | None) -> None:
-        while sock is not None:
-            self._serve(sock)
-            with self._lock:
-                if self._closed:
-                    return
-                self._idle += 1
-            try:
-                sock = self._queue.get(timeout=IDLE_THREAD_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle == 0:  # a connection was handed to this thread meanwhile
-                        sock = self._queue.get()
-                    else:
-                        self._idle -= 1
-                        return
+    def start(self) -> None:
+        for _ in range(SPARE_ACCEPTORS):
+            self._spawn()
 
     def close(self) -> None:
-        """Idle threads end (threads serving a connection end with it)."""
+        """No thread accepts again; shut the listener down to wake those that wait."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, 0
-        for _ in range(idle):
-            self._queue.put(None)
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._waiting += 1
+        threading.Thread(target=self._run, name="fdfs-connection", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                    log.warning("accept failed: %s", exc)
+                    time.sleep(0.1)
+                    continue
+                with self._lock:  # the listener was shut down: the server stops
+                    self._waiting -= 1
+                return
+            with self._lock:
+                self._waiting -= 1
+                none_left = self._waiting == 0
+            if none_left:
+                self._spawn()
+            self._serve(sock)
+            with self._lock:
+                if self._closed or self._waiting >= MAX_WAITING:
+                    return
+                self._waiting += 1
 
 
 async def serve_in_threads(
@@ -509,11 +519,12 @@ async def serve_in_threads(
 ) -> None:
     """Accept connections on host:port forever, each served by ``handler`` in its own thread.
 
-    The handler gets a blocking socket and owns it until it returns; it runs
-    outside trio's threads, so it reaches the event loop with an explicit
-    ``trio_token``. Accepting is a blocking thread too. When this task is
+    The handler gets a blocking socket (``TCP_NODELAY`` set) and owns it until
+    it returns; it runs outside trio's threads (see `AcceptingThreads`), so it
+    reaches the event loop with an explicit ``trio_token``. When this task is
     cancelled the listening sockets and every open connection are shut down,
-    which ends the accept threads and each connection thread's blocking receive.
+    which ends the threads waiting in ``accept`` and each connection thread's
+    blocking receive.
     """
     if not host.startswith("127."):
         raise ValueError(f"refusing to bind {host}: the harness binds loopback addresses only")
@@ -525,7 +536,9 @@ async def serve_in_threads(
     open_socks: set[socket.socket] = set()
 
     def guarded(sock: socket.socket) -> None:
+        open_socks.add(sock)
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             handler(sock)
         except (PeerClosed, trio.RunFinishedError, trio.Cancelled):
             pass  # the peer left, or the server stopped while serving a handed-over request
@@ -537,42 +550,25 @@ async def serve_in_threads(
             open_socks.discard(sock)
             sock.close()
 
-    threads = ConnectionThreads(guarded)
-    task_status.started(bound)
+    acceptors = []
+    for listener in listeners:
+        listener.setblocking(True)
+        acceptors.append(AcceptingThreads(listener, guarded))
     try:
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                listener.setblocking(True)
-                accept = partial(_accept_into_threads, listener, open_socks, threads)
-                nursery.start_soon(
-                    partial(trio.to_thread.run_sync, accept, abandon_on_cancel=True)
-                )
+        for threads in acceptors:
+            threads.start()
+        task_status.started(bound)
+        await trio.sleep_forever()
     finally:
-        threads.close()
+        for threads in acceptors:
+            threads.close()
         for listener in listeners:
             with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked in accept()
             listener.close()
         for sock in list(open_socks):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-
-def _accept_into_threads(
-    listener: socket.socket, open_socks: set[socket.socket], threads: ConnectionThreads
-) -> None:
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-                log.warning("accept failed: %s", exc)
-                time.sleep(0.1)
-                continue
-            return  # the listener was shut down: the server stops
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        open_socks.add(sock)
-        threads.submit(sock)
 
 
 # --------------------------------------------------------------- process glue

@@ -148,37 +148,70 @@ async def test_concurrent_uploads_keep_the_binlog_in_time_order(tmp_path: Path) 
         nursery.cancel_scope.cancel()
 
 
-def test_connection_threads_are_reused_and_idle_ones_end(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A connection-per-request client is served by one kept thread, not one new
-    thread per connection; a thread idle past its time ends, and so do idle ones
-    at close."""
-    monkeypatch.setattr(serverutil, "IDLE_THREAD_SECONDS", 0.3)
+def test_accepting_threads_serve_each_connection_where_it_was_accepted() -> None:
+    """A connection-per-request client is served by the threads already waiting in
+    accept, not a new thread per connection; connections held open do not queue
+    the next ones; shutting the listener down ends every waiting thread."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
     served: list[int] = []
-    done = threading.Semaphore(0)
+    release = threading.Event()
 
     def serve(sock: socket.socket) -> None:
-        served.append(threading.get_ident())
+        served.append(threading.get_native_id())  # never reused soon, unlike get_ident
+        if sock.recv(1) == b"h":  # hold this connection until released
+            release.wait(10)
+        sock.sendall(b"k")
+        sock.recv(1)  # as the servers do: serve until the client closes
         sock.close()
-        done.release()
 
-    def named() -> list[threading.Thread]:
+    def ours() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "fdfs-connection"]
 
-    threads = serverutil.ConnectionThreads(serve)
-    for _ in range(5):
-        ours, theirs = socket.socketpair()
-        theirs.close()
-        threads.submit(ours)
-        assert done.acquire(timeout=10)
-        # Back to idle before the next connection arrives.
-        wait_until(lambda: threads.idle == 1, what="the thread to go idle")
-    assert len(set(served)) == 1
-    wait_until(lambda: not named(), what="the idle thread to end")
+    threads = serverutil.AcceptingThreads(listener, serve)
+    threads.start()
+    try:
+        for _ in range(10):
+            with socket.create_connection(address) as c:
+                c.sendall(b"q")
+                assert c.recv(1) == b"k"
+            # The next connection comes only once this one's thread waits again.
+            wait_until(
+                lambda: threads.waiting == serverutil.SPARE_ACCEPTORS, what="the thread to wait"
+            )
+        # Served where they were accepted: no thread started beyond the first ones.
+        assert len(set(served)) <= serverutil.SPARE_ACCEPTORS
+        assert len(ours()) == serverutil.SPARE_ACCEPTORS
 
-    threads.submit(socket.socketpair()[0])
-    assert done.acquire(timeout=10)
-    wait_until(lambda: threads.idle == 1, what="the thread to go idle")
-    threads.close()
-    wait_until(lambda: not named(), what="the idle thread to end at close")
+        # Reconnecting at once (as the C client does) reaches a thread while the
+        # last one is still closing: a few threads take turns (more on a loaded
+        # machine, never more than wait at most plus those closing), none start
+        # and end per connection.
+        served.clear()
+        for _ in range(100):
+            with socket.create_connection(address) as c:
+                c.sendall(b"q")
+                assert c.recv(1) == b"k"
+        assert len(set(served)) <= serverutil.MAX_WAITING + serverutil.SPARE_ACCEPTORS
+
+        held = [socket.create_connection(address) for _ in range(4)]
+        for c in held:
+            c.sendall(b"h")
+        with socket.create_connection(address) as c:  # served though four are held
+            c.sendall(b"q")
+            c.settimeout(10)
+            assert c.recv(1) == b"k"
+        release.set()
+        for c in held:
+            c.settimeout(10)
+            assert c.recv(1) == b"k"
+            c.close()
+        # Threads beyond MAX_WAITING end; the others wait for the next connections.
+        wait_until(lambda: len(ours()) == threads.waiting, what="served threads to wait again")
+        assert threads.waiting <= serverutil.MAX_WAITING
+    finally:
+        release.set()
+        threads.close()
+        listener.shutdown(socket.SHUT_RDWR)
+        wait_until(lambda: not ours(), what="the waiting threads to end")
+        listener.close()
