@@ -8,6 +8,8 @@ Starts a one-storage builtin cluster and a native one (upstream
     clients: a blocking socket with Nagle left on (no ``TCP_NODELAY``), one
     persistent connection, every request written as a header write followed
     by a body write -- ``--small-kib`` KiB uploads, then downloads of them;
+  * the same client's file info on a new connection per request (upstream's
+    C client with its default ``use_connection_pool = false``);
   * our client (`fdfsmount.proto.client.Client`, one task): 4 KiB upload,
     download, info and delete.
 
@@ -95,6 +97,21 @@ def split_write_downloads(address: str, group: str, names: list[str], size: int)
         client.close()
 
 
+def connection_per_request_info(address: str, group: str, names: list[str]) -> float:
+    """File info on a new connection each (upstream's C client without its pool)."""
+    host, _, port = address.rpartition(":")
+    started = time.perf_counter()
+    for name in names:
+        with socket.create_connection((host, int(port))) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            sock.sendall(st.query_file_info_request(group, name).encode())
+            header = decode_header(sock.recv(HEADER_SIZE, socket.MSG_WAITALL))
+            body = sock.recv(header.length, socket.MSG_WAITALL) if header.length else b""
+            if header.status or len(body) != header.length:
+                raise OSError(header.status, "file info refused")
+    return len(names) / (time.perf_counter() - started)
+
+
 async def client_ops(client: Client, count: int) -> dict[str, float]:
     data = b"c" * 4096
     fids: list[FileId] = []
@@ -126,6 +143,9 @@ async def one_round(
         rates = {f"split-write {args.small_kib} KiB upload": rate}
         rates[f"split-write {args.small_kib} KiB download"] = await trio.to_thread.run_sync(
             split_write_downloads, address, "group1", names, size
+        )
+        rates["new connection per info"] = await trio.to_thread.run_sync(
+            connection_per_request_info, address, "group1", names
         )
         async with Client(cluster.trackers) as cleaner:
             for name in names:
