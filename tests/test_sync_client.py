@@ -4,6 +4,7 @@ lifecycle (no leaked thread), fork, and data sources read in the caller's thread
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import multiprocessing
@@ -335,14 +336,13 @@ class Interrupted(Exception):
     """Raised by a signal handler in the main thread, as Ctrl-C would raise KeyboardInterrupt."""
 
 
-def test_an_interrupted_caller_cancels_its_call() -> None:
-    """A signal while the caller waits cancels the call on the loop: its connection is
-    closed instead of left waiting for a silent server."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted
-
-    main = threading.get_ident()
+@contextlib.contextmanager
+def silent_server(
+    on_request: Callable[[], None],
+) -> Iterator[tuple[str, threading.Thread, threading.Event]]:
+    """A server (its address and thread, not started) that takes one request, calls
+    ``on_request``, never answers, and sets the event once the client closes the
+    connection (not within 30 s: left unset)."""
     saw_eof = threading.Event()
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -354,7 +354,7 @@ def test_an_interrupted_caller_cancels_its_call() -> None:
             with conn:
                 conn.settimeout(30)
                 conn.recv(100)  # the request; never answered
-                signal.pthread_kill(main, signal.SIGALRM)
+                on_request()
                 try:
                     while conn.recv(100):
                         pass
@@ -364,18 +364,35 @@ def test_an_interrupted_caller_cancels_its_call() -> None:
                 except OSError:  # the timeout: still open
                     pass
 
-        server = threading.Thread(target=serve)
-        previous = signal.signal(signal.SIGALRM, interrupt)
-        try:
-            # Without the cancel, the silent server would hold the call for 300 s.
-            with Client([f"{host}:{port}"], network_timeout=300) as c:
-                server.start()
-                with pytest.raises(Interrupted):
-                    c.list_groups()
-                server.join(30)
-                assert saw_eof.is_set()
-        finally:
-            signal.signal(signal.SIGALRM, previous)
+        yield f"{host}:{port}", threading.Thread(target=serve), saw_eof
+
+
+def test_an_interrupted_caller_cancels_its_call() -> None:
+    """A signal while the caller waits cancels the call on the loop: its connection is
+    closed instead of left waiting for a silent server."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    main = threading.get_ident()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        # Without the cancel, the silent server would hold the call for 300 s.
+        with (
+            silent_server(lambda: signal.pthread_kill(main, signal.SIGALRM)) as (
+                address,
+                server,
+                saw_eof,
+            ),
+            Client([address], network_timeout=300) as c,
+        ):
+            server.start()
+            with pytest.raises(Interrupted):
+                c.list_groups()
+            server.join(35)
+            assert saw_eof.is_set()
+    finally:
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_an_interrupt_right_after_the_hand_over_still_cancels_the_call(
@@ -385,7 +402,6 @@ def test_an_interrupt_right_after_the_hand_over_still_cancels_the_call(
     started waiting (a loaded machine can run the whole request in that gap): the
     call is cancelled all the same, so its connection is closed."""
     got_request = threading.Event()
-    saw_eof = threading.Event()
     real_submit = sync.LoopThread.submit
 
     def submit_then_interrupt(loop: object, fn: object, call: object) -> None:
@@ -393,31 +409,13 @@ def test_an_interrupt_right_after_the_hand_over_still_cancels_the_call(
         if got_request.wait(10):  # the request is on the wire: now the signal lands
             raise Interrupted
 
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        host, port = silent.getsockname()
-
-        def serve() -> None:
-            conn, _ = silent.accept()
-            with conn:
-                conn.settimeout(10)
-                conn.recv(100)  # the request; never answered
-                got_request.set()
-                try:
-                    while conn.recv(100):
-                        pass
-                    saw_eof.set()
-                except ConnectionResetError:
-                    saw_eof.set()
-                except OSError:  # the timeout: still open
-                    pass
-
-        server = threading.Thread(target=serve)
-        with Client([f"{host}:{port}"], network_timeout=300) as c:
-            server.start()
-            with monkeypatch.context() as patched, pytest.raises(Interrupted):
-                patched.setattr(sync.LoopThread, "submit", submit_then_interrupt)
-                c.list_groups()
-            server.join(15)
-            assert saw_eof.is_set()
+    with (
+        silent_server(got_request.set) as (address, server, saw_eof),
+        Client([address], network_timeout=300) as c,
+    ):
+        server.start()
+        with monkeypatch.context() as patched, pytest.raises(Interrupted):
+            patched.setattr(sync.LoopThread, "submit", submit_then_interrupt)
+            c.list_groups()
+        server.join(35)
+        assert saw_eof.is_set()
