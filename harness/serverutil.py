@@ -473,6 +473,8 @@ class AcceptingThreads:
     def start(self) -> None:
         for _ in range(SPARE_ACCEPTORS):
             self._spawn()
+        if not self._waiting:
+            raise OSError(errno.EAGAIN, "could not start a connection thread")
 
     def close(self) -> None:
         """No thread accepts again; shut the listener down to wake those that wait."""
@@ -484,7 +486,12 @@ class AcceptingThreads:
             if self._closed:
                 return
             self._waiting += 1
-        threading.Thread(target=self._run, name="fdfs-connection", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, name="fdfs-connection", daemon=True).start()
+        except RuntimeError as exc:  # the system refused another thread
+            with self._lock:
+                self._waiting -= 1
+            log.warning("no new connection thread (%s): connections wait for a free one", exc)
 
     def _run(self) -> None:
         while True:

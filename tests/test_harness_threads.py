@@ -215,3 +215,50 @@ def test_accepting_threads_serve_each_connection_where_it_was_accepted() -> None
         listener.shutdown(socket.SHUT_RDWR)
         wait_until(lambda: not ours(), what="the waiting threads to end")
         listener.close()
+
+
+@pytest.mark.expect_log_warnings
+def test_connections_wait_for_a_free_thread_when_none_can_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the system refuses another thread, a connection waits in the backlog for
+    a thread to finish its own, instead of the server losing it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    release = threading.Event()
+
+    def serve(sock: socket.socket) -> None:
+        if sock.recv(1) == b"h":
+            release.wait(10)
+        sock.sendall(b"k")
+        sock.recv(1)
+        sock.close()
+
+    threads = serverutil.AcceptingThreads(listener, serve)
+    threads.start()
+    try:
+        wait_until(lambda: threads.waiting == serverutil.SPARE_ACCEPTORS, what="spares")
+
+        def refuse(self: threading.Thread) -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        held = [socket.create_connection(address) for _ in range(serverutil.SPARE_ACCEPTORS)]
+        for c in held:
+            c.sendall(b"h")
+        wait_until(lambda: "no new connection thread" in caplog.text, what="the refusal")
+        with socket.create_connection(address) as late:
+            late.sendall(b"q")
+            release.set()
+            for c in held:  # the held connections end; a freed thread takes the late one
+                c.settimeout(10)
+                assert c.recv(1) == b"k"
+                c.close()
+            late.settimeout(10)
+            assert late.recv(1) == b"k"
+    finally:
+        release.set()
+        monkeypatch.undo()
+        threads.close()
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
