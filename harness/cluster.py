@@ -845,7 +845,11 @@ class Cluster:
         node.process.kill()
 
     def stop(self, node: Node | str) -> None:
-        """Freeze a node (SIGSTOP): connections stay open but nothing answers."""
+        """Freeze a node (SIGSTOP): connections stay open but nothing answers.
+
+        Returns once every thread of the node is frozen, so a request sent
+        afterwards is not served until `cont`.
+        """
         node = self._resolve(node)
         assert node.process is not None
         log.info("stopping (SIGSTOP) %s", node.name)
