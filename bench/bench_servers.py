@@ -99,16 +99,13 @@ def split_write_downloads(address: str, group: str, names: list[str], size: int)
 
 def connection_per_request_info(address: str, group: str, names: list[str]) -> float:
     """File info on a new connection each (upstream's C client without its pool)."""
-    host, _, port = address.rpartition(":")
     started = time.perf_counter()
     for name in names:
-        with socket.create_connection((host, int(port))) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-            sock.sendall(st.query_file_info_request(group, name).encode())
-            header = decode_header(sock.recv(HEADER_SIZE, socket.MSG_WAITALL))
-            body = sock.recv(header.length, socket.MSG_WAITALL) if header.length else b""
-            if header.status or len(body) != header.length:
-                raise OSError(header.status, "file info refused")
+        client = SplitWriteClient(address)
+        try:
+            client.exchange(st.query_file_info_request(group, name))
+        finally:
+            client.close()
     return len(names) / (time.perf_counter() - started)
 
 

@@ -687,7 +687,8 @@ def threads_stopped(pid: int) -> bool:
         except (FileNotFoundError, ProcessLookupError):
             continue  # that thread has ended
         # The state follows the command name, which is in parentheses and may hold any byte.
-        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+        after_name = stat.rfind(b")") + 2
+        state = stat[after_name : after_name + 1]
         if state not in (b"T", b"t", b"Z", b"X"):
             return False
     return True

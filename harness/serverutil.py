@@ -477,9 +477,11 @@ class AcceptingThreads:
             raise OSError(errno.EAGAIN, "could not start a connection thread")
 
     def close(self) -> None:
-        """No thread accepts again; shut the listener down to wake those that wait."""
+        """No thread accepts again: the listener is shut down, which wakes those that wait."""
         with self._lock:
             self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
 
     def _spawn(self) -> None:
         with self._lock:
@@ -570,8 +572,6 @@ async def serve_in_threads(
         for threads in acceptors:
             threads.close()
         for listener in listeners:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked in accept()
             listener.close()
         for sock in list(open_socks):
             with contextlib.suppress(OSError):

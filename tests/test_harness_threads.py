@@ -212,7 +212,6 @@ def test_accepting_threads_serve_each_connection_where_it_was_accepted() -> None
     finally:
         release.set()
         threads.close()
-        listener.shutdown(socket.SHUT_RDWR)
         wait_until(lambda: not ours(), what="the waiting threads to end")
         listener.close()
 
@@ -260,5 +259,4 @@ def test_connections_wait_for_a_free_thread_when_none_can_start(
         release.set()
         monkeypatch.undo()
         threads.close()
-        listener.shutdown(socket.SHUT_RDWR)
         listener.close()

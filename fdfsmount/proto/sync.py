@@ -170,10 +170,10 @@ class LoopThread:
     def submit(self, fn: Callable[[], Awaitable[T]], call: _Call) -> None:
         """Start ``fn`` on the loop as ``call``.
 
-        The caller makes the `_Call` first and submits inside its ``try``: an
-        interrupt (a signal handler's exception) that lands just after the
-        hand-over still finds the call to cancel, instead of leaving it running
-        on the loop with nobody waiting.
+        The caller makes the `_Call` first and submits and waits inside one
+        ``try`` that cancels it: an interrupt (a signal handler's exception) that
+        lands anywhere after the hand-over still finds the call to cancel,
+        instead of leaving it running on the loop with nobody waiting.
         """
 
         def spawn() -> None:
@@ -209,13 +209,12 @@ class LoopThread:
             call.future.set_exception(CallCancelled("the call was cancelled"))
 
     def wait(self, call: _Call) -> Any:
-        """The call's result in the caller's thread; an interrupt cancels the call."""
-        try:
-            return call.future.result()
-        except BaseException:
-            if not call.future.done():
-                self.cancel(call)
-            raise
+        """The call's result in the caller's thread.
+
+        The caller cancels the call if this is interrupted: one ``try`` from before
+        `submit` to after this covers the whole life of the call.
+        """
+        return call.future.result()
 
     def cancel(self, call: _Call) -> None:
         def do_cancel() -> None:
@@ -237,10 +236,11 @@ class LoopThread:
         call = _Call()
         try:
             self.submit(fn, call)
+            return self.wait(call)  # type: ignore[no-any-return]
         except BaseException:
-            self.cancel(call)
+            if not call.future.done():
+                self.cancel(call)
             raise
-        return self.wait(call)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         """Cancel what still runs, end the loop and join the thread."""
@@ -554,10 +554,10 @@ class Client:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     break  # the upload ended early; its error follows
             loop.run(sender.aclose)
+            return loop.wait(call)  # type: ignore[no-any-return]
         except BaseException:
             loop.cancel(call)
             raise
-        return loop.wait(call)  # type: ignore[no-any-return]
 
     # ============================================================ downloads
 
