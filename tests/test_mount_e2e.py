@@ -238,7 +238,10 @@ def test_statfs_reports_cluster_space(mnt: Path) -> None:
 def test_debug_traces_every_request(cluster: Cluster, files: Files, tmp_path: Path) -> None:
     with mounted(cluster.trackers, tmp_path / "mnt", [*OPTIONS, "debug"]) as proc:
         assert path_of(proc.mountpoint, files.text).read_bytes() == files.text_data
-    log = proc.log()  # after the unmount: the kernel sends release after close returns
+        # The kernel sends release after close returns, on its own time; an unmount
+        # right after the close can overtake it.
+        wait_until(lambda: " DEBUG fdfsmount.fs: release " in proc.log(), what="the release")
+    log = proc.log()
     # Every FUSE request on its way in, and every server request on its way out.
     for op in ("lookup", "getattr", "open", "read", "release"):
         assert re.search(rf" DEBUG fdfsmount\.fs: {op} ", log), (op, log)
