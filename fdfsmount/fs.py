@@ -26,6 +26,7 @@ from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 from . import attrs as attrs_mod
 from .attrs import AttrFactory, FileStat, FileStats
 from .errors import Refused
+from .kernelcache import KernelCache
 from .listing import Listing
 from .namespace import GroupDirectory, InodeTable, Kind, Node, NotFound
 from .options import MountOptions
@@ -236,6 +237,7 @@ class FileHandle:
 
     file: OpenFile
     write: WriteHandle | None = None
+    inode: int = 0
 
 
 @dataclass(slots=True)
@@ -262,6 +264,7 @@ class Operations(pyfuse3.Operations):
         readpath: ReadPath,
         xattrs: Xattrs,
         writer: WritePath,
+        kernel: KernelCache | None = None,
     ) -> None:
         super().__init__()
         self.opts = opts
@@ -274,9 +277,13 @@ class Operations(pyfuse3.Operations):
         self.readpath = readpath
         self.xattrs = xattrs
         self.writer = writer
+        self.kernel = kernel if kernel is not None else KernelCache()
         self._handles = itertools.count(1)
         self._dirs: dict[int, DirHandle] = {}
         self._files: dict[int, FileHandle] = {}
+        self._opens_of: dict[int, int] = {}  # open handles per inode
+        #: Inodes opened since the kernel looked them up (it forgets pages with the inode).
+        self._opened: set[int] = set()
         self._failed_lookups: dict[tuple[int, str], tuple[int, float]] = {}
         self.op_stats = OpStats()
 
@@ -400,6 +407,7 @@ class Operations(pyfuse3.Operations):
         log.debug("forget %d inodes", len(inode_list))
         try:
             for inode, count in inode_list:
+                self._opened.discard(inode)
                 self.table.forget(inode, count)
         except Exception:
             log.exception("forget %r", inode_list)
@@ -528,10 +536,29 @@ class Operations(pyfuse3.Operations):
             node.file_id, node.id_info, fstat.size, immutable=fstat.immutable, mtime=fstat.mtime
         )
         fh = next(self._handles)
-        self._files[fh] = FileHandle(f, handle)
         # Pages of immutable files stay valid forever: keep them across opens.
         keep = fstat.immutable and fstat.exact and handle is None
+        if keep and node.inode not in self._opened:
+            self._opened.add(node.inode)
+            self._to_page_cache(node.inode, f)
+        self._files[fh] = FileHandle(f, handle, node.inode)
+        self._opens_of[node.inode] = self._opens_of.get(node.inode, 0) + 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    def _to_page_cache(self, inode: int, f: OpenFile) -> None:
+        """At an inode's first open, hand its content to the kernel if we hold it all.
+
+        A small file confirmed at lookup was downloaded whole; stored before
+        the open is answered, its reads are the kernel's: no READ reaches us,
+        and the attributes stay valid (on a read-write mount a READ we answer
+        makes the next stat ask for them again). Safe in the loop only while
+        no other handle has the inode open (see `KernelCache.store`).
+        """
+        if self._opens_of.get(inode) or self.writer.writer_of(f.file_id) is not None:
+            return
+        data = self.readpath.whole_now(f)
+        if data is not None:
+            self.kernel.store(inode, data)
 
     @staticmethod
     def _immutable(node: Node) -> bool:
@@ -591,14 +618,22 @@ class Operations(pyfuse3.Operations):
         h = self._files.get(fh)
         if h is not None and h.write is not None:
             return NEEDS_IO
-        self._files.pop(fh, None)
+        self._close_handle(fh)
         return None
 
     @fuse_op_fast(_release_now)
     async def release(self, fh: FileHandleT) -> None:
-        h = self._files.pop(fh, None)
+        h = self._close_handle(fh)
         if h is not None and h.write is not None:
             await self.writer.release(h.write)
+
+    def _close_handle(self, fh: int) -> FileHandle | None:
+        h = self._files.pop(fh, None)
+        if h is not None:
+            left = self._opens_of.pop(h.inode, 0) - 1
+            if left > 0:
+                self._opens_of[h.inode] = left
+        return h
 
     # -- extended attributes -------------------------------------------------
 

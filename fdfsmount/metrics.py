@@ -194,6 +194,11 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
         "fdfsmount_downloads", "Ranged downloads made for reads", counters["read_downloads"]
     )
     yield _counter(
+        "fdfsmount_page_cache_stores",
+        "Small files handed to the kernel's page cache at their first open",
+        counters["page_cache_stores"],
+    )
+    yield _counter(
         "fdfsmount_downloaded_bytes",
         "Bytes downloaded for reads and readahead",
         counters["read_bytes_downloaded"],

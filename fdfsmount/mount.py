@@ -116,6 +116,7 @@ class MountParts:
             "fuse_bytes_written": self.ops.op_stats.bytes_written,
             "cache_bytes": self.cache.size,
             "cache_blocks": len(self.cache),
+            "page_cache_stores": self.ops.kernel.stored,
         }
         out.update({f"cache_{k}": v for k, v in asdict(self.cache.stats).items()})
         out.update({f"read_{k}": v for k, v in asdict(self.readpath.stats).items()})
@@ -233,6 +234,7 @@ def build_operations(
         readpath=readpath,
         xattrs=xattrs,
         writer=writer,
+        kernel=writer.kernel,
     )
     return MountParts(
         ops, table, directory, listing, readpath, cache, writer, client, kernel_readahead,

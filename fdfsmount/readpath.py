@@ -237,6 +237,18 @@ class ReadPath:
         ahead = f.readahead.on_read(offset, end)
         return self._answer(f, offset, end, blocks, ahead)
 
+    def whole_now(self, f: OpenFile) -> bytes | bytearray | memoryview | None:
+        """All of an immutable file of one block, if the cache holds it (no I/O); else None.
+
+        What the mount hands to the kernel's page cache at open (no read is counted).
+        """
+        if not f.immutable or not 0 < f.size <= self.block:
+            return None
+        block = self.cache.get(f.key, 0)
+        if block is None or len(block) != f.size:
+            return None
+        return block.buf if block.start == 0 and block.end == len(block.buf) else block.view()
+
     async def read(self, f: OpenFile, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`; short only at the end of the file.
 

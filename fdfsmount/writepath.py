@@ -33,13 +33,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-import pyfuse3
 import trio
 
 from .attrs import FileStat, FileStats, type_name
 from .catalog import AliasCatalog, CatalogError
 from .clientapi import WriteClient
 from .errors import Refused
+from .kernelcache import KernelCache
 from .listing import Listing
 from .namespace import InodeTable, Kind, Node, NotFound
 from .proto import (
@@ -79,35 +79,6 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 Writer = AppenderWriter | SlaveSpool
-
-
-class KernelCache:
-    """Tells the kernel to forget what it caches; does nothing until the mount is live."""
-
-    def __init__(self, nursery: trio.Nursery | None = None) -> None:
-        self._nursery = nursery
-        self.attached = False
-
-    def use(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-
-    def forget_data(self, inode: int) -> None:
-        """Drop the pages and attributes of `inode` (after a failed write-back)."""
-        if self.attached and inode and self._nursery is not None:
-            # In a thread: the kernel may wait for a read of this inode we have to answer.
-            self._nursery.start_soon(trio.to_thread.run_sync, _invalidate_inode, inode)
-
-    def forget_entry(self, parent_inode: int | None, name: str) -> None:
-        if self.attached and parent_inode:
-            pyfuse3.invalidate_entry_async(parent_inode, os.fsencode(name), ignore_enoent=True)
-
-
-def _invalidate_inode(inode: int) -> None:
-    try:
-        pyfuse3.invalidate_inode(inode)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            log.debug("invalidate inode %d: %s", inode, exc)
 
 
 class WritePath:

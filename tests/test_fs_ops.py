@@ -32,6 +32,7 @@ from opshelp import (
 from waiting import eventually
 
 from fdfsmount import listing as listing_mod
+from fdfsmount.kernelcache import KernelCache
 from fdfsmount.listing import Listing
 from fdfsmount.namespace import Kind
 from fdfsmount.proto import FileId, ServerAddr
@@ -464,6 +465,83 @@ async def test_uid_gid_umask_options(cluster: ClusterView, nursery: trio.Nursery
         d = await walk(env.ops, "group1")
         assert (f.st_uid, f.st_gid, stat.S_IMODE(f.st_mode)) == (1234, 5678, 0o440)
         assert (d.st_uid, d.st_gid, stat.S_IMODE(d.st_mode)) == (1234, 5678, 0o750)
+
+
+def _recording_kernel(env: Env) -> list[tuple[int, int, bytes]]:
+    """Attach a kernel stand-in to `env.ops` that records page cache stores."""
+    stored: list[tuple[int, int, bytes]] = []
+
+    def store(inode: int, offset: int, data: bytes) -> None:
+        stored.append((inode, offset, bytes(data)))
+
+    env.ops.kernel = KernelCache(store=store)
+    env.ops.kernel.attached = True
+    return stored
+
+
+async def test_a_small_file_goes_to_the_page_cache_before_its_first_open_is_answered(
+    env: Env,
+) -> None:
+    stored = _recording_kernel(env)
+    data = random.Random(3).randbytes(4096)
+    fid = await env.client.upload(data, ext="jpg")
+    attr = await walk(env.ops, str(fid))  # confirmed by downloading it whole
+    first = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    assert first.keep_cache
+    assert stored == [(attr.st_ino, 0, data)]
+    # Another open while one is open: a read of the first may hold the pages.
+    second = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    await env.ops.release(first.fh)
+    await env.ops.release(second.fh)
+    # Later opens: the kernel keeps the pages with the inode (keep_cache).
+    third = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    await env.ops.release(third.fh)
+    assert len(stored) == 1 and env.ops.kernel.stored == 1
+    # Once the kernel forgets the inode, its pages went with it: stored again.
+    await env.ops.forget([(attr.st_ino, 1)])
+    attr = await walk(env.ops, str(fid))
+    fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    await env.ops.release(fi.fh)
+    assert stored[1:] == [(attr.st_ino, 0, data)]
+    assert env.parts.counters()["page_cache_stores"] == 2
+
+
+async def test_no_page_cache_store_while_a_handle_is_open(env: Env) -> None:
+    stored = _recording_kernel(env)
+    fid = await env.client.upload(b"x" * 5000, ext="txt")
+    attr = await walk(env.ops, str(fid))
+    first = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    assert len(stored) == 1
+    # The kernel never forgets an open inode; if it did, the open handle (whose
+    # reads may hold pages) must still keep the store away.
+    await env.ops.forget([(attr.st_ino, 1)])
+    attr = await walk(env.ops, str(fid))
+    second = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+    assert len(stored) == 1
+    assert await env.ops.read(second.fh, 0, 8192) == b"x" * 5000
+    await env.ops.release(first.fh)
+    await env.ops.release(second.fh)
+
+
+async def test_large_appender_and_unread_files_are_not_stored(
+    env: Env, cluster: ClusterView, nursery: trio.Nursery
+) -> None:
+    stored = _recording_kernel(env)
+    big = await env.client.upload(random.Random(4).randbytes(200_000), ext="bin")
+    log_file = await env.client.upload(b"line\n", ext="log", appender=True)
+    for fid in (big, log_file):
+        attr = await walk(env.ops, str(fid))
+        fi = await env.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+        await env.ops.release(fi.fh)
+    async for trusting in make_env(cluster, nursery, trust_ids=True):
+        stored_too = _recording_kernel(trusting)
+        small = await trusting.client.upload(b"y" * 100, ext="txt")
+        attr = await walk(trusting.ops, str(small))  # trusted: nothing downloaded
+        fi = await trusting.ops.open(attr.st_ino, os.O_RDONLY, CTX)
+        assert await trusting.ops.read(fi.fh, 0, 4096) == b"y" * 100
+        await trusting.ops.release(fi.fh)
+        assert stored_too == []
+    assert stored == []
 
 
 async def test_reads_ranges_and_past_eof(env: Env) -> None:

@@ -137,6 +137,43 @@ needs_fuse = pytest.mark.skipif(not fuse_available(), reason="needs /dev/fuse an
 
 @pytest.mark.mount
 @needs_fuse
+def test_small_files_are_read_from_the_page_cache_from_their_first_open(
+    fdfs_cluster: Cluster, tmp_path: Path
+) -> None:
+    small = [os.urandom(n) for n in (1, 4096, 60_000)]
+    big = os.urandom(300_000)  # more than one block: read through the daemon
+    small_ids = [str(upload_bytes(fdfs_cluster, data)) for data in small]
+    big_id = str(upload_bytes(fdfs_cluster, big))
+    port = free_port()
+    options = ["timeout=10", f"metrics=127.0.0.1:{port}"]
+    with mounted(fdfs_cluster.trackers, tmp_path / "mnt", options) as proc:
+        mnt = proc.mountpoint
+        before = scrape(port)
+        for fid, data in zip(small_ids, small, strict=True):
+            assert (mnt / fid).read_bytes() == data  # looked up (downloaded whole), opened
+        first = scrape(port)
+        for fid, data in zip(small_ids, small, strict=True):
+            assert (mnt / fid).read_bytes() == data
+            assert os.stat(mnt / fid).st_size == len(data)
+        second = scrape(port)
+        assert (mnt / big_id).read_bytes() == big
+        third = scrape(port)
+
+    def delta(a: Samples, b: Samples, op: str) -> float:
+        return value(b, "fdfsmount_fuse_requests_total", op=op) - value(
+            a, "fdfsmount_fuse_requests_total", op=op
+        )
+
+    assert value(first, "fdfsmount_page_cache_stores_total") == len(small)
+    # The kernel answered every read of the small files, and, since no READ reached
+    # the daemon, kept trusting their attributes on this read-write mount.
+    assert delta(before, first, "read") == 0 and delta(before, first, "open") == len(small)
+    assert delta(first, second, "read") == 0 and delta(first, second, "getattr") == 0
+    assert delta(second, third, "read") > 0
+    assert value(third, "fdfsmount_page_cache_stores_total") == len(small)
+
+
+@needs_fuse
 def test_metrics_move_by_what_was_read(fdfs_cluster: Cluster, tmp_path: Path) -> None:
     size = 5 * MIB + 12345
     payload = os.urandom(size)
@@ -362,5 +399,5 @@ COUNTER_NAMES = (
     "fuse_bytes_read", "fuse_bytes_written", "cache_hits", "cache_misses", "cache_evictions",
     "cache_bytes", "read_downloads", "read_bytes_downloaded", "read_prefetch_chunks",
     "read_prefetch_failures", "readahead_window", "open_files", "pending_write_files", "inodes",
-    "client_bytes_sent", "client_bytes_received",
+    "client_bytes_sent", "client_bytes_received", "page_cache_stores",
 )  # fmt: skip
