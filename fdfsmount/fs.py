@@ -637,7 +637,16 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes -------------------------------------------------
 
-    @fuse_op
+    def _getxattr_now(
+        self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes | Slow:
+        if not name.startswith(b"user."):
+            # security.capability is asked before every write (the kernel's check for
+            # privileges to drop); no name outside user.* exists here.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return NEEDS_IO
+
+    @fuse_op_fast(_getxattr_now)
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
         return await self.xattrs.get(self.table.get(inode), name)
 
