@@ -7,7 +7,15 @@ directories on their paths are made up, so lookups walk the same depth as the
 mount's ``group/M00/xx/yy/name``. Entries, attributes and pages are cached by
 the kernel like the mount's immutable files (``keep_cache``).
 
-Usage: python bench/nullfs.py MOUNTPOINT FILES.json   (unmount: fusermount3 -u MOUNTPOINT)
+With ``--writable`` the mount is read-write and files created in it take
+writes and discard them (sizes are kept): the same ceiling for ``dd`` into a
+new file. Its ``getxattr`` answers "no such attribute", as a filesystem with
+extended attributes must (the kernel asks for ``security.capability`` before
+every write); read-only mounts stay the anchor for reads, since a read-write
+mount makes the kernel re-ask attributes after reads.
+
+Usage: python bench/nullfs.py [--writable] MOUNTPOINT FILES.json
+       (unmount: fusermount3 -u MOUNTPOINT)
 """
 
 from __future__ import annotations
@@ -106,17 +114,57 @@ class NullFs(pyfuse3.Operations):
         view = memoryview(self.data)[off:end]
         return view  # type: ignore[return-value]  # pyfuse3 takes any buffer
 
+    # -- --writable: created files discard what is written ----------------
+
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = Node(len(self.nodes) + 1)
+        self.nodes[node.inode] = node
+        self.nodes[parent_inode].children[name] = node.inode
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(node.inode)), self._attrs(node)
+
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        node = self.nodes[fh]
+        node.size = max(node.size, off + len(buf))
+        return len(buf)
+
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        pass
+
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        pass
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        pass
+
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+    args = sys.argv[1:]
+    writable = args[:1] == ["--writable"]
+    if writable:
+        args = args[1:]
+    if len(args) != 2:
+        print(__doc__.strip().split("Usage: ")[-1].strip(), file=sys.stderr)
         return 2
-    mountpoint, spec = sys.argv[1], sys.argv[2]
+    mountpoint, spec = args
     with open(spec, encoding="utf-8") as f:
         files = {str(k): int(v) for k, v in json.load(f).items()}
     ops = NullFs(files)
     options = set(pyfuse3.default_options)
-    options.update({"fsname=nullfs", "ro"})
+    options.add("fsname=nullfs")
+    if not writable:
+        options.add("ro")
     pyfuse3.init(ops, mountpoint, options)
     try:
         trio.run(pyfuse3.main)

@@ -17,7 +17,8 @@ run, interleaved where it matters:
     memory; a fresh set of files per run, the three mounts interleaved, and the
     same for an ``-o ro`` mount (the anchor is read-only: no flush, no atime);
   * ``dd bs=1M conv=fsync`` of 256 MiB into a new file vs our client doing the
-    same: an empty appender file plus 8 MiB appends;
+    same: an empty appender file plus 8 MiB appends; the same ``dd`` into a
+    null filesystem that discards the bytes is shown too (``--writable``);
   * client 4 KiB download, one task, vs PyPI ``fdfs-client-py3``;
   * client ``info()`` vs a bare socket loop on one persistent connection;
   * ``download()`` of 256 MiB into memory vs ``recv_into`` one fresh bytearray;
@@ -145,11 +146,14 @@ def local_file(path: Path, size: int) -> Path:
 
 
 @contextmanager
-def null_mount(where: Path, files: dict[str, int]) -> Iterator[Path]:
+def null_mount(where: Path, files: dict[str, int], *, writable: bool = False) -> Iterator[Path]:
     where.mkdir(parents=True, exist_ok=True)
     spec = where.with_suffix(".json")
     spec.write_text(json.dumps(files))
-    proc = subprocess.Popen([sys.executable, os.fspath(NULLFS), os.fspath(where), os.fspath(spec)])
+    flags = ["--writable"] if writable else []
+    proc = subprocess.Popen(
+        [sys.executable, os.fspath(NULLFS), *flags, os.fspath(where), os.fspath(spec)]
+    )
     try:
         deadline = time.monotonic() + 30
         while not is_mounted(where):
@@ -350,6 +354,7 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
         warm_local: list[float] = []
         mount_write: list[float] = []
         client_write: list[float] = []
+        null_write: list[float] = []
         warm_null: list[float] = []
         null_read: list[float] = []
         small: dict[tuple[int, str], list[float]] = {}
@@ -362,6 +367,7 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
             proc = stack.enter_context(mounted(trackers, tmp / "mnt", ["timeout=30"]))
             ro = stack.enter_context(mounted(trackers, tmp / "mnt-ro", ["timeout=30", "ro"]))
             null = stack.enter_context(null_mount(tmp / "null", null_files))
+            sink = stack.enter_context(null_mount(tmp / "null-w", {}, writable=True))
             mnt = proc.mountpoint
             big = mnt / str(up.big)
             # Small files first, each run on files none of the three mounts has seen
@@ -419,6 +425,11 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
                     ))
                 )  # fmt: skip
                 client_write.append(trio.run(client_appends, trackers, big_local))
+                null_write.append(
+                    timed(lambda d=sink / f"sink-{i}.bin": run(  # type: ignore[misc]
+                        "dd", f"if={big_local}", f"of={d}", "bs=1M", "conv=fsync", "status=none"
+                    ))
+                )  # fmt: skip
             if up.huge is not None:
                 # The same after all of the above (writes included), for information.
                 with RssSampler(proc.pid) as rss:
@@ -479,6 +490,8 @@ def measure(backend: str, args: argparse.Namespace, tmp: Path) -> Results:
     rows.append(Row(f"dd bs=1M conv=fsync {args.size_mib} MiB new file", rate(mount_write),
                     "client appender + 8 MiB appends", rate(client_write), "MiB/s",
                     ">= 0.8"))  # fmt: skip
+    rows.append(Row("  (same, vs a null pyfuse3 fs that discards the bytes)", rate(mount_write),
+                    "null fs, same dd", rate(null_write), "MiB/s", "info"))  # fmt: skip
     if dl_pypi is not None:
         rows.append(Row("client 4 KiB download, one task", [dl_ours], "PyPI fdfs-client-py3",
                         [dl_pypi], "ops/s", ">= 1.5"))  # fmt: skip
