@@ -3,7 +3,7 @@
 # Strategy
 An `AppenderWriter` holds what this host has written to one appender file and
 not yet seen acknowledged, shared by every handle open on the file. A write
-lands in the current *extent* (an offset and a bytearray) while it touches or
+lands in the current *extent* (an offset and the written bytes) while it touches or
 continues it; a write elsewhere seals the extent and starts the next one. A
 hole between the end of the file and a write is zero bytes in the extent when
 small, and otherwise left to the storage (TRUNCATE_FILE grows a file with
@@ -49,7 +49,7 @@ import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
@@ -162,16 +162,76 @@ def _trim_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-@dataclass(slots=True)
-class Extent:
-    """Contiguous bytes written at `offset`, not yet acknowledged by the storage."""
+#: Writes of at least this size are kept as they came; smaller ones are copied together.
+KEEP_WRITES_FROM = 32 * 1024
 
-    offset: int
-    data: bytearray
+
+class Extent:
+    """Contiguous bytes written at `offset`, not yet acknowledged by the storage.
+
+    Large writes that continue the extent are kept as the `bytes` objects pyfuse3
+    made for them (no copy: they go to the socket from there); small ones are
+    copied into a shared tail, so that a byte-at-a-time writer does not hold an
+    object per byte. A write into the middle joins the extent into one
+    bytearray first.
+    """
+
+    __slots__ = ("_buf", "_chunks", "_len", "offset")
+
+    def __init__(self, offset: int, zeros: int = 0) -> None:
+        self.offset = offset
+        self._chunks: list[bytes | bytearray] = [bytearray(zeros)] if zeros else []
+        self._buf: bytearray | None = None
+        self._len = zeros
+
+    def __len__(self) -> int:
+        return self._len
 
     @property
     def end(self) -> int:
-        return self.offset + len(self.data)
+        return self.offset + self._len
+
+    def put(self, at: int, data: bytes) -> None:
+        """Write `data` at `at` (relative; at most the current length)."""
+        if at == self._len and self._buf is None:
+            if len(data) >= KEEP_WRITES_FROM and type(data) is bytes:
+                self._chunks.append(data)  # immutable: kept as it is
+            elif self._chunks and type(self._chunks[-1]) is bytearray:
+                self._chunks[-1] += data
+            else:
+                self._chunks.append(bytearray(data))
+            self._len += len(data)
+            return
+        buf = self._whole()
+        buf[at : at + len(data)] = data
+        self._len = len(buf)
+
+    def _whole(self) -> bytearray:
+        if self._buf is None:
+            self._buf = bytearray(b"".join(self._chunks))
+            self._chunks = []
+        return self._buf
+
+    def pieces(self, lo: int, hi: int) -> list[memoryview]:
+        """Views of bytes [lo, hi) of the extent (relative), without copying."""
+        if self._buf is not None:
+            return [memoryview(self._buf)[lo:hi]]
+        out: list[memoryview] = []
+        pos = 0
+        for chunk in self._chunks:
+            end = pos + len(chunk)
+            if end > lo and pos < hi:
+                out.append(memoryview(chunk)[max(lo - pos, 0) : min(hi, end) - pos])
+            pos = end
+            if pos >= hi:
+                break
+        return out
+
+
+async def _iterate(views: list[memoryview]) -> AsyncIterator[bytes]:
+    """The pieces as a payload of known size (the client sends each as it comes)."""
+    for view in views:
+        yield cast(bytes, view)  # any buffer is sent as it is
 
 
 @dataclass(slots=True)
@@ -291,7 +351,7 @@ class AppenderWriter:
         self.last_write = trio.current_time()
         self._stats.writes += 1
         self._stats.bytes_written += len(data)
-        if self.current is not None and len(self.current.data) >= self.seal_at:
+        if self.current is not None and len(self.current) >= self.seal_at:
             self.seal_at = min(self.flush_size, self.seal_at * 2)
             self._seal()
         return len(data)
@@ -307,9 +367,9 @@ class AppenderWriter:
 
     def _account(self) -> None:
         """Bring the budget in line with the bytes the extents hold now."""
-        held = sum(len(e.data) for e in self.queue)
+        held = sum(len(e) for e in self.queue)
         if self.current is not None:
-            held += len(self.current.data)
+            held += len(self.current)
         if held != self._held:
             delta, self._held = held - self._held, held
             self._budget.change(delta)
@@ -324,15 +384,14 @@ class AppenderWriter:
             cur = None
         if cur is None:
             start = self.size if self.size < offset <= self.size + GAP_FILL else offset
-            cur = self.current = Extent(start, bytearray(offset - start))
+            cur = self.current = Extent(start, offset - start)
         elif offset > cur.end:
-            cur.data.extend(bytes(offset - cur.end))
-        at = offset - cur.offset
-        cur.data[at : at + len(data)] = data
+            cur.put(len(cur), bytes(offset - cur.end))
+        cur.put(offset - cur.offset, data)
 
     def _seal(self) -> None:
         if self.current is not None:
-            if self.current.data:
+            if len(self.current):
                 self.queue.append(self.current)
             self.current = None
         self._kick()
@@ -398,29 +457,28 @@ class AppenderWriter:
 
     async def _send(self, extent: Extent) -> None:
         fid = self.file_id
-        view = memoryview(extent.data)
-        try:
-            if extent.offset > self.stored_size:
-                # A hole: the storage fills it with zeros, no bytes on the wire.
-                await self.client.truncate(fid, extent.offset)
-                self._stats.requests += 1
-                self.stored_size = extent.offset
-            inside = max(0, min(len(view), self.stored_size - extent.offset))
-            if inside:
-                await self.client.modify(fid, extent.offset, view[:inside])
-                self._stats.requests += 1
-            if inside < len(view):
-                await self.client.append(fid, view[inside:])
-                self._stats.requests += 1
-                self.stored_size = extent.end
-        finally:
-            view.release()
-        self._stats.bytes_sent += len(extent.data)
+        length = len(extent)
+        if extent.offset > self.stored_size:
+            # A hole: the storage fills it with zeros, no bytes on the wire.
+            await self.client.truncate(fid, extent.offset)
+            self._stats.requests += 1
+            self.stored_size = extent.offset
+        inside = max(0, min(length, self.stored_size - extent.offset))
+        if inside:
+            await self.client.modify(
+                fid, extent.offset, _iterate(extent.pieces(0, inside)), size=inside
+            )
+            self._stats.requests += 1
+        if inside < length:
+            await self.client.append(
+                fid, _iterate(extent.pieces(inside, length)), size=length - inside
+            )
+            self._stats.requests += 1
+            self.stored_size = extent.end
+        self._stats.bytes_sent += length
 
     def _fail(self, exc: BaseException) -> None:
-        lost = sum(len(e.data) for e in self.queue) + (
-            len(self.current.data) if self.current else 0
-        )
+        lost = sum(len(e) for e in self.queue) + (len(self.current) if self.current else 0)
         log.warning("write-back of %s failed, %d bytes not stored: %s", self.file_id, lost, exc)
         self._stats.failures += 1
         self.failures += 1
@@ -509,7 +567,7 @@ class AppenderWriter:
             if extent is None or extent.end <= offset or extent.offset >= end:
                 continue
             lo, hi = max(extent.offset, offset), min(extent.end, end)
-            pieces.append((lo, bytes(extent.data[lo - extent.offset : hi - extent.offset])))
+            pieces.append((lo, b"".join(extent.pieces(lo - extent.offset, hi - extent.offset))))
         out = bytearray(end - offset)
         # Only what the storage has acknowledged is asked of it: past that, bytes not in
         # an extent are a hole this host made (zeros). An append acknowledged meanwhile

@@ -5,7 +5,7 @@ not dropped: the bytes a write() took are stored once the moment passes."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 
 import pytest
 import trio
@@ -14,6 +14,7 @@ import trio.testing
 from fdfsmount.proto import FileId, parse_file_id
 from fdfsmount.proto.errors import ServerError
 from fdfsmount.proto.fileid import make_remote_name
+from fdfsmount.proto.payload import Data
 from fdfsmount.writeback import AppenderWriter, WriteBackFailed, WriteStats
 
 FID: FileId = parse_file_id(
@@ -38,20 +39,29 @@ class RefusingStorage:
             self.refused += 1
             raise ServerError(errno.EAGAIN, f"query_update {FID}: source is catching up; retry")
 
-    async def append(self, file_id: FileId | str, data: bytes, *, size: int | None = None) -> None:
+    async def append(self, file_id: FileId | str, data: Data, *, size: int | None = None) -> None:
         self._maybe_refuse("append")
-        self.content += data
+        self.content += await _bytes_of(data)
 
     async def modify(
-        self, file_id: FileId | str, offset: int, data: bytes, *, size: int | None = None
+        self, file_id: FileId | str, offset: int, data: Data, *, size: int | None = None
     ) -> None:
         self._maybe_refuse("modify")
-        self.content[offset : offset + len(data)] = data
+        body = await _bytes_of(data)
+        self.content[offset : offset + len(body)] = body
 
     async def truncate(self, file_id: FileId | str, size: int = 0) -> None:
         self._maybe_refuse("truncate")
         del self.content[size:]
         self.content.extend(bytes(size - len(self.content)))
+
+
+async def _bytes_of(data: Data) -> bytes:
+    """What a payload holds: a buffer, or the pieces an async iterable yields."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    assert isinstance(data, AsyncIterable), type(data)
+    return b"".join([bytes(piece) async for piece in data])
 
 
 def writer_on(storage: RefusingStorage, nursery: trio.Nursery, retry_for: float) -> AppenderWriter:
