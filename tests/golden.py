@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden" / "fastdfs-6.16.1"
+GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden" / "transcripts"
 STORAGE_ID_MODE = "storage-id-mode"
 IP_MODE = "ip-mode"
 MODES = (STORAGE_ID_MODE, IP_MODE)

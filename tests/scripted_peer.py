@@ -30,7 +30,7 @@ from fdfsmount.proto.constants import Cmd
 from fdfsmount.proto.frames import FrameDecoder, NeedData
 from fdfsmount.proto.wire import encode_header
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden" / "fastdfs-6.16.1"
+GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden" / "transcripts"
 
 
 @dataclass(frozen=True)
