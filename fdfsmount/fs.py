@@ -26,7 +26,6 @@ from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 from . import attrs as attrs_mod
 from .attrs import AttrFactory, FileStat, FileStats
 from .errors import Refused
-from .kernelcache import KernelCache
 from .listing import Listing
 from .namespace import GroupDirectory, InodeTable, Kind, Node, NotFound
 from .options import MountOptions
@@ -44,7 +43,7 @@ from .proto.stats import LatencyHistogram
 from .readpath import OpenFile, ReadPath
 from .writeback import WriteBackFailed, WriteHandle
 from .writepath import WritePath
-from .xattrs import NoAttribute, Xattrs
+from .xattrs import NoAttribute, Xattrs, outside_user_namespace
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +263,6 @@ class Operations(pyfuse3.Operations):
         readpath: ReadPath,
         xattrs: Xattrs,
         writer: WritePath,
-        kernel: KernelCache | None = None,
     ) -> None:
         super().__init__()
         self.opts = opts
@@ -277,7 +275,8 @@ class Operations(pyfuse3.Operations):
         self.readpath = readpath
         self.xattrs = xattrs
         self.writer = writer
-        self.kernel = kernel if kernel is not None else KernelCache()
+        #: What the daemon tells the kernel (the write path's too: one owner).
+        self.kernel = writer.kernel
         self._handles = itertools.count(1)
         self._dirs: dict[int, DirHandle] = {}
         self._files: dict[int, FileHandle] = {}
@@ -640,9 +639,9 @@ class Operations(pyfuse3.Operations):
     def _getxattr_now(
         self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes | Slow:
-        if not name.startswith(b"user."):
+        if outside_user_namespace(name):
             # security.capability is asked before every write (the kernel's check for
-            # privileges to drop); no name outside user.* exists here.
+            # privileges to drop): answered without a deadline scope.
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return NEEDS_IO
 

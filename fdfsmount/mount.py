@@ -234,7 +234,6 @@ def build_operations(
         readpath=readpath,
         xattrs=xattrs,
         writer=writer,
-        kernel=writer.kernel,
     )
     return MountParts(
         ops, table, directory, listing, readpath, cache, writer, client, kernel_readahead,

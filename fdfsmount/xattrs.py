@@ -64,6 +64,14 @@ def is_fdfs_name(name: str) -> bool:
     return name.startswith(FDFS_PREFIX)
 
 
+def outside_user_namespace(name: bytes) -> bool:
+    """security.*, system.posix_acl_*, trusted.*: none exist here (no server call needed)."""
+    return not name.startswith(_USER_PREFIX_BYTES)
+
+
+_USER_PREFIX_BYTES = USER_PREFIX.encode()
+
+
 class Xattrs:
     """Answers getxattr/listxattr for file nodes (directories have none)."""
 
@@ -85,8 +93,7 @@ class Xattrs:
         if node.file_id is None:
             raise NoAttribute(name)
         text = decode_name(name)
-        if not text.startswith(USER_PREFIX):
-            # security.*, system.posix_acl_*, trusted.*: none here, and no server call.
+        if outside_user_namespace(name):
             raise NoAttribute(text)
         if is_fdfs_name(text):
             return await self._fdfs_value(node, text[len(FDFS_PREFIX) :])
