@@ -492,3 +492,34 @@ def test_receive_reply_over_a_socket_pair() -> None:
         assert receive_reply(left, decoder, peer="s") == frame(body)
         sender.join()
         assert decoder.trailing + left.recv(10) == b"more"
+
+
+def test_a_reused_buffer_starts_empty_and_stays_in_use() -> None:
+    """A server thread hands each new connection's decoder the buffer its last one
+    used: bytes left in it from before are not part of the new stream, and the
+    decoder receives into it rather than into a new one."""
+    buffer = bytearray(64)
+    stale = FrameDecoder(buffer_size=64, buffer=buffer)
+    stale.feed(wire(frame(b"old request")) + b"\xff" * 5)  # and a half-received header
+    decoder = FrameDecoder(buffer_size=64, buffer=buffer)
+    assert decoder.buffered == 0 and decoder.next_header() is NEED_DATA
+    stream = wire(frame(b"new"), frame(b"", Cmd.ACTIVE_TEST))
+    chunks = iter([stream[:7], stream[7:]])
+
+    def recv_into(view: memoryview) -> int:
+        assert view.obj is buffer  # received straight into the reused buffer
+        chunk = next(chunks)
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+    assert decoder.receive(recv_into) == 7
+    assert decoder.next_frame() is NEED_DATA
+    assert decoder.receive(recv_into) == len(stream) - 7
+    assert decoder.next_frame() == frame(b"new")
+    assert decoder.next_frame() == frame(b"", Cmd.ACTIVE_TEST)
+
+
+def test_a_buffer_smaller_than_asked_for_is_not_used() -> None:
+    small = bytearray(16)
+    decoder = FrameDecoder(buffer_size=64, buffer=small)
+    assert decoder.recv_buffer().obj is not small and len(decoder.recv_buffer()) == 64

@@ -54,6 +54,7 @@ buffer offers all its room again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -88,8 +89,18 @@ class FrameDecoder:
     length can be streamed with `take_body` / `body_received`.
     """
 
-    def __init__(self, max_body: int = 16 << 20, buffer_size: int = RECV_BUFFER_SIZE) -> None:
-        self._buf = bytearray(max(buffer_size, HEADER_SIZE))
+    def __init__(
+        self,
+        max_body: int = 16 << 20,
+        buffer_size: int = RECV_BUFFER_SIZE,
+        *,
+        buffer: bytearray | None = None,
+    ) -> None:
+        if buffer is None or len(buffer) < max(buffer_size, HEADER_SIZE):
+            buffer = bytearray(max(buffer_size, HEADER_SIZE))
+        # A given buffer is the caller's to reuse once this decoder is dropped
+        # (a server thread serves one connection after another with its own).
+        self._buf = buffer
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
@@ -122,6 +133,16 @@ class FrameDecoder:
         if len(self._buf) - self._end < min_size:
             self._make_room(min_size)
         return self._view[self._end :]
+
+    def receive(self, recv_into: Callable[[memoryview], int]) -> int:
+        """Receive once with ``recv_into`` (a blocking socket's method) into the buffer.
+
+        Returns what it returned: the byte count, 0 at EOF. `recv_buffer` and
+        `received` in one call, for the connection threads' blocking loop.
+        """
+        n = recv_into(self.recv_buffer())
+        self.received(n)
+        return n
 
     def received(self, n: int) -> None:
         """``n`` bytes were received into the view `recv_buffer` returned."""

@@ -11,6 +11,7 @@ Commands 21, 24, 34, 36 and 38 carry no group name; the storage knows its own.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from .constants import (
@@ -48,6 +49,10 @@ MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
 #: A slave's master name must be longer than its "M00/HH/HH/" logic path.
 MIN_MASTER_NAME_LEN = 11
 #: Ext and slave prefix characters a storage accepts (upstream fdfs_validate_filename).
+#: Size, creation time and crc32 of a QUERY_FILE_INFO reply, before the source IP.
+_FILE_INFO_NUMBERS = struct.Struct(">qqq")
+#: Offset and length that open a DOWNLOAD_FILE request.
+_DOWNLOAD_RANGE = struct.Struct(">qq")
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 #: Commands a storage serves to clients; anything else is answered with EINVAL.
@@ -248,12 +253,11 @@ def encode_file_id_reply(group: str, remote_name: str) -> bytes:
 def encode_file_info_reply(info: FileInfo, ip_size: int = IPV4_ADDRESS_SIZE) -> bytes:
     crc = info.crc32 & 0xFFFFFFFF
     signed = crc - (1 << 32) if crc & 0x80000000 else crc
-    return (
-        pack_int(info.size)
-        + pack_int(info.create_time)
-        + pack_int(signed)
-        + pack_fixed(info.source_ip, ip_size, "ip address")
-    )
+    try:
+        numbers = _FILE_INFO_NUMBERS.pack(info.size, info.create_time, signed)
+    except struct.error as exc:
+        raise LocalProtocolError(f"file info {info} does not fit its fields") from exc
+    return numbers + pack_fixed(info.source_ip, ip_size, "ip address")
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,10 +362,9 @@ def parse_regenerate_body(body: bytes) -> str:
 
 def parse_group_remote_body(body: bytes) -> tuple[str, str]:
     """Body of 12, 15, 22: group + remote name."""
-    if len(body) <= GROUP_NAME_LEN or len(body) > GROUP_NAME_LEN + MAX_REMOTE_NAME_LEN:
+    if not GROUP_NAME_LEN < len(body) <= GROUP_NAME_LEN + MAX_REMOTE_NAME_LEN:
         raise ProtocolError(f"request body of {len(body)} bytes")
-    r = FieldReader(body, "request")
-    return r.text(GROUP_NAME_LEN), r.text(r.remaining)
+    return decode_text(body[:GROUP_NAME_LEN]), decode_text(body[GROUP_NAME_LEN:])
 
 
 def parse_download_body(body: bytes) -> tuple[int, int, str, str]:
@@ -372,11 +375,16 @@ def parse_download_body(body: bytes) -> tuple[int, int, str, str]:
     """
     if len(body) <= DOWNLOAD_FIXED:
         raise ProtocolError(f"download request body of {len(body)} bytes")
-    r = FieldReader(body, "download request")
-    offset, length, group = r.int64(), r.int64(), r.text(GROUP_NAME_LEN)
+    offset, length = _DOWNLOAD_RANGE.unpack_from(body)
     if offset < 0 or length < 0:
         raise ProtocolError(f"download request: offset {offset}, length {length}")
-    return offset, length, group, r.text(r.remaining)
+    names = DOWNLOAD_FIXED - GROUP_NAME_LEN
+    return (
+        offset,
+        length,
+        decode_text(body[names:DOWNLOAD_FIXED]),
+        decode_text(body[DOWNLOAD_FIXED:]),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,8 +228,9 @@ def parse_fetch_body(body: bytes) -> tuple[str, str]:
     """Body of 102/103/105: group + remote name (22 to 127 chars)."""
     if not MIN_REMOTE_NAME_LEN <= len(body) - GROUP_NAME_LEN <= MAX_REMOTE_NAME_LEN:
         raise ProtocolError(f"query fetch body of {len(body)} bytes")
-    r = FieldReader(body, "query fetch request")
-    return r.text(GROUP_NAME_LEN), r.rest_text()
+    return decode_text(body[:GROUP_NAME_LEN]), body[GROUP_NAME_LEN:].decode(
+        "utf-8", "surrogateescape"
+    )
 
 
 def parse_list_storage_body(body: bytes) -> tuple[str, str | None]:
