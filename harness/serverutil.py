@@ -208,10 +208,15 @@ class BlockingFramedSocket:
         *,
         max_body: int | None = None,
         timeout: float | None = 60.0,
+        buffer: bytearray | None = None,
     ) -> None:
+        """``buffer``: receive into it rather than a new one (see `thread_buffer`)."""
         self.sock = sock
-        self.decoder = FrameDecoder(max_body=max_body or bufsize, buffer_size=bufsize)
-        sock.setblocking(True)
+        self.decoder = FrameDecoder(
+            max_body=max_body or bufsize, buffer_size=bufsize, buffer=buffer
+        )
+        if sock.gettimeout() is not None:
+            sock.setblocking(True)
         if timeout is not None:
             # Bounds a receive at the OS level, so a blocking recv needs no poll first.
             seconds = int(timeout)
@@ -231,19 +236,18 @@ class BlockingFramedSocket:
                 self._quickack = False
         while True:
             try:
-                n = self.sock.recv_into(decoder.recv_buffer())
+                return decoder.receive(self.sock.recv_into)
             except BlockingIOError:  # SO_RCVTIMEO expired
                 if partial:
                     raise PeerClosed("connection stalled inside a message") from None
-                continue
             except (ConnectionResetError, BrokenPipeError) as exc:
                 raise PeerClosed(str(exc)) from exc
-            decoder.received(n)
-            return n
 
     def read_header(self) -> Header | None:
         """The next message's header, or None on a clean EOF between messages."""
         decoder = self.decoder
+        if not decoder.buffered and self._fill(False) == 0:
+            return None  # the usual case: nothing is left of the last request
         while True:
             header = decoder.next_header()
             if not isinstance(header, NeedData):
@@ -434,7 +438,27 @@ async def close_after_error(sock: trio.socket.SocketType) -> None:
             total += n
 
 
-BlockingHandler = Callable[[socket.socket], None]
+#: Serves one accepted connection: the blocking socket and the peer's IP address.
+BlockingHandler = Callable[[socket.socket, str], None]
+
+
+_thread_state = threading.local()
+
+
+def thread_buffer(size: int) -> bytearray:
+    """The calling thread's receive buffer of ``size`` bytes, made once per thread.
+
+    A connection thread serves one connection after another, one at a time:
+    its connections share this buffer instead of each allocating (and the
+    system zeroing) a new one, which a client that opens a connection per
+    request would pay for every request.
+    """
+    buffer: bytearray | None = getattr(_thread_state, "buffer", None)
+    if buffer is None or len(buffer) != size:
+        buffer = _thread_state.buffer = bytearray(size)
+    return buffer
+
+
 #: Threads per listener started waiting in ``accept``.
 SPARE_ACCEPTORS = 2
 #: A thread whose connection ended goes back to ``accept`` while fewer wait
@@ -498,7 +522,7 @@ class AcceptingThreads:
     def _run(self) -> None:
         while True:
             try:
-                sock, _ = self._listener.accept()
+                sock, address = self._listener.accept()
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
                     log.warning("accept failed: %s", exc)
@@ -512,7 +536,7 @@ class AcceptingThreads:
                 none_left = self._waiting == 0
             if none_left:
                 self._spawn()
-            self._serve(sock)
+            self._serve(sock, str(address[0]))
             with self._lock:
                 if self._closed or self._waiting >= MAX_WAITING:
                     return
@@ -528,8 +552,9 @@ async def serve_in_threads(
 ) -> None:
     """Accept connections on host:port forever, each served by ``handler`` in its own thread.
 
-    The handler gets a blocking socket (``TCP_NODELAY`` set) and owns it until
-    it returns; it runs outside trio's threads (see `AcceptingThreads`), so it
+    The handler gets a blocking socket (``TCP_NODELAY`` set: accepted sockets
+    inherit it from the listener) and the peer's address, and owns the socket
+    until it returns; it runs outside trio's threads (see `AcceptingThreads`), so it
     reaches the event loop with an explicit ``trio_token``. When this task is
     cancelled the listening sockets and every open connection are shut down,
     which ends the threads waiting in ``accept`` and each connection thread's
@@ -544,11 +569,10 @@ async def serve_in_threads(
     bound = listeners[0].getsockname()[1]
     open_socks: set[socket.socket] = set()
 
-    def guarded(sock: socket.socket) -> None:
+    def guarded(sock: socket.socket, peer: str) -> None:
         open_socks.add(sock)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handler(sock)
+            handler(sock, peer)
         except (PeerClosed, trio.RunFinishedError, trio.Cancelled):
             pass  # the peer left, or the server stopped while serving a handed-over request
         except OSError as exc:
@@ -562,6 +586,7 @@ async def serve_in_threads(
     acceptors = []
     for listener in listeners:
         listener.setblocking(True)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         acceptors.append(AcceptingThreads(listener, guarded))
     try:
         for threads in acceptors:

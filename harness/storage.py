@@ -51,7 +51,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
@@ -198,6 +198,9 @@ def write_chunk(fd: int, chunk: memoryview, pos: int | None, crc: int) -> int:
     return crc
 
 
+_W = TypeVar("_W", trio.Event, threading.Event)
+
+
 class FileLocks:
     """One lock per remote name, so changes to one file never interleave.
 
@@ -216,16 +219,25 @@ class FileLocks:
         self._token = token
         self._loop_thread = threading.get_ident()
 
-    def _acquire(self, name: str, waiter: trio.Event | threading.Event) -> bool:
+    def _acquire(self, name: str, make_waiter: Callable[[], _W]) -> _W | None:
+        """None if ``name`` was free and is ours now, else our waiter in its queue."""
         with self._mutex:
             queue = self._queues.get(name)
             if queue is None:
                 self._queues[name] = deque()
-                return True
+                return None
+            waiter = make_waiter()  # only when it must wait: a threading.Event is not cheap
             queue.append(waiter)
-            return False
+            return waiter
 
-    def _release(self, name: str) -> None:
+    def acquire_blocking(self, name: str) -> None:
+        """Take ``name``'s lock in a connection thread, waiting while another holds it."""
+        event = self._acquire(name, threading.Event)
+        if event is not None:
+            event.wait()
+
+    def release(self, name: str) -> None:
+        """Free ``name``'s lock (handing it to the next waiter)."""
         with self._mutex:
             queue = self._queues[name]
             if not queue:
@@ -240,8 +252,8 @@ class FileLocks:
 
     @asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
-        event = trio.Event()
-        if not self._acquire(name, event):
+        event = self._acquire(name, trio.Event)
+        if event is not None:
             try:
                 await event.wait()
             except BaseException:
@@ -251,22 +263,32 @@ class FileLocks:
                     if waiting:
                         queue.remove(event)
                 if not waiting:  # it was handed to us meanwhile: hand it on
-                    self._release(name)
+                    self.release(name)
                 raise
         try:
             yield
         finally:
-            self._release(name)
+            self.release(name)
 
-    @contextmanager
-    def hold_blocking(self, name: str) -> Iterator[None]:
-        event = threading.Event()
-        if not self._acquire(name, event):
-            event.wait()
-        try:
-            yield
-        finally:
-            self._release(name)
+    def hold_blocking(self, name: str) -> _HeldBlocking:
+        """``with locks.hold_blocking(name):`` in a connection thread."""
+        return _HeldBlocking(self, name)
+
+
+class _HeldBlocking:
+    """`FileLocks.hold_blocking`'s context manager (a class: it runs on every change)."""
+
+    __slots__ = ("_locks", "_name")
+
+    def __init__(self, locks: FileLocks, name: str) -> None:
+        self._locks = locks
+        self._name = name
+
+    def __enter__(self) -> None:
+        self._locks.acquire_blocking(self._name)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._locks.release(self._name)
 
 
 @dataclass
@@ -277,15 +299,31 @@ class Counters:
 
     def op(self, name: str, ok: bool, nbytes: int = 0) -> None:
         values = self.values
-        bytes_key = f"total_{name}_bytes"
+        keys = _COUNTER_KEYS.get(name) or _counter_keys(name)
+        total, success, total_bytes, success_bytes = keys
         with self.lock:
-            values[f"total_{name}_count"] += 1
+            values[total] += 1
             if ok:
-                values[f"success_{name}_count"] += 1
-            if bytes_key in values:
-                values[bytes_key] += nbytes
+                values[success] += 1
+            if total_bytes in values:
+                values[total_bytes] += nbytes
                 if ok:
-                    values[f"success_{name}_bytes"] += nbytes
+                    values[success_bytes] += nbytes
+
+
+_COUNTER_KEYS: dict[str, tuple[str, str, str, str]] = {}
+
+
+def _counter_keys(name: str) -> tuple[str, str, str, str]:
+    """The counters an operation bumps (made once per operation name)."""
+    keys = (
+        f"total_{name}_count",
+        f"success_{name}_count",
+        f"total_{name}_bytes",
+        f"success_{name}_bytes",
+    )
+    _COUNTER_KEYS[name] = keys
+    return keys
 
 
 #: Command handlers; they return True when the connection must be closed.
@@ -392,13 +430,12 @@ class StorageServer:
 
     # ------------------------------------------------------------ dispatch
 
-    def handle(self, sock: socket.socket) -> None:
+    def handle(self, sock: socket.socket, client: str) -> None:
         """Serve one client connection, in its own thread (see `serverutil.serve_in_threads`)."""
-        try:
-            client = str(sock.getpeername()[0])
-        except OSError:
-            client = "?"
-        conn = ThreadConn(sock, BlockingFramedSocket(sock, timeout=None), client)
+        reader = BlockingFramedSocket(
+            sock, timeout=None, buffer=serverutil.thread_buffer(serverutil.RECV_BUFFER_SIZE)
+        )
+        conn = ThreadConn(sock, reader, client)
         with self._conn_lock:
             self.connections_current += 1
             self.connections_max = max(self.connections_max, self.connections_current)
@@ -1003,12 +1040,11 @@ class StorageServer:
                 raise
             os.unlink(local.file)
             self.binlog.record_source("D", local.remote_name)
-            try:
-                os.unlink(local.meta_file)
-            except FileNotFoundError:
-                pass
-            else:
-                self.binlog.record_source("D", local.remote_name + "-m")
+            # Most files have no metadata: look before unlinking (no exception then).
+            if os.access(local.meta_file, os.F_OK, follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(local.meta_file)
+                    self.binlog.record_source("D", local.remote_name + "-m")
             self.counters.op("delete", True)
             self.counters.values["last_source_update"] = int(time.time())
         conn.reader.send_reply()

@@ -58,6 +58,8 @@ _UPPER_HEX = re.compile(r"[0-9A-F]{2}")
 _ANY_HEX = re.compile(r"[0-9A-Fa-f]{2}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 CRC_CHUNK = 1 << 20
+#: Resolved names a store remembers (the cache starts over when full).
+RESOLVED_NAMES = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ class Store:
             for stale in tmp.iterdir():
                 stale.unlink(missing_ok=True)
         self._next_path = 0
+        self._resolved: dict[str, LocalFile] = {}
         # Round-robin subdirectory placement as upstream's default
         # (file_distribute_path_mode 0, rotate every 100 files).
         self._subdir_high = 0
@@ -153,6 +156,17 @@ class Store:
         a path that cannot exist, so they answer ENOENT without touching
         anything outside the store.
         """
+        local = self._resolved.get(remote_name)
+        if local is None:
+            # A name resolves the same way for the store's life, and clients
+            # name a file several times in a row (route, info, download).
+            local = self._resolve(remote_name)
+            if len(self._resolved) >= RESOLVED_NAMES:
+                self._resolved.clear()
+            self._resolved[remote_name] = local
+        return local
+
+    def _resolve(self, remote_name: str) -> LocalFile:
         if len(remote_name) <= LOGIC_PATH_LEN or remote_name[0] != "M" or remote_name[3] != "/":
             raise RequestError(errno.EINVAL, f"invalid file name {remote_name!r}")
         index_hex = remote_name[1:3]

@@ -25,6 +25,7 @@ import errno
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -59,6 +60,10 @@ MAX_BODY = MAX_JSON_BODY
 EXPIRE_INTERVAL = 0.25
 #: A request body must arrive within this many seconds (upstream's network_timeout).
 NETWORK_TIMEOUT = 60.0
+#: What a storage sends on its link (everything else is a client command).
+STORAGE_MESSAGES = frozenset((PeerCmd.STORAGE_JOIN, PeerCmd.STORAGE_BEAT))
+#: Receive buffer of a connection: requests are small, a storage's beat is the largest.
+RECV_BUFFER = 64 * 1024
 
 
 class TrackerServer:
@@ -81,6 +86,20 @@ class TrackerServer:
         self.registry = Registry(store_lookup, offline_after)
         #: Connections are served in threads: every use of the registry holds this.
         self.lock = threading.Lock()
+        #: The client commands served, each with its answer (the reply body).
+        self._answers: dict[int, Callable[[int, bytes], bytes]] = {
+            Cmd.ACTIVE_TEST: self._active_test,
+            Cmd.QUERY_STORE_WITHOUT_GROUP_ONE: self._query_store_any_group,
+            Cmd.QUERY_STORE_WITHOUT_GROUP_ALL: self._query_store_any_group,
+            Cmd.QUERY_STORE_WITH_GROUP_ONE: self._query_store_in_group,
+            Cmd.QUERY_STORE_WITH_GROUP_ALL: self._query_store_in_group,
+            Cmd.QUERY_FETCH_ONE: self._query_fetch,
+            Cmd.QUERY_FETCH_ALL: self._query_fetch,
+            Cmd.QUERY_UPDATE: self._query_fetch,
+            Cmd.SERVER_LIST_ONE_GROUP: self._list_one_group,
+            Cmd.SERVER_LIST_ALL_GROUPS: self._list_groups,
+            Cmd.SERVER_LIST_STORAGE: self._list_storages,
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -99,9 +118,12 @@ class TrackerServer:
             with self.lock:
                 self.registry.expire()
 
-    def handle(self, sock: socket.socket) -> None:
+    def handle(self, sock: socket.socket, peer: str) -> None:
         """Serve one connection, in its own thread (see `serverutil.serve_in_threads`)."""
-        reader = BlockingFramedSocket(sock, 64 * 1024, max_body=MAX_BODY, timeout=NETWORK_TIMEOUT)
+        reader = BlockingFramedSocket(
+            sock, RECV_BUFFER, max_body=MAX_BODY, timeout=NETWORK_TIMEOUT,
+            buffer=serverutil.thread_buffer(RECV_BUFFER),
+        )  # fmt: skip
         link = object()
         storage: StorageNode | None = None
         try:
@@ -117,7 +139,7 @@ class TrackerServer:
                 except PeerClosed:
                     log.info("dropping a connection that stalled inside a request")
                     return
-                if header.cmd in (PeerCmd.STORAGE_JOIN, PeerCmd.STORAGE_BEAT):
+                if header.cmd in STORAGE_MESSAGES:
                     storage = self._storage_message(reader, header, body, link, storage)
                     continue
                 try:
@@ -169,33 +191,41 @@ class TrackerServer:
 
     def answer(self, header: Header, body: bytes) -> bytes:
         try:
-            return self._answer(parse_tracker_cmd(header.cmd), body)
+            answer = self._answers.get(header.cmd)
+            if answer is None:
+                raise TrackerError(
+                    errno.EINVAL, f"cmd {parse_tracker_cmd(header.cmd)} is not served"
+                )
+            return answer(header.cmd, body)
         except ProtocolError as exc:
             raise TrackerError(errno.EINVAL, str(exc)) from exc
 
-    def _answer(self, cmd: Cmd, body: bytes) -> bytes:
-        if cmd == Cmd.ACTIVE_TEST:
-            expect_empty(body, "active test")
-            return b""
-        if cmd in (Cmd.QUERY_STORE_WITHOUT_GROUP_ONE, Cmd.QUERY_STORE_WITHOUT_GROUP_ALL):
-            expect_empty(body, "query store")
-            return self.query_store(None, cmd == Cmd.QUERY_STORE_WITHOUT_GROUP_ALL)
-        if cmd in (Cmd.QUERY_STORE_WITH_GROUP_ONE, Cmd.QUERY_STORE_WITH_GROUP_ALL):
-            group_name = parse_group_body(body)
-            return self.query_store(group_name, cmd == Cmd.QUERY_STORE_WITH_GROUP_ALL)
-        if cmd in (Cmd.QUERY_FETCH_ONE, Cmd.QUERY_FETCH_ALL, Cmd.QUERY_UPDATE):
-            group_name, remote = parse_fetch_body(body)
-            group, nodes = self.registry.query_fetch(cmd, group_name, remote)
-            target = FetchTarget(group.name, tuple(ServerAddr(n.ip, n.port) for n in nodes))
-            return encode_fetch_reply(target, self.ip_size)
-        if cmd == Cmd.SERVER_LIST_ONE_GROUP:
-            return self.registry.group(parse_group_body(body)).stat().encode()
-        if cmd == Cmd.SERVER_LIST_ALL_GROUPS:
-            expect_empty(body, "list groups")
-            return encode_groups_reply([g.stat() for g in self.registry.sorted_groups()])
-        if cmd == Cmd.SERVER_LIST_STORAGE:
-            return self.list_storages(*parse_list_storage_body(body))
-        raise TrackerError(errno.EINVAL, f"cmd {cmd} is not served")
+    def _active_test(self, cmd: int, body: bytes) -> bytes:
+        expect_empty(body, "active test")
+        return b""
+
+    def _query_store_any_group(self, cmd: int, body: bytes) -> bytes:
+        expect_empty(body, "query store")
+        return self.query_store(None, cmd == Cmd.QUERY_STORE_WITHOUT_GROUP_ALL)
+
+    def _query_store_in_group(self, cmd: int, body: bytes) -> bytes:
+        return self.query_store(parse_group_body(body), cmd == Cmd.QUERY_STORE_WITH_GROUP_ALL)
+
+    def _query_fetch(self, cmd: int, body: bytes) -> bytes:
+        group_name, remote = parse_fetch_body(body)
+        group, nodes = self.registry.query_fetch(cmd, group_name, remote)
+        target = FetchTarget(group.name, tuple(ServerAddr(n.ip, n.port) for n in nodes))
+        return encode_fetch_reply(target, self.ip_size)
+
+    def _list_one_group(self, cmd: int, body: bytes) -> bytes:
+        return self.registry.group(parse_group_body(body)).stat().encode()
+
+    def _list_groups(self, cmd: int, body: bytes) -> bytes:
+        expect_empty(body, "list groups")
+        return encode_groups_reply([g.stat() for g in self.registry.sorted_groups()])
+
+    def _list_storages(self, cmd: int, body: bytes) -> bytes:
+        return self.list_storages(*parse_list_storage_body(body))
 
     def query_store(self, group_name: str | None, all_servers: bool) -> bytes:
         group, nodes, path_index = self.registry.query_store(group_name, all_servers)

@@ -122,8 +122,20 @@ def test_appender_changes_rename_metadata_and_delete_replicate(pair: BuiltinNode
     eventually(lambda: download(replica.addr, renamed) == expected, what="rename replicated")
     assert download(replica.addr, remote) == errno.ENOENT
 
+    set_meta = S.set_metadata_request(GROUP, renamed, {"c": "3"}, overwrite=True).encode()
+    assert call(source.addr, set_meta)[0] == 0
+    renamed_meta = S.get_metadata_request(GROUP, renamed).encode()
+    eventually(lambda: call(replica.addr, renamed_meta)[0] == 0, what="metadata replicated")
+
+    def meta_files(node: StorageNode) -> list[Path]:
+        return list(node.base_dir.rglob(renamed.rsplit("/", 1)[1] + "-m"))
+
+    assert meta_files(source) and meta_files(replica)
     assert call(source.addr, S.delete_request(GROUP, renamed).encode())[0] == 0
     eventually(lambda: download(replica.addr, renamed) == errno.ENOENT, what="delete replicated")
+    # The metadata goes with the file, here and on the replica.
+    assert not meta_files(source)
+    eventually(lambda: not meta_files(replica), what="metadata delete replicated")
 
 
 def test_replication_resumes_after_restarts(pair: BuiltinNodes) -> None:

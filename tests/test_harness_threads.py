@@ -157,7 +157,7 @@ def test_accepting_threads_serve_each_connection_where_it_was_accepted() -> None
     served: list[int] = []
     release = threading.Event()
 
-    def serve(sock: socket.socket) -> None:
+    def serve(sock: socket.socket, peer: str) -> None:
         served.append(threading.get_native_id())  # never reused soon, unlike get_ident
         if sock.recv(1) == b"h":  # hold this connection until released
             release.wait(10)
@@ -226,7 +226,7 @@ def test_connections_wait_for_a_free_thread_when_none_can_start(
     address = listener.getsockname()
     release = threading.Event()
 
-    def serve(sock: socket.socket) -> None:
+    def serve(sock: socket.socket, peer: str) -> None:
         if sock.recv(1) == b"h":
             release.wait(10)
         sock.sendall(b"k")
@@ -260,3 +260,34 @@ def test_connections_wait_for_a_free_thread_when_none_can_start(
         monkeypatch.undo()
         threads.close()
         listener.close()
+
+
+async def test_connection_threads_get_nodelay_the_peer_and_their_own_buffer() -> None:
+    """Accepted sockets have TCP_NODELAY (from the listener, without a call per
+    connection), the handler is told the peer's address, and a thread serving one
+    connection after another receives into the same buffer each time."""
+    seen: list[tuple[int, str, int, int]] = []
+
+    def handler(sock: socket.socket, peer: str) -> None:
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        buffer = serverutil.thread_buffer(4096)
+        seen.append((threading.get_ident(), peer, nodelay, id(buffer)))
+        sock.sendall(b"k")
+        sock.recv(1)  # until the client closes, as the servers do
+
+    def clients(port: int) -> None:
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                assert c.recv(1) == b"k"
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serverutil.serve_in_threads, handler, "127.0.0.1", 0)
+        await trio.to_thread.run_sync(clients, port)
+        nursery.cancel_scope.cancel()
+    assert len(seen) == 30
+    assert {(peer, nodelay) for _, peer, nodelay, _ in seen} == {("127.0.0.1", 1)}
+    buffers: dict[int, set[int]] = {}
+    for thread, _, _, buffer in seen:
+        buffers.setdefault(thread, set()).add(buffer)
+    assert len(buffers) < 30, "no thread served a second connection"
+    assert all(len(ids) == 1 for ids in buffers.values())

@@ -1,0 +1,55 @@
+"""The builtin storage's name resolution: what each remote name maps to, remembered."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from harness import store as store_module
+from harness.serverutil import RequestError
+from harness.store import Store
+
+NAME = "M00/0A/FF/wKgBAWdHlZqAAAAAAAAQAAAAAAAAAAA.txt"
+
+
+def test_a_name_resolves_to_its_file_the_same_way_each_time(tmp_path: Path) -> None:
+    store = Store(tmp_path, store_path_count=2)
+    first = store.resolve(NAME)
+    assert first.file == f"{tmp_path}/store0/data/0A/FF/wKgBAWdHlZqAAAAAAAAQAAAAAAAAAAA.txt"
+    assert (first.store_path_index, first.subdirs) == (0, (10, 255))
+    assert store.resolve(NAME) is first  # remembered, not worked out again
+    second_path = store.resolve("M01" + NAME[3:])
+    assert second_path.file.startswith(f"{tmp_path}/store1/data/0A/FF/")
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [
+        ("M02/00/00/abc.txt", errno.EINVAL),  # no third store path
+        ("M00/0a/00/abc.txt", errno.EINVAL),  # lower-case subdirectory
+        ("M00/00/00/a/b.txt", errno.EINVAL),
+        ("X00/00/00/abc.txt", errno.EINVAL),
+        ("M00/00/00/..", errno.ENOENT),
+        ("M00/00/00/a b", errno.ENOENT),
+    ],
+)
+def test_refused_names_are_refused_every_time(tmp_path: Path, name: str, status: int) -> None:
+    store = Store(tmp_path, store_path_count=2)
+    for _ in range(2):  # a refusal is not remembered as a file
+        with pytest.raises(RequestError) as refused:
+            store.resolve(name)
+        assert refused.value.status == status
+
+
+def test_the_remembered_names_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "RESOLVED_NAMES", 4)
+    store = Store(tmp_path)
+    names = [f"M00/00/{i:02X}/file{i}.txt" for i in range(10)]
+    for i, name in enumerate(names):
+        assert store.resolve(name).subdirs == (0, i)
+        assert len(store._resolved) <= 4  # noqa: SLF001
+    assert store.resolve(names[0]).file.endswith("/00/00/file0.txt")
