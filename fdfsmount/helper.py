@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .usage import UsageParser
+
 PROG = "fdfsmount install-helper"
 DEFAULT_PREFIX = "/usr/local/bin"
 #: Where /bin/sh looks when PATH is unset (Debian's dash; bash's is alike).
@@ -83,8 +85,6 @@ def remove(prefix: Path) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .mount_cli import UsageParser
-
     p = UsageParser(
         prog=PROG,
         description=(

@@ -13,7 +13,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 import trio
 
@@ -22,6 +21,7 @@ from .errors import sole_error
 from .logsetup import setup_logging
 from .mount import MountError
 from .options import MountOptions, OptionError, build_options
+from .usage import EXIT_FAIL, UsageParser
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +115,6 @@ a usage error included.
 
 #: Exit codes of the daemon child, read by the waiting parent only as a fallback.
 EXIT_OK = 0
-EXIT_FAIL = 1
-
-
-class UsageParser(argparse.ArgumentParser):
-    """A usage mistake is one line and exit status 1, as `--help` documents (and mount(8)
-    expects of a helper: 1 is "incorrect invocation")."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_FAIL, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ import trio
 
 from .options import human_size
 from .proto.stats import LATENCY_BOUNDS, LatencyHistogram
+from .usage import UsageParser
 
 log = logging.getLogger(__name__)
 
@@ -524,8 +525,6 @@ def format_status(snap: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .mount_cli import UsageParser
-
     p = UsageParser(
         prog=PROG,
         description="Show the live counters of a running fdfsmount mount.",
@@ -590,8 +589,6 @@ exit status: 0 when the action was done; 1 otherwise (with one line saying why)
 
 
 def ctl_parser() -> argparse.ArgumentParser:
-    from .mount_cli import UsageParser
-
     p = UsageParser(
         prog=CTL_PROG,
         description="Ask a running fdfsmount mount to do something now.",
