@@ -15,7 +15,9 @@ Starts a one-storage builtin cluster and a native one (upstream
 
 Prints ops/s for both backends and builtin / upstream per workload (median of
 the per-round ratios, each round runs both backends back to back under the
-same machine load). Exits 1 if a ratio is below ``--min-ratio`` (default 0:
+same machine load), and the CPU the servers spent per operation (tracker and
+storage together, from ``/proc/<pid>/stat``): where the builtin servers lose
+time, it is there. Exits 1 if a ratio is below ``--min-ratio`` (default 0:
 report only). Needs the upstream servers; without them it says so and exits 2.
 
 Usage: .venv/bin/python bench/bench_servers.py [--rounds 3] [--ops 400] [--small-kib 5]
@@ -24,11 +26,14 @@ Usage: .venv/bin/python bench/bench_servers.py [--rounds 3] [--ops 400] [--small
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
 
 import trio
 
@@ -71,86 +76,140 @@ class SplitWriteClient:
         return data
 
 
-def split_write_uploads(address: str, size: int, count: int) -> tuple[float, list[str]]:
+def split_write_uploads(address: str, size: int, count: int) -> list[str]:
     payload = b"s" * size
     client = SplitWriteClient(address)
     try:
         names = []
-        started = time.perf_counter()
         for _ in range(count):
             body = client.exchange(st.upload_request(size, "bin"), payload)
             names.append(st.decode_file_id_reply(body).remote_name)
-        return count / (time.perf_counter() - started), names
+        return names
     finally:
         client.close()
 
 
-def split_write_downloads(address: str, group: str, names: list[str], size: int) -> float:
+def split_write_downloads(address: str, group: str, names: list[str], size: int) -> None:
     client = SplitWriteClient(address)
     try:
-        started = time.perf_counter()
         for name in names:
             body = client.exchange(st.download_request(group, name))
             assert len(body) == size
-        return len(names) / (time.perf_counter() - started)
     finally:
         client.close()
 
 
-def connection_per_request_info(address: str, group: str, names: list[str]) -> float:
+def connection_per_request_info(address: str, group: str, names: list[str]) -> None:
     """File info on a new connection each (upstream's C client without its pool)."""
-    started = time.perf_counter()
     for name in names:
         client = SplitWriteClient(address)
         try:
             client.exchange(st.query_file_info_request(group, name))
         finally:
             client.close()
-    return len(names) / (time.perf_counter() - started)
 
 
-async def client_ops(client: Client, count: int) -> dict[str, float]:
+#: One workload's result: operations per second, and the servers' CPU per operation (s).
+Result = tuple[float, float]
+
+T = TypeVar("T")
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """CPU time the server processes of one cluster have used (user + system, all threads).
+
+    From ``/proc/<pid>/stat``, which counts the threads that have ended too
+    (the builtin servers' connection threads come and go).
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    @classmethod
+    def of(cls, cluster: Cluster) -> ServerCpu:
+        return cls([node.pid for node in cluster.nodes if node.pid is not None])
+
+    def seconds(self) -> float:
+        ticks = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / CLOCK_TICKS
+
+
+async def measured(
+    cpu: ServerCpu, count: int, work: Callable[[], Awaitable[T]]
+) -> tuple[Result, T]:
+    """Run ``work`` (``count`` operations): its rate, the servers' CPU per operation, its value."""
+    cpu_before = cpu.seconds()
+    started = time.perf_counter()
+    value = await work()
+    elapsed = time.perf_counter() - started
+    return (count / elapsed, (cpu.seconds() - cpu_before) / count), value
+
+
+def in_thread(fn: Callable[..., T], *args: object) -> Callable[[], Awaitable[T]]:
+    """``fn(*args)`` as work run in a worker thread (the blocking split-write client)."""
+    return partial(trio.to_thread.run_sync, partial(fn, *args))
+
+
+async def client_ops(client: Client, count: int, cpu: ServerCpu) -> dict[str, Result]:
     data = b"c" * 4096
     fids: list[FileId] = []
 
-    async def each(op: Callable[[FileId], Awaitable[object]]) -> float:
-        started = time.perf_counter()
-        for fid in fids:
-            await op(fid)
-        return count / (time.perf_counter() - started)
+    async def upload_all() -> None:
+        for _ in range(count):
+            fids.append(await client.upload(data, ext="txt"))
 
-    started = time.perf_counter()
-    for _ in range(count):
-        fids.append(await client.upload(data, ext="txt"))
-    rates = {"upload": count / (time.perf_counter() - started)}
-    rates["download"] = await each(client.download)
-    rates["info"] = await each(client.info)
-    rates["delete"] = await each(client.delete)
-    return rates
+    def each(op: Callable[[FileId], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            for fid in fids:
+                await op(fid)
+
+        return run
+
+    results = {"upload": (await measured(cpu, count, upload_all))[0]}
+    for name, op in (("download", client.download), ("info", client.info)):
+        results[name] = (await measured(cpu, count, each(op)))[0]
+    results["delete"] = (await measured(cpu, count, each(client.delete)))[0]
+    return results
 
 
 async def one_round(
     clusters: dict[str, Cluster], clients: dict[str, Client], args: argparse.Namespace
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Result]]:
+    return {
+        backend: await backend_round(cluster, clients[backend], args)
+        for backend, cluster in clusters.items()
+    }
+
+
+async def backend_round(
+    cluster: Cluster, client: Client, args: argparse.Namespace
+) -> dict[str, Result]:
     size = args.small_kib * 1024
-    got: dict[str, dict[str, float]] = {}
-    for backend, cluster in clusters.items():
-        address = cluster.storages[0].address
-        rate, names = await trio.to_thread.run_sync(split_write_uploads, address, size, args.ops)
-        rates = {f"split-write {args.small_kib} KiB upload": rate}
-        rates[f"split-write {args.small_kib} KiB download"] = await trio.to_thread.run_sync(
-            split_write_downloads, address, "group1", names, size
-        )
-        rates["new connection per info"] = await trio.to_thread.run_sync(
-            connection_per_request_info, address, "group1", names
-        )
-        async with Client(cluster.trackers) as cleaner:
-            for name in names:
-                await cleaner.delete(FileId("group1", name))
-        for op, value in (await client_ops(clients[backend], args.ops)).items():
-            rates[f"client 4 KiB {op}"] = value
-        got[backend] = rates
-    return got
+    cpu = ServerCpu.of(cluster)
+    address = cluster.storages[0].address
+    split = f"split-write {args.small_kib} KiB"
+    results: dict[str, Result] = {}
+    results[f"{split} upload"], names = await measured(
+        cpu, args.ops, in_thread(split_write_uploads, address, size, args.ops)
+    )
+    results[f"{split} download"], _ = await measured(
+        cpu, args.ops, in_thread(split_write_downloads, address, "group1", names, size)
+    )
+    results["new connection per info"], _ = await measured(
+        cpu, args.ops, in_thread(connection_per_request_info, address, "group1", names)
+    )
+    async with Client(cluster.trackers) as cleaner:
+        for name in names:
+            await cleaner.delete(FileId("group1", name))
+    for op, result in (await client_ops(client, args.ops, cpu)).items():
+        results[f"client 4 KiB {op}"] = result
+    return results
 
 
 async def run(clusters: dict[str, Cluster], args: argparse.Namespace) -> list[dict]:
@@ -160,8 +219,8 @@ async def run(clusters: dict[str, Cluster], args: argparse.Namespace) -> list[di
         Client(clusters["native"].trackers) as theirs,
     ):
         clients = {"builtin": ours, "native": theirs}
-        await client_ops(ours, 20)  # warm up pools and page caches
-        await client_ops(theirs, 20)
+        for backend, client in clients.items():  # warm up pools and page caches
+            await client_ops(client, 20, ServerCpu.of(clusters[backend]))
         for _ in range(args.rounds):
             rounds.append(await one_round(clusters, clients, args))
     return rounds
@@ -182,15 +241,25 @@ def main() -> int:
         Cluster({"group1": 1}, backend="native") as native,
     ):
         rounds = trio.run(run, {"builtin": builtin, "native": native}, args)
-    print(f"{args.rounds} interleaved rounds of {args.ops} requests; ops/s are medians")
-    print(f"{'workload':32} {'builtin':>9} {'upstream':>9} {'ratio':>6}")
+    print(f"{args.rounds} interleaved rounds of {args.ops} requests; rates are medians")
+    print(
+        f"{'workload':32} {'builtin':>9} {'upstream':>9} {'ratio':>6}"
+        f"   server CPU per op, builtin / upstream"
+    )
     worst = float("inf")
     for name in rounds[0]["builtin"]:
-        ours = statistics.median(r["builtin"][name] for r in rounds)
-        theirs = statistics.median(r["native"][name] for r in rounds)
-        ratio = statistics.median(r["builtin"][name] / r["native"][name] for r in rounds)
+        ours = statistics.median(r["builtin"][name][0] for r in rounds)
+        theirs = statistics.median(r["native"][name][0] for r in rounds)
+        ratio = statistics.median(r["builtin"][name][0] / r["native"][name][0] for r in rounds)
+        # Over all rounds: /proc counts CPU in clock ticks (10 ms), too coarse for one round.
+        our_cpu = statistics.fmean(r["builtin"][name][1] for r in rounds) * 1e6
+        their_cpu = statistics.fmean(r["native"][name][1] for r in rounds) * 1e6
         worst = min(worst, ratio)
-        print(f"{name:32} {ours:9.0f} {theirs:9.0f} {ratio:6.2f}")
+        print(
+            f"{name:32} {ours:9.0f} {theirs:9.0f} {ratio:6.2f}"
+            f"   {our_cpu:5.0f} / {their_cpu:3.0f} µs"
+        )
+    print("(ops/s; server CPU: the tracker's and the storage's together, mean over the rounds)")
     return 1 if worst < args.min_ratio else 0
 
 
