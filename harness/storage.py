@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -299,8 +300,7 @@ class Counters:
 
     def op(self, name: str, ok: bool, nbytes: int = 0) -> None:
         values = self.values
-        keys = _COUNTER_KEYS.get(name) or _counter_keys(name)
-        total, success, total_bytes, success_bytes = keys
+        total, success, total_bytes, success_bytes = _counter_keys(name)
         with self.lock:
             values[total] += 1
             if ok:
@@ -311,19 +311,15 @@ class Counters:
                     values[success_bytes] += nbytes
 
 
-_COUNTER_KEYS: dict[str, tuple[str, str, str, str]] = {}
-
-
+@functools.cache
 def _counter_keys(name: str) -> tuple[str, str, str, str]:
     """The counters an operation bumps (made once per operation name)."""
-    keys = (
+    return (
         f"total_{name}_count",
         f"success_{name}_count",
         f"total_{name}_bytes",
         f"success_{name}_bytes",
     )
-    _COUNTER_KEYS[name] = keys
-    return keys
 
 
 #: Command handlers; they return True when the connection must be closed.
