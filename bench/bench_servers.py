@@ -172,9 +172,13 @@ async def client_ops(client: Client, count: int, cpu: ServerCpu) -> dict[str, Re
         return run
 
     results = {"upload": (await measured(cpu, count, upload_all))[0]}
-    for name, op in (("download", client.download), ("info", client.info)):
+    ops: dict[str, Callable[[FileId], Awaitable[object]]] = {
+        "download": client.download,
+        "info": client.info,
+        "delete": client.delete,
+    }
+    for name, op in ops.items():  # delete last: it removes the files the others use
         results[name] = (await measured(cpu, count, each(op)))[0]
-    results["delete"] = (await measured(cpu, count, each(client.delete)))[0]
     return results
 
 

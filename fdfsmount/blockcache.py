@@ -38,6 +38,14 @@ class Block:
         return cls(data, 0, len(data))
 
 
+def buffer_slice(buf: bytes | bytearray, start: int, size: int) -> bytes | bytearray | memoryview:
+    """``size`` bytes of ``buf`` from ``start``: the buffer itself when that is all of it
+    (handed out as it is), else a view (no copy either way)."""
+    if start == 0 and size == len(buf):
+        return buf
+    return memoryview(buf)[start : start + size]
+
+
 #: (file ID, version) where version is None for files that never change and
 #: the number of the open that fetched them for appender files.
 FileKey = tuple[str, Hashable]

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .blockcache import Block, BlockCache, FileKey
+from .blockcache import Block, BlockCache, FileKey, buffer_slice
 from .clientapi import RangeClient
 from .diskcache import DiskCache
 from .proto import FileId, FileIdInfo, FileType
@@ -247,7 +247,7 @@ class ReadPath:
         block = self.cache.get(f.key, 0)
         if block is None or len(block) != f.size:
             return None
-        return block.buf if block.start == 0 and block.end == len(block.buf) else block.view()
+        return buffer_slice(block.buf, block.start, len(block))
 
     async def read(self, f: OpenFile, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`; short only at the end of the file.
@@ -282,10 +282,8 @@ class ReadPath:
         want = min(end - offset, sum(len(b) for b in blocks) - skip)
         if all(b.follows(a) for a, b in itertools.pairwise(blocks)):
             # One slice of one buffer: hand it out as it is.
-            start = blocks[0].start + skip
-            buf = blocks[0].buf
-            result: bytes | bytearray | memoryview = (
-                buf if start == 0 and want == len(buf) else memoryview(buf)[start : start + want]
+            result: bytes | bytearray | memoryview = buffer_slice(
+                blocks[0].buf, blocks[0].start + skip, want
             )
         else:
             result = memoryview(b"".join(b.view() for b in blocks))[skip : skip + want]

@@ -365,11 +365,14 @@ class AppenderWriter:
             return 0
         return length + max(0, min(offset - self.size, GAP_FILL))
 
+    def _unsent(self) -> int:
+        """Bytes the extents hold now (queued and current)."""
+        current = len(self.current) if self.current is not None else 0
+        return sum(len(e) for e in self.queue) + current
+
     def _account(self) -> None:
         """Bring the budget in line with the bytes the extents hold now."""
-        held = sum(len(e) for e in self.queue)
-        if self.current is not None:
-            held += len(self.current)
+        held = self._unsent()
         if held != self._held:
             delta, self._held = held - self._held, held
             self._budget.change(delta)
@@ -478,7 +481,7 @@ class AppenderWriter:
         self._stats.bytes_sent += length
 
     def _fail(self, exc: BaseException) -> None:
-        lost = sum(len(e) for e in self.queue) + (len(self.current) if self.current else 0)
+        lost = self._unsent()
         log.warning("write-back of %s failed, %d bytes not stored: %s", self.file_id, lost, exc)
         self._stats.failures += 1
         self.failures += 1
