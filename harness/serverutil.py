@@ -24,7 +24,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 
 import trio
 
@@ -225,6 +225,7 @@ class BlockingFramedSocket:
                 socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
             )
         self._quickack = QUICKACK is not None
+        self._recv_into = sock.recv_into
 
     def _fill(self, partial: bool = True) -> int:
         """Receive more into the decoder's buffer; 0 means EOF."""
@@ -236,7 +237,7 @@ class BlockingFramedSocket:
                 self._quickack = False
         while True:
             try:
-                return decoder.receive(self.sock.recv_into)
+                return decoder.receive(self._recv_into)
             except BlockingIOError:  # SO_RCVTIMEO expired
                 if partial:
                     raise PeerClosed("connection stalled inside a message") from None
@@ -256,6 +257,33 @@ class BlockingFramedSocket:
                 if decoder.buffered:
                     raise PeerClosed("connection closed inside a header")
                 return None
+
+    def read_request(
+        self, limit: int, cmds: Container[int] | None = None
+    ) -> tuple[Header, bytes | None] | None:
+        """The next message, or None on a clean EOF between messages.
+
+        ``(header, body)`` when it arrived whole with a body of at most
+        ``limit`` bytes and (given ``cmds``) one of those commands: the usual
+        small request, read in one receive and one decoder call. Otherwise
+        ``(header, None)``, its body still to be read (`read_exact`, `discard`,
+        the decoder's body calls).
+        """
+        decoder = self.decoder
+        if not decoder.buffered:
+            try:
+                if decoder.receive(self._recv_into) == 0:
+                    return None
+            except BlockingIOError:  # SO_RCVTIMEO: waiting between messages is fine
+                if self._fill(False) == 0:
+                    return None
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                raise PeerClosed(str(exc)) from exc
+        message = decoder.next_message(limit, cmds)
+        if not isinstance(message, NeedData):
+            return message
+        header = self.read_header()
+        return None if header is None else (header, None)
 
     def read_exact(self, size: int) -> bytes:
         """Exactly ``size`` more bytes of the current body (at most the buffer size)."""

@@ -160,6 +160,68 @@ def test_next_header_does_not_consume_the_body() -> None:
     assert decoder.next_header() is NEED_DATA
 
 
+def serve_loop(decoder: FrameDecoder, chunks: Iterator[Chunk], limit: int) -> list[Frame]:
+    """A server's reading: a message whole when it can, else header, then body."""
+    frames = []
+    for chunk in chunks:
+        decoder.feed(chunk)
+        while True:
+            message = decoder.next_message(limit)
+            if not isinstance(message, NeedData):
+                frames.append(Frame(*message))
+                continue
+            header = decoder.next_header()
+            if isinstance(header, NeedData):
+                break
+            body = decoder.read_body(header.length)
+            if isinstance(body, NeedData):
+                break
+            frames.append(Frame(header, body))
+    return frames
+
+
+@pytest.mark.parametrize("limit", [0, 6, 16 << 20])
+@pytest.mark.parametrize(("name", "stream", "expected"), CASES, ids=CASE_IDS)
+def test_next_message_or_header_and_body_whatever_the_chunking(
+    name: str, stream: bytes, expected: list[Frame], limit: int
+) -> None:
+    for feeder, feed in feeders_for(stream):
+        decoder = FrameDecoder()
+        assert serve_loop(decoder, feed(stream), limit) == expected, feeder
+        assert decoder.trailing == b"", feeder
+
+
+@pytest.mark.parametrize(
+    ("why", "data", "limit", "cmds"),
+    [
+        ("part of the header", wire(frame(b"abc"))[:9], 100, None),
+        ("part of the body", wire(frame(b"abc"))[:12], 100, None),
+        ("body over the limit", wire(frame(b"abc")), 2, None),
+        ("command not asked for", wire(frame(b"abc", Cmd.UPLOAD_FILE)), 100, {Cmd.DELETE_FILE}),
+    ],
+)
+def test_next_message_takes_nothing_unless_it_takes_all(
+    why: str, data: bytes, limit: int, cmds: set[int] | None
+) -> None:
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    assert decoder.next_message(limit, cmds) is NEED_DATA
+    assert decoder.trailing == data  # the slow path starts from the same bytes
+    if len(data) >= HEADER_SIZE:
+        assert decoder.next_header() == decode_header(data[:HEADER_SIZE])
+
+
+def test_next_message_waits_while_a_body_is_under_way() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(wire(frame(b"abc"), frame(b"de")))
+    assert decoder.next_header() == Header(3, Cmd.RESP, 0)
+    assert decoder.next_message(100) is NEED_DATA  # "abc" is the current body
+    assert decoder.read_body(3) == b"abc"
+    assert decoder.next_message(100, {Cmd.RESP}) == (Header(2, Cmd.RESP, 0), b"de")
+    assert decoder.next_header() is NEED_DATA
+    assert decoder.buffered == 0
+
+
 @pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
 def test_oversized_body_rejected(feeder: str) -> None:
     decoder = FrameDecoder(max_body=100)

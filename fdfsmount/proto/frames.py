@@ -24,6 +24,7 @@ consumed, and `body_remaining` counts what it still owes::
     view = decoder.take_body(limit)         # what is buffered of the body (may be empty)
     decoder.body_received(n)                # n body bytes went straight elsewhere
     frame = decoder.next_frame()            # header + whole body (small messages)
+    header, body = decoder.next_message(limit)  # the same, or NEED_DATA with nothing taken
 
 `next_header` returns the current header again while its body is unread,
 so a caller can look at it before deciding how to read the body; once the
@@ -54,7 +55,7 @@ buffer offers all its room again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Final
 
@@ -138,10 +139,19 @@ class FrameDecoder:
         """Receive once with ``recv_into`` (a blocking socket's method) into the buffer.
 
         Returns what it returned: the byte count, 0 at EOF. `recv_buffer` and
-        `received` in one call, for the connection threads' blocking loop.
+        `received` in one call (their work inline), for the connection
+        threads' blocking loop.
         """
-        n = recv_into(self.recv_buffer())
-        self.received(n)
+        if self._start == self._end:
+            self._start = self._end = 0
+        end = self._end
+        if end == len(self._buf):
+            self._make_room(1)
+            end = self._end
+        n = recv_into(self._view[end:])
+        if not 0 <= n <= len(self._buf) - end:
+            raise LocalProtocolError(f"received {n} bytes into a smaller buffer")
+        self._end = end + n
         return n
 
     def received(self, n: int) -> None:
@@ -195,6 +205,32 @@ class FrameDecoder:
         self._header = header
         self._remaining = header.length
         return header
+
+    def next_message(
+        self, limit: int, cmds: Container[int] | None = None
+    ) -> tuple[Header, bytes] | NeedData:
+        """The next message and its body, if all of it is buffered already.
+
+        Taken only when its body is at most ``limit`` bytes and, given
+        ``cmds``, its command is one of them; otherwise `NEED_DATA`, and
+        nothing is taken: read the message with `next_header` and the body
+        calls. A server reads the usual small request this way in one call.
+        """
+        start = self._start
+        if self._remaining or self._end - start < HEADER_SIZE:
+            return NEED_DATA
+        header = decode_header_at(self._buf, start)
+        length = header.length
+        body_at = start + HEADER_SIZE
+        if (
+            length > limit
+            or self._end - body_at < length
+            or (cmds is not None and header.cmd not in cmds)
+        ):
+            return NEED_DATA
+        self._start = body_at + length
+        self._header = header
+        return header, bytes(self._view[body_at : self._start])
 
     def _check_body(self, size: int) -> None:
         if self._header is None:
