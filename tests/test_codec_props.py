@@ -604,6 +604,10 @@ ENCODERS: dict[str, tuple[Callable[..., Any], st.SearchStrategy[tuple[Any, ...]]
         st.tuples(wild_text, wild_servers, st.sampled_from([16, 46, 1, 0])),
     ),
     "encode_file_id_reply": (sc.encode_file_id_reply, st.tuples(wild_text, wild_text)),
+    "encode_file_info_message": (
+        lambda a, b, c, ip, size: sc.encode_file_info_message(sc.FileInfo(a, b, c, ip), size),
+        st.tuples(wild_int, wild_int, wild_int, wild_text, st.sampled_from([16, 46, 0, -3])),
+    ),
     "encode_file_info_reply": (
         lambda a, b, c, ip, size: sc.encode_file_info_reply(sc.FileInfo(a, b, c, ip), size),
         st.tuples(wild_int, wild_int, wild_int, wild_text, st.sampled_from([16, 46, 0])),
@@ -788,6 +792,8 @@ def test_file_info_reply_round_trips(
     # The crc travels sign-extended, as the C server's int widened to 64 bits.
     assert struct.unpack(">q", raw[16:24])[0] == (crc - 2**32 if crc >= 2**31 else crc)
     assert sc.decode_file_info_reply(raw) == info
+    # The storage sends the whole message packed at once: the same bytes behind a header.
+    assert sc.encode_file_info_message(info, ip_size) == encode_header(len(raw), Cmd.RESP) + raw
 
 
 @PROPS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .wire import encode_header
 
@@ -33,9 +34,8 @@ class Request:
         return self.header() + self.body
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ServerAddr:
-    """A server's address as the tracker reports it."""
+class ServerAddr(NamedTuple):
+    """A server's address as the tracker reports it (a named tuple: replies carry many)."""
 
     host: str
     port: int

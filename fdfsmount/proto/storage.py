@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .constants import (
     EXT_NAME_LEN,
     GROUP_NAME_LEN,
+    HEADER_SIZE,
     IPV4_ADDRESS_SIZE,
     IPV6_ADDRESS_SIZE,
     META_MERGE,
@@ -50,7 +52,11 @@ MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
 MIN_MASTER_NAME_LEN = 11
 #: Ext and slave prefix characters a storage accepts (upstream fdfs_validate_filename).
 #: Size, creation time and crc32 of a QUERY_FILE_INFO reply, before the source IP.
-_FILE_INFO_NUMBERS = struct.Struct(">qqq")
+_RESP = int(Cmd.RESP)
+#: QUERY_FILE_INFO's whole reply (header, three numbers, IP field), by IP field size.
+_FILE_INFO_MESSAGE = {
+    size: struct.Struct(f">QBBqqq{size}s") for size in (IPV4_ADDRESS_SIZE, IPV6_ADDRESS_SIZE)
+}
 #: Offset and length that open a DOWNLOAD_FILE request.
 _DOWNLOAD_RANGE = struct.Struct(">qq")
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -77,9 +83,8 @@ STORAGE_CLIENT_CMDS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    """Reply of QUERY_FILE_INFO."""
+class FileInfo(NamedTuple):
+    """Reply of QUERY_FILE_INFO (a named tuple: the storage makes one per request)."""
 
     size: int
     create_time: int  # the server reports the file's mtime in this field
@@ -251,13 +256,25 @@ def encode_file_id_reply(group: str, remote_name: str) -> bytes:
 
 
 def encode_file_info_reply(info: FileInfo, ip_size: int = IPV4_ADDRESS_SIZE) -> bytes:
+    return encode_file_info_message(info, ip_size)[HEADER_SIZE:]
+
+
+def encode_file_info_message(info: FileInfo, ip_size: int = IPV4_ADDRESS_SIZE) -> bytes:
+    """The whole reply to QUERY_FILE_INFO, header included, packed at once.
+
+    The storage answers file info requests all the time; this is one pack
+    where header, numbers and padded IP field would be four pieces joined.
+    """
+    ip = encode_text(info.source_ip, "ip address")
+    if len(ip) > ip_size:
+        raise LocalProtocolError(f"ip address {ip!r} longer than {ip_size} bytes")
     crc = info.crc32 & 0xFFFFFFFF
     signed = crc - (1 << 32) if crc & 0x80000000 else crc
+    layout = _FILE_INFO_MESSAGE.get(ip_size) or struct.Struct(f">QBBqqq{ip_size}s")
     try:
-        numbers = _FILE_INFO_NUMBERS.pack(info.size, info.create_time, signed)
+        return layout.pack(24 + ip_size, _RESP, 0, info.size, info.create_time, signed, ip)
     except struct.error as exc:
         raise LocalProtocolError(f"file info {info} does not fit its fields") from exc
-    return numbers + pack_fixed(info.source_ip, ip_size, "ip address")
 
 
 @dataclass(frozen=True, slots=True)

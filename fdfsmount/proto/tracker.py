@@ -11,7 +11,8 @@ than the tracker's IP address size: 15 bytes for IPv4, 45 when the tracker's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from typing import NamedTuple
 
 from .constants import GROUP_NAME_LEN, IPV4_ADDRESS_SIZE, IPV6_ADDRESS_SIZE, STORAGE_ID_LEN, Cmd
 from .errors import LocalProtocolError, ProtocolError
@@ -22,13 +23,15 @@ from .wire import (
     FieldReader,
     decode_text,
     encode_text,
-    pack_fixed,
     pack_group,
-    pack_int,
     validate_group_name,
 )
 
 _PORT_LEN = 8
+#: A server in a fetch or store reply (IP field, port), by IP field size.
+_SERVER_RECORD = {
+    size: struct.Struct(f">{size - 1}sq") for size in (IPV4_ADDRESS_SIZE, IPV6_ADDRESS_SIZE)
+}
 #: QUERY_FETCH bodies shorter than group + this many name chars are refused (EINVAL).
 MIN_REMOTE_NAME_LEN = 22
 _QUERY_IP_SIZES = (IPV4_ADDRESS_SIZE - 1, IPV6_ADDRESS_SIZE - 1)
@@ -54,8 +57,7 @@ TRACKER_CLIENT_CMDS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class StoreTarget:
+class StoreTarget(NamedTuple):
     """Where to upload: storage servers of one group and the store path index."""
 
     group: str
@@ -63,8 +65,7 @@ class StoreTarget:
     store_path_index: int
 
 
-@dataclass(frozen=True, slots=True)
-class FetchTarget:
+class FetchTarget(NamedTuple):
     """Storage servers able to serve (or update) one file."""
 
     group: str
@@ -204,9 +205,18 @@ def encode_fetch_reply(target: FetchTarget, ip_size: int = IPV4_ADDRESS_SIZE) ->
 
 
 def _encode_servers(servers: tuple[ServerAddr, ...], ip_size: int) -> bytes:
-    return b"".join(
-        pack_fixed(s.host, ip_size - 1, "ip address") + pack_int(s.port) for s in servers
-    )
+    # One pack per server: the tracker answers a fetch or store query with every request.
+    parts = []
+    for server in servers:
+        host = encode_text(server.host, "ip address")
+        if len(host) >= ip_size:
+            raise LocalProtocolError(f"ip address {host!r} longer than {ip_size - 1} bytes")
+        layout = _SERVER_RECORD.get(ip_size) or struct.Struct(f">{ip_size - 1}sq")
+        try:
+            parts.append(layout.pack(host, server.port))
+        except struct.error as exc:
+            raise LocalProtocolError(f"port of {server} does not fit 8 bytes") from exc
+    return b"".join(parts)
 
 
 def encode_groups_reply(groups: list[GroupStat]) -> bytes:

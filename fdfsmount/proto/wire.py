@@ -12,6 +12,7 @@ Encoders raise `LocalProtocolError` (our fault) for values that do not fit.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import NamedTuple
 
@@ -98,7 +99,9 @@ def pack_fixed(text: str | bytes, size: int, what: str = "field") -> bytes:
     return raw.ljust(size, b"\0")
 
 
+@functools.lru_cache(maxsize=1024)
 def pack_group(group: str) -> bytes:
+    """The 16-byte group field (remembered: a cluster has a few groups, named in most messages)."""
     validate_group_name(group)
     return pack_fixed(group, GROUP_NAME_LEN, "group name")
 
