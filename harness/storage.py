@@ -86,7 +86,7 @@ from fdfsmount.proto.storage import (
     UPLOAD_FIXED,
     FileInfo,
     encode_file_id_reply,
-    encode_file_info_reply,
+    encode_file_info_message,
     expect_empty,
     parse_append_head,
     parse_download_body,
@@ -121,6 +121,10 @@ log = logging.getLogger(__name__)
 VERSION = "6.16.1"
 #: Bodies of commands without a streamed payload must fit the receive buffer.
 MAX_SMALL_BODY = serverutil.RECV_BUFFER_SIZE
+#: How many request bodies naming a file `group_file` remembers.
+NAMED_BODIES = 8192
+#: Files whose crc32 QUERY_FILE_INFO computes from the content (the name carries none).
+_CRC_OF_CONTENT = (FileType.APPENDER, FileType.SLAVE)  # a tuple: members compare by identity
 #: Downloads up to this size go out in the same write as the reply header.
 SMALL_REPLY = 64 * 1024
 #: Payloads from this size on are received into two alternating buffers.
@@ -361,6 +365,7 @@ class StorageServer:
         self.replicator = Replicator(self)
         self._token: trio.lowlevel.TrioToken | None = None
         self._conn_lock = threading.Lock()
+        self._named: dict[bytes, LocalFile] = {}  # group + name bodies, resolved
         # Each connection is served by its own thread (`handle`). The commands
         # clients send all the time run right there; the others are handed to
         # the trio loop.
@@ -443,12 +448,16 @@ class StorageServer:
 
     def _serve_connection(self, conn: ThreadConn) -> None:
         reader = conn.reader
+        whole = self._thread_body_handlers  # these take their (small) body whole
         while True:
-            header = reader.read_header()
-            if header is None or header.cmd == Cmd.QUIT:
+            message = reader.read_request(MAX_SMALL_BODY, whole)
+            if message is None:
+                return
+            header, body = message
+            if header.cmd == Cmd.QUIT:
                 return
             try:
-                if self._dispatch_here(conn, header):
+                if self._dispatch_here(conn, header, body):
                     return
             except RequestError as exc:
                 level = (
@@ -467,23 +476,30 @@ class StorageServer:
                     reader.close_after_error()
                     return
 
-    def _dispatch_here(self, conn: ThreadConn, header: Header) -> bool | None:
-        """Run a command in the connection's thread, or hand it to trio."""
+    def _dispatch_here(self, conn: ThreadConn, header: Header, body: bytes | None) -> bool | None:
+        """Run a command in the connection's thread, or hand it to trio.
+
+        ``body``: the request's body if it came whole, else None (still to be read).
+        """
         cmd = header.cmd
         try:
+            handler = self._thread_body_handlers.get(cmd)
+            if handler is not None:
+                if body is None:
+                    if header.length > MAX_SMALL_BODY:
+                        raise RequestError(
+                            errno.EINVAL, f"body of {header.length} bytes is too large"
+                        )
+                    body = conn.reader.read_exact(header.length)
+                handler(conn, header, body)
+                return None
             streamed = self._thread_payload_handlers.get(cmd)
             if streamed is not None:
                 streamed(conn, header)
                 return None
-            handler = self._thread_body_handlers.get(cmd)
-            if handler is None:
-                if cmd not in self._payload_handlers and cmd not in self._body_handlers:
-                    raise RequestError(errno.EINVAL, f"unknown cmd {cmd}")
-                return self._hand_to_trio(conn, header)
-            if header.length > MAX_SMALL_BODY:
-                raise RequestError(errno.EINVAL, f"body of {header.length} bytes is too large")
-            handler(conn, header, conn.reader.read_exact(header.length))
-            return None
+            if cmd not in self._payload_handlers and cmd not in self._body_handlers:
+                raise RequestError(errno.EINVAL, f"unknown cmd {cmd}")
+            return self._hand_to_trio(conn, header)
         except ProtocolError as exc:
             raise RequestError(errno.EINVAL, str(exc)) from exc
 
@@ -981,9 +997,16 @@ class StorageServer:
 
     def group_file(self, body: bytes) -> LocalFile:
         """The file named by a group + remote name body (12, 15, 22)."""
-        group, name = parse_group_remote_body(body)
-        self.check_group(group)
-        return self.store.resolve(name)
+        local = self._named.get(body)
+        if local is None:
+            # Clients name a file in several requests in a row (info, download, delete).
+            group, name = parse_group_remote_body(body)
+            self.check_group(group)
+            local = self.store.resolve(name)
+            if len(self._named) >= NAMED_BODIES:
+                self._named.clear()
+            self._named[body] = local
+        return local
 
     def cmd_get_metadata(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         local = self.group_file(body)
@@ -1008,7 +1031,7 @@ class StorageServer:
             decoded = decoded_name(self.group, name)
         except (InvalidFileId, ValueError) as exc:
             raise RequestError(errno.EINVAL, str(exc)) from exc
-        if decoded.file_type in (FileType.APPENDER, FileType.SLAVE):
+        if decoded.file_type in _CRC_OF_CONTENT:
             # Computed right here: this is the connection's own thread.
             crc = 0 if header.status & QUERY_FINFO_NO_CRC32 else file_crc32(local.path)
         else:
@@ -1018,7 +1041,7 @@ class StorageServer:
         else:
             source_ip = decoded.source_ip or ""
         reply = FileInfo(info.st_size, int(info.st_mtime), crc, source_ip)
-        conn.reader.send_reply(encode_file_info_reply(reply, self.config.ip_size))
+        conn.reader.send(encode_file_info_message(reply, self.config.ip_size))
 
     def cmd_active_test(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         expect_empty(body, "active test")

@@ -64,6 +64,8 @@ NETWORK_TIMEOUT = 60.0
 STORAGE_MESSAGES = frozenset((PeerCmd.STORAGE_JOIN, PeerCmd.STORAGE_BEAT))
 #: Receive buffer of a connection: requests are small, a storage's beat is the largest.
 RECV_BUFFER = 64 * 1024
+#: How many fetch query bodies `_query_fetch` remembers decoded.
+FETCH_NAMES = 8192
 
 
 class TrackerServer:
@@ -87,6 +89,7 @@ class TrackerServer:
         #: Connections are served in threads: every use of the registry holds this.
         self.lock = threading.Lock()
         #: The client commands served, each with its answer (the reply body).
+        self._fetch_names: dict[bytes, tuple[str, str]] = {}
         self._answers: dict[int, Callable[[int, bytes], bytes]] = {
             Cmd.ACTIVE_TEST: self._active_test,
             Cmd.QUERY_STORE_WITHOUT_GROUP_ONE: self._query_store_any_group,
@@ -128,17 +131,21 @@ class TrackerServer:
         storage: StorageNode | None = None
         try:
             while True:
-                header = reader.read_header()
-                if header is None or header.cmd == Cmd.QUIT:
+                message = reader.read_request(MAX_BODY)
+                if message is None:
                     return
-                if header.length > MAX_BODY:
-                    log.info("dropping a connection that sent a %d-byte body", header.length)
+                header, body = message
+                if header.cmd == Cmd.QUIT:
                     return
-                try:
-                    body = reader.read_exact(header.length)
-                except PeerClosed:
-                    log.info("dropping a connection that stalled inside a request")
-                    return
+                if body is None:
+                    if header.length > MAX_BODY:
+                        log.info("dropping a connection that sent a %d-byte body", header.length)
+                        return
+                    try:
+                        body = reader.read_exact(header.length)
+                    except PeerClosed:
+                        log.info("dropping a connection that stalled inside a request")
+                        return
                 if header.cmd in STORAGE_MESSAGES:
                     storage = self._storage_message(reader, header, body, link, storage)
                     continue
@@ -212,9 +219,15 @@ class TrackerServer:
         return self.query_store(parse_group_body(body), cmd == Cmd.QUERY_STORE_WITH_GROUP_ALL)
 
     def _query_fetch(self, cmd: int, body: bytes) -> bytes:
-        group_name, remote = parse_fetch_body(body)
-        group, nodes = self.registry.query_fetch(cmd, group_name, remote)
-        target = FetchTarget(group.name, tuple(ServerAddr(n.ip, n.port) for n in nodes))
+        names = self._fetch_names.get(body)
+        if names is None:
+            # Clients ask for the same file several times in a row (info, download, delete).
+            names = parse_fetch_body(body)
+            if len(self._fetch_names) >= FETCH_NAMES:
+                self._fetch_names.clear()
+            self._fetch_names[body] = names
+        group, nodes = self.registry.query_fetch(cmd, *names)
+        target = FetchTarget(group.name, tuple([ServerAddr(n.ip, n.port) for n in nodes]))
         return encode_fetch_reply(target, self.ip_size)
 
     def _list_one_group(self, cmd: int, body: bytes) -> bytes:

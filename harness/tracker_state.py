@@ -56,6 +56,12 @@ from .store import decoded_name
 
 log = logging.getLogger(__name__)
 
+_ACTIVE = StorageStatus.ACTIVE
+_QUERY_UPDATE = Cmd.QUERY_UPDATE
+_QUERY_FETCH_ALL = Cmd.QUERY_FETCH_ALL
+#: Files that change only as a whole (a replica has them once it synced past their creation).
+_REPLICATED_WHOLE = (FileType.NORMAL, FileType.TRUNK)  # a tuple: members compare by identity
+
 RESERVED_RATIO = 0.01
 
 
@@ -101,7 +107,7 @@ class StorageNode:
 
     @property
     def active(self) -> bool:
-        return self.status == StorageStatus.ACTIVE
+        return self.status == _ACTIVE
 
     def holds_log_of(self, peer: StorageNode) -> bool:
         """This storage has applied everything ``peer`` reported to have logged."""
@@ -138,11 +144,16 @@ class Group:
     write_cursor: int = 0
     read_cursor: int = 0
 
+    def add(self, node: StorageNode) -> None:
+        """Take a storage in, keeping `storages` in storage ID order."""
+        self.storages[node.storage_id] = node
+        self.storages = dict(sorted(self.storages.items()))
+
     def sorted_storages(self) -> list[StorageNode]:
-        return [self.storages[k] for k in sorted(self.storages)]
+        return list(self.storages.values())  # kept in order by `add`
 
     def active(self) -> list[StorageNode]:
-        return [s for s in self.sorted_storages() if s.active]
+        return [s for s in self.storages.values() if s.status == _ACTIVE]
 
     def space(self, active: list[StorageNode] | None = None) -> tuple[int, int]:
         """(total MB, free MB) of the active storage with the least free space."""
@@ -217,7 +228,7 @@ class Registry:
         node = group.storages.get(storage_id)
         if node is None:
             node = StorageNode(storage_id, group_name, ip, port, join_time=int(time.time()))
-            group.storages[storage_id] = node
+            group.add(node)
             log.info("storage %s joined %s at %s:%d", storage_id, group_name, ip, port)
         elif (node.ip, node.port) != (ip, port) or node.status != StorageStatus.ACTIVE:
             log.info("storage %s of %s rejoined at %s:%d", storage_id, group_name, ip, port)
@@ -405,30 +416,20 @@ class Registry:
         source_key = source.storage_id if source else info.source
         active = group.active()
         created = info.create_time
-
-        def holds(node: StorageNode) -> bool:
-            if node is source or node.synced.get(source_key, 0) > created:
-                return True
-            # With the source gone, a replica that applied all it reported is the best bet.
-            return source is not None and not source.active and node.holds_log_of(source)
-
-        def caught_up(node: StorageNode) -> bool:
-            if node is source:
-                return False
-            if source is None:
-                return node.synced.get(source_key, 0) > created
-            # Changes are reported before they are acknowledged: a replica
-            # that applied the source's log up to its last report has the
-            # newest acknowledged version, or no copy at all (then it says ENOENT).
-            return node.holds_log_of(source)
-
-        if info.file_type in (FileType.NORMAL, FileType.TRUNK):
-            holders = [n for n in active if holds(n)]
+        if info.file_type in _REPLICATED_WHOLE:
+            holders = [
+                n
+                for n in active
+                if n is source
+                or n.synced.get(source_key, 0) > created
+                # With the source gone, a replica that applied all it reported is the best bet.
+                or (source is not None and not source.active and n.holds_log_of(source))
+            ]
         elif source is not None and source.active:
             holders = [source]
         else:
-            holders = [n for n in active if caught_up(n)]
-        updating = cmd == Cmd.QUERY_UPDATE and source is not None
+            holders = [n for n in active if _caught_up(n, source, source_key, created)]
+        updating = cmd == _QUERY_UPDATE and source is not None
         if updating and source is not None and source.active:
             holders = [source]
         elif updating and source is not None and source.status == StorageStatus.SYNCING:
@@ -438,13 +439,27 @@ class Registry:
             )
         if not holders:
             raise TrackerError(errno.ENOENT, f"no active storage holds {group_name}/{remote_name}")
-        if cmd == Cmd.QUERY_FETCH_ALL:
+        if cmd == _QUERY_FETCH_ALL:
             return group, holders
-        if cmd == Cmd.QUERY_UPDATE:
+        if cmd == _QUERY_UPDATE:
             return group, holders[:1]
         chosen = holders[group.read_cursor % len(holders)]
         group.read_cursor += 1
         return group, [chosen]
+
+
+def _caught_up(
+    node: StorageNode, source: StorageNode | None, source_key: str, created: int
+) -> bool:
+    """Whether a replica has the newest acknowledged version of a file changed in place."""
+    if node is source:
+        return False
+    if source is None:
+        return node.synced.get(source_key, 0) > created
+    # Changes are reported before they are acknowledged: a replica that
+    # applied the source's log up to its last report has the newest
+    # acknowledged version, or no copy at all (then it says ENOENT).
+    return node.holds_log_of(source)
 
 
 def _new_epoch(previous: int) -> int:
