@@ -11,6 +11,7 @@ than the tracker's IP address size: 15 bytes for IPv4, 45 when the tracker's
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import NamedTuple
 
@@ -200,7 +201,9 @@ def encode_store_reply(target: StoreTarget, ip_size: int = IPV4_ADDRESS_SIZE) ->
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def encode_fetch_reply(target: FetchTarget, ip_size: int = IPV4_ADDRESS_SIZE) -> bytes:
+    """Remembered: a tracker names the same few servers in most of its replies."""
     return pack_group(target.group) + _encode_servers(target.servers, ip_size)
 
 
