@@ -16,8 +16,9 @@ EXTRAS="${1:-}"
 VENV="$REPO_ROOT/.venv"
 BASE_PIP=""  # set when the venv is made without pip (see ensure_venv)
 # fuse3/libfuse3-dev/pkg-config/gcc/python3-dev: build and run pyfuse3.
+# python3-venv: ensurepip for Debian's Python, where no other pip can install into it.
 # attr: getfattr/setfattr for the xattr tests. systemd: systemd-analyze verify.
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev attr systemd)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr systemd)
 # The test path also installs the programs the tests run on a mount: nginx (its
 # smallest build), rsync, ImageMagick (identify) and file; fio verifies through
 # the mount in the fault tests.
@@ -78,9 +79,22 @@ python_ok() {
     "$1" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 }
 
+# The interpreter the venv is built on. The distribution's /usr/bin/python3 comes
+# first: Debian builds it with profile-guided and link-time optimization and links
+# it statically, where a default pyenv or source build loads libpython as a shared
+# library built without them. The builtin servers spend about a quarter less CPU
+# per small request on the former (docs/builtin-servers.md). FDFS_PYTHON picks one.
 find_python() {
     local candidate
-    for candidate in python3 /usr/bin/python3 python3.13 python3.12 python3.11; do
+    if [[ -n "${FDFS_PYTHON:-}" ]]; then
+        if python_ok "$FDFS_PYTHON"; then
+            command -v "$FDFS_PYTHON"
+            return 0
+        fi
+        log "FDFS_PYTHON=$FDFS_PYTHON is not a Python >= 3.11 with the venv module"
+        exit 1
+    fi
+    for candidate in /usr/bin/python3 python3 python3.13 python3.12 python3.11; do
         if command -v "$candidate" >/dev/null && python_ok "$candidate"; then
             command -v "$candidate"
             return 0
@@ -88,6 +102,19 @@ find_python() {
     done
     log "no python3 >= 3.11 with the venv module found"
     exit 1
+}
+
+# A Python whose pip can install into the interpreter $1 (pip >= 22.3: --python);
+# nothing if there is none (then the venv gets a pip of its own from ensurepip).
+find_pip_for() {
+    local candidate
+    for candidate in "$1" /usr/bin/python3 python3 python3.13 python3.12 python3.11; do
+        if command -v "$candidate" >/dev/null &&
+            "$candidate" -m pip --python "$1" --version >/dev/null 2>&1; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
 }
 
 ensure_venv() {
@@ -99,12 +126,12 @@ ensure_venv() {
     python="$(find_python)"
     log "creating $VENV with $python ($("$python" --version 2>&1))"
     rm -rf "$VENV"
-    # A pip of its own is installed with the packages below, by the base Python's
-    # pip when it can install into another interpreter (pip >= 22.3: --python),
-    # which takes seconds less than venv's ensurepip.
-    if "$python" -m pip --python "$python" --version >/dev/null 2>&1; then
+    # A pip of its own is installed with the packages below, by a pip that can
+    # install into another interpreter, which takes seconds less than venv's
+    # ensurepip (and Debian's Python has no ensurepip without python3-venv).
+    BASE_PIP="$(find_pip_for "$python")"
+    if [[ -n "$BASE_PIP" ]]; then
         "$python" -m venv --without-pip "$VENV"
-        BASE_PIP="$python"
     else
         "$python" -m venv "$VENV"
     fi
@@ -126,10 +153,8 @@ install_python_packages() {
     rm -f "$stamp"
     if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
         # Made without pip (or an earlier install broke off before pip was in).
-        [[ -n "$BASE_PIP" ]] || BASE_PIP="$(find_python)"
-        if ! "$BASE_PIP" -m pip --python "$BASE_PIP" --version >/dev/null 2>&1; then
-            "$VENV/bin/python" -m ensurepip -q
-        fi
+        [[ -n "$BASE_PIP" ]] || BASE_PIP="$(find_pip_for "$VENV/bin/python")"
+        [[ -n "$BASE_PIP" ]] || "$VENV/bin/python" -m ensurepip -q
     fi
     if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
         "$BASE_PIP" -m pip --python "$VENV/bin/python" install --disable-pip-version-check -q \

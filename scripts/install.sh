@@ -43,6 +43,8 @@ Install fdfsmount into a virtualenv and link it into the system.
   --unitdir DIR    where fdfsmount@.service goes (default: $UNITDIR)
   --mandir DIR     where man8/fdfsmount.8 and man1/fdfs.1 go (default: $MANDIR)
   --python PYTHON  the Python (3.11 or newer) to build the virtualenv with
+                   (default: the distribution's /usr/bin/python3, built with PGO
+                   and LTO; else python3 on the PATH)
   --no-apt         do not install missing system packages
   --no-reload      do not run systemctl daemon-reload
   --uninstall      stop and disable fdfsmount@ instances, then remove what an
@@ -130,7 +132,9 @@ python_ok() { "$1" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2
 
 find_python() {
     local candidate
-    for candidate in ${PYTHON:+"$PYTHON"} python3 /usr/bin/python3 python3.13 python3.12 python3.11; do
+    # The distribution's build first: profile-guided, link-time optimized and linked
+    # statically, it runs the daemon with less CPU than a default pyenv or source build.
+    for candidate in ${PYTHON:+"$PYTHON"} /usr/bin/python3 python3 python3.13 python3.12 python3.11; do
         if command -v "$candidate" >/dev/null && python_ok "$candidate"; then
             command -v "$candidate"
             return 0
