@@ -34,6 +34,8 @@ from fdfsmount.proto.wire import Header, encode_header
 
 log = logging.getLogger(__name__)
 
+_RESP = int(Cmd.RESP)
+
 #: Largest chunk handed to one os.sendfile call.
 SENDFILE_CHUNK = 4 * 1024 * 1024
 #: How long a connection closed after an error reply keeps draining input,
@@ -269,18 +271,15 @@ class BlockingFramedSocket:
         ``(header, None)``, its body still to be read (`read_exact`, `discard`,
         the decoder's body calls).
         """
-        decoder = self.decoder
-        if not decoder.buffered:
-            try:
-                if decoder.receive(self._recv_into) == 0:
-                    return None
-            except BlockingIOError:  # SO_RCVTIMEO: waiting between messages is fine
-                if self._fill(False) == 0:
-                    return None
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                raise PeerClosed(str(exc)) from exc
-        message = decoder.next_message(limit, cmds)
-        if not isinstance(message, NeedData):
+        try:
+            message = self.decoder.receive_message(self._recv_into, limit, cmds)
+        except BlockingIOError:  # SO_RCVTIMEO: waiting between messages is fine
+            if self._fill(False) == 0:
+                return None
+            message = self.decoder.next_message(limit, cmds)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise PeerClosed(str(exc)) from exc
+        if message is None or not isinstance(message, NeedData):
             return message
         header = self.read_header()
         return None if header is None else (header, None)
@@ -333,7 +332,10 @@ class BlockingFramedSocket:
             raise PeerClosed(str(exc)) from exc
 
     def send_reply(self, body: bytes = b"", status: int = 0) -> None:
-        self.send(encode_header(len(body), Cmd.RESP, status) + body)
+        try:
+            self.sock.sendall(encode_header(len(body), _RESP, status) + body)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise PeerClosed(str(exc)) from exc
 
     def send_file(self, fd: int, offset: int, count: int) -> None:
         """Send ``count`` bytes of ``fd`` from ``offset`` (os.sendfile, else read+send)."""

@@ -222,6 +222,37 @@ def test_next_message_waits_while_a_body_is_under_way() -> None:
     assert decoder.buffered == 0
 
 
+def test_receive_message_receives_only_when_drained() -> None:
+    stream = [wire(frame(b"abc"), frame(b"de")), wire(frame(b"fgh"))[:12], b""]
+    calls = []
+
+    def recv_into(view: memoryview) -> int:
+        chunk = stream.pop(0)
+        calls.append(len(chunk))
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+    decoder = FrameDecoder()
+    assert decoder.receive_message(recv_into, 100) == (Header(3, Cmd.RESP, 0), b"abc")
+    assert decoder.receive_message(recv_into, 100) == (Header(2, Cmd.RESP, 0), b"de")
+    assert calls == [25]  # the second came with the first: no receive for it
+    assert decoder.receive_message(recv_into, 100) is NEED_DATA  # part of a body
+    assert decoder.trailing == wire(frame(b"fgh"))[:12]
+    assert decoder.receive_message(recv_into, 100) is NEED_DATA  # buffered: no receive
+    assert calls == [25, 12]
+    assert decoder.next_header() == Header(3, Cmd.RESP, 0)
+    decoder.feed(b"h")
+    assert decoder.read_body(3) == b"fgh"
+    assert decoder.receive_message(recv_into, 100) is None  # EOF between messages
+    assert calls == [25, 12, 0]
+
+
+def test_receive_message_refuses_an_impossible_count() -> None:
+    decoder = FrameDecoder(buffer_size=64)
+    with pytest.raises(LocalProtocolError):
+        decoder.receive_message(lambda view: len(view) + 1, 100)
+
+
 @pytest.mark.parametrize("feeder", FEEDERS, ids=list(FEEDERS))
 def test_oversized_body_rejected(feeder: str) -> None:
     decoder = FrameDecoder(max_body=100)

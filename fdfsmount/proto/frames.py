@@ -25,6 +25,7 @@ consumed, and `body_remaining` counts what it still owes::
     decoder.body_received(n)                # n body bytes went straight elsewhere
     frame = decoder.next_frame()            # header + whole body (small messages)
     header, body = decoder.next_message(limit)  # the same, or NEED_DATA with nothing taken
+    message = decoder.receive_message(sock.recv_into, limit)  # receive once first if drained
 
 `next_header` returns the current header again while its body is unread,
 so a caller can look at it before deciding how to read the body; once the
@@ -153,6 +154,28 @@ class FrameDecoder:
             raise LocalProtocolError(f"received {n} bytes into a smaller buffer")
         self._end = end + n
         return n
+
+    def receive_message(
+        self,
+        recv_into: Callable[[memoryview], int],
+        limit: int,
+        cmds: Container[int] | None = None,
+    ) -> tuple[Header, bytes] | NeedData | None:
+        """`next_message`, after one receive with ``recv_into`` if nothing is buffered.
+
+        None when that receive finds the peer closed (a clean EOF between
+        messages). A connection thread reads the usual small request with
+        this one call.
+        """
+        if self._start == self._end:
+            n = recv_into(self._view)  # drained: the whole buffer is free
+            if not 0 <= n <= len(self._buf):
+                raise LocalProtocolError(f"received {n} bytes into a smaller buffer")
+            if n == 0:
+                self._start = self._end = 0
+                return None
+            self._start, self._end = 0, n
+        return self.next_message(limit, cmds)
 
     def received(self, n: int) -> None:
         """``n`` bytes were received into the view `recv_buffer` returned."""
