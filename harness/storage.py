@@ -121,6 +121,7 @@ log = logging.getLogger(__name__)
 VERSION = "6.16.1"
 #: Bodies of commands without a streamed payload must fit the receive buffer.
 MAX_SMALL_BODY = serverutil.RECV_BUFFER_SIZE
+_QUIT = int(Cmd.QUIT)
 #: How many request bodies naming a file `group_file` remembers.
 NAMED_BODIES = 8192
 #: Files whose crc32 QUERY_FILE_INFO computes from the content (the name carries none).
@@ -454,9 +455,15 @@ class StorageServer:
             if message is None:
                 return
             header, body = message
-            if header.cmd == Cmd.QUIT:
-                return
             try:
+                if body is not None:  # the usual case: a small request, all here
+                    try:
+                        whole[header.cmd](conn, header, body)
+                    except ProtocolError as exc:
+                        raise RequestError(errno.EINVAL, str(exc)) from exc
+                    continue
+                if header.cmd == _QUIT:
+                    return
                 if self._dispatch_here(conn, header, body):
                     return
             except RequestError as exc:

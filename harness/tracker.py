@@ -32,7 +32,6 @@ import trio
 
 from fdfsmount.proto.constants import Cmd
 from fdfsmount.proto.errors import ProtocolError
-from fdfsmount.proto.message import ServerAddr
 from fdfsmount.proto.peer import MAX_JSON_BODY, PeerCmd, decode_json, encode_json
 from fdfsmount.proto.storage import expect_empty
 from fdfsmount.proto.tracker import (
@@ -64,6 +63,7 @@ NETWORK_TIMEOUT = 60.0
 STORAGE_MESSAGES = frozenset((PeerCmd.STORAGE_JOIN, PeerCmd.STORAGE_BEAT))
 #: Receive buffer of a connection: requests are small, a storage's beat is the largest.
 RECV_BUFFER = 64 * 1024
+_QUIT = int(Cmd.QUIT)
 #: How many fetch query bodies `_query_fetch` remembers decoded.
 FETCH_NAMES = 8192
 
@@ -135,7 +135,7 @@ class TrackerServer:
                 if message is None:
                     return
                 header, body = message
-                if header.cmd == Cmd.QUIT:
+                if header.cmd == _QUIT:
                     return
                 if body is None:
                     if header.length > MAX_BODY:
@@ -227,7 +227,7 @@ class TrackerServer:
                 self._fetch_names.clear()
             self._fetch_names[body] = names
         group, nodes = self.registry.query_fetch(cmd, *names)
-        target = FetchTarget(group.name, tuple([ServerAddr(n.ip, n.port) for n in nodes]))
+        target = FetchTarget(group.name, tuple([n.server_addr for n in nodes]))
         return encode_fetch_reply(target, self.ip_size)
 
     def _list_one_group(self, cmd: int, body: bytes) -> bytes:
@@ -242,7 +242,7 @@ class TrackerServer:
 
     def query_store(self, group_name: str | None, all_servers: bool) -> bytes:
         group, nodes, path_index = self.registry.query_store(group_name, all_servers)
-        servers = tuple(ServerAddr(n.ip, n.port) for n in nodes)
+        servers = tuple([n.server_addr for n in nodes])
         return encode_store_reply(StoreTarget(group.name, servers, path_index), self.ip_size)
 
     def list_storages(self, group_name: str, wanted: str | None) -> bytes:

@@ -49,6 +49,7 @@ from typing import Any
 from fdfsmount.proto.constants import Cmd, RwMode, StorageStatus
 from fdfsmount.proto.errors import InvalidFileId
 from fdfsmount.proto.fileid import FileType
+from fdfsmount.proto.message import ServerAddr
 from fdfsmount.proto.records import GroupStat, StorageStat
 
 from .peerproto import PeerAddr
@@ -102,6 +103,11 @@ class StorageNode:
     #: or from ACTIVE. Changes to its files carry the epoch they were made in.
     epoch: int = 0
     last_beat: float = 0.0  # monotonic
+    #: ``ip:port`` as replies name it (kept with ``ip`` and ``port``).
+    server_addr: ServerAddr = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.server_addr = ServerAddr(self.ip, self.port)
     last_beat_wall: int = 0
     link: object | None = None
 
@@ -233,6 +239,7 @@ class Registry:
         elif (node.ip, node.port) != (ip, port) or node.status != StorageStatus.ACTIVE:
             log.info("storage %s of %s rejoined at %s:%d", storage_id, group_name, ip, port)
         node.ip, node.port, node.link = ip, port, link
+        node.server_addr = ServerAddr(ip, port)
         node.up_time = _as_int(info.get("up_time"), node.up_time)
         node.version = str(info.get("version", node.version))[:8]
         node.store_path_count = max(1, _as_int(info.get("store_path_count"), 1))
