@@ -2,7 +2,7 @@
 
 Starts a one-storage builtin cluster and a native one (upstream
 ``fdfs_trackerd``/``fdfs_storaged``), then measures on both, interleaved over
-``--rounds`` rounds:
+``--rounds`` rounds (each backend goes first in every other round):
 
   * a client that behaves like upstream's C client and most other outside
     clients: a blocking socket with Nagle left on (no ``TCP_NODELAY``), one
@@ -20,7 +20,7 @@ storage together, from ``/proc/<pid>/stat``): where the builtin servers lose
 time, it is there. Exits 1 if a ratio is below ``--min-ratio`` (default 0:
 report only). Needs the upstream servers; without them it says so and exits 2.
 
-Usage: .venv/bin/python bench/bench_servers.py [--rounds 3] [--ops 400] [--small-kib 5]
+Usage: .venv/bin/python bench/bench_servers.py [--rounds 4] [--ops 400] [--small-kib 5]
 """
 
 from __future__ import annotations
@@ -183,11 +183,16 @@ async def client_ops(client: Client, count: int, cpu: ServerCpu) -> dict[str, Re
 
 
 async def one_round(
-    clusters: dict[str, Cluster], clients: dict[str, Client], args: argparse.Namespace
+    clusters: dict[str, Cluster],
+    clients: dict[str, Client],
+    args: argparse.Namespace,
+    number: int,
 ) -> dict[str, dict[str, Result]]:
+    """Every workload on both backends, back to back; who goes first alternates by round,
+    so that neither always runs after the other's writes and wake-ups."""
+    order = list(clusters) if number % 2 == 0 else list(reversed(clusters))
     return {
-        backend: await backend_round(cluster, clients[backend], args)
-        for backend, cluster in clusters.items()
+        backend: await backend_round(clusters[backend], clients[backend], args) for backend in order
     }
 
 
@@ -225,14 +230,16 @@ async def run(clusters: dict[str, Cluster], args: argparse.Namespace) -> list[di
         clients = {"builtin": ours, "native": theirs}
         for backend, client in clients.items():  # warm up pools and page caches
             await client_ops(client, 20, ServerCpu.of(clusters[backend]))
-        for _ in range(args.rounds):
-            rounds.append(await one_round(clusters, clients, args))
+        for number in range(args.rounds):
+            rounds.append(await one_round(clusters, clients, args, number))
     return rounds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="an even number: each backend goes first as often"
+    )
     parser.add_argument("--ops", type=int, default=400, help="requests per workload and round")
     parser.add_argument("--small-kib", type=int, default=5)
     parser.add_argument("--min-ratio", type=float, default=0.0)
