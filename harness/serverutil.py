@@ -24,7 +24,8 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Container
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Hashable
+from typing import TypeVar
 
 import trio
 
@@ -35,12 +36,33 @@ from fdfsmount.proto.wire import Header, encode_header
 log = logging.getLogger(__name__)
 
 _RESP = int(Cmd.RESP)
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 #: Largest chunk handed to one os.sendfile call.
 SENDFILE_CHUNK = 4 * 1024 * 1024
 #: How long a connection closed after an error reply keeps draining input,
 #: so that unread request bytes do not turn our FIN into a RST.
 CLOSE_DRAIN_SECONDS = 1.0
+
+
+class Memo(dict[K, V]):
+    """A dict for values that never change once computed (what a name resolves to,
+    what a request body decodes to), emptied when it reaches ``limit`` entries.
+
+    Connection threads share one: a get or a put is atomic under the GIL, and
+    losing the whole cache now and then costs only the recomputation.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: K, value: V) -> V:
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value
 
 
 class PeerClosed(Exception):

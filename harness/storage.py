@@ -366,7 +366,7 @@ class StorageServer:
         self.replicator = Replicator(self)
         self._token: trio.lowlevel.TrioToken | None = None
         self._conn_lock = threading.Lock()
-        self._named: dict[bytes, LocalFile] = {}  # group + name bodies, resolved
+        self._named: serverutil.Memo[bytes, LocalFile] = serverutil.Memo(NAMED_BODIES)
         # Each connection is served by its own thread (`handle`). The commands
         # clients send all the time run right there; the others are handed to
         # the trio loop.
@@ -457,16 +457,16 @@ class StorageServer:
             header, body = message
             try:
                 if body is not None:  # the usual case: a small request, all here
-                    try:
-                        whole[header.cmd](conn, header, body)
-                    except ProtocolError as exc:
-                        raise RequestError(errno.EINVAL, str(exc)) from exc
+                    whole[header.cmd](conn, header, body)
                     continue
                 if header.cmd == _QUIT:
                     return
-                if self._dispatch_here(conn, header, body):
+                if self._dispatch_here(conn, header):
                     return
-            except RequestError as exc:
+            except (RequestError, ProtocolError) as error:
+                exc = error if isinstance(error, RequestError) else RequestError(
+                    errno.EINVAL, str(error)
+                )
                 level = (
                     logging.DEBUG if exc.status in (errno.ENOENT, errno.EEXIST) else logging.INFO
                 )
@@ -483,32 +483,23 @@ class StorageServer:
                     reader.close_after_error()
                     return
 
-    def _dispatch_here(self, conn: ThreadConn, header: Header, body: bytes | None) -> bool | None:
-        """Run a command in the connection's thread, or hand it to trio.
-
-        ``body``: the request's body if it came whole, else None (still to be read).
-        """
+    def _dispatch_here(self, conn: ThreadConn, header: Header) -> bool | None:
+        """Run a command whose body was not taken whole in the connection's thread, or
+        hand it to trio (`ProtocolError` and `RequestError` go to the caller)."""
         cmd = header.cmd
-        try:
-            handler = self._thread_body_handlers.get(cmd)
-            if handler is not None:
-                if body is None:
-                    if header.length > MAX_SMALL_BODY:
-                        raise RequestError(
-                            errno.EINVAL, f"body of {header.length} bytes is too large"
-                        )
-                    body = conn.reader.read_exact(header.length)
-                handler(conn, header, body)
-                return None
-            streamed = self._thread_payload_handlers.get(cmd)
-            if streamed is not None:
-                streamed(conn, header)
-                return None
-            if cmd not in self._payload_handlers and cmd not in self._body_handlers:
-                raise RequestError(errno.EINVAL, f"unknown cmd {cmd}")
-            return self._hand_to_trio(conn, header)
-        except ProtocolError as exc:
-            raise RequestError(errno.EINVAL, str(exc)) from exc
+        handler = self._thread_body_handlers.get(cmd)
+        if handler is not None:
+            if header.length > MAX_SMALL_BODY:
+                raise RequestError(errno.EINVAL, f"body of {header.length} bytes is too large")
+            handler(conn, header, conn.reader.read_exact(header.length))
+            return None
+        streamed = self._thread_payload_handlers.get(cmd)
+        if streamed is not None:
+            streamed(conn, header)
+            return None
+        if cmd not in self._payload_handlers and cmd not in self._body_handlers:
+            raise RequestError(errno.EINVAL, f"unknown cmd {cmd}")
+        return self._hand_to_trio(conn, header)
 
     def _hand_to_trio(self, conn: ThreadConn, header: Header) -> bool | None:
         """Run the command in the trio loop (the socket is non-blocking meanwhile).
@@ -1009,10 +1000,7 @@ class StorageServer:
             # Clients name a file in several requests in a row (info, download, delete).
             group, name = parse_group_remote_body(body)
             self.check_group(group)
-            local = self.store.resolve(name)
-            if len(self._named) >= NAMED_BODIES:
-                self._named.clear()
-            self._named[body] = local
+            local = self._named.put(body, self.store.resolve(name))
         return local
 
     def cmd_get_metadata(self, conn: ThreadConn, header: Header, body: bytes) -> None:

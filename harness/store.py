@@ -36,7 +36,7 @@ from fdfsmount.proto.fileid import (
     decode_file_id,
 )
 
-from .serverutil import RequestError
+from .serverutil import Memo, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Store:
             for stale in tmp.iterdir():
                 stale.unlink(missing_ok=True)
         self._next_path = 0
-        self._resolved: dict[str, LocalFile] = {}
+        self._resolved: Memo[str, LocalFile] = Memo(RESOLVED_NAMES)
         # Round-robin subdirectory placement as upstream's default
         # (file_distribute_path_mode 0, rotate every 100 files).
         self._subdir_high = 0
@@ -160,10 +160,7 @@ class Store:
         if local is None:
             # A name resolves the same way for the store's life, and clients
             # name a file several times in a row (route, info, download).
-            local = self._resolve(remote_name)
-            if len(self._resolved) >= RESOLVED_NAMES:
-                self._resolved.clear()
-            self._resolved[remote_name] = local
+            local = self._resolved.put(remote_name, self._resolve(remote_name))
         return local
 
     def _resolve(self, remote_name: str) -> LocalFile:

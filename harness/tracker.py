@@ -88,8 +88,8 @@ class TrackerServer:
         self.registry = Registry(store_lookup, offline_after)
         #: Connections are served in threads: every use of the registry holds this.
         self.lock = threading.Lock()
+        self._fetch_names: serverutil.Memo[bytes, tuple[str, str]] = serverutil.Memo(FETCH_NAMES)
         #: The client commands served, each with its answer (the reply body).
-        self._fetch_names: dict[bytes, tuple[str, str]] = {}
         self._answers: dict[int, Callable[[int, bytes], bytes]] = {
             Cmd.ACTIVE_TEST: self._active_test,
             Cmd.QUERY_STORE_WITHOUT_GROUP_ONE: self._query_store_any_group,
@@ -222,10 +222,7 @@ class TrackerServer:
         names = self._fetch_names.get(body)
         if names is None:
             # Clients ask for the same file several times in a row (info, download, delete).
-            names = parse_fetch_body(body)
-            if len(self._fetch_names) >= FETCH_NAMES:
-                self._fetch_names.clear()
-            self._fetch_names[body] = names
+            names = self._fetch_names.put(body, parse_fetch_body(body))
         group, nodes = self.registry.query_fetch(cmd, *names)
         target = FetchTarget(group.name, tuple([n.server_addr for n in nodes]))
         return encode_fetch_reply(target, self.ip_size)

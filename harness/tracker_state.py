@@ -103,13 +103,18 @@ class StorageNode:
     #: or from ACTIVE. Changes to its files carry the epoch they were made in.
     epoch: int = 0
     last_beat: float = 0.0  # monotonic
-    #: ``ip:port`` as replies name it (kept with ``ip`` and ``port``).
+    last_beat_wall: int = 0
+    link: object | None = None
+    #: ``ip:port`` as replies name it: set with them by `at`.
     server_addr: ServerAddr = field(init=False)
 
     def __post_init__(self) -> None:
-        self.server_addr = ServerAddr(self.ip, self.port)
-    last_beat_wall: int = 0
-    link: object | None = None
+        self.at(self.ip, self.port)
+
+    def at(self, ip: str, port: int) -> None:
+        """Where the storage listens (a rejoin may move it)."""
+        self.ip, self.port = ip, port
+        self.server_addr = ServerAddr(ip, port)
 
     @property
     def active(self) -> bool:
@@ -238,8 +243,8 @@ class Registry:
             log.info("storage %s joined %s at %s:%d", storage_id, group_name, ip, port)
         elif (node.ip, node.port) != (ip, port) or node.status != StorageStatus.ACTIVE:
             log.info("storage %s of %s rejoined at %s:%d", storage_id, group_name, ip, port)
-        node.ip, node.port, node.link = ip, port, link
-        node.server_addr = ServerAddr(ip, port)
+        node.at(ip, port)
+        node.link = link
         node.up_time = _as_int(info.get("up_time"), node.up_time)
         node.version = str(info.get("version", node.version))[:8]
         node.store_path_count = max(1, _as_int(info.get("store_path_count"), 1))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness import store as store_module
-from harness.serverutil import RequestError
+from harness.serverutil import Memo, RequestError
 from harness.store import Store
 
 NAME = "M00/0A/FF/wKgBAWdHlZqAAAAAAAAQAAAAAAAAAAA.txt"
@@ -53,3 +53,11 @@ def test_the_remembered_names_are_bounded(
         assert store.resolve(name).subdirs == (0, i)
         assert len(store._resolved) <= 4  # noqa: SLF001
     assert store.resolve(names[0]).file.endswith("/00/00/file0.txt")
+
+
+def test_memo_starts_over_when_full() -> None:
+    memo: Memo[str, int] = Memo(2)
+    assert memo.put("a", 1) == 1
+    memo.put("b", 2)
+    memo.put("c", 3)  # full: forgets the rest, keeps the new entry
+    assert memo == {"c": 3}

@@ -50,8 +50,6 @@ FILE_INFO_SIZES = (8 * 3 + IPV4_ADDRESS_SIZE, 8 * 3 + IPV6_ADDRESS_SIZE)
 MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
 #: A slave's master name must be longer than its "M00/HH/HH/" logic path.
 MIN_MASTER_NAME_LEN = 11
-#: Ext and slave prefix characters a storage accepts (upstream fdfs_validate_filename).
-#: Size, creation time and crc32 of a QUERY_FILE_INFO reply, before the source IP.
 _RESP = int(Cmd.RESP)
 #: QUERY_FILE_INFO's whole reply (header, three numbers, IP field), by IP field size.
 _FILE_INFO_MESSAGE = {
@@ -59,6 +57,7 @@ _FILE_INFO_MESSAGE = {
 }
 #: Offset and length that open a DOWNLOAD_FILE request.
 _DOWNLOAD_RANGE = struct.Struct(">qq")
+#: Ext and slave prefix characters a storage accepts (upstream fdfs_validate_filename).
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 #: Commands a storage serves to clients; anything else is answered with EINVAL.
