@@ -54,6 +54,8 @@ class Memo(dict[K, V]):
     losing the whole cache now and then costs only the recomputation.
     """
 
+    __slots__ = ("limit",)
+
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
