@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import operator
 import socket
 import threading
 from collections.abc import Callable
@@ -66,6 +67,7 @@ RECV_BUFFER = 64 * 1024
 _QUIT = int(Cmd.QUIT)
 #: How many fetch query bodies `_query_fetch` remembers decoded.
 FETCH_NAMES = 8192
+_server_addr = operator.attrgetter("server_addr")
 
 
 class TrackerServer:
@@ -224,7 +226,7 @@ class TrackerServer:
             # Clients ask for the same file several times in a row (info, download, delete).
             names = self._fetch_names.put(body, parse_fetch_body(body))
         group, nodes = self.registry.query_fetch(cmd, *names)
-        target = FetchTarget(group.name, tuple([n.server_addr for n in nodes]))
+        target = FetchTarget(group.name, tuple(map(_server_addr, nodes)))
         return encode_fetch_reply(target, self.ip_size)
 
     def _list_one_group(self, cmd: int, body: bytes) -> bytes:
@@ -239,7 +241,7 @@ class TrackerServer:
 
     def query_store(self, group_name: str | None, all_servers: bool) -> bytes:
         group, nodes, path_index = self.registry.query_store(group_name, all_servers)
-        servers = tuple([n.server_addr for n in nodes])
+        servers = tuple(map(_server_addr, nodes))
         return encode_store_reply(StoreTarget(group.name, servers, path_index), self.ip_size)
 
     def list_storages(self, group_name: str, wanted: str | None) -> bytes:

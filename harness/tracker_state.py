@@ -426,21 +426,25 @@ class Registry:
             raise TrackerError(errno.ENOENT, f"undecodable file name {remote_name!r}") from exc
         source = group.find_source(info.source_id, info.source_ip)
         source_key = source.storage_id if source else info.source
-        active = group.active()
         created = info.create_time
+        # Plain loops: this runs for every read a client routes.
+        holders: list[StorageNode] = []
         if info.file_type in _REPLICATED_WHOLE:
-            holders = [
-                n
-                for n in active
-                if n is source
-                or n.synced.get(source_key, 0) > created
-                # With the source gone, a replica that applied all it reported is the best bet.
-                or (source is not None and not source.active and n.holds_log_of(source))
-            ]
-        elif source is not None and source.active:
-            holders = [source]
+            # With the source gone, a replica that applied all it reported is the best bet.
+            gone = source if source is not None and source.status != _ACTIVE else None
+            for n in group.storages.values():
+                if n.status == _ACTIVE and (
+                    n is source
+                    or n.synced.get(source_key, 0) > created
+                    or (gone is not None and n.holds_log_of(gone))
+                ):
+                    holders.append(n)
+        elif source is not None and source.status == _ACTIVE:
+            holders.append(source)
         else:
-            holders = [n for n in active if _caught_up(n, source, source_key, created)]
+            for n in group.storages.values():
+                if n.status == _ACTIVE and _caught_up(n, source, source_key, created):
+                    holders.append(n)
         updating = cmd == _QUERY_UPDATE and source is not None
         if updating and source is not None and source.active:
             holders = [source]
