@@ -31,7 +31,6 @@ from fdfsmount.proto.fileid import (
     APPENDER_FLAG,
     BASE64_LEN,
     NORMAL_REMOTE_NAME_LEN,
-    FileId,
     FileIdInfo,
     decode_file_id,
 )
@@ -100,7 +99,7 @@ def decoded_name(group: str, remote_name: str) -> FileIdInfo:
     tracker to find a file's source, the storage for file info and fencing);
     a client usually names a file several times in a row.
     """
-    return decode_file_id(FileId(group, remote_name))
+    return decode_file_id(f"{group}/{remote_name}")
 
 
 def is_appender_name(remote_name: str) -> bool:

@@ -30,12 +30,15 @@ following how upstream storages build it:
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import ipaddress
 import random
 import re
+import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .constants import EXT_NAME_LEN, GROUP_NAME_LEN, PREFIX_LEN
 from .errors import InvalidFileId, LocalProtocolError
@@ -63,6 +66,7 @@ _SLAVE_PREFIX_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{PREFIX_LEN}}}")
 _EXT_RE = re.compile(rf"[A-Za-z0-9_.-]{{0,{EXT_NAME_LEN}}}")
 _FIELDS = struct.Struct(">4sIQI")
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 #: Symbols that can end 27 base64 characters of 20 bytes: the low 2 bits are 0.
 _B64_LAST = frozenset(_B64_ALPHABET[::4])
 TRUNK_INFO_LEN = 16  # base64 of the trunk id, offset and size (3 x 4 bytes)
@@ -108,9 +112,8 @@ class FileId:
         return f"{self.group}/{self.remote_name}"
 
 
-@dataclass(frozen=True, slots=True)
-class FileIdInfo:
-    """What a file ID itself says about the file."""
+class FileIdInfo(NamedTuple):
+    """What a file ID itself says about the file (a named tuple: made for every ID decoded)."""
 
     file_type: FileType
     source_id: int | None  # storage server id (storage-id mode)
@@ -124,13 +127,19 @@ class FileIdInfo:
         return str(self.source_id) if self.source_id is not None else self.source_ip or ""
 
 
+def _matched(text: str) -> re.Match[str]:
+    """The shape check of `parse_file_id`: the regex match, or `InvalidFileId`."""
+    match = _FILE_ID_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidFileId(f"not a FastDFS file ID: {text!r}")
+    if match.end() - match.start("remote") > MAX_REMOTE_NAME_LEN:
+        raise InvalidFileId(f"remote name too long in {text!r}")
+    return match
+
+
 def parse_file_id(text: str) -> FileId:
     """Split and validate ``group/Mxx/HH/HH/name``; raise `InvalidFileId`."""
-    if not isinstance(text, str) or not _FILE_ID_RE.fullmatch(text):
-        raise InvalidFileId(f"not a FastDFS file ID: {text!r}")
-    group, remote = text.split("/", 1)
-    if len(remote) > MAX_REMOTE_NAME_LEN:
-        raise InvalidFileId(f"remote name too long in {text!r}")
+    group, remote = _matched(text).group("group", "remote")
     return FileId(group, remote)
 
 
@@ -143,9 +152,10 @@ def is_valid_remote_name(remote_name: str) -> bool:
 
 
 def _b64decode(chars: str) -> bytes:
+    # What base64.urlsafe_b64decode does, without its layers of Python calls.
     try:
-        return base64.urlsafe_b64decode(chars + "=")
-    except ValueError as exc:  # binascii.Error is a ValueError
+        return binascii.a2b_base64(chars.encode("ascii").translate(_FROM_URLSAFE) + b"=")
+    except ValueError as exc:  # binascii.Error is a ValueError, so is a non-ASCII str's
         raise InvalidFileId(f"bad base64 in file name {chars!r}") from exc
 
 
@@ -155,11 +165,10 @@ def _b64encode(raw: bytes) -> str:
 
 def decode_file_id(file_id: FileId | str) -> FileIdInfo:
     """Decode the fields embedded in a file ID the way the upstream client does."""
-    if isinstance(file_id, FileId):
-        # A FileId can be built directly, bypassing validation: check it again.
-        file_id = str(file_id)
-    fid = parse_file_id(file_id)
-    raw = _b64decode(fid.name[:BASE64_LEN])
+    # A FileId can be built directly, bypassing validation: check it again.
+    text = f"{file_id.group}/{file_id.remote_name}" if isinstance(file_id, FileId) else file_id
+    match = _matched(text)
+    raw = _b64decode(match.group("name")[:BASE64_LEN])
     src, create_time, size_field, crc = _FIELDS.unpack(raw)
     # Upstream reads these 4 bytes in host (little-endian) order: a value that
     # fits a server id (1..2^24-1) is one, anything else is an IPv4 address.
@@ -169,8 +178,8 @@ def decode_file_id(file_id: FileId | str) -> FileIdInfo:
     if 0 < src_int <= MAX_SERVER_ID:
         source_id = src_int
     else:
-        source_ip = str(ipaddress.IPv4Address(src))
-    name_len = len(fid.remote_name)
+        source_ip = socket.inet_ntoa(src)
+    name_len = match.end() - match.start("remote")
     if size_field & APPENDER_FLAG:
         return FileIdInfo(FileType.APPENDER, source_id, source_ip, create_time, None, None)
     is_trunk = bool(size_field & TRUNK_FLAG)
