@@ -1,8 +1,10 @@
 """Small-request speed of the builtin servers against upstream's, in one run.
 
 Starts a one-storage builtin cluster and a native one (upstream
-``fdfs_trackerd``/``fdfs_storaged``), then measures on both, interleaved over
-``--rounds`` rounds (each backend goes first in every other round):
+``fdfs_trackerd``/``fdfs_storaged``), then measures on both over ``--rounds``
+rounds. Within a round each workload runs on one backend and then at once on
+the other, so that the two runs compared share the machine's load of the
+moment (who goes first alternates by round):
 
   * a client that behaves like upstream's C client and most other outside
     clients: a blocking socket with Nagle left on (no ``TCP_NODELAY``), one
@@ -32,6 +34,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
@@ -156,68 +159,92 @@ def in_thread(fn: Callable[..., T], *args: object) -> Callable[[], Awaitable[T]]
     return partial(trio.to_thread.run_sync, partial(fn, *args))
 
 
-async def client_ops(client: Client, count: int, cpu: ServerCpu) -> dict[str, Result]:
+@dataclass
+class Backend:
+    """One cluster under test, and the files this round's workloads made on it."""
+
+    cluster: Cluster
+    client: Client
+    cpu: ServerCpu
+    names: list[str] = field(default_factory=list)  # the split-write client's uploads
+    fids: list[FileId] = field(default_factory=list)  # our client's uploads
+
+    @property
+    def address(self) -> str:
+        return self.cluster.storages[0].address
+
+
+#: One workload: runs ``count`` operations on a backend, and returns its result.
+Workload = Callable[[Backend, int, int], Awaitable[Result]]
+
+
+async def split_upload(b: Backend, count: int, size: int) -> Result:
+    result, b.names = await measured(
+        b.cpu, count, in_thread(split_write_uploads, b.address, size, count)
+    )
+    return result
+
+
+async def split_download(b: Backend, count: int, size: int) -> Result:
+    work = in_thread(split_write_downloads, b.address, "group1", b.names, size)
+    return (await measured(b.cpu, count, work))[0]
+
+
+async def new_connection_info(b: Backend, count: int, size: int) -> Result:
+    work = in_thread(connection_per_request_info, b.address, "group1", b.names)
+    result = (await measured(b.cpu, count, work))[0]
+    for name in b.names:  # not measured: the split-write files are done with
+        await b.client.delete(FileId("group1", name))
+    return result
+
+
+async def client_upload(b: Backend, count: int, size: int) -> Result:
     data = b"c" * 4096
-    fids: list[FileId] = []
 
-    async def upload_all() -> None:
-        for _ in range(count):
-            fids.append(await client.upload(data, ext="txt"))
+    async def upload_all() -> list[FileId]:
+        return [await b.client.upload(data, ext="txt") for _ in range(count)]
 
-    def each(op: Callable[[FileId], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+    result, b.fids = await measured(b.cpu, count, upload_all)
+    return result
+
+
+def client_each(op: Callable[[Client, FileId], Awaitable[object]]) -> Workload:
+    """Our client's ``op`` on each file `client_upload` made."""
+
+    async def workload(b: Backend, count: int, size: int) -> Result:
         async def run() -> None:
-            for fid in fids:
-                await op(fid)
+            for fid in b.fids:
+                await op(b.client, fid)
 
-        return run
+        return (await measured(b.cpu, count, run))[0]
 
-    results = {"upload": (await measured(cpu, count, upload_all))[0]}
-    ops: dict[str, Callable[[FileId], Awaitable[object]]] = {
-        "download": client.download,
-        "info": client.info,
-        "delete": client.delete,
+    return workload
+
+
+def workloads(small_kib: int) -> dict[str, Workload]:
+    """In the order they run: each uses the files the ones before it made."""
+    split = f"split-write {small_kib} KiB"
+    return {
+        f"{split} upload": split_upload,
+        f"{split} download": split_download,
+        "new connection per info": new_connection_info,
+        "client 4 KiB upload": client_upload,
+        "client 4 KiB download": client_each(Client.download),
+        "client 4 KiB info": client_each(Client.info),
+        "client 4 KiB delete": client_each(Client.delete),  # last: it removes the files
     }
-    for name, op in ops.items():  # delete last: it removes the files the others use
-        results[name] = (await measured(cpu, count, each(op)))[0]
-    return results
 
 
 async def one_round(
-    clusters: dict[str, Cluster],
-    clients: dict[str, Client],
-    args: argparse.Namespace,
-    number: int,
+    backends: dict[str, Backend], args: argparse.Namespace, number: int
 ) -> dict[str, dict[str, Result]]:
-    """Every workload on both backends, back to back; who goes first alternates by round,
-    so that neither always runs after the other's writes and wake-ups."""
-    order = list(clusters) if number % 2 == 0 else list(reversed(clusters))
-    return {
-        backend: await backend_round(clusters[backend], clients[backend], args) for backend in order
-    }
-
-
-async def backend_round(
-    cluster: Cluster, client: Client, args: argparse.Namespace
-) -> dict[str, Result]:
-    size = args.small_kib * 1024
-    cpu = ServerCpu.of(cluster)
-    address = cluster.storages[0].address
-    split = f"split-write {args.small_kib} KiB"
-    results: dict[str, Result] = {}
-    results[f"{split} upload"], names = await measured(
-        cpu, args.ops, in_thread(split_write_uploads, address, size, args.ops)
-    )
-    results[f"{split} download"], _ = await measured(
-        cpu, args.ops, in_thread(split_write_downloads, address, "group1", names, size)
-    )
-    results["new connection per info"], _ = await measured(
-        cpu, args.ops, in_thread(connection_per_request_info, address, "group1", names)
-    )
-    async with Client(cluster.trackers) as cleaner:
-        for name in names:
-            await cleaner.delete(FileId("group1", name))
-    for op, result in (await client_ops(client, args.ops, cpu)).items():
-        results[f"client 4 KiB {op}"] = result
+    """Every workload on both backends, one right after the other, so that each pair
+    compared runs under the same machine load; who goes first alternates by round."""
+    order = list(backends) if number % 2 == 0 else list(reversed(backends))
+    results: dict[str, dict[str, Result]] = {name: {} for name in backends}
+    for workload, run_on in workloads(args.small_kib).items():
+        for name in order:
+            results[name][workload] = await run_on(backends[name], args.ops, args.small_kib * 1024)
     return results
 
 
@@ -227,11 +254,16 @@ async def run(clusters: dict[str, Cluster], args: argparse.Namespace) -> list[di
         Client(clusters["builtin"].trackers) as ours,
         Client(clusters["native"].trackers) as theirs,
     ):
-        clients = {"builtin": ours, "native": theirs}
-        for backend, client in clients.items():  # warm up pools and page caches
-            await client_ops(client, 20, ServerCpu.of(clusters[backend]))
+        backends = {
+            name: Backend(cluster, client, ServerCpu.of(cluster))
+            for (name, cluster), client in zip(clusters.items(), (ours, theirs), strict=True)
+        }
+        for backend in backends.values():  # warm up pools and page caches
+            for workload, run_on in workloads(args.small_kib).items():
+                if workload.startswith("client"):
+                    await run_on(backend, 20, 4096)
         for number in range(args.rounds):
-            rounds.append(await one_round(clusters, clients, args, number))
+            rounds.append(await one_round(backends, args, number))
     return rounds
 
 
