@@ -400,7 +400,7 @@ class PeerPuller:
         except BaseException:
             os.close(fd)
             if whole:
-                temp.unlink(missing_ok=True)
+                store.discard(temp)
             raise
         os.close(fd)
         if whole:

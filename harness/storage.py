@@ -612,7 +612,7 @@ class StorageServer:
         return crc
 
     @contextlib.contextmanager
-    def new_temp_file(self, store_path_index: int) -> Iterator[tuple[Path, int]]:
+    def new_temp_file(self, store_path_index: int) -> Iterator[tuple[str, int]]:
         """A new temp file in the store path and its fd: closed after, removed on failure."""
         temp = self.store.new_temp_path(store_path_index)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -622,12 +622,12 @@ class StorageServer:
             finally:
                 os.close(fd)
         except BaseException:
-            temp.unlink(missing_ok=True)
+            self.store.discard(temp)
             raise
 
     async def receive_new_file(
         self, conn: Conn, store_path_index: int, size: int
-    ) -> tuple[Path, int]:
+    ) -> tuple[str, int]:
         with self.new_temp_file(store_path_index) as (temp, fd):
             crc = await self.receive_to(conn, fd, size)
         return temp, crc
@@ -652,7 +652,7 @@ class StorageServer:
 
     def receive_new_file_here(
         self, conn: ThreadConn, store_path_index: int, size: int
-    ) -> tuple[Path, int]:
+    ) -> tuple[str, int]:
         """Receive an upload's content into a new temp file, in the connection's thread."""
         with self.new_temp_file(store_path_index) as (temp, fd):
             crc = self.receive_to_here(conn, fd, size, None)
@@ -688,7 +688,7 @@ class StorageServer:
         conn.reader.send_reply(encode_file_id_reply(self.group, remote))
 
     def place_new_file(
-        self, temp: Path, index: int, size: int, crc: int, ext: str, appender: bool
+        self, temp: str, index: int, size: int, crc: int, ext: str, appender: bool
     ) -> str:
         """Name, move into place and log a finished upload.
 
@@ -708,7 +708,7 @@ class StorageServer:
                     self.store.place(temp, local)
                     self.binlog.append(ts, "C", remote)
                     return remote
-        temp.unlink(missing_ok=True)
+        self.store.discard(temp)
         raise RequestError(errno.EBUSY, "could not generate a unique file name", close=False)
 
     async def cmd_upload_slave(self, conn: Conn, header: Header) -> None:
@@ -734,7 +734,7 @@ class StorageServer:
             await self.fail_after_payload(conn, head.size, exc)
         temp, _crc = await self.receive_new_file(conn, slave.store_path_index, head.size)
         if slave.path.exists():
-            temp.unlink(missing_ok=True)
+            self.store.discard(temp)
             raise RequestError(errno.EEXIST, f"slave {slave_name} exists")
         self.store.place(temp, slave)
         self.binlog.record_source("C", slave_name)

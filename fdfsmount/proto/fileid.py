@@ -29,7 +29,6 @@ following how upstream storages build it:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import enum
 import ipaddress
@@ -67,6 +66,7 @@ _EXT_RE = re.compile(rf"[A-Za-z0-9_.-]{{0,{EXT_NAME_LEN}}}")
 _FIELDS = struct.Struct(">4sIQI")
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 #: Symbols that can end 27 base64 characters of 20 bytes: the low 2 bits are 0.
 _B64_LAST = frozenset(_B64_ALPHABET[::4])
 TRUNK_INFO_LEN = 16  # base64 of the trunk id, offset and size (3 x 4 bytes)
@@ -160,7 +160,7 @@ def _b64decode(chars: str) -> bytes:
 
 
 def _b64encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).decode().rstrip("=")
 
 
 def decode_file_id(file_id: FileId | str) -> FileIdInfo:
@@ -281,7 +281,7 @@ def make_remote_name(
         raise LocalProtocolError(f"file size {size} out of range")
     if not 0 <= store_path_index <= 0xFF:
         raise LocalProtocolError(f"store path index {store_path_index} out of range")
-    if subdirs is not None and not all(0 <= d <= 0xFF for d in subdirs):
+    if subdirs is not None and not (0 <= subdirs[0] <= 0xFF and 0 <= subdirs[1] <= 0xFF):
         raise LocalProtocolError(f"subdirectories {subdirs} out of range")
     high = (rng.getrandbits(23) | 0x80000000) << 32
     if appender:
@@ -297,7 +297,10 @@ def make_remote_name(
     if subdirs is None:
         subdirs = (rng.randrange(256), rng.randrange(256))
     digits = EXT_NAME_LEN - len(ext) if ext else EXT_NAME_LEN + 1
-    suffix = "".join(str(rng.randrange(10)) for _ in range(digits)) + (f".{ext}" if ext else "")
+    # Uniform digits in one draw (a 6-character ext leaves none).
+    suffix = (f"{rng.randrange(10**digits):0{digits}d}" if digits else "") + (
+        f".{ext}" if ext else ""
+    )
     return f"M{store_path_index:02X}/{subdirs[0]:02X}/{subdirs[1]:02X}/{encoded}{suffix}"
 
 

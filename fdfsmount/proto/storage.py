@@ -39,6 +39,7 @@ from .metadata import Metadata, decode_metadata, encode_metadata
 from .wire import FieldReader, decode_text, encode_text, pack_fixed, pack_group, pack_int
 
 UPLOAD_FIXED = 1 + 8 + EXT_NAME_LEN
+_UPLOAD_HEAD = struct.Struct(f">Bq{EXT_NAME_LEN}s")  # store path index, size, ext
 SLAVE_FIXED = 8 + 8 + PREFIX_LEN + EXT_NAME_LEN
 APPEND_FIXED = 8 + 8
 MODIFY_FIXED = 8 + 8 + 8
@@ -276,8 +277,7 @@ def encode_file_info_message(info: FileInfo, ip_size: int = IPV4_ADDRESS_SIZE) -
         raise LocalProtocolError(f"file info {info} does not fit its fields") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class UploadHead:
+class UploadHead(NamedTuple):  # a named tuple: one per upload
     store_path_index: int  # STORE_PATH_ANY (255) = storage chooses
     size: int
     ext: str
@@ -291,9 +291,10 @@ def _check_body_length(what: str, body_length: int | None, expected: int) -> Non
 
 def parse_upload_head(head: bytes, *, body_length: int | None = None) -> UploadHead:
     """The first `UPLOAD_FIXED` bytes of 11/23; ``body_length`` is the header's length."""
-    r = FieldReader(head, "upload request")
-    index, size, ext = r.byte(), r.int64(), r.text(EXT_NAME_LEN)
-    r.end()
+    if len(head) != UPLOAD_FIXED:  # one unpack: every upload starts here
+        raise ProtocolError(f"upload request: {len(head)} bytes of head, not {UPLOAD_FIXED}")
+    index, size, raw_ext = _UPLOAD_HEAD.unpack(head)
+    ext = decode_text(raw_ext)
     if size < 0:
         raise ProtocolError(f"upload request with negative size {size}")
     _check_body_length("upload request", body_length, UPLOAD_FIXED + size)
