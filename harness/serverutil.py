@@ -356,10 +356,7 @@ class BlockingFramedSocket:
             raise PeerClosed(str(exc)) from exc
 
     def send_reply(self, body: bytes = b"", status: int = 0) -> None:
-        try:
-            self.sock.sendall(encode_header(len(body), _RESP, status) + body)
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            raise PeerClosed(str(exc)) from exc
+        self.send(encode_header(len(body), _RESP, status) + body)
 
     def send_file(self, fd: int, offset: int, count: int) -> None:
         """Send ``count`` bytes of ``fd`` from ``offset`` (os.sendfile, else read+send)."""

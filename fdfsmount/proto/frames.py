@@ -140,19 +140,11 @@ class FrameDecoder:
         """Receive once with ``recv_into`` (a blocking socket's method) into the buffer.
 
         Returns what it returned: the byte count, 0 at EOF. `recv_buffer` and
-        `received` in one call (their work inline), for the connection
-        threads' blocking loop.
+        `received` in one call, for the connection threads' blocking loop (a
+        small request arrives through `receive_message` instead).
         """
-        if self._start == self._end:
-            self._start = self._end = 0
-        end = self._end
-        if end == len(self._buf):
-            self._make_room(1)
-            end = self._end
-        n = recv_into(self._view[end:])
-        if not 0 <= n <= len(self._buf) - end:
-            raise LocalProtocolError(f"received {n} bytes into a smaller buffer")
-        self._end = end + n
+        n = recv_into(self.recv_buffer())
+        self.received(n)
         return n
 
     def receive_message(
