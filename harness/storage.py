@@ -81,6 +81,7 @@ from fdfsmount.proto.peer import PeerAddr, PeerCmd
 from fdfsmount.proto.records import STAT_COUNTER_NAMES
 from fdfsmount.proto.storage import (
     APPEND_FIXED,
+    GROUP_REMOTE_BODY_MAX,
     MODIFY_FIXED,
     SLAVE_FIXED,
     UPLOAD_FIXED,
@@ -90,6 +91,7 @@ from fdfsmount.proto.storage import (
     expect_empty,
     parse_append_head,
     parse_download_body,
+    parse_download_range,
     parse_fetch_binlog_body,
     parse_group_remote_body,
     parse_modify_head,
@@ -964,9 +966,15 @@ class StorageServer:
     # ------------------------------------------------------------ reads
 
     def cmd_download(self, conn: ThreadConn, header: Header, body: bytes) -> None:
-        offset, length, group, name = parse_download_body(body)
-        self.check_group(group)
-        local = self.store.resolve(name)
+        offset, length, names = parse_download_range(body)
+        local = self._named.get(names)
+        if local is None:
+            _, _, group, name = parse_download_body(body)
+            self.check_group(group)
+            local = self.store.resolve(name)
+            if len(names) <= GROUP_REMOTE_BODY_MAX:
+                # Within what `group_file` accepts: its requests share the entry.
+                self._named.put(names, local)
         try:
             fd = os.open(local.file, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):

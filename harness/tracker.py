@@ -47,7 +47,7 @@ from fdfsmount.proto.tracker import (
     parse_list_storage_body,
     parse_tracker_cmd,
 )
-from fdfsmount.proto.wire import Header
+from fdfsmount.proto.wire import Header, encode_header
 
 from . import serverutil
 from .serverutil import BlockingFramedSocket, PeerClosed
@@ -65,6 +65,7 @@ STORAGE_MESSAGES = frozenset((PeerCmd.STORAGE_JOIN, PeerCmd.STORAGE_BEAT))
 #: Receive buffer of a connection: requests are small, a storage's beat is the largest.
 RECV_BUFFER = 64 * 1024
 _QUIT = int(Cmd.QUIT)
+_RESP = int(Cmd.RESP)
 #: How many fetch query bodies `_query_fetch` remembers decoded.
 FETCH_NAMES = 8192
 _server_addr = operator.attrgetter("server_addr")
@@ -91,6 +92,12 @@ class TrackerServer:
         #: Connections are served in threads: every use of the registry holds this.
         self.lock = threading.Lock()
         self._fetch_names: serverutil.Memo[bytes, tuple[str, str]] = serverutil.Memo(FETCH_NAMES)
+        #: Whole fetch replies by (command, body), each with the registry version it
+        #: holds for: a client routes each read of a file, and usually reads a file
+        #: several times while the registry stays as it was (see `_query_fetch`).
+        self._fetch_replies: serverutil.Memo[tuple[int, bytes], tuple[int, bytes]] = (
+            serverutil.Memo(FETCH_NAMES)
+        )
         #: The client commands served, each with its answer (the reply body).
         self._answers: dict[int, Callable[[int, bytes], bytes]] = {
             Cmd.ACTIVE_TEST: self._active_test,
@@ -150,6 +157,10 @@ class TrackerServer:
                         return
                 if header.cmd in STORAGE_MESSAGES:
                     storage = self._storage_message(reader, header, body, link, storage)
+                    continue
+                known = self._fetch_replies.get((header.cmd, body))
+                if known is not None and known[0] == self.registry.version:
+                    reader.send(known[1])
                     continue
                 try:
                     with self.lock:
@@ -225,9 +236,14 @@ class TrackerServer:
         if names is None:
             # Clients ask for the same file several times in a row (info, download, delete).
             names = self._fetch_names.put(body, parse_fetch_body(body))
-        group, nodes = self.registry.query_fetch(cmd, *names)
+        version = self.registry.version  # the lock is held: it stays so until we return
+        group, nodes, lasting = self.registry.query_fetch(cmd, *names)
         target = FetchTarget(group.name, tuple(map(_server_addr, nodes)))
-        return encode_fetch_reply(target, self.ip_size)
+        reply = encode_fetch_reply(target, self.ip_size)
+        if lasting:
+            message = encode_header(len(reply), _RESP) + reply
+            self._fetch_replies.put((cmd, body), (version, message))
+        return reply
 
     def _list_one_group(self, cmd: int, body: bytes) -> bytes:
         return self.registry.group(parse_group_body(body)).stat().encode()

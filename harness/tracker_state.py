@@ -211,6 +211,10 @@ class Registry:
         self.store_lookup = store_lookup
         self.offline_after = offline_after
         self._group_cursor = 0
+        #: Counts the changes a read's routing can depend on (joins, status changes,
+        #: beats that change what a storage holds): an answer remembered at one count
+        #: holds while the count stays.
+        self.version = 0
 
     def sorted_groups(self) -> list[Group]:
         return [self.groups[k] for k in sorted(self.groups)]
@@ -224,6 +228,7 @@ class Registry:
     # ------------------------------------------------------------ storages
 
     def join(self, info: dict[str, Any], link: object) -> StorageNode:
+        self.version += 1
         try:
             group_name = str(info["group"])
             storage_id = str(info["id"])
@@ -254,6 +259,7 @@ class Registry:
         return node
 
     def beat(self, node: StorageNode, info: dict[str, Any]) -> None:
+        routing = (node.synced, node.binlog, node.synced_offsets)
         if node.active and time.monotonic() - node.last_beat > self.offline_after:
             # It was frozen: whatever it did meanwhile, peers may have taken its writes.
             self._set_offline(node, f"no heartbeat for {self.offline_after:g} s")
@@ -285,6 +291,8 @@ class Registry:
             node.owes |= node.foreign_writes
         node.last_beat = time.monotonic()
         node.last_beat_wall = int(time.time())
+        if (node.synced, node.binlog, node.synced_offsets) != routing:
+            self.version += 1  # what it holds of which source's files changed
         self._promote(node)
         if node.active:
             # Peers waiting for this one to stop foreign writes may be done now.
@@ -300,6 +308,7 @@ class Registry:
         if not lagging:
             log.info("storage %s of %s is ACTIVE", node.storage_id, node.group)
             node.status = StorageStatus.ACTIVE
+            self.version += 1
             node.epoch = _new_epoch(node.epoch)
         elif node.status != StorageStatus.SYNCING:
             log.info(
@@ -307,6 +316,7 @@ class Registry:
                 node.storage_id, node.group, ", ".join(lagging),
             )  # fmt: skip
             node.status = StorageStatus.SYNCING
+            self.version += 1
 
     def catch_up_pending(self, node: StorageNode) -> list[str]:
         """The peers ``node`` must still catch up with (or wait for to stop).
@@ -348,6 +358,7 @@ class Registry:
 
     def _set_offline(self, node: StorageNode, why: str) -> None:
         if node.status != StorageStatus.OFFLINE:
+            self.version += 1
             log.info("storage %s of %s is OFFLINE: %s", node.storage_id, node.group, why)
             if node.status == StorageStatus.ACTIVE:
                 node.epoch = _new_epoch(node.epoch)
@@ -418,7 +429,10 @@ class Registry:
 
     def query_fetch(
         self, cmd: int, group_name: str, remote_name: str
-    ) -> tuple[Group, list[StorageNode]]:
+    ) -> tuple[Group, list[StorageNode], bool]:
+        """The group, the storages to read from, and whether that answer lasts
+        until `version` changes (it does not when one of several holders was
+        picked in turn)."""
         group = self.group(group_name)
         try:
             info = decoded_name(group_name, remote_name)
@@ -456,12 +470,12 @@ class Registry:
         if not holders:
             raise TrackerError(errno.ENOENT, f"no active storage holds {group_name}/{remote_name}")
         if cmd == _QUERY_FETCH_ALL:
-            return group, holders
+            return group, holders, True
         if cmd == _QUERY_UPDATE:
-            return group, holders[:1]
+            return group, holders[:1], True
         chosen = holders[group.read_cursor % len(holders)]
         group.read_cursor += 1
-        return group, [chosen]
+        return group, [chosen], len(holders) == 1
 
 
 def _caught_up(

@@ -430,6 +430,7 @@ PARSERS: dict[str, tuple[Callable[[bytes], Any], list[bytes]]] = {
     "parse_truncate_body": (sc.parse_truncate_body, request_bodies(36)),
     "parse_group_remote_body": (sc.parse_group_remote_body, request_bodies(12, 15, 22)),
     "parse_download_body": (sc.parse_download_body, request_bodies(14)),
+    "parse_download_range": (sc.parse_download_range, request_bodies(14)),
     "parse_set_metadata_body": (sc.parse_set_metadata_body, request_bodies(13)),
     "parse_fetch_binlog_body": (sc.parse_fetch_binlog_body, request_bodies(26)),
     "parse_regenerate_body": (sc.parse_regenerate_body, request_bodies(38)),

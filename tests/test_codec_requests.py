@@ -72,6 +72,10 @@ def test_names_are_c_strings() -> None:
     assert S.parse_group_remote_body(body) == ("group1", NAME)
     download = pack_int(0) + pack_int(0) + body
     assert S.parse_download_body(download) == (0, 0, "group1", NAME)
+    # The names of a download, still encoded, are a body of 12, 15 and 22 as they stand.
+    ranged = pack_int(7) + pack_int(9) + body
+    assert S.parse_download_range(ranged) == (7, 9, body)
+    assert S.parse_group_remote_body(S.parse_download_range(ranged)[2]) == ("group1", NAME)
 
 
 def test_download_name_length_is_not_bounded_by_the_codec() -> None:

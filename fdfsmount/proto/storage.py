@@ -46,6 +46,8 @@ MODIFY_FIXED = 8 + 8 + 8
 TRUNCATE_FIXED = 8 + 8
 SET_METADATA_FIXED = 8 + 8 + 1 + GROUP_NAME_LEN
 DOWNLOAD_FIXED = 8 + 8 + GROUP_NAME_LEN
+#: Longest group + remote name body (12, 15, 22) `parse_group_remote_body` takes.
+GROUP_REMOTE_BODY_MAX = GROUP_NAME_LEN + MAX_REMOTE_NAME_LEN
 FILE_INFO_SIZES = (8 * 3 + IPV4_ADDRESS_SIZE, 8 * 3 + IPV6_ADDRESS_SIZE)
 #: Appender operations (24, 34, 36, 38) refuse names shorter than a normal name.
 MIN_APPENDER_NAME_LEN = NORMAL_REMOTE_NAME_LEN
@@ -379,9 +381,24 @@ def parse_regenerate_body(body: bytes) -> str:
 
 def parse_group_remote_body(body: bytes) -> tuple[str, str]:
     """Body of 12, 15, 22: group + remote name."""
-    if not GROUP_NAME_LEN < len(body) <= GROUP_NAME_LEN + MAX_REMOTE_NAME_LEN:
+    if not GROUP_NAME_LEN < len(body) <= GROUP_REMOTE_BODY_MAX:
         raise ProtocolError(f"request body of {len(body)} bytes")
     return decode_text(body[:GROUP_NAME_LEN]), decode_text(body[GROUP_NAME_LEN:])
+
+
+def parse_download_range(body: bytes) -> tuple[int, int, bytes]:
+    """(offset, length, names) of DOWNLOAD_FILE: ``names`` is the group and remote
+    name still encoded, laid out as the whole body of 12, 15 and 22.
+
+    A server that remembers what such a body names serves a download of a file
+    and the info, metadata or delete requests that name it alike from one entry.
+    """
+    if len(body) <= DOWNLOAD_FIXED:
+        raise ProtocolError(f"download request body of {len(body)} bytes")
+    offset, length = _DOWNLOAD_RANGE.unpack_from(body)
+    if offset < 0 or length < 0:
+        raise ProtocolError(f"download request: offset {offset}, length {length}")
+    return offset, length, body[DOWNLOAD_FIXED - GROUP_NAME_LEN :]
 
 
 def parse_download_body(body: bytes) -> tuple[int, int, str, str]:
@@ -390,18 +407,8 @@ def parse_download_body(body: bytes) -> tuple[int, int, str, str]:
     Like upstream, no bound on the name here: a name no file can have is
     refused when it is looked up.
     """
-    if len(body) <= DOWNLOAD_FIXED:
-        raise ProtocolError(f"download request body of {len(body)} bytes")
-    offset, length = _DOWNLOAD_RANGE.unpack_from(body)
-    if offset < 0 or length < 0:
-        raise ProtocolError(f"download request: offset {offset}, length {length}")
-    names = DOWNLOAD_FIXED - GROUP_NAME_LEN
-    return (
-        offset,
-        length,
-        decode_text(body[names:DOWNLOAD_FIXED]),
-        decode_text(body[DOWNLOAD_FIXED:]),
-    )
+    offset, length, names = parse_download_range(body)
+    return offset, length, decode_text(names[:GROUP_NAME_LEN]), decode_text(names[GROUP_NAME_LEN:])
 
 
 @dataclass(frozen=True, slots=True)
