@@ -2,9 +2,11 @@
 
 Starts a one-storage builtin cluster and a native one (upstream
 ``fdfs_trackerd``/``fdfs_storaged``), then measures on both over ``--rounds``
-rounds. Within a round each workload runs on one backend and then at once on
-the other, so that the two runs compared share the machine's load of the
-moment (who goes first alternates by round):
+rounds. Within a round each workload runs ``--slice`` requests on one backend,
+then as many on the other, and so on to ``--ops`` requests each, so that the
+two sides compared meet the machine's load of the same moments (who goes first
+alternates from slice to slice); a workload's time on a backend is the sum of
+its slices:
 
   * a client that behaves like upstream's C client and most other outside
     clients: a blocking socket with Nagle left on (no ``TCP_NODELAY``), one
@@ -16,13 +18,13 @@ moment (who goes first alternates by round):
     download, info and delete.
 
 Prints ops/s for both backends and builtin / upstream per workload (median of
-the per-round ratios, each round runs both backends back to back under the
-same machine load), and the CPU the servers spent per operation (tracker and
+the per-round ratios), and the CPU the servers spent per operation (tracker and
 storage together, from ``/proc/<pid>/stat``): where the builtin servers lose
 time, it is there. Exits 1 if a ratio is below ``--min-ratio`` (default 0:
 report only). Needs the upstream servers; without them it says so and exits 2.
 
-Usage: .venv/bin/python bench/bench_servers.py [--rounds 4] [--ops 400] [--small-kib 5]
+Usage: .venv/bin/python bench/bench_servers.py [--rounds 4] [--ops 400] [--slice 50]
+       [--small-kib 5]
 """
 
 from __future__ import annotations
@@ -79,27 +81,21 @@ class SplitWriteClient:
         return data
 
 
-def split_write_uploads(address: str, size: int, count: int) -> list[str]:
+def split_write_uploads(client: SplitWriteClient, size: int, count: int) -> list[str]:
     payload = b"s" * size
-    client = SplitWriteClient(address)
-    try:
-        names = []
-        for _ in range(count):
-            body = client.exchange(st.upload_request(size, "bin"), payload)
-            names.append(st.decode_file_id_reply(body).remote_name)
-        return names
-    finally:
-        client.close()
+    names = []
+    for _ in range(count):
+        body = client.exchange(st.upload_request(size, "bin"), payload)
+        names.append(st.decode_file_id_reply(body).remote_name)
+    return names
 
 
-def split_write_downloads(address: str, group: str, names: list[str], size: int) -> None:
-    client = SplitWriteClient(address)
-    try:
-        for name in names:
-            body = client.exchange(st.download_request(group, name))
-            assert len(body) == size
-    finally:
-        client.close()
+def split_write_downloads(
+    client: SplitWriteClient, group: str, names: list[str], size: int
+) -> None:
+    for name in names:
+        body = client.exchange(st.download_request(group, name))
+        assert len(body) == size
 
 
 def connection_per_request_info(address: str, group: str, names: list[str]) -> None:
@@ -143,20 +139,11 @@ class ServerCpu:
         return ticks / CLOCK_TICKS
 
 
-async def measured(
-    cpu: ServerCpu, count: int, work: Callable[[], Awaitable[T]]
-) -> tuple[Result, T]:
-    """Run ``work`` (``count`` operations): its rate, the servers' CPU per operation, its value."""
-    cpu_before = cpu.seconds()
+def timed(fn: Callable[..., T], *args: object) -> tuple[float, T]:
+    """``fn(*args)`` and the seconds it took (run in a worker thread, timed there)."""
     started = time.perf_counter()
-    value = await work()
-    elapsed = time.perf_counter() - started
-    return (count / elapsed, (cpu.seconds() - cpu_before) / count), value
-
-
-def in_thread(fn: Callable[..., T], *args: object) -> Callable[[], Awaitable[T]]:
-    """``fn(*args)`` as work run in a worker thread (the blocking split-write client)."""
-    return partial(trio.to_thread.run_sync, partial(fn, *args))
+    value = fn(*args)
+    return time.perf_counter() - started, value
 
 
 @dataclass
@@ -166,6 +153,7 @@ class Backend:
     cluster: Cluster
     client: Client
     cpu: ServerCpu
+    split: SplitWriteClient | None = None  # the split-write client's one connection
     names: list[str] = field(default_factory=list)  # the split-write client's uploads
     fids: list[FileId] = field(default_factory=list)  # our client's uploads
 
@@ -173,55 +161,66 @@ class Backend:
     def address(self) -> str:
         return self.cluster.storages[0].address
 
+    def split_client(self) -> SplitWriteClient:
+        if self.split is None:
+            self.split = SplitWriteClient(self.address)
+        return self.split
 
-#: One workload: runs ``count`` operations on a backend, and returns its result.
-Workload = Callable[[Backend, int, int], Awaitable[Result]]
-
-
-async def split_upload(b: Backend, count: int, size: int) -> Result:
-    result, b.names = await measured(
-        b.cpu, count, in_thread(split_write_uploads, b.address, size, count)
-    )
-    return result
-
-
-async def split_download(b: Backend, count: int, size: int) -> Result:
-    work = in_thread(split_write_downloads, b.address, "group1", b.names, size)
-    return (await measured(b.cpu, count, work))[0]
+    def close_split(self) -> None:
+        if self.split is not None:
+            self.split.close()
+            self.split = None
 
 
-async def new_connection_info(b: Backend, count: int, size: int) -> Result:
-    work = in_thread(connection_per_request_info, b.address, "group1", b.names)
-    result = (await measured(b.cpu, count, work))[0]
-    for name in b.names:  # not measured: the split-write files are done with
-        await b.client.delete(FileId("group1", name))
-    return result
+#: One slice of a workload: runs requests ``first`` .. ``first + count - 1`` on a
+#: backend (``size``: the small files' size) and returns the seconds they took.
+Slice = Callable[[Backend, int, int, int], Awaitable[float]]
 
 
-async def client_upload(b: Backend, count: int, size: int) -> Result:
+async def split_upload(b: Backend, first: int, count: int, size: int) -> float:
+    client = b.split_client()
+    elapsed, names = await trio.to_thread.run_sync(timed, split_write_uploads, client, size, count)
+    b.names.extend(names)
+    return elapsed
+
+
+async def split_download(b: Backend, first: int, count: int, size: int) -> float:
+    names = b.names[first : first + count]
+    work = partial(split_write_downloads, b.split_client(), "group1", names, size)
+    return (await trio.to_thread.run_sync(timed, work))[0]
+
+
+async def new_connection_info(b: Backend, first: int, count: int, size: int) -> float:
+    names = b.names[first : first + count]
+    work = partial(connection_per_request_info, b.address, "group1", names)
+    return (await trio.to_thread.run_sync(timed, work))[0]
+
+
+async def client_upload(b: Backend, first: int, count: int, size: int) -> float:
     data = b"c" * 4096
+    client = b.client
+    started = time.perf_counter()
+    fids = [await client.upload(data, ext="txt") for _ in range(count)]
+    elapsed = time.perf_counter() - started
+    b.fids.extend(fids)
+    return elapsed
 
-    async def upload_all() -> list[FileId]:
-        return [await b.client.upload(data, ext="txt") for _ in range(count)]
 
-    result, b.fids = await measured(b.cpu, count, upload_all)
-    return result
-
-
-def client_each(op: Callable[[Client, FileId], Awaitable[object]]) -> Workload:
+def client_each(op: Callable[[Client, FileId], Awaitable[object]]) -> Slice:
     """Our client's ``op`` on each file `client_upload` made."""
 
-    async def workload(b: Backend, count: int, size: int) -> Result:
-        async def run() -> None:
-            for fid in b.fids:
-                await op(b.client, fid)
-
-        return (await measured(b.cpu, count, run))[0]
+    async def workload(b: Backend, first: int, count: int, size: int) -> float:
+        client = b.client
+        fids = b.fids[first : first + count]
+        started = time.perf_counter()
+        for fid in fids:
+            await op(client, fid)
+        return time.perf_counter() - started
 
     return workload
 
 
-def workloads(small_kib: int) -> dict[str, Workload]:
+def workloads(small_kib: int) -> dict[str, Slice]:
     """In the order they run: each uses the files the ones before it made."""
     split = f"split-write {small_kib} KiB"
     return {
@@ -235,16 +234,43 @@ def workloads(small_kib: int) -> dict[str, Workload]:
     }
 
 
+async def interleaved(
+    backends: dict[str, Backend], run_slice: Slice, ops: int, step: int, size: int, number: int
+) -> dict[str, Result]:
+    """One workload on every backend, ``step`` requests on one and then the same on
+    the other, so that both meet the machine's load of the same moments (who goes
+    first alternates); per backend its rate and its servers' CPU per request."""
+    names = list(backends)
+    seconds = dict.fromkeys(names, 0.0)
+    cpu = dict.fromkeys(names, 0.0)
+    for k, first in enumerate(range(0, ops, step)):
+        count = min(step, ops - first)
+        for name in names if (number + k) % 2 == 0 else reversed(names):
+            b = backends[name]
+            cpu_before = b.cpu.seconds()
+            seconds[name] += await run_slice(b, first, count, size)
+            cpu[name] += b.cpu.seconds() - cpu_before
+    return {name: (ops / seconds[name], cpu[name] / ops) for name in names}
+
+
 async def one_round(
     backends: dict[str, Backend], args: argparse.Namespace, number: int
 ) -> dict[str, dict[str, Result]]:
-    """Every workload on both backends, one right after the other, so that each pair
-    compared runs under the same machine load; who goes first alternates by round."""
-    order = list(backends) if number % 2 == 0 else list(reversed(backends))
+    """Every workload, interleaved on both backends slice by slice (`interleaved`)."""
     results: dict[str, dict[str, Result]] = {name: {} for name in backends}
-    for workload, run_on in workloads(args.small_kib).items():
-        for name in order:
-            results[name][workload] = await run_on(backends[name], args.ops, args.small_kib * 1024)
+    size = args.small_kib * 1024
+    for workload, run_slice in workloads(args.small_kib).items():
+        by_backend = await interleaved(backends, run_slice, args.ops, args.slice, size, number)
+        for name, result in by_backend.items():
+            results[name][workload] = result
+        if run_slice is new_connection_info:
+            for b in backends.values():  # not measured: the split-write files are done with
+                b.close_split()
+                for name in b.names:
+                    await b.client.delete(FileId("group1", name))
+                b.names.clear()
+    for b in backends.values():
+        b.fids.clear()
     return results
 
 
@@ -258,12 +284,17 @@ async def run(clusters: dict[str, Cluster], args: argparse.Namespace) -> list[di
             name: Backend(cluster, client, ServerCpu.of(cluster))
             for (name, cluster), client in zip(clusters.items(), (ours, theirs), strict=True)
         }
-        for backend in backends.values():  # warm up pools and page caches
-            for workload, run_on in workloads(args.small_kib).items():
+        for b in backends.values():  # warm up pools and page caches
+            for workload, run_slice in workloads(args.small_kib).items():
                 if workload.startswith("client"):
-                    await run_on(backend, 20, 4096)
-        for number in range(args.rounds):
-            rounds.append(await one_round(backends, args, number))
+                    await run_slice(b, 0, 20, 4096)
+            b.fids.clear()
+        try:
+            for number in range(args.rounds):
+                rounds.append(await one_round(backends, args, number))
+        finally:
+            for b in backends.values():
+                b.close_split()
     return rounds
 
 
@@ -273,9 +304,16 @@ def main() -> int:
         "--rounds", type=int, default=4, help="an even number: each backend goes first as often"
     )
     parser.add_argument("--ops", type=int, default=400, help="requests per workload and round")
+    parser.add_argument(
+        "--slice", type=int, default=50,
+        help="requests on one backend before the other takes over (within a workload)",
+    )  # fmt: skip
     parser.add_argument("--small-kib", type=int, default=5)
     parser.add_argument("--min-ratio", type=float, default=0.0)
     args = parser.parse_args()
+    for option in ("rounds", "ops", "slice", "small_kib"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
     if not native_available():
         print(f"bench_servers: needs the upstream servers: {unavailable_reason()}")
         return 2

@@ -1,11 +1,14 @@
-"""`bench/bench_servers.py`'s meter of the servers' CPU, on processes of our own."""
+"""`bench/bench_servers.py`: its meter of the servers' CPU (on processes of our own), and
+how it interleaves the two backends."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from bench.bench_servers import ServerCpu
+import trio
+
+from bench.bench_servers import Backend, ServerCpu, interleaved
 
 #: A process that spends CPU in a thread that then ends, says so, and waits.
 SPINNER = """
@@ -45,3 +48,38 @@ def test_the_meter_counts_every_process_and_threads_that_ended() -> None:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
+
+
+class CountingCpu:
+    """A meter that reads one more second of CPU each time it is asked."""
+
+    def __init__(self) -> None:
+        self.read = 0.0
+
+    def seconds(self) -> float:
+        self.read += 1.0
+        return self.read
+
+
+def test_workloads_alternate_slice_by_slice_and_sum_each_side() -> None:
+    backends = {
+        name: Backend(cluster=None, client=None, cpu=CountingCpu())  # type: ignore[arg-type]
+        for name in ("builtin", "native")
+    }
+    calls: list[tuple[str, int, int]] = []
+
+    async def one_slice(b: Backend, first: int, count: int, size: int) -> float:
+        name = "builtin" if b is backends["builtin"] else "native"
+        calls.append((name, first, count))
+        return 0.5 if name == "builtin" else 0.25
+
+    results = trio.run(interleaved, backends, one_slice, 120, 50, 4096, 1)
+    # Slices of 50, the last one short; who goes first changes from slice to slice.
+    assert calls == [
+        ("native", 0, 50), ("builtin", 0, 50),
+        ("builtin", 50, 50), ("native", 50, 50),
+        ("native", 100, 20), ("builtin", 100, 20),
+    ]  # fmt: skip
+    # A side's rate is over the sum of its slices; its CPU is what its meter moved.
+    assert results["builtin"] == (120 / 1.5, 3 / 120)
+    assert results["native"] == (120 / 0.75, 3 / 120)
