@@ -706,7 +706,7 @@ class StorageServer:
                     subdirs=self.store.next_subdirs(), rng=self.rng,
                 )  # fmt: skip
                 local = self.store.resolve(remote)
-                if not os.path.exists(local.file):
+                if not os.access(local.file, os.F_OK):
                     self.store.place(temp, local)
                     self.binlog.append(ts, "C", remote)
                     return remote

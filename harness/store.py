@@ -132,6 +132,7 @@ class Store:
         # Temp names: unique within this process; stale ones are removed below.
         self._temp_names = itertools.count()
         self._full_flags = [str(base_dir / flag) for flag in FULL_FLAGS]
+        self._base = str(base_dir)
         for path in self.paths:
             (path / "data").mkdir(parents=True, exist_ok=True)
             tmp = path / "tmp"
@@ -263,10 +264,12 @@ class Store:
     # ------------------------------------------------------------ space
 
     def is_full(self) -> bool:
-        return any(os.path.exists(flag) for flag in self._full_flags)
+        # Checked on every upload: two C calls, no generator and no exception.
+        dot_full, disk_full = self._full_flags
+        return os.access(dot_full, os.F_OK) or os.access(disk_full, os.F_OK)
 
     def usage(self) -> DiskUsage:
-        vfs = os.statvfs(self.base_dir)
+        vfs = os.statvfs(self._base)
         total = vfs.f_blocks * vfs.f_frsize // (1 << 20) * self.store_path_count
         free = vfs.f_bavail * vfs.f_frsize // (1 << 20) * self.store_path_count
         if self.is_full():
