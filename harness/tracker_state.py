@@ -217,7 +217,7 @@ class Registry:
         self.version = 0
 
     def sorted_groups(self) -> list[Group]:
-        return [self.groups[k] for k in sorted(self.groups)]
+        return list(self.groups.values())  # kept in name order by `join`
 
     def group(self, name: str) -> Group:
         group = self.groups.get(name)
@@ -237,7 +237,10 @@ class Registry:
             raise TrackerError(errno.EINVAL, f"bad join message: {exc}") from exc
         if not group_name or not storage_id or not ip.startswith("127.") or not 0 < port < 65536:
             raise TrackerError(errno.EINVAL, f"bad join: {group_name}/{storage_id} {ip}:{port}")
-        group = self.groups.setdefault(group_name, Group(group_name))
+        group = self.groups.get(group_name)
+        if group is None:
+            group = self.groups[group_name] = Group(group_name)
+            self.groups = dict(sorted(self.groups.items()))
         for other in self.groups.values():
             if other is not group and storage_id in other.storages:
                 raise TrackerError(errno.EEXIST, f"storage {storage_id} belongs to {other.name}")
@@ -406,24 +409,38 @@ class Registry:
         return group, servers, path_index
 
     def _pick_group(self) -> tuple[Group, list[StorageNode]]:
-        """The group an upload without a group goes to, and its active storages."""
+        """The group an upload without a group goes to, and its active storages.
+
+        Round robin: the first group from the cursor on with an active storage
+        and room, in one pass (this runs for every upload). Load balance: the
+        one with the most free space.
+        """
         groups = self.sorted_groups()
-        actives = {g.name: g.active() for g in groups}
-        with_active = [g for g in groups if actives[g.name]]
-        if not with_active:
+        count = len(groups)
+        balance = self.store_lookup == "load_balance"
+        best: tuple[Group, list[StorageNode]] | None = None
+        best_free = -1
+        some_active = False
+        for step in range(count):
+            index = (self._group_cursor + step) % count
+            group = groups[index]
+            active = group.active()
+            if not active:
+                continue
+            some_active = True
+            if not group.has_space(active):
+                continue
+            if not balance:
+                self._group_cursor = (index + 1) % count
+                return group, active
+            free = group.space(active)[1]
+            if free > best_free:
+                best, best_free = (group, active), free
+        if best is not None:
+            return best
+        if not some_active:
             raise TrackerError(errno.ENOENT, "no group has an active storage")
-        usable = [g for g in with_active if g.has_space(actives[g.name])]
-        if not usable:
-            raise TrackerError(errno.ENOSPC, "every group is out of space")
-        if self.store_lookup == "load_balance":
-            best = max(usable, key=lambda g: g.space(actives[g.name])[1])
-            return best, actives[best.name]
-        for step in range(len(groups)):
-            group = groups[(self._group_cursor + step) % len(groups)]
-            if group in usable:
-                self._group_cursor = (groups.index(group) + 1) % len(groups)
-                return group, actives[group.name]
-        return usable[0], actives[usable[0].name]
+        raise TrackerError(errno.ENOSPC, "every group is out of space")
 
     # ------------------------------------------------------------ downloads
 
