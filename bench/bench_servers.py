@@ -23,7 +23,7 @@ storage together, from ``/proc/<pid>/stat``): where the builtin servers lose
 time, it is there. Exits 1 if a ratio is below ``--min-ratio`` (default 0:
 report only). Needs the upstream servers; without them it says so and exits 2.
 
-Usage: .venv/bin/python bench/bench_servers.py [--rounds 4] [--ops 400] [--slice 50]
+Usage: .venv/bin/python bench/bench_servers.py [--rounds 4] [--ops 400] [--slice 20]
        [--small-kib 5]
 """
 
@@ -305,7 +305,7 @@ def main() -> int:
     )
     parser.add_argument("--ops", type=int, default=400, help="requests per workload and round")
     parser.add_argument(
-        "--slice", type=int, default=50,
+        "--slice", type=int, default=20,
         help="requests on one backend before the other takes over (within a workload)",
     )  # fmt: skip
     parser.add_argument("--small-kib", type=int, default=5)

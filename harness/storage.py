@@ -86,6 +86,7 @@ from fdfsmount.proto.storage import (
     SLAVE_FIXED,
     UPLOAD_FIXED,
     FileInfo,
+    UploadHead,
     encode_file_id_reply,
     encode_file_info_message,
     expect_empty,
@@ -378,7 +379,11 @@ class StorageServer:
             Cmd.APPEND_FILE: self.cmd_append,
             Cmd.MODIFY_FILE: self.cmd_modify,
         }
+        # Requests taken whole when all of one arrived at once (`_serve_connection`):
+        # small uploads too, which otherwise stream to disk through the table above.
         self._thread_body_handlers: dict[int, Callable[[ThreadConn, Header, bytes], None]] = {
+            Cmd.UPLOAD_FILE: self.cmd_upload_whole,
+            Cmd.UPLOAD_APPENDER_FILE: self.cmd_upload_whole,
             Cmd.DOWNLOAD_FILE: self.cmd_download,
             Cmd.QUERY_FILE_INFO: self.cmd_query_file_info,
             Cmd.GET_METADATA: self.cmd_get_metadata,
@@ -489,15 +494,15 @@ class StorageServer:
         """Run a command whose body was not taken whole in the connection's thread, or
         hand it to trio (`ProtocolError` and `RequestError` go to the caller)."""
         cmd = header.cmd
+        streamed = self._thread_payload_handlers.get(cmd)
+        if streamed is not None:
+            streamed(conn, header)
+            return None
         handler = self._thread_body_handlers.get(cmd)
         if handler is not None:
             if header.length > MAX_SMALL_BODY:
                 raise RequestError(errno.EINVAL, f"body of {header.length} bytes is too large")
             handler(conn, header, conn.reader.read_exact(header.length))
-            return None
-        streamed = self._thread_payload_handlers.get(cmd)
-        if streamed is not None:
-            streamed(conn, header)
             return None
         if cmd not in self._payload_handlers and cmd not in self._body_handlers:
             raise RequestError(errno.EINVAL, f"unknown cmd {cmd}")
@@ -661,12 +666,33 @@ class StorageServer:
         return temp, crc
 
     def cmd_upload(self, conn: ThreadConn, header: Header) -> None:
-        appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
-        op = "upload"
+        """An upload whose content streams to disk as it arrives."""
         if header.length < UPLOAD_FIXED:
             raise RequestError(errno.EINVAL, "upload body too short")
         raw_head = conn.reader.read_exact(UPLOAD_FIXED)
         head = parse_upload_head(raw_head, body_length=header.length)
+        index = self.upload_path(conn, head, unread=head.size)
+        try:
+            temp, crc = self.receive_new_file_here(conn, index, head.size)
+        except PeerClosed:
+            self.counters.op("upload", False, head.size)
+            raise
+        self.finish_upload(conn, header, head, index, temp, crc)
+
+    def cmd_upload_whole(self, conn: ThreadConn, header: Header, body: bytes) -> None:
+        """An upload that arrived whole in one receive (the usual small file): its
+        content goes to disk in one write, from the body as it is."""
+        if len(body) < UPLOAD_FIXED:
+            raise RequestError(errno.EINVAL, "upload body too short")
+        head = parse_upload_head(body[:UPLOAD_FIXED], body_length=len(body))
+        index = self.upload_path(conn, head, unread=0)
+        with self.new_temp_file(index) as (temp, fd):
+            crc = write_chunk(fd, memoryview(body)[UPLOAD_FIXED:], None, 0)
+        self.finish_upload(conn, header, head, index, temp, crc)
+
+    def upload_path(self, conn: ThreadConn, head: UploadHead, *, unread: int) -> int:
+        """The store path an upload goes to, once its space is checked; a refused
+        upload's ``unread`` payload bytes are consumed first if the connection stays."""
         index = head.store_path_index
         if index == STORE_PATH_ANY:
             index = self.store.choose_store_path()
@@ -675,17 +701,18 @@ class StorageServer:
         try:
             self.store.check_space(head.size)
         except RequestError as exc:
-            self.counters.op(op, False, head.size)
-            if not exc.close:
-                conn.reader.discard(head.size)
+            self.counters.op("upload", False, head.size)
+            if unread and not exc.close:
+                conn.reader.discard(unread)
             raise
-        try:
-            temp, crc = self.receive_new_file_here(conn, index, head.size)
-        except PeerClosed:
-            self.counters.op(op, False, head.size)
-            raise
+        return index
+
+    def finish_upload(
+        self, conn: ThreadConn, header: Header, head: UploadHead, index: int, temp: str, crc: int
+    ) -> None:
+        appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
         remote = self.place_new_file(temp, index, head.size, crc, head.ext, appender)
-        self.counters.op(op, True, head.size)
+        self.counters.op("upload", True, head.size)
         self.counters.values["last_source_update"] = int(time.time())
         conn.reader.send_reply(encode_file_id_reply(self.group, remote))
 
