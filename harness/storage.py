@@ -619,10 +619,21 @@ class StorageServer:
         return crc
 
     @contextlib.contextmanager
-    def new_temp_file(self, store_path_index: int) -> Iterator[tuple[str, int]]:
-        """A new temp file in the store path and its fd: closed after, removed on failure."""
-        temp = self.store.new_temp_path(store_path_index)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    def new_temp_file(
+        self, store_path_index: int, subdirs: tuple[int, int] | None = None
+    ) -> Iterator[tuple[str, int]]:
+        """A new temp file in the store path (in the data subdirectory ``subdirs``, see
+        `Store.new_temp_path`) and its fd: closed after, removed on failure."""
+        temp = self.store.new_temp_path(store_path_index, subdirs)
+        # O_TRUNC, not O_EXCL: a name a killed storage left behind holds nothing of use.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            fd = os.open(temp, flags, 0o644)
+        except FileNotFoundError:
+            if subdirs is None:
+                raise
+            os.makedirs(os.path.dirname(temp), exist_ok=True)  # the subdirectory's first file
+            fd = os.open(temp, flags, 0o644)
         try:
             try:
                 yield temp, fd
@@ -658,10 +669,10 @@ class StorageServer:
         return crc
 
     def receive_new_file_here(
-        self, conn: ThreadConn, store_path_index: int, size: int
+        self, conn: ThreadConn, store_path_index: int, size: int, subdirs: tuple[int, int]
     ) -> tuple[str, int]:
         """Receive an upload's content into a new temp file, in the connection's thread."""
-        with self.new_temp_file(store_path_index) as (temp, fd):
+        with self.new_temp_file(store_path_index, subdirs) as (temp, fd):
             crc = self.receive_to_here(conn, fd, size, None)
         return temp, crc
 
@@ -671,13 +682,13 @@ class StorageServer:
             raise RequestError(errno.EINVAL, "upload body too short")
         raw_head = conn.reader.read_exact(UPLOAD_FIXED)
         head = parse_upload_head(raw_head, body_length=header.length)
-        index = self.upload_path(conn, head, unread=head.size)
+        index, subdirs = self.upload_path(conn, head, unread=head.size)
         try:
-            temp, crc = self.receive_new_file_here(conn, index, head.size)
+            temp, crc = self.receive_new_file_here(conn, index, head.size, subdirs)
         except PeerClosed:
             self.counters.op("upload", False, head.size)
             raise
-        self.finish_upload(conn, header, head, index, temp, crc)
+        self.finish_upload(conn, header, head, (index, subdirs), temp, crc)
 
     def cmd_upload_whole(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         """An upload that arrived whole in one receive (the usual small file): its
@@ -685,14 +696,17 @@ class StorageServer:
         if len(body) < UPLOAD_FIXED:
             raise RequestError(errno.EINVAL, "upload body too short")
         head = parse_upload_head(body[:UPLOAD_FIXED], body_length=len(body))
-        index = self.upload_path(conn, head, unread=0)
-        with self.new_temp_file(index) as (temp, fd):
+        index, subdirs = self.upload_path(conn, head, unread=0)
+        with self.new_temp_file(index, subdirs) as (temp, fd):
             crc = write_chunk(fd, memoryview(body)[UPLOAD_FIXED:], None, 0)
-        self.finish_upload(conn, header, head, index, temp, crc)
+        self.finish_upload(conn, header, head, (index, subdirs), temp, crc)
 
-    def upload_path(self, conn: ThreadConn, head: UploadHead, *, unread: int) -> int:
-        """The store path an upload goes to, once its space is checked; a refused
-        upload's ``unread`` payload bytes are consumed first if the connection stays."""
+    def upload_path(
+        self, conn: ThreadConn, head: UploadHead, *, unread: int
+    ) -> tuple[int, tuple[int, int]]:
+        """The store path and data subdirectory an upload goes to, once its space is
+        checked; a refused upload's ``unread`` payload bytes are consumed first if the
+        connection stays."""
         index = head.store_path_index
         if index == STORE_PATH_ANY:
             index = self.store.choose_store_path()
@@ -705,32 +719,46 @@ class StorageServer:
             if unread and not exc.close:
                 conn.reader.discard(unread)
             raise
-        return index
+        return index, self.store.next_subdirs()
 
     def finish_upload(
-        self, conn: ThreadConn, header: Header, head: UploadHead, index: int, temp: str, crc: int
+        self,
+        conn: ThreadConn,
+        header: Header,
+        head: UploadHead,
+        where: tuple[int, tuple[int, int]],
+        temp: str,
+        crc: int,
     ) -> None:
         appender = header.cmd == Cmd.UPLOAD_APPENDER_FILE
-        remote = self.place_new_file(temp, index, head.size, crc, head.ext, appender)
+        remote = self.place_new_file(temp, where, head.size, crc, head.ext, appender)
         self.counters.op("upload", True, head.size)
         self.counters.values["last_source_update"] = int(time.time())
         conn.reader.send_reply(encode_file_id_reply(self.group, remote))
 
     def place_new_file(
-        self, temp: str, index: int, size: int, crc: int, ext: str, appender: bool
+        self,
+        temp: str,
+        where: tuple[int, tuple[int, int]],
+        size: int,
+        crc: int,
+        ext: str,
+        appender: bool,
     ) -> str:
-        """Name, move into place and log a finished upload.
+        """Name, move into place and log a finished upload (``where``: its store path
+        and data subdirectory, the temp file's).
 
         The name's timestamp and its ``C`` line are taken under the binlog's
         lock (see `harness.binlog` for why).
         """
+        index, subdirs = where
         for _ in range(10):
             with self.binlog.lock:
                 ts = self.binlog.next_source_timestamp()
                 remote = make_remote_name(
                     source=self.source, create_time=ts, size=size, crc32=crc,
                     ext=ext, appender=appender, store_path_index=index,
-                    subdirs=self.store.next_subdirs(), rng=self.rng,
+                    subdirs=subdirs, rng=self.rng,
                 )  # fmt: skip
                 local = self.store.resolve(remote)
                 if not os.access(local.file, os.F_OK):

@@ -3,9 +3,13 @@
 ``<base>/store<i>/data/HH/HH/<name>`` holds the file with remote name
 ``M<i>/HH/HH/<name>``; its metadata, when it has any, is the sibling file
 ``<name>-m`` in upstream's text format (records sorted by name). Subdirectories
-are created when a file first lands in them. New content is written to
-``<base>/store<i>/tmp/`` and renamed into place only when complete, so a
-half-received upload is never visible.
+are created when a file first lands in them. New content is written to a
+temp file and renamed into place only when complete, so a half-received
+upload is never visible. An upload's temp file is ``.<n>.tmp`` in the data
+subdirectory it will be placed in, as upstream writes uploads (a rename within
+one directory costs the file system far less than a move from another); no
+file ID names a file that starts with a dot. Other content (synced files,
+metadata) is written to ``<base>/store<i>/tmp/``, emptied at start.
 
 Disk-full simulation: while ``<base>/.full`` (or ``<base>/DISK_FULL``) exists
 the storage reports 0 MB free and refuses uploads and appends with ENOSPC.
@@ -22,6 +26,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,6 +151,7 @@ class Store:
         self._subdir_high = 0
         self._subdir_low = 0
         self._files_in_subdir = 0
+        self._placing = threading.Lock()
 
     # ------------------------------------------------------------ names
 
@@ -183,7 +189,7 @@ class Store:
             or "/" in name
         ):
             raise RequestError(errno.EINVAL, f"invalid data file name {remote_name!r}")
-        if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        if not _SAFE_NAME.fullmatch(name) or name[0] == ".":  # ".", "..", a temp file
             raise RequestError(errno.ENOENT, f"no such file {remote_name!r}", close=False)
         file = f"{self._data_dirs[index]}/{high}/{low}/{name}"
         return LocalFile(remote_name, index, (int(high, 16), int(low, 16)), file)
@@ -201,21 +207,31 @@ class Store:
         return index
 
     def next_subdirs(self) -> tuple[int, int]:
-        placed = (self._subdir_high, self._subdir_low)
-        self._files_in_subdir += 1
-        if self._files_in_subdir >= 100:
-            self._files_in_subdir = 0
-            self._subdir_low += 1
-            if self._subdir_low >= self.subdir_count:
-                self._subdir_low = 0
-                self._subdir_high = (self._subdir_high + 1) % self.subdir_count
+        """The data subdirectory of the next new file (connection threads ask at once)."""
+        with self._placing:
+            placed = (self._subdir_high, self._subdir_low)
+            self._files_in_subdir += 1
+            if self._files_in_subdir >= 100:
+                self._files_in_subdir = 0
+                self._subdir_low += 1
+                if self._subdir_low >= self.subdir_count:
+                    self._subdir_low = 0
+                    self._subdir_high = (self._subdir_high + 1) % self.subdir_count
         return placed
 
     # ------------------------------------------------------------ files
 
-    def new_temp_path(self, store_path_index: int) -> str:
-        """A fresh temp file name (a str: a Path costs a dozen calls per upload)."""
-        return f"{self._temp_dirs[store_path_index]}/{next(self._temp_names)}"
+    def new_temp_path(
+        self, store_path_index: int, subdirs: tuple[int, int] | None = None
+    ) -> str:
+        """A fresh temp file name: in the data subdirectory ``subdirs`` (an upload's,
+        see the module's text), else in the store path's ``tmp/``. A str: a Path
+        costs a dozen calls per upload."""
+        number = next(self._temp_names)
+        if subdirs is None:
+            return f"{self._temp_dirs[store_path_index]}/{number}"
+        high, low = subdirs
+        return f"{self._data_dirs[store_path_index]}/{high:02X}/{low:02X}/.{number}.tmp"
 
     @staticmethod
     def discard(temp: str) -> None:

@@ -32,6 +32,7 @@ def test_a_name_resolves_to_its_file_the_same_way_each_time(tmp_path: Path) -> N
         ("M00/00/00/a/b.txt", errno.EINVAL),
         ("X00/00/00/abc.txt", errno.EINVAL),
         ("M00/00/00/..", errno.ENOENT),
+        ("M00/00/00/.0.tmp", errno.ENOENT),  # an upload's temp file: no file ID names it
         ("M00/00/00/a b", errno.ENOENT),
     ],
 )

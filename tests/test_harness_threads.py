@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,9 +95,15 @@ async def test_an_append_from_a_thread_wakes_a_follower(tmp_path: Path) -> None:
     binlog.close()
 
 
-def _exchange(address: str, request: bytes) -> tuple[int, bytes]:
+def _exchange(address: str, request: bytes, *, split: bool = False) -> tuple[int, bytes]:
+    """One request on a new connection; ``split`` sends the header alone first, so the
+    server sees the message arrive in parts."""
     host, _, port = address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
+        if split:
+            sock.sendall(request[:10])
+            time.sleep(0.005)
+            request = request[10:]
         sock.sendall(request)
         head = _recv(sock, 10)
         header = decode_header(head)
@@ -111,14 +118,17 @@ def _recv(sock: socket.socket, size: int) -> bytes:
 
 @pytest.mark.deadline(120)
 async def test_concurrent_uploads_keep_the_binlog_in_time_order(tmp_path: Path) -> None:
-    """Uploads from many connection threads at once: every file kept, lines in order."""
+    """Uploads from many connection threads at once: every file kept in its place, lines
+    in order, no temp file left. Some uploads arrive whole, some in parts (the two ways
+    the storage takes an upload)."""
     writers, each = 8, 25
 
     def writer(address: str, k: int) -> list[str]:
         names = []
         for i in range(each):
             data = f"{k}-{i}".encode() * 50
-            status, body = _exchange(address, S.upload_request(len(data), "txt").encode() + data)
+            request = S.upload_request(len(data), "txt").encode() + data
+            status, body = _exchange(address, request, split=i % 5 == 0)
             assert status == 0
             names.append(S.decode_file_id_reply(body).remote_name)
         return names
@@ -145,6 +155,12 @@ async def test_concurrent_uploads_keep_the_binlog_in_time_order(tmp_path: Path) 
         stamps = [int(fields[0]) for fields in source]
         assert stamps == sorted(stamps)
         assert {fields[2] for fields in source if fields[1] == "C"} >= set(names)
+        # 200 files: two data subdirectories of 100, every file in the one its name says.
+        data = node.base_dir / "store0" / "data"
+        on_disk = {f"M00/{p.relative_to(data)}" for p in data.rglob("*") if p.is_file()}
+        assert on_disk == set(names)
+        assert {name[:9] for name in names} == {"M00/00/00", "M00/00/01"}
+        assert not any((node.base_dir / "store0" / "tmp").iterdir())
         nursery.cancel_scope.cancel()
 
 
