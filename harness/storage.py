@@ -91,7 +91,6 @@ from fdfsmount.proto.storage import (
     encode_file_info_message,
     expect_empty,
     parse_append_head,
-    parse_download_body,
     parse_download_range,
     parse_fetch_binlog_body,
     parse_group_remote_body,
@@ -101,6 +100,7 @@ from fdfsmount.proto.storage import (
     parse_slave_head,
     parse_truncate_body,
     parse_upload_head,
+    split_group_remote,
 )
 from fdfsmount.proto.wire import Header, decode_text, encode_header
 
@@ -669,10 +669,11 @@ class StorageServer:
         return crc
 
     def receive_new_file_here(
-        self, conn: ThreadConn, store_path_index: int, size: int, subdirs: tuple[int, int]
+        self, conn: ThreadConn, size: int, where: tuple[int, tuple[int, int]]
     ) -> tuple[str, int]:
-        """Receive an upload's content into a new temp file, in the connection's thread."""
-        with self.new_temp_file(store_path_index, subdirs) as (temp, fd):
+        """Receive an upload's content into a new temp file where it will be placed
+        (store path, data subdirectory), in the connection's thread."""
+        with self.new_temp_file(*where) as (temp, fd):
             crc = self.receive_to_here(conn, fd, size, None)
         return temp, crc
 
@@ -682,13 +683,13 @@ class StorageServer:
             raise RequestError(errno.EINVAL, "upload body too short")
         raw_head = conn.reader.read_exact(UPLOAD_FIXED)
         head = parse_upload_head(raw_head, body_length=header.length)
-        index, subdirs = self.upload_path(conn, head, unread=head.size)
+        where = self.upload_path(conn, head, unread=head.size)
         try:
-            temp, crc = self.receive_new_file_here(conn, index, head.size, subdirs)
+            temp, crc = self.receive_new_file_here(conn, head.size, where)
         except PeerClosed:
             self.counters.op("upload", False, head.size)
             raise
-        self.finish_upload(conn, header, head, (index, subdirs), temp, crc)
+        self.finish_upload(conn, header, head, where, temp, crc)
 
     def cmd_upload_whole(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         """An upload that arrived whole in one receive (the usual small file): its
@@ -696,10 +697,10 @@ class StorageServer:
         if len(body) < UPLOAD_FIXED:
             raise RequestError(errno.EINVAL, "upload body too short")
         head = parse_upload_head(body[:UPLOAD_FIXED], body_length=len(body))
-        index, subdirs = self.upload_path(conn, head, unread=0)
-        with self.new_temp_file(index, subdirs) as (temp, fd):
+        where = self.upload_path(conn, head, unread=0)
+        with self.new_temp_file(*where) as (temp, fd):
             crc = write_chunk(fd, memoryview(body)[UPLOAD_FIXED:], None, 0)
-        self.finish_upload(conn, header, head, (index, subdirs), temp, crc)
+        self.finish_upload(conn, header, head, where, temp, crc)
 
     def upload_path(
         self, conn: ThreadConn, head: UploadHead, *, unread: int
@@ -1022,14 +1023,13 @@ class StorageServer:
 
     def cmd_download(self, conn: ThreadConn, header: Header, body: bytes) -> None:
         offset, length, names = parse_download_range(body)
-        local = self._named.get(names)
-        if local is None:
-            _, _, group, name = parse_download_body(body)
+        if len(names) <= GROUP_REMOTE_BODY_MAX:
+            local = self.group_file(names)  # one entry for the file's download, info, delete
+        else:
+            # Longer than any file ID, but like upstream looked up (and refused) all the same.
+            group, name = split_group_remote(names)
             self.check_group(group)
             local = self.store.resolve(name)
-            if len(names) <= GROUP_REMOTE_BODY_MAX:
-                # Within what `group_file` accepts: its requests share the entry.
-                self._named.put(names, local)
         try:
             fd = os.open(local.file, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):

@@ -175,8 +175,7 @@ class Group:
         return fullest.total_mb, fullest.free_mb
 
     def has_space(self, active: list[StorageNode] | None = None) -> bool:
-        total, free = self.space(active)
-        return free > int(total * RESERVED_RATIO)
+        return _has_room(*self.space(active))
 
     def stat(self) -> GroupStat:
         total, free = self.space()
@@ -428,12 +427,12 @@ class Registry:
             if not active:
                 continue
             some_active = True
-            if not group.has_space(active):
+            total, free = group.space(active)
+            if not _has_room(total, free):
                 continue
             if not balance:
                 self._group_cursor = (index + 1) % count
                 return group, active
-            free = group.space(active)[1]
             if free > best_free:
                 best, best_free = (group, active), free
         if best is not None:
@@ -493,6 +492,11 @@ class Registry:
         chosen = holders[group.read_cursor % len(holders)]
         group.read_cursor += 1
         return group, [chosen], len(holders) == 1
+
+
+def _has_room(total_mb: int, free_mb: int) -> bool:
+    """Whether a storage has free space beyond the reserve kept on it."""
+    return free_mb > int(total_mb * RESERVED_RATIO)
 
 
 def _caught_up(

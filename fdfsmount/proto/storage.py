@@ -383,7 +383,12 @@ def parse_group_remote_body(body: bytes) -> tuple[str, str]:
     """Body of 12, 15, 22: group + remote name."""
     if not GROUP_NAME_LEN < len(body) <= GROUP_REMOTE_BODY_MAX:
         raise ProtocolError(f"request body of {len(body)} bytes")
-    return decode_text(body[:GROUP_NAME_LEN]), decode_text(body[GROUP_NAME_LEN:])
+    return split_group_remote(body)
+
+
+def split_group_remote(names: bytes) -> tuple[str, str]:
+    """Group and remote name of a group + remote name field, whatever its length."""
+    return decode_text(names[:GROUP_NAME_LEN]), decode_text(names[GROUP_NAME_LEN:])
 
 
 def parse_download_range(body: bytes) -> tuple[int, int, bytes]:
@@ -408,7 +413,7 @@ def parse_download_body(body: bytes) -> tuple[int, int, str, str]:
     refused when it is looked up.
     """
     offset, length, names = parse_download_range(body)
-    return offset, length, decode_text(names[:GROUP_NAME_LEN]), decode_text(names[GROUP_NAME_LEN:])
+    return (offset, length, *split_group_remote(names))
 
 
 @dataclass(frozen=True, slots=True)
