@@ -30,8 +30,9 @@ renames, binlog fetches and replication pulls run in the trio loop (see
 `StorageServer.handle` and docs/builtin-servers.md).
 
 Disk full: while the file ``<base-dir>/.full`` (or ``<base-dir>/DISK_FULL``)
-exists the storage reports 0 MB free to the tracker and answers uploads and
-appends with ENOSPC (28); removing it restores normal service.
+exists the storage reports 0 MB free to the tracker and answers appends with
+ENOSPC (28), and uploads too from its next heartbeat on (uploads go by the
+usage last reported, as upstream's do); removing it restores normal service.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from fdfsmount.proto.fileid import (
     BASE64_LEN,
     MAX_SERVER_ID,
     FileType,
+    RemoteNamer,
     make_remote_name,
     slave_remote_name,
 )
@@ -332,6 +334,43 @@ def _counter_keys(name: str) -> tuple[str, str, str, str]:
 
 #: Command handlers; they return True when the connection must be closed.
 #: A payload handler reads the body itself, a body handler is given it whole.
+class NewTempFile:
+    """A new temp file, open for writing (`StorageServer.new_temp_file`): ``with`` gives
+    its name and fd, closes the fd after and removes the file on failure.
+
+    A class rather than a generator context manager: every upload opens one.
+    """
+
+    __slots__ = ("_fd", "_store", "_temp")
+
+    def __init__(
+        self, store: Store, store_path_index: int, subdirs: tuple[int, int] | None
+    ) -> None:
+        self._store = store
+        temp = self._temp = store.new_temp_path(store_path_index, subdirs)
+        # O_TRUNC, not O_EXCL: a name a killed storage left behind holds nothing of use.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            self._fd = os.open(temp, flags, 0o644)
+        except FileNotFoundError:
+            if subdirs is None:
+                raise
+            os.makedirs(os.path.dirname(temp), exist_ok=True)  # the subdirectory's first file
+            self._fd = os.open(temp, flags, 0o644)
+
+    def __enter__(self) -> tuple[str, int]:
+        return self._temp, self._fd
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        try:
+            os.close(self._fd)
+        except BaseException:
+            self._store.discard(self._temp)
+            raise
+        if exc_type is not None:
+            self._store.discard(self._temp)
+
+
 PayloadHandler = Callable[[Conn, Header], Coroutine[Any, Any, bool | None]]
 BodyHandler = Callable[[Conn, Header, bytes], Coroutine[Any, Any, bool | None]]
 
@@ -365,6 +404,7 @@ class StorageServer:
                 raise ValueError(f"storage id must be 1..{MAX_SERVER_ID}")
         else:
             self.source = str(ipaddress.IPv4Address(config.bind))
+        self.namer = RemoteNamer(self.source, self.rng)
         self.reporter = TrackerReporter(self)
         self.replicator = Replicator(self)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -618,30 +658,12 @@ class StorageServer:
                 turn += 1
         return crc
 
-    @contextlib.contextmanager
     def new_temp_file(
         self, store_path_index: int, subdirs: tuple[int, int] | None = None
-    ) -> Iterator[tuple[str, int]]:
+    ) -> NewTempFile:
         """A new temp file in the store path (in the data subdirectory ``subdirs``, see
-        `Store.new_temp_path`) and its fd: closed after, removed on failure."""
-        temp = self.store.new_temp_path(store_path_index, subdirs)
-        # O_TRUNC, not O_EXCL: a name a killed storage left behind holds nothing of use.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        try:
-            fd = os.open(temp, flags, 0o644)
-        except FileNotFoundError:
-            if subdirs is None:
-                raise
-            os.makedirs(os.path.dirname(temp), exist_ok=True)  # the subdirectory's first file
-            fd = os.open(temp, flags, 0o644)
-        try:
-            try:
-                yield temp, fd
-            finally:
-                os.close(fd)
-        except BaseException:
-            self.store.discard(temp)
-            raise
+        `Store.new_temp_path`): ``with`` it for its name and fd."""
+        return NewTempFile(self.store, store_path_index, subdirs)
 
     async def receive_new_file(
         self, conn: Conn, store_path_index: int, size: int
@@ -756,12 +778,11 @@ class StorageServer:
         for _ in range(10):
             with self.binlog.lock:
                 ts = self.binlog.next_source_timestamp()
-                remote = make_remote_name(
-                    source=self.source, create_time=ts, size=size, crc32=crc,
-                    ext=ext, appender=appender, store_path_index=index,
-                    subdirs=subdirs, rng=self.rng,
+                remote = self.namer.make(
+                    create_time=ts, size=size, crc32=crc, ext=ext, appender=appender,
+                    store_path_index=index, subdirs=subdirs,
                 )  # fmt: skip
-                local = self.store.resolve(remote)
+                local = self.store.made(remote, index, subdirs)
                 if not os.access(local.file, os.F_OK):
                     self.store.place(temp, local)
                     self.binlog.append(ts, "C", remote)

@@ -138,6 +138,8 @@ class Store:
         self._temp_names = itertools.count()
         self._full_flags = [str(base_dir / flag) for flag in FULL_FLAGS]
         self._base = str(base_dir)
+        #: The usage `check_space` goes by: the last heartbeat's (see `usage`).
+        self._usage: DiskUsage | None = None
         for path in self.paths:
             (path / "data").mkdir(parents=True, exist_ok=True)
             tmp = path / "tmp"
@@ -193,6 +195,16 @@ class Store:
             raise RequestError(errno.ENOENT, f"no such file {remote_name!r}", close=False)
         file = f"{self._data_dirs[index]}/{high}/{low}/{name}"
         return LocalFile(remote_name, index, (int(high, 16), int(low, 16)), file)
+
+    def made(self, remote_name: str, store_path_index: int, subdirs: tuple[int, int]) -> LocalFile:
+        """Where a name this storage just made for a new file lives: it passes
+        `resolve`'s checks by construction, so it is not parsed back (and it is
+        remembered for the requests that name it next)."""
+        local = LocalFile(
+            remote_name, store_path_index, subdirs,
+            f"{self._data_dirs[store_path_index]}/{remote_name[4:]}",
+        )  # fmt: skip
+        return self._resolved.put(remote_name, local)
 
     def try_resolve(self, remote_name: str) -> LocalFile | None:
         try:
@@ -285,16 +297,23 @@ class Store:
         return os.access(dot_full, os.F_OK) or os.access(disk_full, os.F_OK)
 
     def usage(self) -> DiskUsage:
+        """The disk's usage now, which uploads go by from then on (`check_space`).
+
+        The heartbeat asks for it every beat, so uploads are checked against the
+        free space the trackers were last told of, as upstream checks them
+        against its last disk report (not a statvfs per upload).
+        """
         vfs = os.statvfs(self._base)
         total = vfs.f_blocks * vfs.f_frsize // (1 << 20) * self.store_path_count
         free = vfs.f_bavail * vfs.f_frsize // (1 << 20) * self.store_path_count
         if self.is_full():
             free = 0
-        return DiskUsage(total, free, int(total * RESERVED_RATIO))
+        usage = self._usage = DiskUsage(total, free, int(total * RESERVED_RATIO))
+        return usage
 
     def check_space(self, size: int) -> None:
         """ENOSPC when an upload of ``size`` bytes would eat into the reserve."""
-        usage = self.usage()  # free_mb is 0 while a full flag exists
+        usage = self._usage or self.usage()  # free_mb is 0 while a full flag exists
         if usage.free_mb - size // (1 << 20) <= usage.reserved_mb:
             raise RequestError(errno.ENOSPC, "no space left for the upload")
 

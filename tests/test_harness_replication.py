@@ -183,13 +183,14 @@ def test_reads_move_to_the_replica_when_the_source_dies(pair: BuiltinNodes) -> N
 def test_disk_full_flag_refuses_uploads(pair: BuiltinNodes) -> None:
     node = pair.storages[0]
     (node.base_dir / ".full").write_text("")
-    status, _ = call(node.addr, S.upload_request(3, "txt").encode() + b"abc")
-    assert status == errno.ENOSPC
-    # The connection stays usable: the payload was consumed.
     eventually(
         lambda: call(pair.tracker, T.query_store_request(GROUP).encode())[0] == errno.ENOSPC,
         what="tracker sees the full disk",
     )
+    # The storage goes by what it reported, as upstream's does: from that beat on
+    # it refuses uploads itself too.
+    status, _ = call(node.addr, S.upload_request(3, "txt").encode() + b"abc")
+    assert status == errno.ENOSPC
     (node.base_dir / ".full").unlink()
     eventually(lambda: call(pair.tracker, T.query_store_request(GROUP).encode())[0] == 0)
     assert call(node.addr, S.upload_request(3, "txt").encode() + b"abc")[0] == 0
