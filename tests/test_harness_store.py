@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import random
 from pathlib import Path
 
 import pytest
 
+from fdfsmount.proto.fileid import RemoteNamer
 from harness import store as store_module
 from harness.serverutil import Memo, RequestError
 from harness.store import Store
@@ -62,3 +64,36 @@ def test_memo_starts_over_when_full() -> None:
     memo.put("b", 2)
     memo.put("c", 3)  # full: forgets the rest, keeps the new entry
     assert memo == {"c": 3}
+
+
+def test_a_name_the_storage_made_lives_where_resolve_puts_it(tmp_path: Path) -> None:
+    """`Store.made` skips parsing a fresh name back: it must land where `resolve` would."""
+    rng = random.Random(7)
+    store = Store(tmp_path, store_path_count=3)
+    for appender, ext in [(False, "txt"), (True, ""), (False, "tar.gz"), (False, "abcdef")]:
+        for index in range(3):
+            subdirs = (rng.randrange(256), rng.randrange(256))
+            source: int | str = "127.0.0.10" if index % 2 else 100001
+            namer = RemoteNamer(source, rng)
+            name = namer.make(
+                create_time=1_795_000_000, size=rng.randrange(1 << 40), crc32=rng.getrandbits(32),
+                ext=ext, appender=appender, store_path_index=index, subdirs=subdirs,
+            )  # fmt: skip
+            made = store.made(name, index, subdirs)
+            assert made == Store(tmp_path, store_path_count=3).resolve(name)
+            assert store.resolve(name) is made  # remembered for the requests that follow
+
+
+def test_uploads_go_by_the_usage_last_reported(tmp_path: Path) -> None:
+    """Like upstream's, the space check uses the last heartbeat's free space."""
+    store = Store(tmp_path)
+    store.check_space(1)  # no report yet: looked up
+    (tmp_path / "DISK_FULL").write_text("full\n")
+    store.check_space(1)  # not reported yet
+    assert store.usage().free_mb == 0  # the next heartbeat's report
+    with pytest.raises(RequestError) as refused:
+        store.check_space(1)
+    assert refused.value.status == errno.ENOSPC
+    (tmp_path / "DISK_FULL").unlink()
+    assert store.usage().free_mb > 0
+    store.check_space(1)
