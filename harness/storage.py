@@ -70,6 +70,7 @@ from fdfsmount.proto.fileid import (
     MAX_SERVER_ID,
     FileType,
     RemoteNamer,
+    is_appender_name,
     make_remote_name,
     slave_remote_name,
 )
@@ -118,7 +119,6 @@ from .store import (
     crc32,
     decoded_name,
     file_crc32,
-    is_appender_name,
 )
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ the storage reports 0 MB free and refuses uploads and appends with ENOSPC.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import functools
@@ -34,9 +33,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from fdfsmount.proto.fileid import (
-    APPENDER_FLAG,
-    BASE64_LEN,
-    NORMAL_REMOTE_NAME_LEN,
     FileIdInfo,
     decode_file_id,
 )
@@ -105,19 +101,6 @@ def decoded_name(group: str, remote_name: str) -> FileIdInfo:
     a client usually names a file several times in a row.
     """
     return decode_file_id(f"{group}/{remote_name}")
-
-
-def is_appender_name(remote_name: str) -> bool:
-    """Upstream's check: the size field of the decoded name has the appender bit."""
-    if len(remote_name) < NORMAL_REMOTE_NAME_LEN:
-        return False
-    try:
-        raw = base64.urlsafe_b64decode(
-            remote_name[LOGIC_PATH_LEN : LOGIC_PATH_LEN + BASE64_LEN] + "="
-        )
-    except ValueError:
-        return False
-    return len(raw) >= 16 and bool(int.from_bytes(raw[8:16], "big") & APPENDER_FLAG)
 
 
 class Store:

@@ -36,6 +36,7 @@ from fdfsmount.proto.fileid import (
     decode_file_id,
     encode_source,
     generated_name_problem,
+    is_appender_name,
     is_valid_remote_name,
     make_file_id,
     make_remote_name,
@@ -572,3 +573,19 @@ def test_names_no_server_generates(text: str) -> None:
     assert generated_name_problem(fid.remote_name) is not None
     with pytest.raises(InvalidFileId, match="cannot be a FastDFS file ID"):
         check_generated(fid)
+
+
+@pytest.mark.parametrize("ext", ["", "txt", "abcdef"])
+def test_is_appender_name_reads_the_appender_bit(ext: str) -> None:
+    for appender in (False, True):
+        remote = make_remote_name(
+            source="127.0.0.10", create_time=1_795_000_000, size=5, crc32=9, ext=ext,
+            appender=appender,
+        )  # fmt: skip
+        assert is_appender_name(remote) is appender
+        assert decode_file_id(f"group1/{remote}").file_type == (
+            FileType.APPENDER if appender else FileType.NORMAL
+        )
+    # What no storage names an appender: too short, or not base64 at all.
+    assert not is_appender_name("M00/00/00/short.txt")
+    assert not is_appender_name("M00/00/00/" + "!" * (NORMAL_REMOTE_NAME_LEN - 10))

@@ -192,6 +192,19 @@ def decode_file_id(file_id: FileId | str) -> FileIdInfo:
     return FileIdInfo(ftype, source_id, source_ip, create_time, size, crc)
 
 
+def is_appender_name(remote_name: str) -> bool:
+    """Whether a storage treats ``remote_name`` as an appender file: upstream's check,
+    the appender bit of the size field its base64 part decodes to (any other
+    name, however malformed, is not one)."""
+    if len(remote_name) < NORMAL_REMOTE_NAME_LEN:
+        return False
+    try:
+        raw = _b64decode(remote_name[10 : 10 + BASE64_LEN])
+    except InvalidFileId:
+        return False
+    return len(raw) >= 16 and bool(int.from_bytes(raw[8:16], "big") & APPENDER_FLAG)
+
+
 def generated_name_problem(remote_name: str) -> str | None:
     """Why no storage server could have generated `remote_name`; None if one could.
 
@@ -368,6 +381,7 @@ __all__ = [
     "check_generated",
     "decode_file_id",
     "generated_name_problem",
+    "is_appender_name",
     "make_file_id",
     "make_remote_name",
     "parse_file_id",
