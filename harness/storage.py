@@ -69,7 +69,6 @@ from fdfsmount.proto.fileid import (
     BASE64_LEN,
     MAX_SERVER_ID,
     FileType,
-    RemoteNamer,
     is_appender_name,
     make_remote_name,
     slave_remote_name,
@@ -404,7 +403,6 @@ class StorageServer:
                 raise ValueError(f"storage id must be 1..{MAX_SERVER_ID}")
         else:
             self.source = str(ipaddress.IPv4Address(config.bind))
-        self.namer = RemoteNamer(self.source, self.rng)
         self.reporter = TrackerReporter(self)
         self.replicator = Replicator(self)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -778,9 +776,10 @@ class StorageServer:
         for _ in range(10):
             with self.binlog.lock:
                 ts = self.binlog.next_source_timestamp()
-                remote = self.namer.make(
-                    create_time=ts, size=size, crc32=crc, ext=ext, appender=appender,
-                    store_path_index=index, subdirs=subdirs,
+                remote = make_remote_name(
+                    source=self.source, create_time=ts, size=size, crc32=crc,
+                    ext=ext, appender=appender, store_path_index=index,
+                    subdirs=subdirs, rng=self.rng,
                 )  # fmt: skip
                 local = self.store.made(remote, index, subdirs)
                 if not os.access(local.file, os.F_OK):

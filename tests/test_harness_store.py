@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fdfsmount.proto.fileid import RemoteNamer
+from fdfsmount.proto.fileid import make_remote_name
 from harness import store as store_module
 from harness.serverutil import Memo, RequestError
 from harness.store import Store
@@ -73,11 +73,10 @@ def test_a_name_the_storage_made_lives_where_resolve_puts_it(tmp_path: Path) -> 
     for appender, ext in [(False, "txt"), (True, ""), (False, "tar.gz"), (False, "abcdef")]:
         for index in range(3):
             subdirs = (rng.randrange(256), rng.randrange(256))
-            source: int | str = "127.0.0.10" if index % 2 else 100001
-            namer = RemoteNamer(source, rng)
-            name = namer.make(
-                create_time=1_795_000_000, size=rng.randrange(1 << 40), crc32=rng.getrandbits(32),
-                ext=ext, appender=appender, store_path_index=index, subdirs=subdirs,
+            name = make_remote_name(
+                source="127.0.0.10" if index % 2 else 100001, create_time=1_795_000_000,
+                size=rng.randrange(1 << 40), crc32=rng.getrandbits(32), ext=ext,
+                appender=appender, store_path_index=index, subdirs=subdirs, rng=rng,
             )  # fmt: skip
             made = store.made(name, index, subdirs)
             assert made == Store(tmp_path, store_path_count=3).resolve(name)

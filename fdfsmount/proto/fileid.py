@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import binascii
 import enum
+import functools
 import ipaddress
 import random
 import re
@@ -254,8 +255,10 @@ def check_generated(file_id: FileId | str) -> FileId:
     return fid
 
 
+@functools.lru_cache(maxsize=64)
 def encode_source(source: int | str) -> bytes:
-    """The 4 source bytes for a storage id (int) or an IPv4 address (str)."""
+    """The 4 source bytes for a storage id (int) or an IPv4 address (str),
+    remembered: a storage names every new file with its own."""
     if isinstance(source, int):
         if not 0 < source <= MAX_SERVER_ID:
             raise LocalProtocolError(f"storage id {source} out of range 1..{MAX_SERVER_ID}")
@@ -285,63 +288,40 @@ def make_remote_name(
     """Generate a remote file name in the real storage server's format.
 
     Raises `LocalProtocolError` (a `ValueError`) for values no name can carry.
+    A storage names every upload with this: its source is encoded once
+    (`encode_source` remembers), the random parts are one C call each.
     """
-    return RemoteNamer(source, rng).make(
-        create_time=create_time, size=size, crc32=crc32, ext=ext, appender=appender,
-        store_path_index=store_path_index, subdirs=subdirs,
-    )  # fmt: skip
-
-
-class RemoteNamer:
-    """Makes the remote names of one storage's new files (`make_remote_name`), its
-    source checked and encoded once: a storage names every upload."""
-
-    __slots__ = ("_rng", "_source")
-
-    def __init__(self, source: int | str, rng: random.Random | None = None) -> None:
-        self._source = encode_source(source)
-        self._rng = rng or random.Random()
-
-    def make(
-        self,
-        *,
-        create_time: int,
-        size: int,
-        crc32: int,
-        ext: str = "",
-        appender: bool = False,
-        store_path_index: int = 0,
-        subdirs: tuple[int, int] | None = None,
-    ) -> str:
-        if not _EXT_RE.fullmatch(ext):
-            raise LocalProtocolError(f"bad file extension {ext!r}")
-        if not 0 <= size < 1 << 58:
-            # Bits 58 and up are the appender and trunk flags and the random mark.
-            raise LocalProtocolError(f"file size {size} out of range")
-        if not 0 <= store_path_index <= 0xFF:
-            raise LocalProtocolError(f"store path index {store_path_index} out of range")
-        if subdirs is not None and not (0 <= subdirs[0] <= 0xFF and 0 <= subdirs[1] <= 0xFF):
-            raise LocalProtocolError(f"subdirectories {subdirs} out of range")
-        rng = self._rng
-        high = (rng.getrandbits(23) | 0x80000000) << 32
-        if appender:
-            size_field = high | APPENDER_FLAG
-        elif size >> 32:
-            size_field = size
-        else:
-            size_field = high | size
-        raw = _FIELDS.pack(self._source, create_time & 0xFFFFFFFF, size_field, crc32 & 0xFFFFFFFF)
-        encoded = _b64encode(raw)
-        if subdirs is None:
-            subdirs = (rng.getrandbits(8), rng.getrandbits(8))
-        digits = EXT_NAME_LEN - len(ext) if ext else EXT_NAME_LEN + 1
-        # Random digits from one 64-bit draw: the modulo's bias (under 10**7 / 2**64)
-        # is far below anything observable, and getrandbits is one C call where
-        # randrange is several Python ones.
-        suffix = (f"{rng.getrandbits(64) % 10**digits:0{digits}d}" if digits else "") + (
-            f".{ext}" if ext else ""
-        )
-        return f"M{store_path_index:02X}/{subdirs[0]:02X}/{subdirs[1]:02X}/{encoded}{suffix}"
+    rng = rng or random.Random()
+    if not _EXT_RE.fullmatch(ext):
+        raise LocalProtocolError(f"bad file extension {ext!r}")
+    if not 0 <= size < 1 << 58:
+        # Bits 58 and up are the appender and trunk flags and the random mark.
+        raise LocalProtocolError(f"file size {size} out of range")
+    if not 0 <= store_path_index <= 0xFF:
+        raise LocalProtocolError(f"store path index {store_path_index} out of range")
+    if subdirs is not None and not (0 <= subdirs[0] <= 0xFF and 0 <= subdirs[1] <= 0xFF):
+        raise LocalProtocolError(f"subdirectories {subdirs} out of range")
+    high = (rng.getrandbits(23) | 0x80000000) << 32
+    if appender:
+        size_field = high | APPENDER_FLAG
+    elif size >> 32:
+        size_field = size
+    else:
+        size_field = high | size
+    raw = _FIELDS.pack(
+        encode_source(source), create_time & 0xFFFFFFFF, size_field, crc32 & 0xFFFFFFFF
+    )
+    encoded = _b64encode(raw)
+    if subdirs is None:
+        subdirs = (rng.getrandbits(8), rng.getrandbits(8))
+    digits = EXT_NAME_LEN - len(ext) if ext else EXT_NAME_LEN + 1
+    # Random digits from one 64-bit draw: the modulo's bias (under 10**7 / 2**64)
+    # is far below anything observable, and getrandbits is one C call where
+    # randrange is several Python ones.
+    suffix = (f"{rng.getrandbits(64) % 10**digits:0{digits}d}" if digits else "") + (
+        f".{ext}" if ext else ""
+    )
+    return f"M{store_path_index:02X}/{subdirs[0]:02X}/{subdirs[1]:02X}/{encoded}{suffix}"
 
 
 def slave_remote_name(master_remote_name: str, prefix: str, ext: str) -> str:
@@ -377,7 +357,6 @@ __all__ = [
     "FileId",
     "FileIdInfo",
     "FileType",
-    "RemoteNamer",
     "check_generated",
     "decode_file_id",
     "generated_name_problem",
