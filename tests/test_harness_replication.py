@@ -188,9 +188,13 @@ def test_disk_full_flag_refuses_uploads(pair: BuiltinNodes) -> None:
         what="tracker sees the full disk",
     )
     # The storage goes by what it reported, as upstream's does: from that beat on
-    # it refuses uploads itself too.
-    status, _ = call(node.addr, S.upload_request(3, "txt").encode() + b"abc")
-    assert status == errno.ENOSPC
+    # it refuses uploads itself too, and the connection stays usable (the payload
+    # is consumed), for an upload taken whole as for one streamed.
+    for payload in (b"abc", os.urandom(1 << 20)):
+        request = S.upload_request(len(payload), "txt").encode() + payload
+        response, closed = exchange(node.addr, request)
+        assert decode_header(response[:10]).status == errno.ENOSPC
+        assert not closed
     (node.base_dir / ".full").unlink()
     eventually(lambda: call(pair.tracker, T.query_store_request(GROUP).encode())[0] == 0)
     assert call(node.addr, S.upload_request(3, "txt").encode() + b"abc")[0] == 0
