@@ -59,12 +59,18 @@ class BinlogEntry:
     end: int = 0  # byte offset just past this line
 
     def line(self) -> bytes:
-        extra = f" {self.extra}" if self.extra else ""
-        return f"{self.timestamp} {self.op} {self.name}{extra}\n".encode()
+        return binlog_line(self.timestamp, self.op, self.name, self.extra)
 
     @property
     def is_source(self) -> bool:
         return self.op in SOURCE_OPS
+
+
+def binlog_line(timestamp: int, op: str, name: str, extra: str = "") -> bytes:
+    """One line of a binlog, as upstream writes it."""
+    if extra:
+        return f"{timestamp} {op} {name} {extra}\n".encode()
+    return f"{timestamp} {op} {name}\n".encode()
 
 
 EPOCHED_OPS = frozenset("AMTamt")
@@ -175,7 +181,7 @@ class Binlog:
         return max(int(time.time()), self.last_source_ts)
 
     def append(self, timestamp: int, op: str, name: str, extra: str = "") -> None:
-        line = BinlogEntry(timestamp, op, name, extra).line()
+        line = binlog_line(timestamp, op, name, extra)  # every change writes one
         with self.lock:
             os.write(self._fd, line)
             self.size += len(line)

@@ -98,6 +98,10 @@ class TrackerServer:
         self._fetch_replies: serverutil.Memo[tuple[int, bytes], tuple[int, bytes]] = (
             serverutil.Memo(FETCH_NAMES)
         )
+        #: Store replies by what they name (group, storage, store path, one server or
+        #: all), each with the registry version it holds for: the pick moves on with
+        #: every upload, the few replies it picks among stay.
+        self._store_replies: dict[tuple[str, str, int, bool], tuple[int, bytes]] = {}
         #: The client commands served, each with its answer (the reply body).
         self._answers: dict[int, Callable[[int, bytes], bytes]] = {
             Cmd.ACTIVE_TEST: self._active_test,
@@ -256,9 +260,17 @@ class TrackerServer:
         return self.list_storages(*parse_list_storage_body(body))
 
     def query_store(self, group_name: str | None, all_servers: bool) -> bytes:
+        version = self.registry.version  # the lock is held: it stays so until we return
         group, nodes, path_index = self.registry.query_store(group_name, all_servers)
+        # Under one version, the first storage names the rest (all the group's active ones).
+        key = (group.name, nodes[0].storage_id, path_index, all_servers)
+        known = self._store_replies.get(key)
+        if known is not None and known[0] == version:
+            return known[1]
         servers = tuple(map(_server_addr, nodes))
-        return encode_store_reply(StoreTarget(group.name, servers, path_index), self.ip_size)
+        reply = encode_store_reply(StoreTarget(group.name, servers, path_index), self.ip_size)
+        self._store_replies[key] = (version, reply)
+        return reply
 
     def list_storages(self, group_name: str, wanted: str | None) -> bytes:
         group = self.registry.group(group_name)

@@ -1,7 +1,8 @@
-"""The builtin tracker's remembered fetch replies follow every change of its registry.
+"""The builtin tracker's remembered replies follow every change of its registry.
 
 The tracker answers a fetch query it answered before with the same bytes while
-its registry is unchanged. These tests drive one `TrackerServer` in-process
+its registry is unchanged, and a store query with the bytes it sent before for
+the same pick. These tests drive one `TrackerServer` in-process
 over a socket pair and change its registry between queries (a replica joins and
 catches up, a storage's link closes, one goes quiet), so a stale reply would
 name the wrong storages.
@@ -49,6 +50,15 @@ class Served:
         if header.status:
             return header.status, []
         return 0, [(s.host, s.port) for s in T.decode_fetch_reply(body).servers]
+
+    def store(self, *, all_servers: bool = False) -> tuple[list[tuple[str, int]], int]:
+        """Where an upload without a group goes: (servers, store path index)."""
+        self.client.sendall(T.query_store_request(all_servers=all_servers).encode())
+        header = decode_header(self.client.recv(HEADER_SIZE, socket.MSG_WAITALL))
+        body = self.client.recv(header.length, socket.MSG_WAITALL) if header.length else b""
+        assert header.status == 0, header.status
+        target = T.decode_store_reply(body)
+        return [(s.host, s.port) for s in target.servers], target.store_path_index
 
     def close(self) -> None:
         self.client.close()
@@ -125,3 +135,36 @@ def test_a_storage_gone_quiet_is_dropped_from_remembered_replies(tmp_path: Path)
         assert (status, servers) == (errno.ENOENT, [])
     finally:
         served.close()
+
+
+def test_store_replies_follow_the_pick_and_the_registry(served: Served) -> None:
+    server = served.server
+    links = {SOURCE: object(), REPLICA: object()}
+
+    def join(storage_id: str, **beat_info: object) -> None:
+        ip, port = ADDRESSES[storage_id]
+        info = {"group": GROUP, "id": storage_id, "ip": ip, "port": port, "store_path_count": 2}
+        with server.lock:
+            node = server.registry.join(info, links[storage_id])
+            server.registry.beat(node, {"total_mb": 1000, "free_mb": 900, **beat_info})
+
+    join(SOURCE)
+    source, replica = [ADDRESSES[SOURCE]], [ADDRESSES[REPLICA]]
+    # One storage: its two store paths in turn, asked again and again.
+    assert [served.store() for _ in range(4)] == [(source, 0), (source, 1)] * 2
+    # (On both store paths: whichever one the source's turn comes to below, a
+    # reply for it was sent before the replica joined.)
+    assert [served.store(all_servers=True) for _ in range(2)] == [(source, 0), (source, 1)]
+
+    # A second storage, active once caught up: uploads go to each in turn.
+    join(REPLICA)
+    beat(server, REPLICA, synced={SOURCE: int(time.time())})
+    picks = [served.store() for _ in range(4)]
+    assert sorted(servers[0] for servers, _ in picks) == sorted((source + replica) * 2)
+    assert sorted(served.store(all_servers=True)[0]) == sorted(source + replica)
+
+    # The source's link closes: only the replica is named, whatever was sent before.
+    with server.lock:
+        server.registry.link_closed(links[SOURCE])
+    assert {tuple(served.store()[0]) for _ in range(4)} == {tuple(replica)}
+    assert served.store(all_servers=True)[0] == replica
