@@ -331,8 +331,6 @@ def _counter_keys(name: str) -> tuple[str, str, str, str]:
     )
 
 
-#: Command handlers; they return True when the connection must be closed.
-#: A payload handler reads the body itself, a body handler is given it whole.
 class NewTempFile:
     """A new temp file, open for writing (`StorageServer.new_temp_file`): ``with`` gives
     its name and fd, closes the fd after and removes the file on failure.
@@ -370,6 +368,8 @@ class NewTempFile:
             self._store.discard(self._temp)
 
 
+#: Command handlers; they return True when the connection must be closed.
+#: A payload handler reads the body itself, a body handler is given it whole.
 PayloadHandler = Callable[[Conn, Header], Coroutine[Any, Any, bool | None]]
 BodyHandler = Callable[[Conn, Header, bytes], Coroutine[Any, Any, bool | None]]
 

@@ -12,7 +12,8 @@ file ID names a file that starts with a dot. Other content (synced files,
 metadata) is written to ``<base>/store<i>/tmp/``, emptied at start.
 
 Disk-full simulation: while ``<base>/.full`` (or ``<base>/DISK_FULL``) exists
-the storage reports 0 MB free and refuses uploads and appends with ENOSPC.
+the storage reports 0 MB free and refuses appends with ENOSPC, and uploads
+from its next report on (`Store.check_space` goes by the last `Store.usage`).
 """
 
 from __future__ import annotations
