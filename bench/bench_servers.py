@@ -18,7 +18,7 @@ its slices:
     download, info and delete.
 
 The clusters keep their files under ``--dir``, by default on tmpfs
-(``/dev/shm``) when there is one: what is compared is the servers' cost per
+(``/dev/shm``) when it has room: what is compared is the servers' cost per
 request, which a shared disk's file creation (from about 50 us to over 1 ms
 a file, changing from one minute to the next, for both backends alike) would
 bury. ``--dir /tmp`` (or any directory on a disk) measures on that disk.
@@ -306,6 +306,19 @@ async def run(clusters: dict[str, Cluster], args: argparse.Namespace) -> list[di
     return rounds
 
 
+def ram_dir() -> Path | None:
+    """``/dev/shm`` if it is writable and has 4 GiB free (a container's small one is
+    not used: each store path holds 65,536 directories), else None."""
+    shm = Path("/dev/shm")
+    try:
+        vfs = os.statvfs(shm)
+    except OSError:
+        return None
+    if os.access(shm, os.W_OK) and vfs.f_bavail * vfs.f_frsize >= 4 << 30:
+        return shm
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -318,12 +331,10 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--small-kib", type=int, default=5)
     parser.add_argument("--min-ratio", type=float, default=0.0)
-    shm = Path("/dev/shm")
     parser.add_argument(
-        "--dir", type=Path,
-        default=shm if shm.is_dir() and os.access(shm, os.W_OK) else None,
-        help="where the clusters keep their files (default: /dev/shm if writable, else the"
-        " temp directory)",
+        "--dir", type=Path, default=ram_dir(),
+        help="where the clusters keep their files (default: /dev/shm when it is writable with"
+        " 4 GiB free, as the test command picks it, else the temp directory)",
     )  # fmt: skip
     args = parser.parse_args()
     for option in ("rounds", "ops", "slice", "small_kib"):
