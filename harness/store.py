@@ -87,7 +87,7 @@ class LocalFile:
         return Path(self.file + META_SUFFIX)
 
 
-class DiskUsage(NamedTuple):  # a named tuple: every upload checks the space
+class DiskUsage(NamedTuple):  # a named tuple: every upload reads the last one
     total_mb: int
     free_mb: int
     reserved_mb: int
@@ -276,9 +276,8 @@ class Store:
     # ------------------------------------------------------------ space
 
     def is_full(self) -> bool:
-        # Checked on every upload: two C calls, no generator and no exception.
-        dot_full, disk_full = self._full_flags
-        return os.access(dot_full, os.F_OK) or os.access(disk_full, os.F_OK)
+        """Whether a full-disk flag is there (each heartbeat and append looks)."""
+        return any(os.access(flag, os.F_OK) for flag in self._full_flags)
 
     def usage(self) -> DiskUsage:
         """The disk's usage now, which uploads go by from then on (`check_space`).
